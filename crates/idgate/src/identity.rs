@@ -1,0 +1,260 @@
+//! The verified caller: what a good token says about who is calling.
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
+/// A verified identity. Cheap to clone (one `Arc`).
+///
+/// Built only by the [`Verifier`](crate::Verifier) from a token whose
+/// signature, issuer, audience and times all checked out (or by
+/// [`Identity::from_verified_claims`] in tests and tools that verified by
+/// other means).
+#[derive(Clone)]
+pub struct Identity(Arc<Inner>);
+
+struct Inner {
+    issuer: String,
+    issuer_name: Arc<str>,
+    pool: Option<Arc<str>>,
+    google: bool,
+    subject: String,
+    email: Option<String>,
+    email_verified: bool,
+    hosted_domain: Option<String>,
+    audience: String,
+    issued_at: u64,
+    expires_at: u64,
+    claims: Map<String, Value>,
+    payload_b64: String,
+}
+
+/// The issuer facts an identity carries: which configured issuer vouched for
+/// it, and how its subjects are named in IAM.
+#[derive(Debug, Clone)]
+pub struct IssuerTag {
+    /// The configured issuer's name (`google` for the Google preset).
+    pub name: Arc<str>,
+    /// Whether the issuer is Google (emails become `user:`/`serviceAccount:`).
+    pub google: bool,
+    /// For non-Google issuers, the workload identity pool path that
+    /// `principal://` and `principalSet://` members name, without the scheme:
+    /// `iam.googleapis.com/projects/P/locations/global/workloadIdentityPools/POOL`.
+    pub pool: Option<Arc<str>>,
+}
+
+/// How IAM names the caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// `user:EMAIL`.
+    User(String),
+    /// `serviceAccount:EMAIL`.
+    ServiceAccount(String),
+    /// `principal://POOL/subject/SUB` for a pool issuer, or `subject:SUB`
+    /// when the token has no verified email and no pool.
+    Subject {
+        /// The issuer's pool path, when configured.
+        pool: Option<Arc<str>>,
+        /// The `sub` claim.
+        subject: String,
+    },
+}
+
+impl fmt::Display for Principal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Principal::User(e) => write!(f, "user:{e}"),
+            Principal::ServiceAccount(e) => write!(f, "serviceAccount:{e}"),
+            Principal::Subject {
+                pool: Some(p),
+                subject,
+            } => write!(f, "principal://{p}/subject/{subject}"),
+            Principal::Subject {
+                pool: None,
+                subject,
+            } => write!(f, "subject:{subject}"),
+        }
+    }
+}
+
+/// Whether an email names a Google service account.
+pub fn is_service_account_email(email: &str) -> bool {
+    let suffix = ".gserviceaccount.com";
+    email.len() > suffix.len()
+        && email.as_bytes()[email.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
+}
+
+impl Identity {
+    /// Build an identity from claims that were already verified. The claims
+    /// must include string `iss`, `sub` and `aud` and numeric `iat`/`exp`;
+    /// missing ones read as empty or zero.
+    pub fn from_verified_claims(
+        tag: &IssuerTag,
+        audience: String,
+        claims: Map<String, Value>,
+        payload_b64: String,
+    ) -> Identity {
+        let str_claim = |k: &str| claims.get(k).and_then(Value::as_str).map(str::to_owned);
+        let num_claim = |k: &str| claims.get(k).and_then(Value::as_u64).unwrap_or(0);
+        Identity(Arc::new(Inner {
+            issuer: str_claim("iss").unwrap_or_default(),
+            issuer_name: tag.name.clone(),
+            pool: tag.pool.clone(),
+            google: tag.google,
+            subject: str_claim("sub").unwrap_or_default(),
+            email: str_claim("email"),
+            // Only the JSON boolean `true` counts; the string "true" does not.
+            email_verified: claims.get("email_verified") == Some(&Value::Bool(true)),
+            hosted_domain: str_claim("hd"),
+            audience,
+            issued_at: num_claim("iat"),
+            expires_at: num_claim("exp"),
+            claims,
+            payload_b64,
+        }))
+    }
+
+    /// The `iss` claim as the token spelled it.
+    pub fn issuer(&self) -> &str {
+        &self.0.issuer
+    }
+    /// The name of the configured issuer that verified the token.
+    pub fn issuer_name(&self) -> &str {
+        &self.0.issuer_name
+    }
+    /// Whether the Google issuer verified the token.
+    pub fn is_google(&self) -> bool {
+        self.0.google
+    }
+    /// The workload identity pool path of a non-Google issuer, if configured.
+    pub fn pool(&self) -> Option<&str> {
+        self.0.pool.as_deref()
+    }
+    /// The `sub` claim.
+    pub fn subject(&self) -> &str {
+        &self.0.subject
+    }
+    /// The `email` claim, verified or not.
+    pub fn email(&self) -> Option<&str> {
+        self.0.email.as_deref()
+    }
+    /// Whether `email_verified` is the JSON boolean `true`.
+    pub fn email_verified(&self) -> bool {
+        self.0.email_verified
+    }
+    /// The email, only when verified.
+    pub fn verified_email(&self) -> Option<&str> {
+        self.email().filter(|_| self.email_verified())
+    }
+    /// The `hd` claim (the Workspace domain), if present.
+    pub fn hosted_domain(&self) -> Option<&str> {
+        self.0.hosted_domain.as_deref()
+    }
+    /// The audience that matched.
+    pub fn audience(&self) -> &str {
+        &self.0.audience
+    }
+    /// `iat`, seconds since the epoch.
+    pub fn issued_at(&self) -> u64 {
+        self.0.issued_at
+    }
+    /// `exp`, seconds since the epoch.
+    pub fn expires_at(&self) -> u64 {
+        self.0.expires_at
+    }
+    /// Every claim of the token.
+    pub fn claims(&self) -> &Map<String, Value> {
+        &self.0.claims
+    }
+    /// The token's payload segment (base64url JSON), as sent upstream in
+    /// `x-idgate-claims`.
+    pub fn claims_b64(&self) -> &str {
+        &self.0.payload_b64
+    }
+
+    /// How IAM names this caller.
+    pub fn principal(&self) -> Principal {
+        match (self.0.google, self.verified_email()) {
+            (true, Some(e)) if is_service_account_email(e) => Principal::ServiceAccount(e.into()),
+            (true, Some(e)) => Principal::User(e.into()),
+            _ => Principal::Subject {
+                pool: self.0.pool.clone(),
+                subject: self.0.subject.clone(),
+            },
+        }
+    }
+}
+
+impl fmt::Debug for Identity {
+    // Claims are left out on purpose: they may hold personal data, and a
+    // Debug print ends up in logs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Identity")
+            .field("principal", &self.principal().to_string())
+            .field("issuer", &self.0.issuer)
+            .field("audience", &self.0.audience)
+            .field("expires_at", &self.0.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn google() -> IssuerTag {
+        IssuerTag {
+            name: "google".into(),
+            google: true,
+            pool: None,
+        }
+    }
+
+    fn ident(tag: &IssuerTag, claims: Value) -> Identity {
+        let Value::Object(m) = claims else {
+            unreachable!()
+        };
+        Identity::from_verified_claims(tag, "aud".into(), m, String::new())
+    }
+
+    #[test]
+    fn principal_kinds() {
+        let g = google();
+        let sa = ident(
+            &g,
+            json!({"sub":"1","email":"a@p.iam.GServiceAccount.com","email_verified":true}),
+        );
+        assert_eq!(
+            sa.principal().to_string(),
+            "serviceAccount:a@p.iam.GServiceAccount.com"
+        );
+        let u = ident(&g, json!({"sub":"2","email":"b@x.com","email_verified":true}));
+        assert_eq!(u.principal().to_string(), "user:b@x.com");
+        let unverified = ident(
+            &g,
+            json!({"sub":"3","email":"b@x.com","email_verified":"true"}),
+        );
+        assert!(!unverified.email_verified());
+        assert_eq!(unverified.principal().to_string(), "subject:3");
+        let pool = IssuerTag {
+            name: "gh".into(),
+            google: false,
+            pool: Some("iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p".into()),
+        };
+        let p = ident(&pool, json!({"sub":"repo:x","email":"c@x.com","email_verified":true}));
+        assert_eq!(
+            p.principal().to_string(),
+            "principal://iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p/subject/repo:x"
+        );
+    }
+
+    #[test]
+    fn service_account_suffix_is_exact() {
+        assert!(is_service_account_email("x@y.iam.gserviceaccount.com"));
+        assert!(!is_service_account_email(".gserviceaccount.com"));
+        assert!(!is_service_account_email("x@gserviceaccount.com.evil.com"));
+        assert!(!is_service_account_email("x@evilgserviceaccount.co"));
+    }
+}

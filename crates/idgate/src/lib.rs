@@ -1,0 +1,18 @@
+//! idgate: Cloud Run's invoker check for any service.
+//!
+//! A request must carry a Google-signed ID token minted for *this* service
+//! (its `aud`), and the caller in it must be allowed by an IAM invoker
+//! policy. This crate holds the parts every form of idgate shares: the key
+//! cache, the [`Verifier`], the [`policy`], and the tower layer with its axum
+//! extractor.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod clock;
+pub mod identity;
+pub mod policy;
+pub mod reason;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use identity::{Identity, IssuerTag, Principal};
+pub use reason::{DenialClass, Reason};

@@ -1,0 +1,1 @@
+//! The invoker policy (being written).
