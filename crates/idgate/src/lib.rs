@@ -16,3 +16,15 @@ pub mod reason;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use identity::{Identity, IssuerTag, Principal};
 pub use reason::{DenialClass, Reason};
+
+pub mod credential;
+pub mod jwks;
+pub mod token;
+pub mod verifier;
+
+pub use credential::{Credential, CredentialHeader};
+pub use jwks::{JwksSettings, KeyCacheStatus};
+pub use verifier::{
+    ConfigError, GCLOUD_AUDIENCE, GOOGLE_CERTS_URL, IssuerConfig, Rejection, Verifier,
+    VerifierBuilder, VerifierStats,
+};

@@ -1,0 +1,210 @@
+//! Step 1: find the credential in a request, as Cloud Run does.
+
+use http::HeaderMap;
+use http::header::AUTHORIZATION;
+
+use crate::Reason;
+use crate::verifier::Rejection;
+
+/// The header Cloud Run reads before `Authorization`, so that an app can use
+/// `Authorization` for its own scheme.
+pub const X_SERVERLESS_AUTHORIZATION: &str = "x-serverless-authorization";
+
+/// Which header carried the credential.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialHeader {
+    /// `X-Serverless-Authorization`.
+    XServerlessAuthorization,
+    /// `Authorization`.
+    Authorization,
+}
+
+impl CredentialHeader {
+    /// The header's lowercase name.
+    pub fn name(self) -> &'static str {
+        match self {
+            CredentialHeader::XServerlessAuthorization => X_SERVERLESS_AUTHORIZATION,
+            CredentialHeader::Authorization => "authorization",
+        }
+    }
+}
+
+/// A bearer token and where it came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Credential<'a> {
+    /// The token text, without scheme or surrounding whitespace.
+    pub token: &'a str,
+    /// The header that carried it.
+    pub header: CredentialHeader,
+}
+
+/// Find the bearer token in `headers`.
+///
+/// `X-Serverless-Authorization` wins over `Authorization` when both are
+/// present. The scheme is `Bearer`, case-insensitive, then one or more
+/// spaces; surrounding whitespace is ignored. Two values of the chosen
+/// header, an empty token, a token with characters outside the JWS alphabet,
+/// or a header longer than `max_token_bytes` (checked before anything else
+/// is looked at) are rejected. `Ok(None)` means no credential at all, which
+/// only an `allUsers` binding admits. Query strings and cookies are never
+/// read.
+pub fn extract(
+    headers: &HeaderMap,
+    max_token_bytes: usize,
+) -> Result<Option<Credential<'_>>, Rejection> {
+    let (name, header) = if headers.contains_key(X_SERVERLESS_AUTHORIZATION) {
+        (
+            X_SERVERLESS_AUTHORIZATION,
+            CredentialHeader::XServerlessAuthorization,
+        )
+    } else if headers.contains_key(AUTHORIZATION) {
+        ("authorization", CredentialHeader::Authorization)
+    } else {
+        return Ok(None);
+    };
+    let mut values = headers.get_all(name).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(Rejection::new(
+            Reason::MultipleTokens,
+            format!("{name} appears more than once"),
+        ));
+    }
+    // Leave room for "Bearer " and some whitespace; the token itself is
+    // checked against the limit exactly below.
+    if value.len() > max_token_bytes.saturating_add(64) {
+        return Err(too_large(value.len(), max_token_bytes));
+    }
+    let value = value
+        .to_str()
+        .map_err(|_| {
+            Rejection::new(
+                Reason::MalformedToken,
+                format!("{name} is not visible ASCII"),
+            )
+        })?
+        .trim_matches([' ', '\t']);
+    let token = bearer_token(value).ok_or_else(|| {
+        Rejection::new(
+            Reason::MalformedToken,
+            format!("{name} does not hold a Bearer token"),
+        )
+    })?;
+    if token.len() > max_token_bytes {
+        return Err(too_large(token.len(), max_token_bytes));
+    }
+    if token.is_empty() {
+        return Err(Rejection::new(
+            Reason::MalformedToken,
+            format!("{name} has an empty token"),
+        ));
+    }
+    if !token
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+    {
+        return Err(Rejection::new(
+            Reason::MalformedToken,
+            "token has characters outside the base64url alphabet",
+        ));
+    }
+    Ok(Some(Credential { token, header }))
+}
+
+fn too_large(len: usize, max: usize) -> Rejection {
+    Rejection::new(
+        Reason::TokenTooLarge,
+        format!("credential is {len} bytes, over the limit of {max}"),
+    )
+}
+
+/// `Bearer <token>` with a case-insensitive scheme and one or more spaces.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, rest) = value.split_at_checked(6)?;
+    if !scheme.eq_ignore_ascii_case("bearer") || !rest.starts_with(' ') {
+        return None;
+    }
+    Some(rest.trim_start_matches(' '))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    fn reason(r: Result<Option<Credential<'_>>, Rejection>) -> Reason {
+        r.unwrap_err().reason
+    }
+
+    #[test]
+    fn bearer_parsing_follows_rfc7235() {
+        for v in [
+            "Bearer a.b.c",
+            "bearer a.b.c",
+            "BEARER   a.b.c",
+            "  Bearer a.b.c \t",
+        ] {
+            let h = headers(&[("authorization", v)]);
+            let c = extract(&h, 100).unwrap().unwrap();
+            assert_eq!(c.token, "a.b.c", "{v:?}");
+            assert_eq!(c.header, CredentialHeader::Authorization);
+        }
+        for v in [
+            "Basic a.b.c",
+            "Bearera.b.c",
+            "Bearer",
+            "a.b.c",
+            "Bearer\ta.b.c",
+        ] {
+            let h = headers(&[("authorization", v)]);
+            assert_eq!(reason(extract(&h, 100)), Reason::MalformedToken, "{v:?}");
+        }
+        let h = headers(&[("authorization", "Bearer    ")]);
+        assert_eq!(reason(extract(&h, 100)), Reason::MalformedToken);
+        let h = headers(&[("authorization", "Bearer a.b c")]);
+        assert_eq!(reason(extract(&h, 100)), Reason::MalformedToken);
+    }
+
+    #[test]
+    fn serverless_header_wins() {
+        let h = headers(&[
+            ("authorization", "Bearer app.own.token"),
+            ("x-serverless-authorization", "Bearer x.y.z"),
+        ]);
+        let c = extract(&h, 100).unwrap().unwrap();
+        assert_eq!(c.token, "x.y.z");
+        assert_eq!(c.header, CredentialHeader::XServerlessAuthorization);
+    }
+
+    #[test]
+    fn duplicates_size_and_absence() {
+        let h = headers(&[
+            ("authorization", "Bearer a.b.c"),
+            ("authorization", "Bearer d.e.f"),
+        ]);
+        assert_eq!(reason(extract(&h, 100)), Reason::MultipleTokens);
+        let h = headers(&[
+            ("authorization", "Bearer a.b.c"),
+            ("authorization", "Bearer a.b.c"),
+        ]);
+        assert_eq!(reason(extract(&h, 100)), Reason::MultipleTokens);
+        let h = headers(&[("authorization", &format!("Bearer {}", "a".repeat(101)))]);
+        assert_eq!(reason(extract(&h, 100)), Reason::TokenTooLarge);
+        let h = headers(&[("authorization", &format!("Bearer {}", "a".repeat(100)))]);
+        assert!(extract(&h, 100).unwrap().is_some());
+        assert_eq!(extract(&HeaderMap::new(), 100).unwrap(), None);
+    }
+}

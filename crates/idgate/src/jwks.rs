@@ -1,0 +1,536 @@
+//! Step 5: each issuer's signing keys, fetched once and kept fresh.
+//!
+//! One cache per issuer. Requests never wait on the network once the cache
+//! is warm: keys are refreshed in the background before they expire. An
+//! unknown `kid` forces at most one refresh per `refresh_interval`, shared
+//! by every request that wants it (single flight). A failed, empty or
+//! unparsable answer never replaces good keys; the old ones keep serving
+//! for up to `stale_if_error` past their expiry, with exponential backoff
+//! between attempts.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use futures_util::FutureExt;
+use futures_util::future::{BoxFuture, Shared};
+use jsonwebtoken::{Algorithm, DecodingKey};
+use serde_json::Value;
+
+use crate::Clock;
+
+/// Limits of the key cache. Every one is configurable; the defaults are the
+/// design's.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct JwksSettings {
+    /// Shortest key-set lifetime, whatever `Cache-Control` says. Default 5 min.
+    pub min_ttl: Duration,
+    /// Longest key-set lifetime. Default 24 h.
+    pub max_ttl: Duration,
+    /// Lifetime when the answer has no `max-age`. Default 1 h.
+    pub default_ttl: Duration,
+    /// Least time between two refreshes forced by an unknown `kid`. Default 30 s.
+    pub refresh_interval: Duration,
+    /// How long past expiry cached keys keep serving while fetches fail. Default 12 h.
+    pub stale_if_error: Duration,
+    /// Whole-fetch timeout, body included. Default 5 s.
+    pub fetch_timeout: Duration,
+    /// Largest body read; a longer answer is cut off and refused. Default 1 MiB.
+    pub max_body_bytes: usize,
+    /// First wait after a failed fetch; doubles with each failure. Default 1 s.
+    pub backoff_initial: Duration,
+    /// Longest wait between failed fetches. Default 60 s.
+    pub backoff_max: Duration,
+}
+
+impl Default for JwksSettings {
+    fn default() -> Self {
+        JwksSettings {
+            min_ttl: Duration::from_secs(5 * 60),
+            max_ttl: Duration::from_secs(24 * 3600),
+            default_ttl: Duration::from_secs(3600),
+            refresh_interval: Duration::from_secs(30),
+            stale_if_error: Duration::from_secs(12 * 3600),
+            fetch_timeout: Duration::from_secs(5),
+            max_body_bytes: 1 << 20,
+            backoff_initial: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A public key from the issuer's key set.
+pub struct VerifyingKey {
+    /// The key, ready for jsonwebtoken.
+    pub key: DecodingKey,
+    /// The JWK's `alg`, when it names one: a token must then use exactly it.
+    pub alg: Option<Algorithm>,
+}
+
+impl std::fmt::Debug for VerifyingKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerifyingKey")
+            .field("alg", &self.alg)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One successful fetch.
+#[derive(Debug)]
+pub(crate) struct KeySet {
+    pub(crate) keys: HashMap<String, Arc<VerifyingKey>>,
+    fetched_at: Duration,
+    refresh_at: Duration,
+    expires_at: Duration,
+}
+
+/// Why a key could not be had.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KeyMiss {
+    /// No keys at all (never loaded, or stale beyond `stale_if_error`).
+    Unavailable,
+    /// Keys are loaded, but none has this `kid`.
+    UnknownKid,
+}
+
+/// What an issuer's key cache looks like now, for readiness and metrics.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct KeyCacheStatus {
+    /// The configured issuer's name.
+    pub issuer: Arc<str>,
+    /// Whether usable keys are loaded.
+    pub ready: bool,
+    /// How many keys the current set has.
+    pub keys: usize,
+    /// Time since the current set was fetched.
+    pub age: Option<Duration>,
+    /// Successful fetches so far.
+    pub fetches_ok: u64,
+    /// Failed fetches so far (network, status, body, parse, empty set).
+    pub fetches_failed: u64,
+    /// The last failure, while failing.
+    pub last_error: Option<String>,
+}
+
+type FetchFuture = Shared<BoxFuture<'static, ()>>;
+
+#[derive(Default)]
+struct FetchState {
+    inflight: Option<FetchFuture>,
+    last_forced: Option<Duration>,
+    failures: u32,
+    retry_at: Duration,
+    last_error: Option<String>,
+}
+
+/// The key cache of one issuer. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct KeyCache(Arc<Inner>);
+
+struct Inner {
+    issuer: Arc<str>,
+    url: String,
+    settings: JwksSettings,
+    client: reqwest::Client,
+    clock: Arc<dyn Clock>,
+    current: ArcSwapOption<KeySet>,
+    state: Mutex<FetchState>,
+    fetches_ok: AtomicU64,
+    fetches_failed: AtomicU64,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Trigger {
+    /// Keys are missing or due: subject to backoff after failures.
+    Scheduled,
+    /// An unknown `kid`: subject to `refresh_interval`.
+    UnknownKid,
+}
+
+impl KeyCache {
+    pub(crate) fn new(
+        issuer: Arc<str>,
+        url: String,
+        settings: JwksSettings,
+        client: reqwest::Client,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        KeyCache(Arc::new(Inner {
+            issuer,
+            url,
+            settings,
+            client,
+            clock,
+            current: ArcSwapOption::empty(),
+            state: Mutex::new(FetchState::default()),
+            fetches_ok: AtomicU64::new(0),
+            fetches_failed: AtomicU64::new(0),
+        }))
+    }
+
+    /// The key named `kid`, fetching only when the cache is cold, expired,
+    /// or does not know the kid (rate-limited).
+    pub(crate) async fn key(&self, kid: &str) -> Result<Arc<VerifyingKey>, KeyMiss> {
+        let inner = &self.0;
+        let now = inner.clock.monotonic();
+        let mut snap = inner.current.load_full();
+        match &snap {
+            Some(s) if now < s.refresh_at => {}
+            Some(_) => {
+                // Due, or past expiry while fetches fail: refresh behind the
+                // request's back and keep serving what we have (until
+                // `stale_if_error` runs out). Only a cold cache makes a
+                // request wait on the network.
+                drop(inner.start(Trigger::Scheduled));
+            }
+            None => {
+                if let Some(f) = inner.start(Trigger::Scheduled) {
+                    f.await;
+                    snap = inner.current.load_full();
+                }
+            }
+        }
+        let Some(set) = snap.filter(|s| inner.usable(s, inner.clock.monotonic())) else {
+            return Err(KeyMiss::Unavailable);
+        };
+        if let Some(k) = set.keys.get(kid) {
+            return Ok(k.clone());
+        }
+        let Some(f) = inner.start(Trigger::UnknownKid) else {
+            return Err(KeyMiss::UnknownKid);
+        };
+        f.await;
+        match inner.current.load_full() {
+            Some(s) if inner.usable(&s, inner.clock.monotonic()) => {
+                s.keys.get(kid).cloned().ok_or(KeyMiss::UnknownKid)
+            }
+            _ => Err(KeyMiss::Unavailable),
+        }
+    }
+
+    /// Whether `kid` is in the current set (for verified-token cache hits,
+    /// so a dropped key stops admitting tokens it once verified).
+    pub(crate) fn has_kid(&self, kid: &str) -> bool {
+        let now = self.0.clock.monotonic();
+        self.0
+            .current
+            .load()
+            .as_ref()
+            .is_some_and(|s| self.0.usable(s, now) && s.keys.contains_key(kid))
+    }
+
+    /// Fetch now unless a fetch is running (then wait for it).
+    pub(crate) async fn refresh(&self) {
+        let f = {
+            let mut st = self.0.lock();
+            match &st.inflight {
+                Some(f) => f.clone(),
+                None => Inner::launch(&self.0, &mut st),
+            }
+        };
+        f.await;
+    }
+
+    pub(crate) fn status(&self) -> KeyCacheStatus {
+        let inner = &self.0;
+        let now = inner.clock.monotonic();
+        let snap = inner.current.load();
+        let st = inner.lock();
+        KeyCacheStatus {
+            issuer: inner.issuer.clone(),
+            ready: snap.as_ref().is_some_and(|s| inner.usable(s, now)),
+            keys: snap.as_ref().map_or(0, |s| s.keys.len()),
+            age: snap.as_ref().map(|s| now.saturating_sub(s.fetched_at)),
+            fetches_ok: inner.fetches_ok.load(Ordering::Relaxed),
+            fetches_failed: inner.fetches_failed.load(Ordering::Relaxed),
+            last_error: st.last_error.clone(),
+        }
+    }
+
+    /// Keep the cache warm: fetch now, then before each expiry, retrying
+    /// with backoff after failures. Ends when the cache is dropped.
+    pub(crate) fn spawn_refresher(&self) -> tokio::task::JoinHandle<()> {
+        let weak: Weak<Inner> = Arc::downgrade(&self.0);
+        tokio::spawn(async move {
+            loop {
+                let wait = {
+                    let Some(inner) = weak.upgrade() else { return };
+                    if let Some(f) = inner.start(Trigger::Scheduled) {
+                        f.await;
+                    }
+                    let now = inner.clock.monotonic();
+                    let st = inner.lock();
+                    let due = match inner.current.load().as_ref() {
+                        Some(s) if st.failures == 0 => s.refresh_at,
+                        _ => st.retry_at,
+                    };
+                    // Never spin: at least a short pause between rounds.
+                    due.saturating_sub(now).max(Duration::from_millis(50))
+                };
+                tokio::time::sleep(wait).await;
+            }
+        })
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, FetchState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn usable(&self, s: &KeySet, now: Duration) -> bool {
+        now < s.expires_at + self.settings.stale_if_error
+    }
+
+    /// Start a fetch or join the running one; `None` when rules say no.
+    fn start(self: &Arc<Self>, trigger: Trigger) -> Option<FetchFuture> {
+        let now = self.clock.monotonic();
+        let mut st = self.lock();
+        if let Some(f) = &st.inflight {
+            return Some(f.clone());
+        }
+        match trigger {
+            Trigger::Scheduled if now < st.retry_at => return None,
+            Trigger::UnknownKid => {
+                if st
+                    .last_forced
+                    .is_some_and(|t| now < t + self.settings.refresh_interval)
+                {
+                    return None;
+                }
+                st.last_forced = Some(now);
+            }
+            Trigger::Scheduled => {}
+        }
+        Some(Inner::launch(self, &mut st))
+    }
+
+    /// Spawn the fetch so it completes even if every waiter goes away.
+    fn launch(this: &Arc<Self>, st: &mut FetchState) -> FetchFuture {
+        let inner = this.clone();
+        let fut = async move {
+            let result = inner.fetch().await;
+            inner.finish(result);
+        }
+        .boxed()
+        .shared();
+        st.inflight = Some(fut.clone());
+        tokio::spawn(fut.clone());
+        fut
+    }
+
+    fn finish(&self, result: Result<KeySet, String>) {
+        let now = self.clock.monotonic();
+        let mut st = self.lock();
+        st.inflight = None;
+        match result {
+            Ok(set) => {
+                tracing::debug!(jwks.issuer = %self.issuer, jwks.keys = set.keys.len(), "jwks refreshed");
+                self.current.store(Some(Arc::new(set)));
+                self.fetches_ok.fetch_add(1, Ordering::Relaxed);
+                st.failures = 0;
+                st.retry_at = Duration::ZERO;
+                st.last_error = None;
+            }
+            Err(error) => {
+                self.fetches_failed.fetch_add(1, Ordering::Relaxed);
+                st.failures = st.failures.saturating_add(1);
+                let backoff = self
+                    .settings
+                    .backoff_initial
+                    .saturating_mul(1 << st.failures.min(16).saturating_sub(1))
+                    .min(self.settings.backoff_max);
+                // Jitter keeps a fleet of sidecars from retrying in step.
+                st.retry_at = now + backoff.mul_f64(0.8 + 0.4 * fastrand::f64());
+                let serving = self.current.load().is_some();
+                tracing::warn!(
+                    jwks.issuer = %self.issuer,
+                    jwks.url = %self.url,
+                    jwks.failures = st.failures,
+                    jwks.retry_in_ms = backoff.as_millis() as u64,
+                    jwks.serving_cached = serving,
+                    error = %error,
+                    "jwks fetch failed"
+                );
+                st.last_error = Some(error);
+            }
+        }
+    }
+
+    async fn fetch(&self) -> Result<KeySet, String> {
+        let s = &self.settings;
+        let mut resp = self
+            .client
+            .get(&self.url)
+            .timeout(s.fetch_timeout)
+            .send()
+            .await
+            .map_err(|e| format!("request failed: {}", error_chain(&e)))?;
+        if resp.status() != reqwest::StatusCode::OK {
+            return Err(format!("answered {}", resp.status()));
+        }
+        let ttl = ttl_from_headers(resp.headers(), s);
+        if resp
+            .content_length()
+            .is_some_and(|n| n > s.max_body_bytes as u64)
+        {
+            return Err(format!("body is over the {} byte cap", s.max_body_bytes));
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| format!("reading body: {}", error_chain(&e)))?
+        {
+            if body.len() + chunk.len() > s.max_body_bytes {
+                return Err(format!("body is over the {} byte cap", s.max_body_bytes));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let keys = parse_jwks(&body)?;
+        let now = self.clock.monotonic();
+        Ok(KeySet {
+            keys,
+            fetched_at: now,
+            // Refresh somewhere in the last 5-15 % of the lifetime.
+            refresh_at: now + ttl.mul_f64(0.85 + 0.1 * fastrand::f64()),
+            expires_at: now + ttl,
+        })
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}
+
+/// `max-age` minus `Age`, clamped; `no-store`/`no-cache` mean the minimum.
+fn ttl_from_headers(h: &http::HeaderMap, s: &JwksSettings) -> Duration {
+    let cc = h
+        .get_all(http::header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|d| d.trim().to_ascii_lowercase())
+        .collect::<Vec<_>>();
+    if cc.iter().any(|d| d == "no-store" || d == "no-cache") {
+        return s.min_ttl;
+    }
+    let max_age = cc
+        .iter()
+        .filter_map(|d| d.strip_prefix("max-age="))
+        .find_map(|v| v.trim_matches('"').parse::<u64>().ok());
+    let Some(max_age) = max_age else {
+        return s.default_ttl.clamp(s.min_ttl, s.max_ttl);
+    };
+    let age = h
+        .get(http::header::AGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    Duration::from_secs(max_age.saturating_sub(age)).clamp(s.min_ttl, s.max_ttl)
+}
+
+/// Parse a JWK Set, keeping the signing keys we can use. Keys of unknown
+/// type, for encryption, or without a `kid` are skipped; an empty result is
+/// an error, so it never replaces good keys.
+pub(crate) fn parse_jwks(body: &[u8]) -> Result<HashMap<String, Arc<VerifyingKey>>, String> {
+    let doc: Value = serde_json::from_slice(body).map_err(|e| format!("body is not JSON: {e}"))?;
+    let keys = doc
+        .get("keys")
+        .and_then(Value::as_array)
+        .ok_or("body has no \"keys\" array")?;
+    let mut out = HashMap::new();
+    for jwk in keys {
+        let field = |k: &str| jwk.get(k).and_then(Value::as_str);
+        let Some(kid) = field("kid").filter(|k| !k.is_empty()) else {
+            continue;
+        };
+        if field("use").is_some_and(|u| u != "sig") {
+            continue;
+        }
+        let alg = match field("alg") {
+            None => None,
+            Some(a) => match Algorithm::from_str(a) {
+                Ok(a) => Some(a),
+                Err(_) => continue,
+            },
+        };
+        let key = match (field("kty"), field("crv")) {
+            (Some("RSA"), _) => match (field("n"), field("e")) {
+                (Some(n), Some(e)) => DecodingKey::from_rsa_components(n, e).ok(),
+                _ => None,
+            },
+            (Some("EC"), Some("P-256" | "P-384")) => match (field("x"), field("y")) {
+                (Some(x), Some(y)) => DecodingKey::from_ec_components(x, y).ok(),
+                _ => None,
+            },
+            _ => None,
+        };
+        let Some(key) = key else { continue };
+        // A kid listed twice is ambiguous: keep the first, as most issuers'
+        // clients do, rather than let the order of a later fetch decide.
+        out.entry(kid.to_owned())
+            .or_insert_with(|| Arc::new(VerifyingKey { key, alg }));
+    }
+    if out.is_empty() {
+        return Err("key set has no usable signing keys".into());
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn ttl_rules() {
+        let s = JwksSettings::default();
+        let ttl = |p: &[(&str, &str)]| ttl_from_headers(&headers(p), &s).as_secs();
+        assert_eq!(ttl(&[]), 3600);
+        assert_eq!(ttl(&[("cache-control", "public, max-age=20000")]), 20000);
+        assert_eq!(
+            ttl(&[("cache-control", "public, max-age=20000"), ("age", "1000")]),
+            19000
+        );
+        assert_eq!(ttl(&[("cache-control", "max-age=10")]), 300);
+        assert_eq!(ttl(&[("cache-control", "max-age=999999")]), 86400);
+        assert_eq!(
+            ttl(&[("cache-control", "max-age=400"), ("age", "999")]),
+            300
+        );
+        assert_eq!(ttl(&[("cache-control", "no-store")]), 300);
+        assert_eq!(ttl(&[("cache-control", "max-age=junk")]), 3600);
+    }
+
+    #[test]
+    fn jwks_parsing_skips_what_it_cannot_use() {
+        assert!(parse_jwks(b"not json").is_err());
+        assert!(parse_jwks(br#"{"keys":[]}"#).is_err());
+        assert!(parse_jwks(br#"{"nokeys":1}"#).is_err());
+        let only_unknown = br#"{"keys":[{"kty":"OKP","kid":"a","crv":"Ed25519","x":"AA"}]}"#;
+        assert!(parse_jwks(only_unknown).is_err());
+    }
+}

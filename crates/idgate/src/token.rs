@@ -1,0 +1,225 @@
+//! Step 2: take a compact JWS apart strictly, without trusting any of it.
+
+use std::collections::HashSet;
+use std::fmt;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::Deserialize;
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Value};
+
+use crate::Reason;
+use crate::verifier::Rejection;
+
+/// A token whose segments decode and whose header and claims are JSON
+/// objects without duplicate members. Nothing in it is verified yet.
+#[derive(Debug, Clone)]
+pub struct UnverifiedToken<'a> {
+    /// `header.payload`, the bytes the signature covers.
+    pub signing_input: &'a str,
+    /// The payload segment as sent (base64url).
+    pub payload_b64: &'a str,
+    /// The signature segment as sent (base64url).
+    pub signature_b64: &'a str,
+    /// The decoded header.
+    pub header: Map<String, Value>,
+    /// The decoded claims.
+    pub claims: Map<String, Value>,
+}
+
+impl<'a> UnverifiedToken<'a> {
+    /// Split and decode `token`. Rejects anything but three segments of
+    /// canonical unpadded base64url whose first two are duplicate-free JSON
+    /// objects.
+    pub fn parse(token: &'a str) -> Result<Self, Rejection> {
+        let mut parts = token.split('.');
+        let (Some(h), Some(p), Some(s), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(malformed("a JWS has three segments"));
+        };
+        let header = json_object(&b64(h, "header")?, "header")?;
+        let claims = json_object(&b64(p, "payload")?, "payload")?;
+        // The signature must decode too; its emptiness is judged after the
+        // algorithm, so that `alg: none` reports as what it is.
+        b64(s, "signature")?;
+        Ok(UnverifiedToken {
+            signing_input: &token[..h.len() + 1 + p.len()],
+            payload_b64: p,
+            signature_b64: s,
+            header,
+            claims,
+        })
+    }
+
+    /// A string header field.
+    pub fn header_str(&self, name: &str) -> Option<&str> {
+        self.header.get(name).and_then(Value::as_str)
+    }
+
+    /// A string claim.
+    pub fn claim_str(&self, name: &str) -> Option<&str> {
+        self.claims.get(name).and_then(Value::as_str)
+    }
+}
+
+fn malformed(detail: impl Into<std::borrow::Cow<'static, str>>) -> Rejection {
+    Rejection::new(Reason::MalformedToken, detail)
+}
+
+/// Canonical unpadded base64url: the engine refuses padding and non-zero
+/// trailing bits, so each byte string has exactly one accepted encoding.
+fn b64(segment: &str, what: &str) -> Result<Vec<u8>, Rejection> {
+    URL_SAFE_NO_PAD
+        .decode(segment)
+        .map_err(|_| malformed(format!("{what} is not canonical unpadded base64url")))
+}
+
+fn json_object(bytes: &[u8], what: &str) -> Result<Map<String, Value>, Rejection> {
+    match serde_json::from_slice::<StrictValue>(bytes) {
+        Ok(StrictValue(Value::Object(m))) => Ok(m),
+        Ok(_) => Err(malformed(format!("{what} is not a JSON object"))),
+        Err(e) if e.to_string().starts_with(DUPLICATE) => {
+            Err(malformed(format!("{what} has a duplicate member")))
+        }
+        Err(_) => Err(malformed(format!("{what} is not valid JSON"))),
+    }
+}
+
+const DUPLICATE: &str = "duplicate member";
+
+/// A JSON value that refuses duplicate object members at any depth.
+/// Parsers disagree on which duplicate wins, which lets a token mean one
+/// thing to us and another to the app behind us.
+struct StrictValue(Value);
+
+impl<'de> Deserialize<'de> for StrictValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor).map(StrictValue)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut v = Vec::new();
+        while let Some(StrictValue(x)) = seq.next_element()? {
+            v.push(x);
+        }
+        Ok(Value::Array(v))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut m = Map::new();
+        let mut seen = HashSet::new();
+        while let Some(k) = map.next_key::<String>()? {
+            if !seen.insert(k.clone()) {
+                return Err(de::Error::custom(DUPLICATE));
+            }
+            let StrictValue(v) = map.next_value()?;
+            m.insert(k, v);
+        }
+        Ok(Value::Object(m))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn enc(s: &str) -> String {
+        URL_SAFE_NO_PAD.encode(s)
+    }
+
+    #[test]
+    fn parses_a_well_formed_token() {
+        let t = format!(
+            "{}.{}.{}",
+            enc(r#"{"alg":"RS256"}"#),
+            enc(r#"{"a":[1,{"b":2}]}"#),
+            enc("sig")
+        );
+        let u = UnverifiedToken::parse(&t).unwrap();
+        assert_eq!(u.header_str("alg"), Some("RS256"));
+        assert_eq!(u.signing_input, &t[..t.rfind('.').unwrap()]);
+    }
+
+    #[test]
+    fn rejects_duplicates_at_any_depth() {
+        for claims in [
+            r#"{"a":1,"a":2}"#,
+            r#"{"x":{"b":1,"b":1}}"#,
+            r#"{"x":[{"c":1,"c":2}]}"#,
+        ] {
+            let t = format!("{}.{}.{}", enc(r#"{"alg":"RS256"}"#), enc(claims), enc("s"));
+            let r = UnverifiedToken::parse(&t).unwrap_err();
+            assert_eq!(r.reason, Reason::MalformedToken);
+            assert!(r.detail.contains("duplicate"), "{claims}: {}", r.detail);
+        }
+        let t = format!(
+            "{}.{}.{}",
+            enc(r#"{"alg":"RS256","alg":"none"}"#),
+            enc("{}"),
+            enc("s")
+        );
+        assert!(
+            UnverifiedToken::parse(&t)
+                .unwrap_err()
+                .detail
+                .contains("duplicate")
+        );
+    }
+
+    #[test]
+    fn rejects_non_canonical_base64_and_shapes() {
+        let h = enc(r#"{"alg":"RS256"}"#);
+        let c = enc("{}");
+        let bad = [
+            format!("{h}.{c}"),
+            format!("{h}.{c}.s.x"),
+            format!("{h}=.{c}.c2ln"),
+            format!("{h}.{c}.c2ln="),
+            format!("{h}.{c}.ab+c"),
+            format!("{h}.{c}.ab/c"),
+            // "e30" is "{}"; "e31" differs only in trailing bits.
+            format!("{h}.e31.c2ln"),
+            format!("{h}.{}.c2ln", enc("[]")),
+            format!("{h}.{}.c2ln", enc("{")),
+        ];
+        for t in bad {
+            assert_eq!(
+                UnverifiedToken::parse(&t).unwrap_err().reason,
+                Reason::MalformedToken,
+                "{t}"
+            );
+        }
+        assert!(UnverifiedToken::parse(&format!("{h}.e30.c2ln")).is_ok());
+    }
+}

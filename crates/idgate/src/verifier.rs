@@ -1,0 +1,747 @@
+//! Steps 2–7: from a bearer token to a verified [`Identity`].
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use jsonwebtoken::Algorithm;
+use serde_json::Value;
+
+use crate::jwks::{JwksSettings, KeyCache, KeyCacheStatus, KeyMiss};
+use crate::token::UnverifiedToken;
+use crate::{Clock, Identity, IssuerTag, Reason, SystemClock};
+
+/// Google's JWKS for ID tokens (the v3 certs endpoint).
+pub const GOOGLE_CERTS_URL: &str = "https://www.googleapis.com/oauth2/v3/certs";
+/// The two `iss` values Google signs ID tokens with.
+pub const GOOGLE_ISSUERS: [&str; 2] = ["https://accounts.google.com", "accounts.google.com"];
+/// The audience of `gcloud auth print-identity-token` tokens. A token for it
+/// was minted for no particular service: configure it only on purpose.
+pub const GCLOUD_AUDIENCE: &str = "32555940559.apps.googleusercontent.com";
+
+/// A refusal: the stable reason code, and a detail for logs and
+/// `idgate check`. The detail never holds the token or the expected
+/// audience.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// The reason code.
+    pub reason: Reason,
+    /// What exactly was wrong, for people.
+    pub detail: Cow<'static, str>,
+}
+
+impl Rejection {
+    /// A rejection with a detail.
+    pub fn new(reason: Reason, detail: impl Into<Cow<'static, str>>) -> Self {
+        Rejection {
+            reason,
+            detail: detail.into(),
+        }
+    }
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.reason, self.detail)
+    }
+}
+
+impl std::error::Error for Rejection {}
+
+/// One trusted token issuer.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct IssuerConfig {
+    /// A short name for logs and metrics labels (`google` for the preset).
+    pub name: String,
+    /// The `iss` values this issuer signs with.
+    pub issuers: Vec<String>,
+    /// Where its JWK Set is.
+    pub jwks_url: String,
+    /// The algorithms it may use. Google: RS256 only.
+    pub algorithms: Vec<Algorithm>,
+    /// Google issuer: emails name `user:`/`serviceAccount:` principals.
+    pub google: bool,
+    /// For other issuers, the workload identity pool path that
+    /// `principal://`/`principalSet://` members name.
+    pub pool: Option<String>,
+}
+
+impl IssuerConfig {
+    /// Google's issuer: both `iss` spellings, the v3 certs URL, RS256 only.
+    pub fn google() -> Self {
+        IssuerConfig {
+            name: "google".into(),
+            issuers: GOOGLE_ISSUERS.iter().map(|s| s.to_string()).collect(),
+            jwks_url: GOOGLE_CERTS_URL.into(),
+            algorithms: vec![Algorithm::RS256],
+            google: true,
+            pool: None,
+        }
+    }
+
+    /// Another OIDC issuer (RS256 unless [`IssuerConfig::with_algorithms`]).
+    pub fn new(
+        name: impl Into<String>,
+        issuer: impl Into<String>,
+        jwks_url: impl Into<String>,
+    ) -> Self {
+        IssuerConfig {
+            name: name.into(),
+            issuers: vec![issuer.into()],
+            jwks_url: jwks_url.into(),
+            algorithms: vec![Algorithm::RS256],
+            google: false,
+            pool: None,
+        }
+    }
+
+    /// Fetch keys from another URL (a test issuer, a mirror).
+    pub fn with_jwks_url(mut self, url: impl Into<String>) -> Self {
+        self.jwks_url = url.into();
+        self
+    }
+
+    /// Accept exactly these algorithms.
+    pub fn with_algorithms(mut self, algs: impl IntoIterator<Item = Algorithm>) -> Self {
+        self.algorithms = algs.into_iter().collect();
+        self
+    }
+
+    /// Name this issuer's subjects in IAM as members of this pool.
+    pub fn with_pool(mut self, pool: impl Into<String>) -> Self {
+        self.pool = Some(pool.into());
+        self
+    }
+
+    /// Also accept this `iss` spelling.
+    pub fn with_issuer(mut self, iss: impl Into<String>) -> Self {
+        self.issuers.push(iss.into());
+        self
+    }
+}
+
+/// Problems in a verifier's configuration, all of them.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("invalid verifier configuration: {}", .0.join("; "))]
+pub struct ConfigError(pub Vec<String>);
+
+/// Counters for metrics.
+#[derive(Debug, Default)]
+struct Counters {
+    cache_hits: AtomicU64,
+    cache_misses: AtomicU64,
+}
+
+/// What the verifier has done, for metrics.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct VerifierStats {
+    /// Verified-token cache hits.
+    pub token_cache_hits: u64,
+    /// Verified-token cache misses (signature checked).
+    pub token_cache_misses: u64,
+    /// Entries in the verified-token cache.
+    pub token_cache_entries: u64,
+    /// Each issuer's key cache.
+    pub issuers: Vec<KeyCacheStatus>,
+}
+
+struct Issuer {
+    tag: IssuerTag,
+    algorithms: Vec<Algorithm>,
+    keys: KeyCache,
+}
+
+#[derive(Clone)]
+struct CachedToken {
+    identity: Identity,
+    issuer: usize,
+    kid: Arc<str>,
+}
+
+/// Verifies ID tokens: strict parsing, issuer, key, signature, times and
+/// audience. Build one per process and share it (`Arc<Verifier>`).
+pub struct Verifier {
+    issuers: Vec<Issuer>,
+    by_iss: HashMap<String, usize>,
+    all_algorithms: Vec<Algorithm>,
+    audiences: Vec<String>,
+    clock_skew: u64,
+    max_lifetime: u64,
+    max_token_bytes: usize,
+    token_cache: Option<moka::sync::Cache<[u8; 32], CachedToken>>,
+    clock: Arc<dyn Clock>,
+    counters: Counters,
+}
+
+impl fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Verifier")
+            .field(
+                "issuers",
+                &self
+                    .issuers
+                    .iter()
+                    .map(|i| &*i.tag.name)
+                    .collect::<Vec<_>>(),
+            )
+            .field("audiences", &self.audiences.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`Verifier`]; every setting is checked in [`VerifierBuilder::build`].
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct VerifierBuilder {
+    issuers: Vec<IssuerConfig>,
+    audiences: Vec<String>,
+    clock_skew: Duration,
+    max_lifetime: Duration,
+    max_token_bytes: usize,
+    token_cache_capacity: u64,
+    jwks: JwksSettings,
+    clock: Option<Arc<dyn Clock>>,
+    client: Option<reqwest::Client>,
+}
+
+impl Default for VerifierBuilder {
+    fn default() -> Self {
+        VerifierBuilder {
+            issuers: Vec::new(),
+            audiences: Vec::new(),
+            clock_skew: Duration::from_secs(30),
+            max_lifetime: Duration::from_secs(24 * 3600),
+            max_token_bytes: 16 * 1024,
+            token_cache_capacity: 10_000,
+            jwks: JwksSettings::default(),
+            clock: None,
+            client: None,
+        }
+    }
+}
+
+impl VerifierBuilder {
+    /// Trust this issuer. With none, the Google preset is used.
+    pub fn issuer(mut self, issuer: IssuerConfig) -> Self {
+        self.issuers.push(issuer);
+        self
+    }
+    /// Accept tokens minted for this audience. At least one is required.
+    pub fn audience(mut self, aud: impl Into<String>) -> Self {
+        self.audiences.push(aud.into());
+        self
+    }
+    /// Accept tokens minted for any of these audiences.
+    pub fn audiences<I: IntoIterator<Item = S>, S: Into<String>>(mut self, auds: I) -> Self {
+        self.audiences.extend(auds.into_iter().map(Into::into));
+        self
+    }
+    /// Tolerance for `exp`, `nbf` and `iat` (default 30 s; at most 5 min).
+    pub fn clock_skew(mut self, skew: Duration) -> Self {
+        self.clock_skew = skew;
+        self
+    }
+    /// Longest `exp - iat` accepted (default 24 h).
+    pub fn max_lifetime(mut self, lifetime: Duration) -> Self {
+        self.max_lifetime = lifetime;
+        self
+    }
+    /// Longest token accepted, checked before decoding (default 16 KiB).
+    pub fn max_token_bytes(mut self, bytes: usize) -> Self {
+        self.max_token_bytes = bytes;
+        self
+    }
+    /// Verified tokens remembered (default 10,000; 0 turns the cache off).
+    pub fn token_cache_capacity(mut self, entries: u64) -> Self {
+        self.token_cache_capacity = entries;
+        self
+    }
+    /// Key cache limits.
+    pub fn jwks(mut self, settings: JwksSettings) -> Self {
+        self.jwks = settings;
+        self
+    }
+    /// The clock (tests use [`ManualClock`](crate::ManualClock)).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+    /// The HTTP client for key fetches (default: rustls, no proxy from env).
+    pub fn http_client(mut self, client: reqwest::Client) -> Self {
+        self.client = Some(client);
+        self
+    }
+
+    /// Check every setting and build. Lists every problem at once.
+    pub fn build(self) -> Result<Verifier, ConfigError> {
+        let mut problems = Vec::new();
+        let issuers = if self.issuers.is_empty() {
+            vec![IssuerConfig::google()]
+        } else {
+            self.issuers
+        };
+        if self.audiences.is_empty() {
+            problems.push("at least one audience is required: audience is what stops a token minted for another service from being replayed here".into());
+        }
+        for a in &self.audiences {
+            if a.trim().is_empty() || a.trim() != a {
+                problems.push(format!(
+                    "audience {a:?} is empty or has surrounding whitespace"
+                ));
+            }
+        }
+        if self.clock_skew > Duration::from_secs(300) {
+            problems.push(format!(
+                "clock skew {:?} is over the 5 min maximum",
+                self.clock_skew
+            ));
+        }
+        if self.max_lifetime.is_zero() {
+            problems.push("max lifetime must be positive".into());
+        }
+        if self.max_token_bytes < 64 {
+            problems.push(format!(
+                "max token bytes {} is too small for any JWT",
+                self.max_token_bytes
+            ));
+        }
+        let j = &self.jwks;
+        if j.min_ttl > j.max_ttl {
+            problems.push(format!(
+                "jwks min ttl {:?} is over max ttl {:?}",
+                j.min_ttl, j.max_ttl
+            ));
+        }
+        if j.fetch_timeout.is_zero() || j.max_body_bytes == 0 {
+            problems.push("jwks fetch timeout and body cap must be positive".into());
+        }
+        let mut by_iss = HashMap::new();
+        let mut names = std::collections::HashSet::new();
+        for (i, cfg) in issuers.iter().enumerate() {
+            if !names.insert(cfg.name.as_str()) {
+                problems.push(format!("issuer name {:?} is used twice", cfg.name));
+            }
+            if cfg.issuers.is_empty() {
+                problems.push(format!("issuer {:?} has no iss value", cfg.name));
+            }
+            for iss in &cfg.issuers {
+                if by_iss.insert(iss.clone(), i).is_some() {
+                    problems.push(format!("iss {iss:?} is configured twice"));
+                }
+            }
+            if cfg.algorithms.is_empty() {
+                problems.push(format!("issuer {:?} allows no algorithm", cfg.name));
+            }
+            if let Some(a) = cfg.algorithms.iter().find(|a| !is_asymmetric(**a)) {
+                problems.push(format!(
+                    "issuer {:?}: {a:?} is a shared-secret algorithm; only public-key algorithms can be checked against a JWKS",
+                    cfg.name
+                ));
+            }
+            match reqwest::Url::parse(&cfg.jwks_url) {
+                Ok(u) if matches!(u.scheme(), "https" | "http") => {}
+                _ => problems.push(format!(
+                    "issuer {:?}: jwks url {:?} is not an http(s) URL",
+                    cfg.name, cfg.jwks_url
+                )),
+            }
+        }
+        if !problems.is_empty() {
+            return Err(ConfigError(problems));
+        }
+        let clock = self.clock.unwrap_or_else(|| Arc::new(SystemClock::new()));
+        let client = match self.client {
+            Some(c) => c,
+            None => reqwest::Client::builder()
+                .no_proxy()
+                .user_agent(concat!("idgate/", env!("CARGO_PKG_VERSION")))
+                .build()
+                .map_err(|e| ConfigError(vec![format!("http client: {e}")]))?,
+        };
+        let mut all_algorithms: Vec<Algorithm> = Vec::new();
+        let issuers = issuers
+            .into_iter()
+            .map(|cfg| {
+                for a in &cfg.algorithms {
+                    if !all_algorithms.contains(a) {
+                        all_algorithms.push(*a);
+                    }
+                }
+                let name: Arc<str> = cfg.name.into();
+                Issuer {
+                    tag: IssuerTag {
+                        name: name.clone(),
+                        google: cfg.google,
+                        pool: cfg.pool.map(Into::into),
+                    },
+                    algorithms: cfg.algorithms,
+                    keys: KeyCache::new(
+                        name,
+                        cfg.jwks_url,
+                        self.jwks.clone(),
+                        client.clone(),
+                        clock.clone(),
+                    ),
+                }
+            })
+            .collect();
+        let token_cache = (self.token_cache_capacity > 0).then(|| {
+            moka::sync::Cache::builder()
+                .max_capacity(self.token_cache_capacity)
+                .expire_after(UntilExpiry {
+                    clock: clock.clone(),
+                    skew: self.clock_skew.as_secs(),
+                })
+                .build()
+        });
+        Ok(Verifier {
+            issuers,
+            by_iss,
+            all_algorithms,
+            audiences: self.audiences,
+            clock_skew: self.clock_skew.as_secs(),
+            max_lifetime: self.max_lifetime.as_secs(),
+            max_token_bytes: self.max_token_bytes,
+            token_cache,
+            clock,
+            counters: Counters::default(),
+        })
+    }
+}
+
+fn is_asymmetric(a: Algorithm) -> bool {
+    !matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)
+}
+
+/// Entries live no longer than their token (memory only; a hit still
+/// checks `exp` against the verifier's clock).
+struct UntilExpiry {
+    clock: Arc<dyn Clock>,
+    skew: u64,
+}
+
+impl moka::Expiry<[u8; 32], CachedToken> for UntilExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &[u8; 32],
+        value: &CachedToken,
+        _now: std::time::Instant,
+    ) -> Option<Duration> {
+        let deadline = value.identity.expires_at().saturating_add(self.skew);
+        Some(Duration::from_secs(
+            deadline.saturating_sub(self.clock.unix_now().as_secs()),
+        ))
+    }
+}
+
+impl Verifier {
+    /// Start building a verifier.
+    pub fn builder() -> VerifierBuilder {
+        VerifierBuilder::default()
+    }
+
+    /// The longest credential accepted.
+    pub fn max_token_bytes(&self) -> usize {
+        self.max_token_bytes
+    }
+
+    /// The verifier's clock (the policy evaluates `request.time` on it).
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// Whether every issuer has usable keys (readiness).
+    pub fn is_ready(&self) -> bool {
+        self.issuers.iter().all(|i| i.keys.status().ready)
+    }
+
+    /// Fetch every issuer's keys now (startup warm-up); waits for the fetches.
+    pub async fn refresh_keys(&self) {
+        futures_util::future::join_all(self.issuers.iter().map(|i| i.keys.refresh())).await;
+    }
+
+    /// Keep every issuer's keys warm in the background (needs a tokio
+    /// runtime). The tasks end when the verifier is dropped.
+    pub fn spawn_key_refreshers(&self) -> Vec<tokio::task::JoinHandle<()>> {
+        self.issuers
+            .iter()
+            .map(|i| i.keys.spawn_refresher())
+            .collect()
+    }
+
+    /// Counters and key-cache state, for metrics.
+    pub fn stats(&self) -> VerifierStats {
+        VerifierStats {
+            token_cache_hits: self.counters.cache_hits.load(Ordering::Relaxed),
+            token_cache_misses: self.counters.cache_misses.load(Ordering::Relaxed),
+            token_cache_entries: self.token_cache.as_ref().map_or(0, |c| c.entry_count()),
+            issuers: self.issuers.iter().map(|i| i.keys.status()).collect(),
+        }
+    }
+
+    /// Verify a bearer token (the text after `Bearer `).
+    pub async fn verify(&self, token: &str) -> Result<Identity, Rejection> {
+        if token.len() > self.max_token_bytes {
+            return Err(Rejection::new(
+                Reason::TokenTooLarge,
+                format!(
+                    "token is {} bytes, over the limit of {}",
+                    token.len(),
+                    self.max_token_bytes
+                ),
+            ));
+        }
+        let now = self.clock.unix_now().as_secs();
+        let digest = self.token_cache.as_ref().map(|_| token_digest(token));
+        if let (Some(cache), Some(d)) = (&self.token_cache, &digest) {
+            if let Some(hit) = cache.get(d) {
+                // Same checks a miss makes that can change with time or
+                // rotation: expiry, and the signing key still published.
+                if now < hit.identity.expires_at().saturating_add(self.clock_skew)
+                    && self.issuers[hit.issuer].keys.has_kid(&hit.kid)
+                {
+                    self.counters.cache_hits.fetch_add(1, Ordering::Relaxed);
+                    return Ok(hit.identity);
+                }
+                cache.invalidate(d);
+            }
+        }
+        self.counters.cache_misses.fetch_add(1, Ordering::Relaxed);
+        let (identity, issuer, kid) = self.verify_uncached(token, now).await?;
+        if let (Some(cache), Some(d)) = (&self.token_cache, digest) {
+            cache.insert(
+                d,
+                CachedToken {
+                    identity: identity.clone(),
+                    issuer,
+                    kid,
+                },
+            );
+        }
+        Ok(identity)
+    }
+
+    async fn verify_uncached(
+        &self,
+        token: &str,
+        now: u64,
+    ) -> Result<(Identity, usize, Arc<str>), Rejection> {
+        let t = UnverifiedToken::parse(token)?;
+
+        // Header.
+        let alg_name = t
+            .header_str("alg")
+            .ok_or_else(|| Rejection::new(Reason::MalformedToken, "header has no string alg"))?;
+        let alg = Algorithm::from_str(alg_name)
+            .ok()
+            .filter(|a| self.all_algorithms.contains(a))
+            .ok_or_else(|| {
+                Rejection::new(
+                    Reason::UnsupportedAlgorithm,
+                    format!("alg {alg_name:?} is not accepted"),
+                )
+            })?;
+        if let Some(crit) = t.header.get("crit") {
+            // We implement no JWS extension, so any critical one rejects.
+            return Err(match crit.as_array() {
+                Some(a) if !a.is_empty() && a.iter().all(Value::is_string) => Rejection::new(
+                    Reason::UnsupportedAlgorithm,
+                    format!("crit names extensions idgate does not implement: {crit}"),
+                ),
+                _ => Rejection::new(
+                    Reason::MalformedToken,
+                    "crit is not a non-empty array of strings",
+                ),
+            });
+        }
+        let kid = match t.header.get("kid") {
+            Some(Value::String(k)) if !k.is_empty() => k.as_str(),
+            _ => return Err(Rejection::new(Reason::MalformedToken, "header has no kid")),
+        };
+        if t.signature_b64.is_empty() {
+            return Err(Rejection::new(Reason::MalformedToken, "signature is empty"));
+        }
+
+        // Issuer: chosen before any network I/O.
+        let iss = match t.claims.get("iss") {
+            Some(Value::String(s)) => s.as_str(),
+            Some(_) => {
+                return Err(Rejection::new(
+                    Reason::MalformedToken,
+                    "iss is not a string",
+                ));
+            }
+            None => return Err(Rejection::new(Reason::MalformedToken, "token has no iss")),
+        };
+        let Some(&issuer_idx) = self.by_iss.get(iss) else {
+            return Err(Rejection::new(
+                Reason::UnknownIssuer,
+                format!("iss {iss:?} is not a configured issuer"),
+            ));
+        };
+        let issuer = &self.issuers[issuer_idx];
+        if !issuer.algorithms.contains(&alg) {
+            return Err(Rejection::new(
+                Reason::UnsupportedAlgorithm,
+                format!(
+                    "alg {alg_name:?} is not accepted for issuer {}",
+                    issuer.tag.name
+                ),
+            ));
+        }
+
+        // Key.
+        let key = issuer.keys.key(kid).await.map_err(|miss| match miss {
+            KeyMiss::Unavailable => Rejection::new(
+                Reason::KeysUnavailable,
+                format!("no keys loaded for issuer {}", issuer.tag.name),
+            ),
+            KeyMiss::UnknownKid => Rejection::new(
+                Reason::UnknownKey,
+                format!("kid {kid:?} is not in issuer {}'s key set", issuer.tag.name),
+            ),
+        })?;
+        if key.alg.is_some_and(|a| a != alg) {
+            return Err(Rejection::new(
+                Reason::UnsupportedAlgorithm,
+                format!("key {kid:?} is for {:?}, token says {alg_name}", key.alg),
+            ));
+        }
+
+        // Signature.
+        match jsonwebtoken::crypto::verify(
+            t.signature_b64,
+            t.signing_input.as_bytes(),
+            &key.key,
+            alg,
+        ) {
+            Ok(true) => {}
+            _ => {
+                return Err(Rejection::new(
+                    Reason::BadSignature,
+                    format!("signature does not verify with key {kid:?}"),
+                ));
+            }
+        }
+
+        // Claims, now that they are known to come from the issuer.
+        let exp = numeric_date(&t.claims, "exp")?
+            .ok_or_else(|| Rejection::new(Reason::MalformedToken, "token has no exp"))?;
+        let iat = numeric_date(&t.claims, "iat")?
+            .ok_or_else(|| Rejection::new(Reason::MalformedToken, "token has no iat"))?;
+        let nbf = numeric_date(&t.claims, "nbf")?;
+        let skew = self.clock_skew;
+        if now >= exp.saturating_add(skew) {
+            return Err(Rejection::new(
+                Reason::Expired,
+                format!("expired {}s ago", now - exp),
+            ));
+        }
+        if let Some(nbf) = nbf {
+            if nbf > now.saturating_add(skew) {
+                return Err(Rejection::new(
+                    Reason::NotYetValid,
+                    format!("not valid for another {}s", nbf - now),
+                ));
+            }
+        }
+        if iat > now.saturating_add(skew) {
+            return Err(Rejection::new(
+                Reason::IssuedInFuture,
+                format!("issued {}s in the future", iat - now),
+            ));
+        }
+        if exp <= iat {
+            return Err(Rejection::new(
+                Reason::MalformedToken,
+                "exp is not after iat",
+            ));
+        }
+        if exp - iat > self.max_lifetime {
+            return Err(Rejection::new(
+                Reason::LifetimeTooLong,
+                format!(
+                    "lifetime {}s is over the maximum of {}s",
+                    exp - iat,
+                    self.max_lifetime
+                ),
+            ));
+        }
+        let audience = match t.claims.get("aud") {
+            Some(Value::String(a)) if self.audiences.iter().any(|x| x == a) => a.clone(),
+            Some(Value::String(a)) if a == GCLOUD_AUDIENCE => {
+                return Err(Rejection::new(
+                    Reason::AudienceMismatch,
+                    "aud is gcloud's own client id: a `gcloud auth print-identity-token` token is for no service; mint one with --audiences",
+                ));
+            }
+            Some(Value::String(_)) => {
+                return Err(Rejection::new(
+                    Reason::AudienceMismatch,
+                    "aud is not an audience of this service",
+                ));
+            }
+            Some(Value::Array(_)) => {
+                return Err(Rejection::new(
+                    Reason::AudienceMismatch,
+                    "aud is an array; an ID token has one audience",
+                ));
+            }
+            Some(_) => {
+                return Err(Rejection::new(
+                    Reason::AudienceMismatch,
+                    "aud is not a string",
+                ));
+            }
+            None => return Err(Rejection::new(Reason::AudienceMismatch, "token has no aud")),
+        };
+        match t.claims.get("sub") {
+            Some(Value::String(s)) if !s.is_empty() => {}
+            _ => return Err(Rejection::new(Reason::MalformedToken, "token has no sub")),
+        }
+        let payload_b64 = t.payload_b64.to_owned();
+        let identity = Identity::from_verified_claims(&issuer.tag, audience, t.claims, payload_b64);
+        Ok((identity, issuer_idx, kid.into()))
+    }
+}
+
+/// A NumericDate claim: a non-negative JSON number (fractions truncated).
+fn numeric_date(
+    claims: &serde_json::Map<String, Value>,
+    name: &str,
+) -> Result<Option<u64>, Rejection> {
+    match claims.get(name) {
+        None => Ok(None),
+        Some(Value::Number(n)) => {
+            if let Some(v) = n.as_u64() {
+                return Ok(Some(v));
+            }
+            match n.as_f64() {
+                Some(f) if f.is_finite() && f >= 0.0 && f < u64::MAX as f64 => Ok(Some(f as u64)),
+                _ => Err(Rejection::new(
+                    Reason::MalformedToken,
+                    format!("{name} is not a valid time"),
+                )),
+            }
+        }
+        Some(_) => Err(Rejection::new(
+            Reason::MalformedToken,
+            format!("{name} is not a number"),
+        )),
+    }
+}
+
+/// SHA-256 of the whole token: the cache key. A collision would let one
+/// token borrow another's verification, so the hash must be cryptographic.
+fn token_digest(token: &str) -> [u8; 32] {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
