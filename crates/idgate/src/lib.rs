@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+// pub mod auth; (enabled once the policy module lands)
 pub mod clock;
 pub mod identity;
 pub mod policy;
@@ -23,8 +24,10 @@ pub mod token;
 pub mod verifier;
 
 pub use credential::{Credential, CredentialHeader};
+pub use jsonwebtoken::Algorithm;
 pub use jwks::{JwksSettings, KeyCacheStatus};
 pub use verifier::{
     ConfigError, GCLOUD_AUDIENCE, GOOGLE_CERTS_URL, IssuerConfig, Rejection, Verifier,
     VerifierBuilder, VerifierStats,
 };
+// #[cfg(feature = "axum")] mod extract; (enabled once the policy module lands)

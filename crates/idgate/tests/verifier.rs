@@ -1,0 +1,664 @@
+//! The verifier against a real issuer on loopback: every reason code from a
+//! token crafted for it, and the key cache's promises.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use idgate::{IssuerConfig, JwksSettings, ManualClock, Reason, Verifier};
+use idgate_testkit::{
+    Failure, Issuer, TestKey, b64url, default_header, mint, mint_hs256, mint_raw, mint_segments,
+    mint_unsigned,
+};
+use serde_json::{Value, json};
+
+const AUD: &str = "https://svc.example.com";
+
+struct Setup {
+    kit: Issuer,
+    clock: Arc<ManualClock>,
+    verifier: Arc<Verifier>,
+}
+
+fn builder(kit: &Issuer, clock: &Arc<ManualClock>) -> idgate::VerifierBuilder {
+    Verifier::builder()
+        .issuer(IssuerConfig::new("test", kit.url(), kit.jwks_url()))
+        .audience(AUD)
+        .clock(clock.clone())
+}
+
+async fn setup() -> Setup {
+    setup_with(|b| b).await
+}
+
+async fn setup_with(f: impl FnOnce(idgate::VerifierBuilder) -> idgate::VerifierBuilder) -> Setup {
+    let kit = Issuer::start().await;
+    let clock = Arc::new(ManualClock::starting_now());
+    let verifier = Arc::new(f(builder(&kit, &clock)).build().unwrap());
+    Setup {
+        kit,
+        clock,
+        verifier,
+    }
+}
+
+impl Setup {
+    fn now(&self) -> u64 {
+        use idgate::Clock;
+        self.clock.unix_now().as_secs()
+    }
+    fn claims(&self) -> Value {
+        let mut c = self.kit.claims("alice@example.com", AUD);
+        c["iat"] = json!(self.now());
+        c["exp"] = json!(self.now() + 3600);
+        c
+    }
+    fn with(&self, f: impl FnOnce(&mut serde_json::Map<String, Value>)) -> String {
+        let mut c = self.claims();
+        f(c.as_object_mut().unwrap());
+        self.kit.mint(&c)
+    }
+    async fn reason(&self, token: &str) -> Reason {
+        match self.verifier.verify(token).await {
+            Ok(id) => panic!("expected a rejection, got {id:?}"),
+            Err(r) => r.reason,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_good_token_verifies_to_its_identity() {
+    let s = setup().await;
+    let id = s.verifier.verify(&s.kit.mint(&s.claims())).await.unwrap();
+    assert_eq!(id.email(), Some("alice@example.com"));
+    assert!(id.email_verified());
+    assert_eq!(id.audience(), AUD);
+    assert_eq!(id.issuer(), s.kit.url());
+    assert_eq!(id.issuer_name(), "test");
+    assert!(s.verifier.is_ready());
+}
+
+#[tokio::test]
+async fn google_preset_accepts_both_issuer_spellings_and_only_rs256() {
+    let kit = Issuer::start().await;
+    let v = Verifier::builder()
+        .issuer(IssuerConfig::google().with_jwks_url(kit.jwks_url()))
+        .audience(AUD)
+        .build()
+        .unwrap();
+    for iss in ["https://accounts.google.com", "accounts.google.com"] {
+        let mut c = kit.claims("bob@example.com", AUD);
+        c["iss"] = json!(iss);
+        let id = v.verify(&kit.mint(&c)).await.unwrap();
+        assert_eq!(id.principal().to_string(), "user:bob@example.com");
+        assert!(id.is_google());
+    }
+    let mut c = kit.claims("bob@example.com", AUD);
+    c["iss"] = json!("https://accounts.google.com/");
+    assert_eq!(
+        v.verify(&kit.mint(&c)).await.unwrap_err().reason,
+        Reason::UnknownIssuer
+    );
+    let mut h = default_header(&kit.active_key());
+    h["alg"] = json!("RS384");
+    c["iss"] = json!("accounts.google.com");
+    assert_eq!(
+        v.verify(&mint(&kit.active_key(), &h, &c))
+            .await
+            .unwrap_err()
+            .reason,
+        Reason::UnsupportedAlgorithm
+    );
+}
+
+#[tokio::test]
+async fn alg_none_in_any_case_is_refused() {
+    let s = setup().await;
+    for alg in ["none", "None", "NONE", "nOnE"] {
+        let h = json!({"alg": alg, "kid": s.kit.active_key().kid(), "typ": "JWT"});
+        assert_eq!(
+            s.reason(&mint_unsigned(&h, &s.claims())).await,
+            Reason::UnsupportedAlgorithm,
+            "{alg}"
+        );
+        // Even with a signature segment attached.
+        let signed = mint(&s.kit.active_key(), &h, &s.claims());
+        assert_eq!(
+            s.reason(&signed).await,
+            Reason::UnsupportedAlgorithm,
+            "{alg} signed"
+        );
+    }
+    let h = json!({"kid": s.kit.active_key().kid()});
+    assert_eq!(
+        s.reason(&mint(&s.kit.active_key(), &h, &s.claims())).await,
+        Reason::MalformedToken
+    );
+}
+
+#[tokio::test]
+async fn hs256_signed_with_the_public_key_is_refused() {
+    let s = setup().await;
+    let key = s.kit.active_key();
+    let h = json!({"alg": "HS256", "kid": key.kid(), "typ": "JWT"});
+    for secret in [key.public_key_pem().into_bytes(), key.public_key_der()] {
+        let t = mint_hs256(&secret, &h, &s.claims());
+        assert_eq!(s.reason(&t).await, Reason::UnsupportedAlgorithm);
+    }
+}
+
+#[tokio::test]
+async fn embedded_keys_and_key_urls_are_never_fetched_or_trusted() {
+    let s = setup().await;
+    let attacker = Issuer::start().await;
+    let evil = attacker.publish(TestKey::generate("evil-1"));
+    attacker.activate("evil-1");
+    for (field, value) in [
+        ("jku", json!(attacker.jwks_url())),
+        ("x5u", json!(attacker.jwks_url())),
+        ("jwk", evil.jwk()),
+        ("x5c", json!(["MIIB"])),
+    ] {
+        // Signed by the attacker's key under its own kid: unknown here.
+        let mut h = default_header(&evil);
+        h[field] = value.clone();
+        assert_eq!(
+            s.reason(&mint(&evil, &h, &s.claims())).await,
+            Reason::UnknownKey,
+            "{field}"
+        );
+        // Signed by the attacker's key under the real kid: bad signature.
+        h["kid"] = json!(s.kit.active_key().kid());
+        assert_eq!(
+            s.reason(&mint(&evil, &h, &s.claims())).await,
+            Reason::BadSignature,
+            "{field}"
+        );
+    }
+    assert_eq!(attacker.jwks_fetches(), 0, "a header URL was fetched");
+    assert_eq!(attacker.discovery_fetches(), 0);
+}
+
+#[tokio::test]
+async fn a_kid_from_another_key_set_is_unknown() {
+    let s = setup().await;
+    let other = TestKey::generate("other-kid");
+    let t = mint(&other, &default_header(&other), &s.claims());
+    assert_eq!(s.reason(&t).await, Reason::UnknownKey);
+    let h = json!({"alg":"RS256","kid":""});
+    assert_eq!(
+        s.reason(&mint(&other, &h, &s.claims())).await,
+        Reason::MalformedToken
+    );
+}
+
+#[tokio::test]
+async fn audience_must_match_exactly() {
+    let s = setup().await;
+    let cases: Vec<(&str, Option<Value>)> = vec![
+        ("missing", None),
+        ("empty", Some(json!(""))),
+        ("array", Some(json!([AUD]))),
+        ("trailing slash", Some(json!(format!("{AUD}/")))),
+        ("prefix", Some(json!(&AUD[..AUD.len() - 1]))),
+        ("extension", Some(json!(format!("{AUD}.evil.com")))),
+        ("substring", Some(json!("svc.example.com"))),
+        ("case", Some(json!(AUD.to_uppercase()))),
+        ("number", Some(json!(1))),
+        ("gcloud", Some(json!(idgate::GCLOUD_AUDIENCE))),
+    ];
+    for (what, aud) in cases {
+        let t = s.with(|c| match &aud {
+            Some(a) => {
+                c.insert("aud".into(), a.clone());
+            }
+            None => {
+                c.remove("aud");
+            }
+        });
+        let err = s.verifier.verify(&t).await.unwrap_err();
+        assert_eq!(err.reason, Reason::AudienceMismatch, "{what}");
+        assert!(
+            !err.detail.contains(AUD),
+            "detail leaks the expected audience: {}",
+            err.detail
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_gcloud_audience_is_accepted_only_when_configured() {
+    let s = setup_with(|b| b.audience(idgate::GCLOUD_AUDIENCE)).await;
+    let t = s.with(|c| {
+        c.insert("aud".into(), json!(idgate::GCLOUD_AUDIENCE));
+    });
+    assert_eq!(
+        s.verifier.verify(&t).await.unwrap().audience(),
+        idgate::GCLOUD_AUDIENCE
+    );
+}
+
+#[tokio::test]
+async fn required_claims() {
+    let s = setup().await;
+    for claim in ["iss", "exp", "iat", "sub"] {
+        let t = s.with(|c| {
+            c.remove(claim);
+        });
+        assert_eq!(
+            s.reason(&t).await,
+            Reason::MalformedToken,
+            "missing {claim}"
+        );
+    }
+    for (claim, v) in [
+        ("exp", json!("9999999999")),
+        ("iat", json!(null)),
+        ("iss", json!(1)),
+        ("nbf", json!([1])),
+    ] {
+        let t = s.with(|c| {
+            c.insert(claim.into(), v.clone());
+        });
+        assert_eq!(s.reason(&t).await, Reason::MalformedToken, "{claim} = {v}");
+    }
+}
+
+#[tokio::test]
+async fn unknown_issuer_is_refused_before_any_fetch() {
+    let s = setup().await;
+    let t = s.with(|c| {
+        c.insert("iss".into(), json!("https://evil.example.com"));
+    });
+    assert_eq!(s.reason(&t).await, Reason::UnknownIssuer);
+    assert_eq!(s.kit.jwks_fetches(), 0);
+}
+
+#[tokio::test]
+async fn times_with_and_without_skew() {
+    let s = setup().await;
+    let now = s.now();
+    let ok = |c: &mut serde_json::Map<String, Value>, k: &str, v: u64| {
+        c.insert(k.into(), json!(v));
+    };
+    // Expired inside the 30 s skew is still good; outside it is not.
+    let t = s.with(|c| {
+        ok(c, "iat", now - 3600);
+        ok(c, "exp", now - 29);
+    });
+    assert!(s.verifier.verify(&t).await.is_ok());
+    let t = s.with(|c| {
+        ok(c, "iat", now - 3600);
+        ok(c, "exp", now - 30);
+    });
+    assert_eq!(s.reason(&t).await, Reason::Expired);
+    let t = s.with(|c| {
+        ok(c, "iat", now - 6000);
+        ok(c, "exp", now - 3000);
+    });
+    assert_eq!(s.reason(&t).await, Reason::Expired);
+    // nbf
+    let t = s.with(|c| ok(c, "nbf", now + 30));
+    assert!(s.verifier.verify(&t).await.is_ok());
+    let t = s.with(|c| ok(c, "nbf", now + 31));
+    assert_eq!(s.reason(&t).await, Reason::NotYetValid);
+    // iat
+    let t = s.with(|c| {
+        ok(c, "iat", now + 30);
+        ok(c, "exp", now + 3600);
+    });
+    assert!(s.verifier.verify(&t).await.is_ok());
+    let t = s.with(|c| {
+        ok(c, "iat", now + 31);
+        ok(c, "exp", now + 3600);
+    });
+    assert_eq!(s.reason(&t).await, Reason::IssuedInFuture);
+    // lifetime
+    let t = s.with(|c| ok(c, "exp", now + 25 * 3600));
+    assert_eq!(s.reason(&t).await, Reason::LifetimeTooLong);
+    let t = s.with(|c| ok(c, "exp", now + 24 * 3600));
+    assert!(s.verifier.verify(&t).await.is_ok());
+}
+
+#[tokio::test]
+async fn crit_with_an_unknown_extension_is_refused() {
+    let s = setup().await;
+    let key = s.kit.active_key();
+    let mut h = default_header(&key);
+    h["crit"] = json!(["http://example.com/ext"]);
+    h["http://example.com/ext"] = json!(true);
+    assert_eq!(
+        s.reason(&mint(&key, &h, &s.claims())).await,
+        Reason::UnsupportedAlgorithm
+    );
+    h["crit"] = json!([]);
+    assert_eq!(
+        s.reason(&mint(&key, &h, &s.claims())).await,
+        Reason::MalformedToken
+    );
+}
+
+#[tokio::test]
+async fn a_70_kib_validly_signed_token_is_too_large() {
+    let s = setup().await;
+    let t = s.with(|c| {
+        c.insert("pad".into(), json!("x".repeat(70 * 1024)));
+    });
+    assert!(t.len() > 70 * 1024);
+    assert_eq!(s.reason(&t).await, Reason::TokenTooLarge);
+    assert_eq!(s.kit.jwks_fetches(), 0, "an oversized token caused I/O");
+}
+
+#[tokio::test]
+async fn malformed_encodings() {
+    let s = setup().await;
+    let key = s.kit.active_key();
+    let header = default_header(&key).to_string();
+    let claims = s.claims().to_string();
+    // Duplicate members, in the claims and in the header.
+    let dup_claims = claims.replacen('{', r#"{"aud":"https://other.example.com","#, 1);
+    assert_eq!(
+        s.reason(&mint_raw(&key, &header, &dup_claims)).await,
+        Reason::MalformedToken
+    );
+    let dup_header = header.replacen('{', r#"{"alg":"none","#, 1);
+    assert_eq!(
+        s.reason(&mint_raw(&key, &dup_header, &claims)).await,
+        Reason::MalformedToken
+    );
+    // Padded and standard-alphabet base64.
+    let h64 = b64url(header.as_bytes());
+    let c64 = b64url(claims.as_bytes());
+    let padded = format!("{c64}{}", "=".repeat((4 - c64.len() % 4) % 4));
+    if padded != c64 {
+        assert_eq!(
+            s.reason(&mint_segments(&key, &h64, &padded)).await,
+            Reason::MalformedToken
+        );
+    }
+    let good = mint_segments(&key, &h64, &c64);
+    assert!(s.verifier.verify(&good).await.is_ok());
+    for bad in [
+        good.replacen('.', "", 1),
+        format!("{good}.x"),
+        good.replace('-', "+").replace('_', "/"),
+        mint_raw(&key, &header, "not json"),
+        mint_raw(&key, &header, "[1,2]"),
+    ] {
+        if bad == good {
+            continue;
+        }
+        assert_eq!(s.reason(&bad).await, Reason::MalformedToken, "{bad}");
+    }
+}
+
+#[tokio::test]
+async fn bad_signatures() {
+    let s = setup().await;
+    let t = s.kit.mint(&s.claims());
+    let (rest, sig) = t.rsplit_once('.').unwrap();
+    let mut bytes = sig.as_bytes().to_vec();
+    bytes[10] = if bytes[10] == b'A' { b'B' } else { b'A' };
+    let flipped = format!("{rest}.{}", String::from_utf8(bytes).unwrap());
+    assert_eq!(s.reason(&flipped).await, Reason::BadSignature);
+    // Claims swapped under a valid signature.
+    let other = s.with(|c| {
+        c.insert("email".into(), json!("mallory@example.com"));
+    });
+    let (h, _) = t.split_once('.').unwrap();
+    let swapped = format!("{h}.{}.{sig}", other.split('.').nth(1).unwrap());
+    assert_eq!(s.reason(&swapped).await, Reason::BadSignature);
+    let (head, _) = t.rsplit_once('.').unwrap();
+    assert_eq!(s.reason(&format!("{head}.")).await, Reason::MalformedToken);
+}
+
+#[tokio::test]
+async fn keys_unavailable_when_none_were_ever_loaded() {
+    let s = setup().await;
+    s.kit.set_failure(Failure::Status(500));
+    let t = s.kit.mint(&s.claims());
+    assert_eq!(s.reason(&t).await, Reason::KeysUnavailable);
+    assert!(!s.verifier.is_ready());
+    // Recovery once the issuer answers and the backoff has passed.
+    s.kit.set_failure(Failure::None);
+    s.clock.advance(Duration::from_secs(5));
+    assert!(s.verifier.verify(&t).await.is_ok());
+    assert!(s.verifier.is_ready());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_cache_fetches_once_for_200_concurrent_requests() {
+    let s = setup().await;
+    let t = Arc::new(s.kit.mint(&s.claims()));
+    let tasks: Vec<_> = (0..200)
+        .map(|_| {
+            let v = s.verifier.clone();
+            let t = t.clone();
+            tokio::spawn(async move { v.verify(&t).await.map(|_| ()) })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    assert_eq!(s.kit.jwks_fetches(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_kid_storms_cost_one_fetch_per_refresh_interval() {
+    let s = setup().await;
+    s.verifier.verify(&s.kit.mint(&s.claims())).await.unwrap();
+    assert_eq!(s.kit.jwks_fetches(), 1);
+    let claims = Arc::new(s.claims());
+    let key = s.kit.active_key();
+    let storm = |n: usize| {
+        let tasks: Vec<_> = (0..n)
+            .map(|_| {
+                let v = s.verifier.clone();
+                let key = key.clone();
+                let claims = claims.clone();
+                tokio::spawn(async move {
+                    let h = json!({"alg":"RS256","kid": format!("random-{}", fastrand_kid())});
+                    v.verify(&mint(&key, &h, &claims)).await.unwrap_err().reason
+                })
+            })
+            .collect();
+        async move {
+            for t in tasks {
+                assert_eq!(t.await.unwrap(), Reason::UnknownKey);
+            }
+        }
+    };
+    storm(1000).await;
+    assert_eq!(
+        s.kit.jwks_fetches(),
+        2,
+        "one forced refresh for the whole storm"
+    );
+    s.clock.advance(Duration::from_secs(29));
+    storm(100).await;
+    assert_eq!(
+        s.kit.jwks_fetches(),
+        2,
+        "inside the refresh interval nothing is fetched"
+    );
+    s.clock.advance(Duration::from_secs(2));
+    storm(100).await;
+    assert_eq!(s.kit.jwks_fetches(), 3, "one more after the interval");
+}
+
+fn fastrand_kid() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+#[tokio::test]
+async fn a_rotated_key_is_accepted_on_first_use() {
+    let s = setup().await;
+    s.verifier.verify(&s.kit.mint(&s.claims())).await.unwrap();
+    s.kit.publish(TestKey::generate("key-2"));
+    s.kit.activate("key-2");
+    let t = s.kit.mint(&s.claims());
+    assert!(
+        t.starts_with(&b64url(default_header(&s.kit.active_key()).to_string().as_bytes())[..10])
+    );
+    s.verifier.verify(&t).await.unwrap();
+    assert_eq!(s.kit.jwks_fetches(), 2);
+}
+
+#[tokio::test]
+async fn a_dropped_key_stops_being_accepted_once_the_cache_refreshes() {
+    let s = setup().await;
+    let old = s.kit.mint(&s.claims());
+    s.verifier.verify(&old).await.unwrap();
+    s.verifier.verify(&old).await.unwrap(); // now in the verified-token cache
+    s.kit.publish(TestKey::generate("key-2"));
+    s.kit.activate("key-2");
+    s.kit.drop_key("key-1");
+    // Before the refresh, the cached key still admits it.
+    s.verifier.verify(&old).await.unwrap();
+    s.verifier.refresh_keys().await;
+    assert_eq!(s.reason(&old).await, Reason::UnknownKey);
+    s.verifier.verify(&s.kit.mint(&s.claims())).await.unwrap();
+}
+
+#[tokio::test]
+async fn failing_or_hanging_endpoints_leave_cached_keys_serving() {
+    let s = setup_with(|b| {
+        let mut j = JwksSettings::default();
+        j.fetch_timeout = Duration::from_millis(300);
+        b.jwks(j)
+    })
+    .await;
+    let t = s.kit.mint(&s.claims());
+    s.verifier.verify(&t).await.unwrap();
+    for failure in [
+        Failure::Status(500),
+        Failure::Hang,
+        Failure::Garbage,
+        Failure::EmptyKeys,
+    ] {
+        s.kit.set_failure(failure);
+        s.clock.advance(Duration::from_secs(2 * 3600));
+        let before = s.kit.jwks_fetches();
+        s.verifier.refresh_keys().await;
+        assert_eq!(s.kit.jwks_fetches(), before + 1);
+        let fresh = s.kit.mint(&s.claims());
+        s.verifier.verify(&fresh).await.unwrap();
+        assert!(s.verifier.is_ready());
+        let st = &s.verifier.stats().issuers[0];
+        assert!(st.last_error.is_some());
+        assert_eq!(st.keys, 1);
+    }
+    // Past stale-if-error (12 h after expiry), the keys stop serving.
+    s.kit.set_failure(Failure::Status(503));
+    s.clock.advance(Duration::from_secs(13 * 3600));
+    assert_eq!(
+        s.reason(&s.kit.mint(&s.claims())).await,
+        Reason::KeysUnavailable
+    );
+    assert!(!s.verifier.is_ready());
+}
+
+#[tokio::test]
+async fn a_64_mib_answer_is_cut_at_the_cap() {
+    let s = setup().await;
+    s.kit.set_failure(Failure::Oversized(64 << 20));
+    assert_eq!(
+        s.reason(&s.kit.mint(&s.claims())).await,
+        Reason::KeysUnavailable
+    );
+    let st = &s.verifier.stats().issuers[0];
+    assert!(
+        st.last_error.as_deref().unwrap_or("").contains("cap"),
+        "{:?}",
+        st.last_error
+    );
+}
+
+#[tokio::test]
+async fn max_age_is_honoured() {
+    let s = setup().await;
+    s.kit.set_cache_control(Some("public, max-age=600"));
+    let t = s.kit.mint(&s.claims());
+    s.verifier.verify(&t).await.unwrap();
+    assert_eq!(s.kit.jwks_fetches(), 1);
+    // Nothing is fetched before the refresh window (the last 15 % of 600 s).
+    s.clock.advance(Duration::from_secs(500));
+    let t2 = s.kit.mint(&s.claims());
+    s.verifier.verify(&t2).await.unwrap();
+    assert_eq!(s.kit.jwks_fetches(), 1);
+    // Past max-age: exactly one fetch, in the background.
+    s.clock.advance(Duration::from_secs(101));
+    for _ in 0..10 {
+        s.verifier.verify(&s.kit.mint(&s.claims())).await.unwrap();
+    }
+    wait_for(|| s.kit.jwks_fetches() == 2).await;
+    s.verifier.verify(&s.kit.mint(&s.claims())).await.unwrap();
+    assert_eq!(s.kit.jwks_fetches(), 2);
+}
+
+#[tokio::test]
+async fn age_shortens_the_lifetime() {
+    let s = setup().await;
+    s.kit.set_cache_control(Some("public, max-age=1000"));
+    s.kit.set_age(Some(600));
+    s.verifier.verify(&s.kit.mint(&s.claims())).await.unwrap();
+    s.clock.advance(Duration::from_secs(401));
+    s.verifier.verify(&s.kit.mint(&s.claims())).await.unwrap();
+    wait_for(|| s.kit.jwks_fetches() == 2).await;
+}
+
+#[tokio::test]
+async fn verified_token_cache() {
+    let s = setup().await;
+    let t = s.kit.mint(&s.claims());
+    s.verifier.verify(&t).await.unwrap();
+    s.verifier.verify(&t).await.unwrap();
+    let st = s.verifier.stats();
+    assert_eq!((st.token_cache_hits, st.token_cache_misses), (1, 1));
+    // A hit still checks expiry against the clock.
+    s.clock.advance(Duration::from_secs(3600 + 30));
+    assert_eq!(s.reason(&t).await, Reason::Expired);
+
+    let off = setup_with(|b| b.token_cache_capacity(0)).await;
+    let t = off.kit.mint(&off.claims());
+    off.verifier.verify(&t).await.unwrap();
+    off.verifier.verify(&t).await.unwrap();
+    let st = off.verifier.stats();
+    assert_eq!((st.token_cache_hits, st.token_cache_misses), (0, 2));
+}
+
+#[tokio::test]
+async fn configuration_problems_are_all_listed() {
+    let err = Verifier::builder()
+        .issuer(
+            IssuerConfig::new("a", "https://a", "ftp://nope")
+                .with_algorithms([idgate::Algorithm::HS256]),
+        )
+        .issuer(IssuerConfig::new("a", "https://a", "https://a/jwks"))
+        .clock_skew(Duration::from_secs(600))
+        .build()
+        .unwrap_err();
+    let text = err.to_string();
+    for needle in [
+        "audience",
+        "clock skew",
+        "used twice",
+        "configured twice",
+        "shared-secret",
+        "not an http",
+    ] {
+        assert!(text.contains(needle), "{needle} missing from: {text}");
+    }
+}
+
+async fn wait_for(mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
