@@ -1,1 +1,93 @@
-fn main(){}
+//! Verification cost: a verified-token cache hit, a miss (full parse +
+//! RS256 signature + claims), and beside them the bare RS256 verify of the
+//! crypto backend, which a miss can only add to.
+//!
+//! `cargo bench -p idgate --bench verify`
+
+use std::hint::black_box;
+use std::sync::Arc;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use idgate::{IssuerConfig, Verifier};
+use idgate_testkit::Issuer;
+
+const AUD: &str = "https://svc.example.com";
+
+fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let kit = rt.block_on(Issuer::start());
+    let make = |capacity| {
+        Arc::new(
+            Verifier::builder()
+                .issuer(IssuerConfig::new("bench", kit.url(), kit.jwks_url()))
+                .audience(AUD)
+                .token_cache_capacity(capacity)
+                .build()
+                .unwrap(),
+        )
+    };
+    let cached = make(10_000);
+    let uncached = make(0);
+    let token = kit.token("alice@example.com", AUD);
+    rt.block_on(async {
+        cached.verify(&token).await.unwrap();
+        uncached.verify(&token).await.unwrap();
+    });
+
+    let mut g = c.benchmark_group("verify");
+    g.bench_function("token_cache_hit", |b| {
+        b.to_async(&rt)
+            .iter(|| async { black_box(cached.verify(black_box(&token)).await.unwrap()) })
+    });
+    g.bench_function("token_cache_miss", |b| {
+        b.to_async(&rt)
+            .iter(|| async { black_box(uncached.verify(black_box(&token)).await.unwrap()) })
+    });
+
+    // The backend alone: the same signature over the same bytes.
+    let (signing_input, sig_b64) = token.rsplit_once('.').unwrap();
+    let jwk = kit.active_key().jwk();
+    let key = jsonwebtoken::DecodingKey::from_rsa_components(
+        jwk["n"].as_str().unwrap(),
+        jwk["e"].as_str().unwrap(),
+    )
+    .unwrap();
+    g.bench_function("bare_rs256_jsonwebtoken", |b| {
+        b.iter(|| {
+            assert!(
+                jsonwebtoken::crypto::verify(
+                    black_box(sig_b64),
+                    black_box(signing_input.as_bytes()),
+                    &key,
+                    jsonwebtoken::Algorithm::RS256
+                )
+                .unwrap()
+            )
+        })
+    });
+    let sig =
+        base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, sig_b64).unwrap();
+    let k = kit.active_key();
+    let components = aws_lc_rs::signature::RsaPublicKeyComponents {
+        n: k.modulus(),
+        e: k.exponent(),
+    };
+    g.bench_function("bare_rs256_aws_lc_rs", |b| {
+        b.iter(|| {
+            components
+                .verify(
+                    &aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA256,
+                    black_box(signing_input.as_bytes()),
+                    black_box(&sig),
+                )
+                .unwrap()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -230,7 +230,10 @@ mod tests {
             sa.principal().to_string(),
             "serviceAccount:a@p.iam.GServiceAccount.com"
         );
-        let u = ident(&g, json!({"sub":"2","email":"b@x.com","email_verified":true}));
+        let u = ident(
+            &g,
+            json!({"sub":"2","email":"b@x.com","email_verified":true}),
+        );
         assert_eq!(u.principal().to_string(), "user:b@x.com");
         let unverified = ident(
             &g,
@@ -241,9 +244,14 @@ mod tests {
         let pool = IssuerTag {
             name: "gh".into(),
             google: false,
-            pool: Some("iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p".into()),
+            pool: Some(
+                "iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p".into(),
+            ),
         };
-        let p = ident(&pool, json!({"sub":"repo:x","email":"c@x.com","email_verified":true}));
+        let p = ident(
+            &pool,
+            json!({"sub":"repo:x","email":"c@x.com","email_verified":true}),
+        );
         assert_eq!(
             p.principal().to_string(),
             "principal://iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p/subject/repo:x"
