@@ -1,0 +1,348 @@
+//! The whole decision for one request: credential, token, policy.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use http::HeaderMap;
+
+use crate::credential::{self, CredentialHeader};
+use crate::policy::{Decision, Grant, PolicyHandle, RequestContext};
+use crate::{Identity, Reason, Rejection, Verifier};
+
+/// Which status codes denials get.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum StatusCodes {
+    /// RFC 6750: 401 for a missing or invalid token, 403 for a principal
+    /// the policy does not allow, 503 when no keys were ever loaded.
+    #[default]
+    Rfc6750,
+    /// What Cloud Run answers: as RFC 6750, except 403 for a request with
+    /// no token at all. For testing locally what production will do.
+    CloudRun,
+}
+
+/// What the gate decided about a request that may go on.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Admission {
+    /// The verified caller; `None` when an `allUsers` binding or a public
+    /// path let the request in without one.
+    pub identity: Option<Identity>,
+    /// Which header carried the token that verified.
+    pub credential_header: Option<CredentialHeader>,
+    /// The binding that allowed the request (`None` on a public path).
+    pub grant: Option<Grant>,
+}
+
+/// Why the gate refused a request.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Refusal {
+    /// The reason code and its detail.
+    pub rejection: Rejection,
+    /// The caller, when the token verified but the policy said no.
+    pub principal: Option<String>,
+}
+
+/// The gate's answer.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// Let the request through.
+    Allowed(Admission),
+    /// Refuse it.
+    Denied(Refusal),
+}
+
+impl Outcome {
+    /// The reason code of a refusal.
+    pub fn reason(&self) -> Option<Reason> {
+        match self {
+            Outcome::Allowed(_) => None,
+            Outcome::Denied(r) => Some(r.rejection.reason),
+        }
+    }
+}
+
+/// One decision, as reported to [`GateBuilder::on_decision`] hooks (metrics,
+/// audit logs).
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct DecisionEvent<'a> {
+    /// The decision.
+    pub outcome: &'a Outcome,
+    /// Time spent deciding (verification and policy).
+    pub elapsed: Duration,
+    /// The request method.
+    pub method: &'a str,
+    /// The request path.
+    pub path: &'a str,
+}
+
+type Hook = Arc<dyn Fn(&DecisionEvent<'_>) + Send + Sync>;
+
+/// The request facts the gate needs: for the layer they come from the
+/// request itself; for forward-auth, from the `X-Forwarded-*` headers.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestFacts<'a> {
+    /// Headers carrying the credential.
+    pub headers: &'a HeaderMap,
+    /// Method of the original request.
+    pub method: &'a str,
+    /// Host of the original request.
+    pub host: &'a str,
+    /// Path of the original request (no query).
+    pub path: &'a str,
+}
+
+/// Verifier + policy + the per-deployment rules around them. Shared by
+/// the tower layer, the sidecar's forward-auth endpoint and `idgate check`.
+pub struct Gate {
+    verifier: Arc<Verifier>,
+    policy: Arc<PolicyHandle>,
+    public_paths: Vec<String>,
+    status_codes: StatusCodes,
+    hooks: Vec<Hook>,
+}
+
+impl std::fmt::Debug for Gate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gate")
+            .field("verifier", &self.verifier)
+            .field("public_paths", &self.public_paths)
+            .field("status_codes", &self.status_codes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Problems in a gate's configuration, all of them.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("invalid auth layer configuration: {}", .0.join("; "))]
+pub struct GateConfigError(pub Vec<String>);
+
+/// Builds a [`Gate`] (and from it an [`AuthLayer`](super::AuthLayer)).
+#[must_use]
+pub struct GateBuilder {
+    verifier: Arc<Verifier>,
+    policy: Arc<PolicyHandle>,
+    public_paths: Vec<String>,
+    status_codes: StatusCodes,
+    hooks: Vec<Hook>,
+}
+
+impl GateBuilder {
+    /// A gate over this verifier and policy.
+    pub fn new(verifier: Arc<Verifier>, policy: Arc<PolicyHandle>) -> Self {
+        GateBuilder {
+            verifier,
+            policy,
+            public_paths: Vec::new(),
+            status_codes: StatusCodes::default(),
+            hooks: Vec::new(),
+        }
+    }
+
+    /// Let requests under this path prefix through without a token. The
+    /// prefix matches whole segments: `/public` covers `/public` and
+    /// `/public/x`, not `/publicity`. No identity is attached on them.
+    pub fn public_path(mut self, prefix: impl Into<String>) -> Self {
+        self.public_paths.push(prefix.into());
+        self
+    }
+
+    /// Which status codes denials get.
+    pub fn status_codes(mut self, codes: StatusCodes) -> Self {
+        self.status_codes = codes;
+        self
+    }
+
+    /// Call `hook` after every decision (metrics, audit). Hooks run on the
+    /// request path: keep them cheap.
+    pub fn on_decision(
+        mut self,
+        hook: impl Fn(&DecisionEvent<'_>) + Send + Sync + 'static,
+    ) -> Self {
+        self.hooks.push(Arc::new(hook));
+        self
+    }
+
+    /// Check the settings and build the gate.
+    pub fn build(self) -> Result<Gate, GateConfigError> {
+        let mut problems = Vec::new();
+        for p in &self.public_paths {
+            if !p.starts_with('/')
+                || p.contains(['?', '#'])
+                || p.split('/').any(|s| s == ".." || s == ".")
+            {
+                problems.push(format!("public path {p:?} must be an absolute path without query, fragment or dot segments"));
+            }
+        }
+        if !problems.is_empty() {
+            return Err(GateConfigError(problems));
+        }
+        let public_paths = self
+            .public_paths
+            .into_iter()
+            .map(|p| {
+                if p.len() > 1 {
+                    p.trim_end_matches('/').to_owned()
+                } else {
+                    p
+                }
+            })
+            .collect();
+        Ok(Gate {
+            verifier: self.verifier,
+            policy: self.policy,
+            public_paths,
+            status_codes: self.status_codes,
+            hooks: self.hooks,
+        })
+    }
+}
+
+impl Gate {
+    /// Start building a gate.
+    pub fn builder(verifier: Arc<Verifier>, policy: Arc<PolicyHandle>) -> GateBuilder {
+        GateBuilder::new(verifier, policy)
+    }
+
+    /// The verifier.
+    pub fn verifier(&self) -> &Arc<Verifier> {
+        &self.verifier
+    }
+
+    /// The policy handle (for reloads).
+    pub fn policy(&self) -> &Arc<PolicyHandle> {
+        &self.policy
+    }
+
+    /// Which status codes denials get.
+    pub fn status_codes(&self) -> StatusCodes {
+        self.status_codes
+    }
+
+    /// Whether `path` is under a public prefix.
+    pub fn is_public(&self, path: &str) -> bool {
+        // A path with dot segments or encoded slashes could be read
+        // differently upstream; it is never public.
+        if path.contains("/../")
+            || path.ends_with("/..")
+            || path.contains("/./")
+            || path.contains('%')
+        {
+            return false;
+        }
+        self.public_paths.iter().any(|p| {
+            p == "/"
+                || path == p
+                || (path.len() > p.len()
+                    && path.starts_with(p.as_str())
+                    && path.as_bytes()[p.len()] == b'/')
+        })
+    }
+
+    /// Decide about one request.
+    pub async fn check(&self, req: RequestFacts<'_>) -> Outcome {
+        let started = Instant::now();
+        let outcome = self.decide(&req).await;
+        let event = DecisionEvent {
+            outcome: &outcome,
+            elapsed: started.elapsed(),
+            method: req.method,
+            path: req.path,
+        };
+        log_decision(&event);
+        for h in &self.hooks {
+            h(&event);
+        }
+        outcome
+    }
+
+    async fn decide(&self, req: &RequestFacts<'_>) -> Outcome {
+        if self.is_public(req.path) {
+            return Outcome::Allowed(Admission {
+                identity: None,
+                credential_header: None,
+                grant: None,
+            });
+        }
+        let ctx = RequestContext {
+            time: UNIX_EPOCH + self.verifier.clock().unix_now(),
+            method: req.method,
+            host: req.host,
+            path: req.path,
+        };
+        let policy = self.policy.current();
+        let anonymous = |rejection: Rejection| match policy.decide(None, &ctx) {
+            // allUsers needs no token, so a bad one does not stop the
+            // request; it just goes on without an identity.
+            Decision::Allowed(grant) => Outcome::Allowed(Admission {
+                identity: None,
+                credential_header: None,
+                grant: Some(grant),
+            }),
+            Decision::Denied(_) => Outcome::Denied(Refusal {
+                rejection,
+                principal: None,
+            }),
+        };
+        let cred = match credential::extract(req.headers, self.verifier.max_token_bytes()) {
+            Ok(Some(c)) => c,
+            Ok(None) => {
+                return anonymous(Rejection::new(
+                    Reason::MissingToken,
+                    "no bearer token in the request",
+                ));
+            }
+            Err(rejection) => return anonymous(rejection),
+        };
+        let identity = match self.verifier.verify(cred.token).await {
+            Ok(id) => id,
+            Err(rejection) => return anonymous(rejection),
+        };
+        match policy.decide(Some(&identity), &ctx) {
+            Decision::Allowed(grant) => Outcome::Allowed(Admission {
+                identity: Some(identity),
+                credential_header: Some(cred.header),
+                grant: Some(grant),
+            }),
+            Decision::Denied(denial) => Outcome::Denied(Refusal {
+                rejection: Rejection::new(denial.reason, denial.detail),
+                principal: denial
+                    .principal
+                    .or_else(|| Some(identity.principal().to_string())),
+            }),
+        }
+    }
+}
+
+fn log_decision(e: &DecisionEvent<'_>) {
+    match e.outcome {
+        Outcome::Allowed(a) => tracing::debug!(
+            auth.decision = "allowed",
+            auth.principal = a
+                .identity
+                .as_ref()
+                .map(|i| i.principal().to_string())
+                .as_deref()
+                .unwrap_or("anonymous"),
+            auth.role = a.grant.as_ref().map(|g| g.role.as_str()).unwrap_or(""),
+            auth.member = a.grant.as_ref().map(|g| g.member.as_str()).unwrap_or(""),
+            http.method = e.method,
+            http.path = e.path,
+            elapsed_us = e.elapsed.as_micros() as u64,
+            "request allowed"
+        ),
+        Outcome::Denied(d) => tracing::info!(
+            auth.decision = "denied",
+            auth.reason = d.rejection.reason.as_str(),
+            auth.detail = %d.rejection.detail,
+            auth.principal = d.principal.as_deref().unwrap_or(""),
+            http.method = e.method,
+            http.path = e.path,
+            elapsed_us = e.elapsed.as_micros() as u64,
+            "request denied"
+        ),
+    }
+}

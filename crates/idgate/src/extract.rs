@@ -1,0 +1,55 @@
+//! The axum extractor for the caller's [`Identity`].
+//!
+//! `Identity` as a handler argument requires a verified caller;
+//! `Option<Identity>` also accepts requests the gate let through without
+//! one (public paths, `allUsers`). Using either on a route that the
+//! [`AuthLayer`](crate::auth::AuthLayer) does not cover is a server bug and
+//! answers 500 saying so: never a 401 that would hide the missing layer.
+
+use axum::extract::{FromRequestParts, OptionalFromRequestParts};
+use axum::response::{IntoResponse, Response};
+use http::StatusCode;
+use http::request::Parts;
+
+use crate::auth::{GateRan, StatusCodes, denial_response};
+use crate::{Identity, Reason};
+
+fn missing_layer() -> Response {
+    tracing::error!("Identity extractor used on a route without idgate's AuthLayer");
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "idgate: the Identity extractor needs idgate::auth::AuthLayer on this route, and it is not there",
+    )
+        .into_response()
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Identity {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        if parts.extensions.get::<GateRan>().is_none() {
+            return Err(missing_layer());
+        }
+        match parts.extensions.get::<Identity>() {
+            Some(id) => Ok(id.clone()),
+            None => Err(
+                denial_response(Reason::MissingToken, false, StatusCodes::Rfc6750)
+                    .map(axum::body::Body::from),
+            ),
+        }
+    }
+}
+
+impl<S: Send + Sync> OptionalFromRequestParts<S> for Identity {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        _state: &S,
+    ) -> Result<Option<Self>, Self::Rejection> {
+        if parts.extensions.get::<GateRan>().is_none() {
+            return Err(missing_layer());
+        }
+        Ok(parts.extensions.get::<Identity>().cloned())
+    }
+}
