@@ -1,0 +1,409 @@
+//! IAM conditions: CEL expressions over `request.time`, `request.path`,
+//! `request.host` and `request.method`, compiled once at load by the `cel`
+//! crate and checked so that a typo is a configuration error rather than a
+//! condition that silently never holds.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, OnceLock};
+use std::time::SystemTime;
+
+use cel::common::ast::{EntryExpr, Expr, IdedExpr};
+use cel::objects::Key;
+use cel::{Context, Env, ExecutionError, Program, Value};
+
+use super::RequestContext;
+use super::document::ConditionSpec;
+
+/// The fields of `request` a condition may read.
+pub const REQUEST_FIELDS: [&str; 4] = ["time", "path", "host", "method"];
+
+/// CEL's type identifiers (`type(x) == string`): harmless to mention.
+const TYPE_NAMES: [&str; 11] = [
+    "bool",
+    "int",
+    "uint",
+    "double",
+    "string",
+    "bytes",
+    "list",
+    "map",
+    "null_type",
+    "type",
+    "dyn",
+];
+
+/// The standard CEL environment, built once: building it registers every
+/// overload of the standard library, which is not free.
+pub(super) fn env() -> &'static Arc<Env> {
+    static ENV: OnceLock<Arc<Env>> = OnceLock::new();
+    ENV.get_or_init(|| Arc::new(Env::stdlib()))
+}
+
+/// A compiled condition.
+pub(super) struct Condition {
+    /// How decisions name it: the title, else the expression.
+    pub name: String,
+    pub expression: String,
+    program: Program,
+}
+
+impl std::fmt::Debug for Condition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Condition")
+            .field("name", &self.name)
+            .field("expression", &self.expression)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What evaluating a condition gave.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Outcome {
+    True,
+    False,
+    /// Failed at evaluation, or gave something other than a bool: IAM
+    /// treats both as "does not hold", and so do we.
+    Failed(String),
+}
+
+impl Condition {
+    /// Compiles and checks a condition. Every problem found is returned.
+    pub fn compile(spec: &ConditionSpec) -> Result<Condition, Vec<String>> {
+        let env = env();
+        let program = env.compile(&spec.expression).map_err(|e| {
+            vec![format!(
+                "does not compile: {}",
+                parse_errors(&e.to_string())
+            )]
+        })?;
+        let mut problems = Vec::new();
+        let mut checker = Checker {
+            bound: Vec::new(),
+            problems: &mut problems,
+            functions: HashSet::new(),
+        };
+        checker.walk(program.expression());
+        let functions = std::mem::take(&mut checker.functions);
+        let probe = Context::with_env(env.clone());
+        for (name, member) in functions {
+            if !function_exists(&probe, &name, member) {
+                problems.push(format!("unknown function {name:?}"));
+            }
+        }
+        check_literals(program.expression(), &probe, &mut problems);
+        if problems.is_empty() {
+            // A dry run on a plausible request: a condition that gives a
+            // string or a number is a mistake IAM's type checker would
+            // refuse. Errors are not judged here, as they may depend on the
+            // request.
+            let sample = RequestContext {
+                time: SystemTime::now(),
+                method: "GET",
+                host: "localhost",
+                path: "/",
+            };
+            if let Ok(v) = program.execute(&request_context(&sample))
+                && !matches!(v, Value::Bool(_))
+            {
+                problems.push(format!("gives {}, not a bool", v.type_of()));
+            }
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        Ok(Condition {
+            name: spec.name().to_owned(),
+            expression: spec.expression.clone(),
+            program,
+        })
+    }
+
+    /// Evaluates the condition in a context made by [`request_context`].
+    pub fn evaluate(&self, context: &Context<'_, '_>) -> Outcome {
+        match self.program.execute(context) {
+            Ok(Value::Bool(true)) => Outcome::True,
+            Ok(Value::Bool(false)) => Outcome::False,
+            Ok(other) => Outcome::Failed(format!("gave {}, not a bool", other.type_of())),
+            Err(e) => Outcome::Failed(e.to_string()),
+        }
+    }
+}
+
+/// The CEL context of one request: `request` is a map with the four fields.
+pub(super) fn request_context(ctx: &RequestContext<'_>) -> Context<'static, 'static> {
+    let time = chrono::DateTime::<chrono::Utc>::from(ctx.time).fixed_offset();
+    let request: HashMap<Key, Value> = HashMap::from([
+        (Key::from("time"), Value::Timestamp(time)),
+        (Key::from("path"), Value::from(ctx.path)),
+        (Key::from("host"), Value::from(ctx.host)),
+        (Key::from("method"), Value::from(ctx.method)),
+    ]);
+    let mut context = Context::with_env(env().clone());
+    context.add_variable_from_value("request", request);
+    context
+}
+
+/// Whether `name` is a function of the standard environment, called the
+/// way the expression calls it (as a method or not). `cel` has no public
+/// "is this declared" query, so we call it with no arguments: an
+/// undeclared function says so, a declared one complains about its
+/// arguments instead.
+fn function_exists(probe: &Context<'_, '_>, name: &str, member: bool) -> bool {
+    let source = if member {
+        format!("null.{name}()")
+    } else {
+        format!("{name}()")
+    };
+    let Ok(program) = env().compile(&source) else {
+        // Not an identifier we can call by name: an operator, which the
+        // parser itself produced.
+        return true;
+    };
+    !matches!(
+        program.execute(probe),
+        Err(ExecutionError::UndeclaredReference(ref n)) if n.as_str() == name
+    )
+}
+
+/// Finds references to anything but `request.<field>` and the variables
+/// that macros (`exists`, `all`, …) bind, and collects the functions called.
+struct Checker<'a> {
+    bound: Vec<&'a str>,
+    problems: &'a mut Vec<String>,
+    functions: HashSet<(String, bool)>,
+}
+
+impl<'a> Checker<'a> {
+    fn walk(&mut self, e: &'a IdedExpr) {
+        match &e.expr {
+            Expr::Unspecified | Expr::Literal(_) => {}
+            Expr::Ident(name) => {
+                if self.bound.contains(&name.as_str()) || TYPE_NAMES.contains(&name.as_str()) {
+                    return;
+                }
+                let problem = if name == "request" {
+                    format!(
+                        "use request as request.{}, not on its own",
+                        REQUEST_FIELDS.join(", request.")
+                    )
+                } else {
+                    format!(
+                        "unknown name {name:?} (a condition may use request.{})",
+                        REQUEST_FIELDS.join(", request.")
+                    )
+                };
+                self.problem(problem);
+            }
+            Expr::Select(sel) => {
+                if let Expr::Ident(root) = &sel.operand.expr
+                    && root == "request"
+                    && !self.bound.contains(&"request")
+                {
+                    if !REQUEST_FIELDS.contains(&sel.field.as_str()) {
+                        self.problem(format!(
+                            "unknown field request.{} (a condition may use request.{})",
+                            sel.field,
+                            REQUEST_FIELDS.join(", request.")
+                        ));
+                    }
+                    return;
+                }
+                self.walk(&sel.operand);
+            }
+            Expr::Call(call) => {
+                // Operators (`_==_`, `@in`, `!_`) are the parser's own.
+                if call
+                    .func_name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_')
+                    && !call.func_name.starts_with('_')
+                {
+                    self.functions
+                        .insert((call.func_name.clone(), call.target.is_some()));
+                }
+                if let Some(t) = &call.target {
+                    self.walk(t);
+                }
+                for a in &call.args {
+                    self.walk(a);
+                }
+            }
+            Expr::Comprehension(c) => {
+                self.walk(&c.iter_range);
+                self.walk(&c.accu_init);
+                let depth = self.bound.len();
+                self.bound.push(&c.iter_var);
+                if let Some(v) = &c.iter_var2 {
+                    self.bound.push(v);
+                }
+                self.bound.push(&c.accu_var);
+                self.walk(&c.loop_cond);
+                self.walk(&c.loop_step);
+                self.walk(&c.result);
+                self.bound.truncate(depth);
+            }
+            Expr::List(l) => {
+                for item in &l.elements {
+                    self.walk(item);
+                }
+            }
+            Expr::Map(m) => {
+                for entry in &m.entries {
+                    if let EntryExpr::MapEntry(me) = &entry.expr {
+                        self.walk(&me.key);
+                        self.walk(&me.value);
+                    }
+                }
+            }
+            Expr::Struct(s) => {
+                self.problem(format!(
+                    "message construction ({}) is not available",
+                    s.type_name
+                ));
+            }
+        }
+    }
+
+    fn problem(&mut self, p: String) {
+        if !self.problems.contains(&p) {
+            self.problems.push(p);
+        }
+    }
+}
+
+/// `timestamp("…")` and `duration("…")` with a literal argument are
+/// evaluated at load: a malformed date would otherwise make the condition
+/// fail on every request, silently.
+fn check_literals(e: &IdedExpr, probe: &Context<'_, '_>, problems: &mut Vec<String>) {
+    let mut stack = vec![e];
+    while let Some(e) = stack.pop() {
+        match &e.expr {
+            Expr::Call(call) => {
+                if matches!(call.func_name.as_str(), "timestamp" | "duration")
+                    && call.target.is_none()
+                    && call.args.len() == 1
+                    && matches!(call.args[0].expr, Expr::Literal(_))
+                    && let Err(err) = probe.resolve(e)
+                {
+                    problems.push(format!("{}(…): {err}", call.func_name));
+                }
+                stack.extend(call.target.as_deref());
+                stack.extend(&call.args);
+            }
+            Expr::Select(s) => stack.push(&s.operand),
+            Expr::Comprehension(c) => {
+                stack.extend([
+                    &c.iter_range,
+                    &c.accu_init,
+                    &c.loop_cond,
+                    &c.loop_step,
+                    &c.result,
+                ]);
+            }
+            Expr::List(l) => stack.extend(&l.elements),
+            Expr::Map(m) => {
+                for entry in &m.entries {
+                    if let EntryExpr::MapEntry(me) = &entry.expr {
+                        stack.extend([&me.key, &me.value]);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// CEL's parse errors, one line each: each error's first line without the
+/// `ERROR: <input>:` prefix, dropping the source excerpt that follows it.
+fn parse_errors(text: &str) -> String {
+    let lines: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("ERROR: "))
+        .map(|l| l.strip_prefix("<input>:").unwrap_or(l))
+        .collect();
+    if lines.is_empty() {
+        text.split_whitespace().collect::<Vec<_>>().join(" ")
+    } else {
+        lines.join("; ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    fn compile(expr: &str) -> Result<Condition, Vec<String>> {
+        Condition::compile(&ConditionSpec {
+            title: Some("t".into()),
+            expression: expr.into(),
+        })
+    }
+
+    #[test]
+    fn checks_at_load() {
+        let good = [
+            r#"request.time < timestamp("2030-01-01T00:00:00Z")"#,
+            r#"request.path.startsWith("/admin")"#,
+            r#"request.method == "GET" && request.host.endsWith(".example.com")"#,
+            r#"["GET", "HEAD"].exists(m, m == request.method)"#,
+            r#"has(request.path) && request.path.matches("^/v[0-9]+/")"#,
+            r#"request.time.getHours("Europe/Paris") >= 9"#,
+            r#"request.time - timestamp("2020-01-01T00:00:00Z") > duration("1h")"#,
+            r#"type(request.path) == string"#,
+        ];
+        for g in good {
+            if let Err(e) = compile(g) {
+                panic!("{g}: {e:?}");
+            }
+        }
+        let bad = [
+            ("request.time <", "does not compile"),
+            ("resource.name == 'x'", "unknown name \"resource\""),
+            ("request.nope == 'x'", "unknown field request.nope"),
+            ("request == 1", "use request as"),
+            (
+                "frobnicate(request.path)",
+                "unknown function \"frobnicate\"",
+            ),
+            (
+                "request.path.frobnicate()",
+                "unknown function \"frobnicate\"",
+            ),
+            (r#"request.time < timestamp("yesterday")"#, "timestamp(…)"),
+            (
+                r#"request.time < request.time + duration("forever")"#,
+                "duration(…)",
+            ),
+            ("request.path", "gives string, not a bool"),
+        ];
+        for (b, want) in bad {
+            match compile(b) {
+                Ok(_) => panic!("{b}: compiled"),
+                Err(e) => assert!(e.iter().any(|p| p.starts_with(want)), "{b}: {e:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn evaluates_over_the_request() {
+        let c = match compile(
+            r#"request.time < timestamp("2030-01-01T00:00:00Z") && request.method == "GET""#,
+        ) {
+            Ok(c) => c,
+            Err(e) => panic!("{e:?}"),
+        };
+        let eval = |secs: u64, method: &str| {
+            c.evaluate(&request_context(&RequestContext {
+                time: UNIX_EPOCH + Duration::from_secs(secs),
+                method,
+                host: "h",
+                path: "/",
+            }))
+        };
+        // 2030-01-01T00:00:00Z is 1893456000.
+        assert_eq!(eval(1_893_455_999, "GET"), Outcome::True);
+        assert_eq!(eval(1_893_456_000, "GET"), Outcome::False);
+        assert_eq!(eval(1_893_455_999, "POST"), Outcome::False);
+    }
+}
