@@ -247,6 +247,8 @@ pub mod defaults {
     pub const ADMIN_LISTEN: &str = "127.0.0.1:9090";
     /// `--clock-skew`.
     pub const CLOCK_SKEW: Duration = Duration::from_secs(30);
+    /// The largest `--clock-skew` the verifier accepts.
+    pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(5 * 60);
     /// `--max-token-bytes`: 16 KiB.
     pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
     /// `--token-cache-capacity`.
@@ -455,6 +457,16 @@ pub fn load(args: &SettingsArgs, env: &dyn Env) -> Result<Loaded, ConfigErrors> 
     };
 
     let clock_skew = duration(&mut src, "--clock-skew", defaults::CLOCK_SKEW);
+    if clock_skew > defaults::MAX_CLOCK_SKEW {
+        src.errors.push(ConfigError::Conflict {
+            origin: src.origin("--clock-skew").unwrap_or(Origin::Default),
+            message: format!(
+                "{} is over the {} maximum",
+                humantime::format_duration(clock_skew),
+                humantime::format_duration(defaults::MAX_CLOCK_SKEW)
+            ),
+        });
+    }
     let max_token_bytes = or_default(
         value(&mut src, "--max-token-bytes", parse::positive),
         Some(defaults::MAX_TOKEN_BYTES as u64),
@@ -508,6 +520,13 @@ pub fn load(args: &SettingsArgs, env: &dyn Env) -> Result<Loaded, ConfigErrors> 
             }
         }
         policy.members = members;
+    }
+
+    if policy.files.is_empty() && policy.members.is_empty() {
+        warnings.push(
+            "no --policy and no --member: every request outside --public-path will be refused (not_allowed)"
+                .into(),
+        );
     }
 
     let forward_token = choice(

@@ -59,6 +59,8 @@ const MINIMAL: &[&str] = &[
     "https://svc",
     "--upstream",
     "http://127.0.0.1:8081",
+    "--member",
+    "allUsers",
 ];
 
 #[test]
@@ -290,6 +292,7 @@ fn issuers_and_jwks_urls() {
     };
 
     let s = run(&["--jwks-url", "http://127.0.0.1:1/jwks"]).unwrap();
+    assert!(s.warnings.is_empty(), "{:?}", s.warnings);
     assert_eq!(
         s.settings.verifier.google_jwks_url.as_deref(),
         Some("http://127.0.0.1:1/jwks")
@@ -420,5 +423,17 @@ fn strip_headers_and_public_paths_parse() {
     assert_eq!(
         s.verifier.max_token_bytes, 4096,
         "TOML integers are accepted"
+    );
+}
+
+#[test]
+fn an_empty_policy_is_warned_about() {
+    let l = load_ok(&["--audience", "a", "--upstream", "http://u:1"], &[]);
+    assert!(
+        l.warnings
+            .iter()
+            .any(|w| w.contains("every request outside --public-path will be refused")),
+        "{:?}",
+        l.warnings
     );
 }

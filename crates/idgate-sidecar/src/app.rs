@@ -1,0 +1,153 @@
+//! The request path of `serve`, outermost first:
+//!
+//! 1. **Sanitize** (every request, public paths included): hop-by-hop
+//!    headers and client-sent identity headers go; in forward-auth mode the
+//!    subrequest is rewritten to the original method, URI and host.
+//! 2. **The gate** ([`GateLayer`]): verifies the token and applies the
+//!    policy; refuses, or lets the request on with its `Identity` in the
+//!    extensions.
+//! 3. **Admitted**: identity headers and `--forward-token` for the upstream
+//!    (proxy mode), or a 200 carrying the identity headers (forward-auth).
+//! 4. **The proxy** (proxy mode).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::response::IntoResponse;
+use http::{HeaderMap, Request, Response};
+use idgate::{CredentialHeader, Identity};
+use tower::ServiceExt;
+use tower::util::BoxCloneSyncService;
+use tower_service::Service;
+
+use crate::Body;
+use crate::config::{ForwardToken, Mode, Settings};
+use crate::forward_auth;
+use crate::headers::{
+    IdentityStrip, credential_header_by_rule, forward_token, is_upgrade_request, remove_hop_by_hop,
+    set_identity,
+};
+use crate::metrics::Metrics;
+use crate::proxy::Proxy;
+
+/// Every service in the sidecar, type-erased.
+pub type HttpService = BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>;
+
+/// The seam where the auth gate wraps the inner service (proxy or
+/// forward-auth answer).
+///
+/// Any `tower::Layer` whose service answers with an `IntoResponse` type
+/// (`Response<B>` with a streaming body) is a `GateLayer`; the real one is
+/// `idgate::auth::AuthLayer`, built in [`crate::gate`]. An allowed request
+/// must reach the inner service with its `idgate::Identity` in the request
+/// extensions; a refusal is a response, never reaching it.
+///
+/// `tower::layer::util::Identity` (no gate at all) also fits: tests of the
+/// proxy use it. The binary never does: [`crate::gate::build`] is the only
+/// place `serve` gets its gate from, and it fails rather than return none.
+pub trait GateLayer: Send + Sync + 'static {
+    /// Wraps `inner` with the gate.
+    fn wrap(&self, inner: HttpService) -> HttpService;
+}
+
+impl<L> GateLayer for L
+where
+    L: tower::Layer<HttpService> + Send + Sync + 'static,
+    L::Service: Service<Request<Body>, Error = Infallible> + Clone + Send + Sync + 'static,
+    <L::Service as Service<Request<Body>>>::Response: IntoResponse,
+    <L::Service as Service<Request<Body>>>::Future: Send + 'static,
+{
+    fn wrap(&self, inner: HttpService) -> HttpService {
+        BoxCloneSyncService::new(self.layer(inner).map_response(IntoResponse::into_response))
+    }
+}
+
+/// Builds the whole request path for `settings`, with `gate` in its place.
+pub fn build_app(settings: &Settings, gate: &dyn GateLayer, metrics: Arc<Metrics>) -> HttpService {
+    let forward = settings.forward_token;
+    let inner: HttpService = match &settings.mode {
+        Mode::Proxy { upstream } => {
+            let proxy = Proxy::new(upstream.clone(), settings.request_timeout, Some(metrics));
+            BoxCloneSyncService::new(proxy.map_request(move |req| admitted(req, forward)))
+        }
+        Mode::ForwardAuth => BoxCloneSyncService::new(tower::service_fn(|req: Request<Body>| {
+            std::future::ready(Ok::<_, Infallible>(forward_auth_allow(&req)))
+        })),
+    };
+    let gated = gate.wrap(inner);
+    BoxCloneSyncService::new(Sanitize {
+        inner: gated,
+        strip: Arc::new(IdentityStrip::new(settings.strip_headers.clone())),
+        forward_auth: settings.mode == Mode::ForwardAuth,
+    })
+}
+
+/// Step 1: runs on every request before anything reads its headers.
+#[derive(Clone)]
+struct Sanitize {
+    inner: HttpService,
+    strip: Arc<IdentityStrip>,
+    forward_auth: bool,
+}
+
+impl Service<Request<Body>> for Sanitize {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+        // Hop-by-hop first: a client could otherwise name an identity
+        // header in `Connection` to have the one we set removed downstream.
+        let upgrade = is_upgrade_request(&req);
+        remove_hop_by_hop(req.headers_mut(), upgrade);
+        self.strip.strip(req.headers_mut());
+        if self.forward_auth
+            && let Err(e) = forward_auth::rewrite(&mut req)
+        {
+            return Box::pin(std::future::ready(Ok(e.response())));
+        }
+        // Take the service that was polled ready, leave a fresh clone.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move { inner.call(req).await })
+    }
+}
+
+/// Which header carried the token the gate verified. The gate reports it
+/// in its admission; when it does not (public path, `allUsers`), Cloud
+/// Run's rule names the header a token would have been read from.
+fn carrier(req: &Request<Body>) -> Option<CredentialHeader> {
+    req.extensions()
+        .get::<CredentialHeader>()
+        .copied()
+        .or_else(|| credential_header_by_rule(req.headers()))
+}
+
+/// Step 3, proxy mode.
+fn admitted(mut req: Request<Body>, forward: ForwardToken) -> Request<Body> {
+    let carrier = carrier(&req);
+    if let Some(identity) = req.extensions().get::<Identity>().cloned() {
+        set_identity(req.headers_mut(), &identity);
+    }
+    forward_token(req.headers_mut(), forward, carrier);
+    req
+}
+
+/// Step 3, forward-auth mode: the front proxy copies these headers to the
+/// upstream (nginx `auth_request_set`, Traefik `authResponseHeaders`).
+fn forward_auth_allow(req: &Request<Body>) -> Response<Body> {
+    let mut headers = HeaderMap::new();
+    if let Some(identity) = req.extensions().get::<Identity>() {
+        set_identity(&mut headers, identity);
+    }
+    let mut res = Response::new(Body::empty());
+    *res.headers_mut() = headers;
+    res
+}

@@ -1,0 +1,503 @@
+//! Header rules: what a client may not send (forged identity, hop-by-hop
+//! headers), what the upstream is told (identity, `X-Forwarded-*`), and what
+//! it receives of the token.
+
+use std::net::IpAddr;
+
+use http::header::{CONNECTION, HOST, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Version};
+use idgate::{CredentialHeader, Identity};
+
+use crate::config::{ForwardToken, HeaderPattern};
+
+/// Identity headers set by idgate.
+pub const PRINCIPAL: HeaderName = HeaderName::from_static("x-idgate-principal");
+/// The verified email, only when `email_verified` is `true`.
+pub const EMAIL: HeaderName = HeaderName::from_static("x-idgate-email");
+/// The `sub` claim.
+pub const SUB: HeaderName = HeaderName::from_static("x-idgate-sub");
+/// The token's payload segment (base64url JSON), as the token carried it.
+pub const CLAIMS: HeaderName = HeaderName::from_static("x-idgate-claims");
+
+/// Header prefixes that gates set and apps trust; never taken from a client.
+pub const STRIPPED_PREFIXES: &[&str] = &["x-idgate-", "x-goog-authenticated-", "x-auth-request-"];
+/// Single headers that gates set and apps trust; never taken from a client.
+pub const STRIPPED_NAMES: &[&str] = &[
+    "x-goog-iap-jwt-assertion",
+    "x-forwarded-user",
+    "x-forwarded-email",
+];
+
+/// What replaces a forwarded token's signature. Cloud Run writes
+/// `SIGNATURE_REMOVED_BY_GOOGLE`; this has the same length and alphabet
+/// (valid unpadded base64url), so code that splits and decodes Cloud Run's
+/// stripped tokens reads ours the same way, while no verifier accepts it.
+pub const SIGNATURE_REMOVED: &str = "SIGNATURE_REMOVED_BY_IDGATE";
+
+const X_SERVERLESS_AUTHORIZATION: HeaderName =
+    HeaderName::from_static("x-serverless-authorization");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Removes identity headers a client may have forged: the built-in list plus
+/// the configured extras. Runs on every request, public paths included,
+/// before anything reads the headers.
+#[derive(Debug, Clone, Default)]
+pub struct IdentityStrip {
+    extra: Vec<HeaderPattern>,
+}
+
+impl IdentityStrip {
+    /// The built-in list plus `extra`.
+    pub fn new(extra: Vec<HeaderPattern>) -> Self {
+        IdentityStrip { extra }
+    }
+
+    /// Whether `name` (lower case) is an identity header to strip.
+    pub fn matches(&self, name: &str) -> bool {
+        STRIPPED_PREFIXES.iter().any(|p| name.starts_with(p))
+            || STRIPPED_NAMES.contains(&name)
+            || self.extra.iter().any(|p| p.matches(name))
+    }
+
+    /// Removes every matching header.
+    pub fn strip(&self, headers: &mut HeaderMap) {
+        let doomed: Vec<HeaderName> = headers
+            .keys()
+            .filter(|name| self.matches(name.as_str()))
+            .cloned()
+            .collect();
+        for name in doomed {
+            headers.remove(&name);
+        }
+    }
+}
+
+/// Whether a request asks to switch protocols (WebSocket and the like).
+/// Only HTTP/1.1 has `Upgrade`.
+pub fn is_upgrade_request<B>(req: &Request<B>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(UPGRADE)
+        && connection_has(req.headers(), "upgrade")
+}
+
+fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Removes hop-by-hop headers (RFC 9110 §7.6.1): `Connection` and every
+/// header it names, `Keep-Alive`, `Proxy-*`, `Trailer`, `Transfer-Encoding`,
+/// `TE` (except `trailers`, which gRPC needs), and `Upgrade` unless
+/// `keep_upgrade`, in which case `Connection: upgrade` is kept too.
+///
+/// Idempotent. Run it before identity headers are added, so a client cannot
+/// name `x-idgate-principal` in `Connection` to have it dropped.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<String> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+        .collect();
+    for name in &named {
+        if keep_upgrade && name == "upgrade" {
+            continue;
+        }
+        headers.remove(name.as_str());
+    }
+    let te_trailers = headers
+        .get_all(TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| {
+            t.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        });
+    for name in [CONNECTION, TE, TRAILER, TRANSFER_ENCODING] {
+        headers.remove(name);
+    }
+    headers.remove("keep-alive");
+    let proxy: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| n.as_str().starts_with("proxy-"))
+        .cloned()
+        .collect();
+    for name in proxy {
+        headers.remove(name);
+    }
+    if te_trailers {
+        headers.insert(TE, HeaderValue::from_static("trailers"));
+    }
+    if keep_upgrade && headers.contains_key(UPGRADE) {
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(UPGRADE);
+    }
+}
+
+/// Appends the client's address to `X-Forwarded-For`, and sets
+/// `X-Forwarded-Proto` and `X-Forwarded-Host` when absent. Present ones are
+/// kept: in front of the sidecar there is usually a TLS-terminating front end
+/// (Cloud Run's, an ingress) that already set them right, while the sidecar
+/// itself only ever sees plain HTTP.
+pub fn set_forwarded(headers: &mut HeaderMap, client: Option<IpAddr>, host: Option<&str>) {
+    if let Some(ip) = client {
+        let prior: Vec<&str> = headers
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .collect();
+        let value = if prior.is_empty() {
+            ip.to_string()
+        } else {
+            format!("{}, {ip}", prior.join(", "))
+        };
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            headers.insert(X_FORWARDED_FOR, v);
+        }
+    }
+    if !headers.contains_key(&X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    }
+    if !headers.contains_key(&X_FORWARDED_HOST) {
+        let host = headers
+            .get(HOST)
+            .cloned()
+            .or_else(|| host.and_then(|h| HeaderValue::from_str(h).ok()));
+        if let Some(host) = host {
+            headers.insert(X_FORWARDED_HOST, host);
+        }
+    }
+}
+
+/// Sets the identity headers for a verified caller. A claim that cannot be a
+/// header value (control characters) leaves its header out rather than
+/// being mangled.
+pub fn set_identity(headers: &mut HeaderMap, identity: &Identity) {
+    let mut set = |name: HeaderName, value: &str| {
+        if let Ok(v) = HeaderValue::from_bytes(value.as_bytes()) {
+            headers.insert(name, v);
+        }
+    };
+    set(PRINCIPAL, &identity.principal().to_string());
+    if let Some(email) = identity.verified_email() {
+        set(EMAIL, email);
+    }
+    set(SUB, identity.subject());
+    set(CLAIMS, identity.claims_b64());
+}
+
+/// The header a token is read from, by Cloud Run's rule:
+/// `X-Serverless-Authorization` when present, else `Authorization`.
+/// The gate reports which one it used; this is for requests it did not
+/// verify (public paths, `allUsers`).
+pub fn credential_header_by_rule(headers: &HeaderMap) -> Option<CredentialHeader> {
+    if headers.contains_key(&X_SERVERLESS_AUTHORIZATION) {
+        Some(CredentialHeader::XServerlessAuthorization)
+    } else if headers.contains_key(http::header::AUTHORIZATION) {
+        Some(CredentialHeader::Authorization)
+    } else {
+        None
+    }
+}
+
+/// Applies `--forward-token` to the header that carried (or would carry) the
+/// token. The other credential header is left alone: with a token in
+/// `X-Serverless-Authorization`, `Authorization` belongs to the app's own
+/// scheme, which is why Cloud Run reads the former first.
+pub fn forward_token(
+    headers: &mut HeaderMap,
+    mode: ForwardToken,
+    carrier: Option<CredentialHeader>,
+) {
+    let Some(carrier) = carrier else { return };
+    let name = HeaderName::from_static(carrier.name());
+    match mode {
+        ForwardToken::Full => {}
+        ForwardToken::None => {
+            headers.remove(&name);
+        }
+        ForwardToken::Stripped => {
+            let values: Vec<HeaderValue> = headers
+                .get_all(&name)
+                .iter()
+                .map(|v| strip_header_value(v).unwrap_or_else(|| v.clone()))
+                .collect();
+            headers.remove(&name);
+            for v in values {
+                headers.append(&name, v);
+            }
+        }
+    }
+}
+
+/// `Bearer h.p.s` becomes `Bearer h.p.SIGNATURE_REMOVED_BY_IDGATE`; anything
+/// that is not a bearer JWT gives `None`.
+fn strip_header_value(value: &HeaderValue) -> Option<HeaderValue> {
+    let text = value.to_str().ok()?.trim();
+    let (scheme, token) = text.split_once([' ', '\t'])?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let stripped = strip_signature(token.trim())?;
+    HeaderValue::from_str(&format!("Bearer {stripped}")).ok()
+}
+
+/// Replaces a compact JWS's signature with [`SIGNATURE_REMOVED`], keeping
+/// header and payload. `None` when `token` is not three dot-separated parts.
+pub fn strip_signature(token: &str) -> Option<String> {
+    let mut parts = token.splitn(3, '.');
+    let (header, payload, signature) = (parts.next()?, parts.next()?, parts.next()?);
+    if header.is_empty() || payload.is_empty() || signature.contains('.') {
+        return None;
+    }
+    Some(format!("{header}.{payload}.{SIGNATURE_REMOVED}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    fn names(h: &HeaderMap) -> Vec<&str> {
+        let mut n: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        n.sort_unstable();
+        n
+    }
+
+    #[test]
+    fn forged_identity_headers_are_stripped() {
+        let mut h = headers(&[
+            ("x-idgate-principal", "user:boss@example.com"),
+            ("X-Idgate-Anything", "x"),
+            (
+                "x-goog-authenticated-user-email",
+                "accounts.google.com:boss@example.com",
+            ),
+            ("x-goog-iap-jwt-assertion", "e.y.j"),
+            ("x-forwarded-user", "boss"),
+            ("x-forwarded-email", "boss@example.com"),
+            ("x-auth-request-user", "boss"),
+            ("x-user", "boss"),
+            ("x-my-role", "admin"),
+            ("authorization", "Bearer t"),
+            ("x-forwarded-for", "1.2.3.4"),
+            ("accept", "*/*"),
+        ]);
+        let extra = vec![
+            HeaderPattern::Exact(HeaderName::from_static("x-user")),
+            HeaderPattern::Prefix("x-my-".into()),
+        ];
+        IdentityStrip::new(extra).strip(&mut h);
+        assert_eq!(names(&h), ["accept", "authorization", "x-forwarded-for"]);
+    }
+
+    #[test]
+    fn hop_by_hop_headers_go() {
+        let mut h = headers(&[
+            ("connection", "keep-alive, X-Secret"),
+            ("connection", "x-other"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("x-other", "1"),
+            ("proxy-authorization", "Basic x"),
+            ("proxy-connection", "keep-alive"),
+            ("te", "gzip, trailers;q=1"),
+            ("trailer", "grpc-status"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("accept", "*/*"),
+        ]);
+        remove_hop_by_hop(&mut h, false);
+        assert_eq!(names(&h), ["accept", "te"]);
+        assert_eq!(h["te"], "trailers");
+
+        let mut h = headers(&[("te", "gzip")]);
+        remove_hop_by_hop(&mut h, false);
+        assert!(h.is_empty());
+    }
+
+    #[test]
+    fn upgrades_keep_upgrade_and_connection_upgrade() {
+        let mut h = headers(&[
+            ("connection", "Upgrade, x-idgate-principal"),
+            ("upgrade", "websocket"),
+            ("x-idgate-principal", "user:forged"),
+            ("sec-websocket-key", "k"),
+        ]);
+        remove_hop_by_hop(&mut h, true);
+        assert_eq!(names(&h), ["connection", "sec-websocket-key", "upgrade"]);
+        assert_eq!(h["connection"], "upgrade");
+        let before = h.clone();
+        remove_hop_by_hop(&mut h, true);
+        assert_eq!(h, before, "idempotent");
+    }
+
+    #[test]
+    fn upgrade_requests_are_recognised() {
+        let req = Request::builder()
+            .header("connection", "keep-alive, Upgrade")
+            .header("upgrade", "websocket")
+            .body(())
+            .unwrap();
+        assert!(is_upgrade_request(&req));
+        let req = Request::builder()
+            .version(Version::HTTP_2)
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .body(())
+            .unwrap();
+        assert!(!is_upgrade_request(&req));
+        let req = Request::builder()
+            .header("upgrade", "websocket")
+            .body(())
+            .unwrap();
+        assert!(!is_upgrade_request(&req));
+    }
+
+    #[test]
+    fn forwarded_headers() {
+        let mut h = headers(&[("host", "svc.example"), ("x-forwarded-for", "203.0.113.9")]);
+        set_forwarded(&mut h, Some("10.0.0.1".parse().unwrap()), None);
+        assert_eq!(h["x-forwarded-for"], "203.0.113.9, 10.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "svc.example");
+
+        let mut h = headers(&[
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "a.run.app"),
+        ]);
+        set_forwarded(&mut h, Some("::1".parse().unwrap()), Some("ignored"));
+        assert_eq!(h["x-forwarded-for"], "::1");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "a.run.app");
+
+        let mut h = HeaderMap::new();
+        set_forwarded(&mut h, None, Some("h2.example:8443"));
+        assert_eq!(h["x-forwarded-host"], "h2.example:8443");
+        assert!(!h.contains_key("x-forwarded-for"));
+    }
+
+    fn identity(claims: serde_json::Value) -> Identity {
+        let serde_json::Value::Object(map) = claims else {
+            unreachable!()
+        };
+        let tag = idgate::IssuerTag {
+            name: "google".into(),
+            google: true,
+            pool: None,
+        };
+        Identity::from_verified_claims(&tag, "aud".into(), map, "eyJwYXlsb2FkIjp0cnVlfQ".into())
+    }
+
+    #[test]
+    fn identity_headers() {
+        let mut h = HeaderMap::new();
+        let id = identity(json!({"sub": "42", "email": "a@b.com", "email_verified": true}));
+        set_identity(&mut h, &id);
+        assert_eq!(h[PRINCIPAL], "user:a@b.com");
+        assert_eq!(h[EMAIL], "a@b.com");
+        assert_eq!(h[SUB], "42");
+        assert_eq!(h[CLAIMS], "eyJwYXlsb2FkIjp0cnVlfQ");
+
+        let mut h = HeaderMap::new();
+        let id = identity(json!({"sub": "43", "email": "a@b.com", "email_verified": false}));
+        set_identity(&mut h, &id);
+        assert!(
+            !h.contains_key(EMAIL),
+            "unverified emails are not forwarded"
+        );
+        assert_eq!(h[PRINCIPAL], "subject:43");
+
+        let mut h = HeaderMap::new();
+        let id = identity(json!({"sub": "a\r\nx-evil: 1"}));
+        set_identity(&mut h, &id);
+        assert!(!h.contains_key(SUB));
+    }
+
+    #[test]
+    fn signatures_are_replaced() {
+        assert_eq!(
+            strip_signature("aGVhZA.cGF5.c2ln").as_deref(),
+            Some("aGVhZA.cGF5.SIGNATURE_REMOVED_BY_IDGATE")
+        );
+        assert_eq!(SIGNATURE_REMOVED.len(), "SIGNATURE_REMOVED_BY_GOOGLE".len());
+        assert!(strip_signature("a.b").is_none());
+        assert!(strip_signature("a.b.c.d").is_none());
+        assert!(strip_signature(".b.c").is_none());
+    }
+
+    #[test]
+    fn forward_token_modes() {
+        let both = || {
+            headers(&[
+                ("x-serverless-authorization", "bearer  aGVhZA.cGF5.c2ln "),
+                ("authorization", "Basic dXNlcjpwYXNz"),
+            ])
+        };
+        let carrier = credential_header_by_rule(&both());
+        assert_eq!(carrier, Some(CredentialHeader::XServerlessAuthorization));
+
+        let mut h = both();
+        forward_token(&mut h, ForwardToken::Stripped, carrier);
+        assert_eq!(
+            h["x-serverless-authorization"],
+            "Bearer aGVhZA.cGF5.SIGNATURE_REMOVED_BY_IDGATE"
+        );
+        assert_eq!(
+            h["authorization"], "Basic dXNlcjpwYXNz",
+            "the app's own scheme"
+        );
+
+        let mut h = both();
+        forward_token(&mut h, ForwardToken::None, carrier);
+        assert!(!h.contains_key("x-serverless-authorization"));
+        assert!(h.contains_key("authorization"));
+
+        let mut h = both();
+        forward_token(&mut h, ForwardToken::Full, carrier);
+        assert_eq!(h, both());
+
+        let mut h = headers(&[("authorization", "Bearer aGVhZA.cGF5.c2ln")]);
+        let carrier = credential_header_by_rule(&h);
+        forward_token(&mut h, ForwardToken::Stripped, carrier);
+        assert_eq!(
+            h["authorization"],
+            "Bearer aGVhZA.cGF5.SIGNATURE_REMOVED_BY_IDGATE"
+        );
+
+        let mut h = headers(&[("authorization", "Basic dXNlcjpwYXNz")]);
+        forward_token(
+            &mut h,
+            ForwardToken::Stripped,
+            Some(CredentialHeader::Authorization),
+        );
+        assert_eq!(
+            h["authorization"], "Basic dXNlcjpwYXNz",
+            "not a token: untouched"
+        );
+    }
+}

@@ -1,0 +1,92 @@
+//! The sidecar's own error answers: short JSON bodies, or a gRPC status for
+//! gRPC callers (who cannot read a JSON body).
+
+use http::{HeaderValue, Response, StatusCode, header};
+
+use crate::Body;
+
+/// Why the proxy could not get an answer from the upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyFailure {
+    /// Connection refused, DNS failure, connect timeout: 502.
+    Unreachable,
+    /// The upstream closed or broke the exchange: 502.
+    Broken,
+    /// No response headers within `--request-timeout`: 504.
+    Timeout,
+}
+
+impl ProxyFailure {
+    /// The bounded label used in logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProxyFailure::Unreachable => "upstream_unreachable",
+            ProxyFailure::Broken => "upstream_error",
+            ProxyFailure::Timeout => "upstream_timeout",
+        }
+    }
+
+    fn status(self) -> StatusCode {
+        match self {
+            ProxyFailure::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            _ => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// gRPC 14 UNAVAILABLE or 4 DEADLINE_EXCEEDED.
+    fn grpc_status(self) -> &'static str {
+        match self {
+            ProxyFailure::Timeout => "4",
+            _ => "14",
+        }
+    }
+
+    /// The answer to the client.
+    pub fn response(self, grpc: bool) -> Response<Body> {
+        if grpc {
+            return grpc_error(self.grpc_status(), self.as_str());
+        }
+        let error = match self.status() {
+            StatusCode::GATEWAY_TIMEOUT => "gateway_timeout",
+            _ => "bad_gateway",
+        };
+        json_error(self.status(), error, self.as_str())
+    }
+}
+
+/// `{"error": error, "reason": reason}` with `status`.
+pub fn json_error(status: StatusCode, error: &str, reason: &str) -> Response<Body> {
+    let body = serde_json::json!({ "error": error, "reason": reason }).to_string();
+    let mut res = Response::new(Body::from(body));
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    res
+}
+
+/// A trailers-only gRPC answer: HTTP 200 with `grpc-status` in the headers.
+pub fn grpc_error(code: &'static str, message: &'static str) -> Response<Body> {
+    let mut res = Response::new(Body::empty());
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    h.insert("grpc-status", HeaderValue::from_static(code));
+    h.insert("grpc-message", HeaderValue::from_static(message));
+    res
+}
+
+/// Whether the request is gRPC (`application/grpc`, `application/grpc+proto`…).
+pub fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            ct == "application/grpc"
+                || ct.starts_with("application/grpc+")
+                || ct.starts_with("application/grpc;")
+        })
+}

@@ -1,0 +1,240 @@
+//! The reverse proxy: a `tower::Service` that forwards a request to the
+//! upstream and streams the answer back.
+//!
+//! - Pooled connections (hyper-util's client): HTTP/1.1 for HTTP/1 callers,
+//!   h2c (prior knowledge) for callers that came in over HTTP/2, such as
+//!   gRPC.
+//! - Bodies stream both ways; nothing is buffered.
+//! - Hop-by-hop headers are removed both ways; `X-Forwarded-*` are set.
+//! - `Upgrade` (WebSocket…) is passed through: once the upstream answers
+//!   101, both connections are upgraded and bytes copied between them.
+//! - No response headers within the request timeout: 504. Upstream
+//!   unreachable or broken: 502. gRPC callers get a gRPC status instead.
+//! - The upstream call runs inside the service's future, never detached: if
+//!   the client goes away, hyper drops the future and the upstream request
+//!   with it.
+
+mod error;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use http::uri::{PathAndQuery, Scheme};
+use http::{Request, Response, StatusCode, Uri, Version};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tracing::{debug, warn};
+
+pub use error::{ProxyFailure, grpc_error, is_grpc, json_error};
+
+use crate::config::Upstream;
+use crate::headers::{is_upgrade_request, remove_hop_by_hop, set_forwarded};
+use crate::metrics::Metrics;
+use crate::{Body, ErrorChain};
+
+/// The client's address, put in request extensions by the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddr(pub SocketAddr);
+
+/// Forwards requests to one upstream. Cheap to clone.
+#[derive(Clone)]
+pub struct Proxy {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    upstream: Upstream,
+    http1: Client<HttpConnector, Body>,
+    h2c: Client<HttpConnector, Body>,
+    timeout: Duration,
+    metrics: Option<Arc<Metrics>>,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy")
+            .field("upstream", &self.inner.upstream)
+            .field("timeout", &self.inner.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Proxy {
+    /// A proxy to `upstream` that gives up after `timeout` without response
+    /// headers. Builds its connection pools; does no I/O.
+    pub fn new(upstream: Upstream, timeout: Duration, metrics: Option<Arc<Metrics>>) -> Proxy {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        // Connecting counts against the request timeout; a separate, shorter
+        // bound makes "nobody listening" a quick 502 rather than a 504.
+        connector.set_connect_timeout(Some(timeout.min(Duration::from_secs(10))));
+        let http1 = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build(connector.clone());
+        let h2c = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .http2_only(true)
+            .build(connector);
+        Proxy {
+            inner: Arc::new(Inner {
+                upstream,
+                http1,
+                h2c,
+                timeout,
+                metrics,
+            }),
+        }
+    }
+}
+
+impl tower_service::Service<Request<Body>> for Proxy {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let inner = self.inner.clone();
+        Box::pin(async move { Ok(inner.forward(req).await) })
+    }
+}
+
+impl Inner {
+    async fn forward(&self, req: Request<Body>) -> Response<Body> {
+        let upgrade = is_upgrade_request(&req);
+        let grpc = is_grpc(req.headers());
+        let (mut parts, body) = req.into_parts();
+        let client_upgrade = if upgrade {
+            parts.extensions.remove::<OnUpgrade>()
+        } else {
+            None
+        };
+        let client_ip = parts.extensions.get::<ClientAddr>().map(|a| a.0.ip());
+        let h2 = parts.version == Version::HTTP_2;
+
+        remove_hop_by_hop(&mut parts.headers, upgrade);
+        set_forwarded(
+            &mut parts.headers,
+            client_ip,
+            parts.uri.authority().map(|a| a.as_str()),
+        );
+        if h2 {
+            // The upstream request's :authority is the upstream; a Host
+            // header saying otherwise would contradict it.
+            parts.headers.remove(http::header::HOST);
+        }
+
+        let uri = match self.upstream_uri(&parts.uri) {
+            Ok(uri) => uri,
+            Err(e) => {
+                warn!(error = %e, "cannot build the upstream URI");
+                return json_error(StatusCode::BAD_REQUEST, "bad_request", "invalid_uri");
+            }
+        };
+        let mut out = Request::new(body);
+        *out.method_mut() = parts.method;
+        *out.uri_mut() = uri;
+        *out.version_mut() = if h2 {
+            Version::HTTP_2
+        } else {
+            Version::HTTP_11
+        };
+        *out.headers_mut() = parts.headers;
+
+        let client = if h2 { &self.h2c } else { &self.http1 };
+        let started = Instant::now();
+        let result = tokio::time::timeout(self.timeout, client.request(out)).await;
+        let failure = match &result {
+            Err(_) => Some(ProxyFailure::Timeout),
+            Ok(Err(e)) if e.is_connect() => Some(ProxyFailure::Unreachable),
+            Ok(Err(_)) => Some(ProxyFailure::Broken),
+            Ok(Ok(_)) => None,
+        };
+        if let Some(m) = &self.metrics {
+            m.record_upstream(started.elapsed(), failure);
+        }
+        let mut res = match result {
+            Ok(Ok(res)) => res,
+            Ok(Err(e)) => {
+                // The error's chain names the cause (refused, reset…); it
+                // never contains request headers.
+                warn!(
+                    proxy.failure = failure.map_or("", ProxyFailure::as_str),
+                    error = %ErrorChain(&e),
+                    "upstream request failed"
+                );
+                return failure.unwrap_or(ProxyFailure::Broken).response(grpc);
+            }
+            Err(_) => {
+                warn!(
+                    proxy.failure = ProxyFailure::Timeout.as_str(),
+                    timeout = ?self.timeout,
+                    "upstream did not answer in time"
+                );
+                return ProxyFailure::Timeout.response(grpc);
+            }
+        };
+
+        let switching = res.status() == StatusCode::SWITCHING_PROTOCOLS;
+        if switching {
+            match client_upgrade {
+                Some(client_upgrade) => {
+                    let upstream_upgrade = hyper::upgrade::on(&mut res);
+                    tokio::spawn(tunnel(client_upgrade, upstream_upgrade));
+                }
+                None => {
+                    warn!("upstream switched protocols on a request that did not ask to");
+                    return ProxyFailure::Broken.response(grpc);
+                }
+            }
+        }
+        remove_hop_by_hop(res.headers_mut(), switching);
+        res.map(Body::new)
+    }
+
+    fn upstream_uri(&self, uri: &Uri) -> Result<Uri, http::Error> {
+        let pq = uri.path_and_query().map_or("/", PathAndQuery::as_str);
+        let pq = if self.upstream.base_path.is_empty() {
+            pq.to_owned()
+        } else {
+            format!("{}{pq}", self.upstream.base_path)
+        };
+        Uri::builder()
+            .scheme(Scheme::HTTP)
+            .authority(self.upstream.authority.clone())
+            .path_and_query(pq)
+            .build()
+    }
+}
+
+/// Copies bytes both ways between the upgraded client and upstream
+/// connections until either side closes.
+async fn tunnel(client: OnUpgrade, upstream: OnUpgrade) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(pair) => pair,
+        Err(e) => {
+            debug!(error = %e, "upgrade did not complete");
+            return;
+        }
+    };
+    let mut client = TokioIo::new(client);
+    let mut upstream = TokioIo::new(upstream);
+    match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        Ok((up, down)) => debug!(
+            bytes.up = up,
+            bytes.down = down,
+            "upgraded connection closed"
+        ),
+        Err(e) => debug!(error = %e, "upgraded connection ended with an error"),
+    }
+}

@@ -1,0 +1,106 @@
+//! The accept loop: HTTP/1.1 and h2c (prior knowledge) on one socket, with
+//! upgrades, and a graceful shutdown that drains in-flight requests within a
+//! grace period.
+
+use std::future::Future;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tower::ServiceExt;
+use tracing::{debug, info, warn};
+
+use crate::Body;
+use crate::app::HttpService;
+use crate::proxy::ClientAddr;
+
+/// How a server ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drained {
+    /// Every connection finished within the grace period.
+    Clean,
+    /// The grace period ran out with this many connections still open;
+    /// they are dropped.
+    TimedOut(usize),
+}
+
+/// Serves `service` on `listener` until `shutdown` completes, then stops
+/// accepting and waits up to `grace` for open connections to finish their
+/// requests. Idle keep-alive connections close at once; HTTP/2 connections
+/// get a GOAWAY.
+///
+/// Connections already upgraded (WebSocket) are not counted: they are
+/// detached tunnels and end with the process.
+pub async fn serve(
+    listener: TcpListener,
+    service: HttpService,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+) -> Drained {
+    let graceful = GracefulShutdown::new();
+    let mut connections = JoinSet::new();
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off rather
+                    // than spin, and keep serving.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let svc = service.clone();
+        let hyper_svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+            req.extensions_mut().insert(ClientAddr(peer));
+            svc.clone().oneshot(req.map(Body::new))
+        });
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), hyper_svc)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        while connections.try_join_next().is_some() {}
+        connections.spawn(async move {
+            if let Err(e) = conn.await {
+                debug!(error = %e, client = %peer, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    while connections.try_join_next().is_some() {}
+    info!(
+        connections = connections.len(),
+        grace = %humantime::format_duration(grace),
+        "shutting down: no longer accepting, draining in-flight requests"
+    );
+    let drain = async {
+        graceful.shutdown().await;
+        while connections.join_next().await.is_some() {}
+    };
+    match tokio::time::timeout(grace, drain).await {
+        Ok(()) => {
+            info!("drained");
+            Drained::Clean
+        }
+        Err(_) => {
+            while connections.try_join_next().is_some() {}
+            let open = connections.len();
+            warn!(
+                connections = open,
+                "grace period over with requests still in flight; closing their connections"
+            );
+            connections.abort_all();
+            Drained::TimedOut(open)
+        }
+    }
+}
