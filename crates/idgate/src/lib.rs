@@ -8,7 +8,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-// pub mod auth; (enabled once the policy module lands)
+pub mod auth;
 pub mod clock;
 pub mod identity;
 pub mod policy;
@@ -30,4 +30,5 @@ pub use verifier::{
     ConfigError, GCLOUD_AUDIENCE, GOOGLE_CERTS_URL, IssuerConfig, Rejection, Verifier,
     VerifierBuilder, VerifierStats,
 };
-// #[cfg(feature = "axum")] mod extract; (enabled once the policy module lands)
+#[cfg(feature = "axum")]
+mod extract;

@@ -499,18 +499,18 @@ impl Verifier {
         }
         let now = self.clock.unix_now().as_secs();
         let digest = self.token_cache.as_ref().map(|_| token_digest(token));
-        if let (Some(cache), Some(d)) = (&self.token_cache, &digest) {
-            if let Some(hit) = cache.get(d) {
-                // Same checks a miss makes that can change with time or
-                // rotation: expiry, and the signing key still published.
-                if now < hit.identity.expires_at().saturating_add(self.clock_skew)
-                    && self.issuers[hit.issuer].keys.has_kid(&hit.kid)
-                {
-                    self.counters.cache_hits.fetch_add(1, Ordering::Relaxed);
-                    return Ok(hit.identity);
-                }
-                cache.invalidate(d);
+        if let (Some(cache), Some(d)) = (&self.token_cache, &digest)
+            && let Some(hit) = cache.get(d)
+        {
+            // Same checks a miss makes that can change with time or
+            // rotation: expiry, and the signing key still published.
+            if now < hit.identity.expires_at().saturating_add(self.clock_skew)
+                && self.issuers[hit.issuer].keys.has_kid(&hit.kid)
+            {
+                self.counters.cache_hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(hit.identity);
             }
+            cache.invalidate(d);
         }
         self.counters.cache_misses.fetch_add(1, Ordering::Relaxed);
         let (identity, issuer, kid) = self.verify_uncached(token, now).await?;
@@ -643,13 +643,13 @@ impl Verifier {
                 format!("expired {}s ago", now - exp),
             ));
         }
-        if let Some(nbf) = nbf {
-            if nbf > now.saturating_add(skew) {
-                return Err(Rejection::new(
-                    Reason::NotYetValid,
-                    format!("not valid for another {}s", nbf - now),
-                ));
-            }
+        if let Some(nbf) = nbf
+            && nbf > now.saturating_add(skew)
+        {
+            return Err(Rejection::new(
+                Reason::NotYetValid,
+                format!("not valid for another {}s", nbf - now),
+            ));
         }
         if iat > now.saturating_add(skew) {
             return Err(Rejection::new(
