@@ -1,0 +1,565 @@
+//! The tower layer and the axum extractor, through a real axum server on
+//! loopback and a real issuer: what callers see for every kind of request.
+//!
+//! Needs the `axum` feature (the extractor):
+//! `cargo test -p idgate --all-features --test layer`, or any workspace-wide
+//! `cargo test --workspace`, where the sidecar turns the feature on.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use axum::Router;
+use axum::body::Body;
+use axum::routing::get;
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use idgate::auth::{Admission, AuthLayer, Gate, Refusal, StatusCodes};
+use idgate::policy::{PolicyHandle, PolicySources};
+use idgate::{CredentialHeader, Identity, IssuerConfig, Reason, Verifier};
+use idgate_testkit::{Failure, Issuer, TestKey, default_header, mint, now_unix};
+use serde_json::{Value, json};
+use tower::{Layer, ServiceExt};
+
+const AUD: &str = "https://svc.example.com";
+const ALICE: &str = "alice@example.com";
+
+/// Tokens as Google signs them: `iss` is Google's, so emails name `user:`
+/// and `serviceAccount:` principals; the keys come from the test issuer.
+const GOOGLE_ISS: &str = "https://accounts.google.com";
+
+fn google_token(kit: &Issuer, email: &str, audience: &str) -> String {
+    let mut claims = kit.claims(email, audience);
+    claims["iss"] = json!(GOOGLE_ISS);
+    kit.mint(&claims)
+}
+
+fn verifier(kit: &Issuer) -> Verifier {
+    Verifier::builder()
+        .issuer(IssuerConfig::google().with_jwks_url(kit.jwks_url()))
+        .audience(AUD)
+        .build()
+        .unwrap()
+}
+
+fn gate(kit: &Issuer, members: &[&str], codes: StatusCodes) -> Arc<Gate> {
+    let verifier = verifier(kit);
+    let (policy, _warnings) = PolicyHandle::new(PolicySources {
+        members: members.iter().map(|m| (*m).to_owned()).collect(),
+        ..Default::default()
+    })
+    .unwrap();
+    Arc::new(
+        Gate::builder(Arc::new(verifier), Arc::new(policy))
+            .public_path("/public")
+            .status_codes(codes)
+            .build()
+            .unwrap(),
+    )
+}
+
+async fn whoami(id: Identity) -> axum::Json<Value> {
+    axum::Json(json!({
+        "email": id.email(),
+        "principal": id.principal().to_string(),
+    }))
+}
+
+async fn maybe(id: Option<Identity>) -> axum::Json<Value> {
+    axum::Json(json!({ "principal": id.map(|i| i.principal().to_string()) }))
+}
+
+/// Every route above `.layer` is behind the gate; `/unguarded` is added
+/// after it, so it is not: the extractor must say so there.
+fn app(layer: AuthLayer) -> Router {
+    Router::new()
+        .route("/whoami", get(whoami))
+        .route("/maybe", get(maybe))
+        .route("/public", get(maybe))
+        .route("/public/hello", get(maybe))
+        .route("/public/whoami", get(whoami))
+        .route("/publicity", get(maybe))
+        .layer(layer)
+        .route("/unguarded", get(whoami))
+        .route("/unguarded/maybe", get(maybe))
+}
+
+struct Fixture {
+    kit: Issuer,
+    base: String,
+    http: reqwest::Client,
+}
+
+#[derive(Debug)]
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: String,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.body))
+    }
+
+    fn www_authenticate(&self) -> Option<&str> {
+        self.headers
+            .get(http::header::WWW_AUTHENTICATE)
+            .map(|v| v.to_str().unwrap())
+    }
+
+    /// A refusal: status, the JSON body naming the reason, and nothing of
+    /// the token or the expected audience anywhere in the answer.
+    #[track_caller]
+    fn assert_refused(&self, status: u16, error: &str, reason: Reason, token: &str) {
+        assert_eq!(self.status.as_u16(), status, "{self:?}");
+        assert_eq!(
+            self.headers[http::header::CONTENT_TYPE],
+            "application/json",
+            "{self:?}"
+        );
+        assert_eq!(
+            self.json(),
+            json!({"error": error, "reason": reason.as_str()}),
+            "{self:?}"
+        );
+        let headers = format!("{:?}", self.headers);
+        for secret in [token, AUD] {
+            if secret.len() > 8 {
+                assert!(!self.body.contains(secret), "body leaks {secret:?}");
+                assert!(!headers.contains(secret), "headers leak {secret:?}");
+            }
+        }
+    }
+
+    #[track_caller]
+    fn assert_invalid_token(&self, reason: Reason, token: &str) {
+        self.assert_refused(401, "unauthenticated", reason, token);
+        assert_eq!(
+            self.www_authenticate(),
+            Some(r#"Bearer error="invalid_token""#),
+            "{self:?}"
+        );
+    }
+}
+
+async fn start(members: &[&str], codes: StatusCodes) -> Fixture {
+    start_with(Issuer::start().await, members, codes).await
+}
+
+async fn start_with(kit: Issuer, members: &[&str], codes: StatusCodes) -> Fixture {
+    let app = app(AuthLayer::new(gate(&kit, members, codes)));
+    // Bound before the server task starts: connections queue in the
+    // backlog until it accepts, so no readiness wait is needed.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    Fixture {
+        kit,
+        base: format!("http://{addr}"),
+        http: reqwest::Client::builder().no_proxy().build().unwrap(),
+    }
+}
+
+impl Fixture {
+    async fn get(&self, path: &str, headers: &[(&str, &str)]) -> Answer {
+        let mut req = self.http.get(format!("{}{path}", self.base));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = req.send().await.unwrap();
+        Answer {
+            status: resp.status(),
+            headers: resp.headers().clone(),
+            body: resp.text().await.unwrap(),
+        }
+    }
+
+    async fn get_with_token(&self, path: &str, token: &str) -> Answer {
+        self.get(path, &[("authorization", &format!("Bearer {token}"))])
+            .await
+    }
+
+    fn token(&self, email: &str) -> String {
+        google_token(&self.kit, email, AUD)
+    }
+
+    fn claims(&self) -> Value {
+        let mut claims = self.kit.claims(ALICE, AUD);
+        claims["iss"] = json!(GOOGLE_ISS);
+        claims
+    }
+
+    fn token_with(&self, f: impl FnOnce(&mut Value)) -> String {
+        let mut claims = self.claims();
+        f(&mut claims);
+        self.kit.mint(&claims)
+    }
+}
+
+#[tokio::test]
+async fn an_allowed_caller_reaches_the_handler_with_its_identity() {
+    let f = start(&["user:alice@example.com"], StatusCodes::Rfc6750).await;
+    let token = f.token(ALICE);
+    for _ in 0..3 {
+        let a = f.get_with_token("/whoami", &token).await;
+        assert_eq!(a.status, StatusCode::OK, "{a:?}");
+        assert_eq!(
+            a.json(),
+            json!({"email": ALICE, "principal": "user:alice@example.com"})
+        );
+    }
+    let a = f.get_with_token("/maybe", &token).await;
+    assert_eq!(a.json(), json!({"principal": "user:alice@example.com"}));
+    // Case does not matter in the scheme, and spaces around the token do not.
+    let a = f
+        .get(
+            "/whoami",
+            &[("authorization", &format!("bEaReR   {token} "))],
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{a:?}");
+    // Warm keys and the verified-token cache: one JWKS fetch in all.
+    assert_eq!(f.kit.jwks_fetches(), 1);
+}
+
+#[tokio::test]
+async fn a_request_without_a_token_is_asked_for_one() {
+    let f = start(&["user:alice@example.com"], StatusCodes::Rfc6750).await;
+    for path in ["/whoami", "/maybe", "/no-such-route"] {
+        let a = f.get(path, &[]).await;
+        a.assert_refused(401, "unauthenticated", Reason::MissingToken, "");
+        // RFC 6750 §3.1: no error code when the request had no credential.
+        assert_eq!(a.www_authenticate(), Some("Bearer"), "{path}");
+        assert_eq!(a.headers[http::header::CACHE_CONTROL], "no-store");
+    }
+    // No token means no key fetch either.
+    assert_eq!(f.kit.jwks_fetches(), 0);
+}
+
+#[tokio::test]
+async fn every_invalid_token_gets_401_invalid_token_with_its_reason() {
+    let f = start(&["user:alice@example.com"], StatusCodes::Rfc6750).await;
+    let now = now_unix();
+    let impostor = TestKey::generate(f.kit.active_key().kid());
+    let unknown_kid = TestKey::generate("never-published");
+    let cases: Vec<(&str, String, Reason)> = vec![
+        (
+            "expired",
+            f.token_with(|c| {
+                c["iat"] = json!(now - 7200);
+                c["exp"] = json!(now - 3600);
+            }),
+            Reason::Expired,
+        ),
+        (
+            "minted for another service",
+            google_token(&f.kit, ALICE, "https://other.example.com"),
+            Reason::AudienceMismatch,
+        ),
+        (
+            "signed by a key with the published kid",
+            mint(&impostor, &default_header(&impostor), &f.claims()),
+            Reason::BadSignature,
+        ),
+        (
+            "signed by an unpublished key",
+            mint(&unknown_kid, &default_header(&unknown_kid), &f.claims()),
+            Reason::UnknownKey,
+        ),
+        (
+            "from another issuer",
+            f.token_with(|c| c["iss"] = json!("https://evil.example.com")),
+            Reason::UnknownIssuer,
+        ),
+        (
+            "not yet valid",
+            f.token_with(|c| c["nbf"] = json!(now + 3600)),
+            Reason::NotYetValid,
+        ),
+        (
+            "living too long",
+            f.token_with(|c| c["exp"] = json!(now + 48 * 3600)),
+            Reason::LifetimeTooLong,
+        ),
+        ("not a JWT", "not-a-jwt".to_owned(), Reason::MalformedToken),
+    ];
+    for (what, token, reason) in &cases {
+        let a = f.get_with_token("/whoami", token).await;
+        assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{what}: {a:?}");
+        a.assert_invalid_token(*reason, token);
+    }
+}
+
+#[tokio::test]
+async fn a_valid_caller_the_policy_does_not_allow_gets_403() {
+    let f = start(&["user:alice@example.com"], StatusCodes::Rfc6750).await;
+    let token = f.token("bob@example.com");
+    let a = f.get_with_token("/whoami", &token).await;
+    a.assert_refused(403, "forbidden", Reason::NotAllowed, &token);
+    assert_eq!(a.www_authenticate(), None);
+
+    let token = f.token_with(|c| c["email_verified"] = json!(false));
+    let a = f.get_with_token("/whoami", &token).await;
+    a.assert_refused(403, "forbidden", Reason::EmailUnverified, &token);
+    // The string "true" is not the boolean.
+    let token = f.token_with(|c| c["email_verified"] = json!("true"));
+    let a = f.get_with_token("/whoami", &token).await;
+    a.assert_refused(403, "forbidden", Reason::EmailUnverified, &token);
+}
+
+#[tokio::test]
+async fn no_keys_ever_loaded_is_503_not_a_client_error() {
+    let kit = Issuer::start().await;
+    kit.set_failure(Failure::Status(500));
+    let f = start_with(kit, &["user:alice@example.com"], StatusCodes::Rfc6750).await;
+    let token = f.token(ALICE);
+    let a = f.get_with_token("/whoami", &token).await;
+    a.assert_refused(503, "unavailable", Reason::KeysUnavailable, &token);
+    assert_eq!(a.www_authenticate(), None);
+    assert!(a.headers.contains_key(http::header::RETRY_AFTER), "{a:?}");
+    assert!(f.kit.jwks_fetches() >= 1);
+}
+
+#[tokio::test]
+async fn two_tokens_or_an_oversized_one_are_refused_before_verification() {
+    let f = start(&["user:alice@example.com"], StatusCodes::Rfc6750).await;
+    let token = f.token(ALICE);
+    let bearer = format!("Bearer {token}");
+    let a = f
+        .get(
+            "/whoami",
+            &[("authorization", &bearer), ("authorization", &bearer)],
+        )
+        .await;
+    a.assert_invalid_token(Reason::MultipleTokens, &token);
+
+    let huge = format!("{}.{}.{}", "a".repeat(8 * 1024), "b".repeat(8 * 1024), "c");
+    let a = f.get_with_token("/whoami", &huge).await;
+    a.assert_invalid_token(Reason::TokenTooLarge, &huge);
+    assert_eq!(f.kit.jwks_fetches(), 0);
+}
+
+#[tokio::test]
+async fn cloud_run_codes_answer_403_to_a_missing_token_only() {
+    let f = start(&["user:alice@example.com"], StatusCodes::CloudRun).await;
+    let a = f.get("/whoami", &[]).await;
+    a.assert_refused(403, "unauthenticated", Reason::MissingToken, "");
+    assert_eq!(a.www_authenticate(), None);
+    // Everything else is as RFC 6750 says.
+    let token = google_token(&f.kit, ALICE, "https://other.example.com");
+    f.get_with_token("/whoami", &token)
+        .await
+        .assert_invalid_token(Reason::AudienceMismatch, &token);
+    let token = f.token("bob@example.com");
+    f.get_with_token("/whoami", &token).await.assert_refused(
+        403,
+        "forbidden",
+        Reason::NotAllowed,
+        &token,
+    );
+    let a = f.get_with_token("/whoami", &f.token(ALICE)).await;
+    assert_eq!(a.status, StatusCode::OK, "{a:?}");
+}
+
+#[tokio::test]
+async fn x_serverless_authorization_wins_over_authorization() {
+    let f = start(&["user:alice@example.com"], StatusCodes::Rfc6750).await;
+    let good = format!("Bearer {}", f.token(ALICE));
+    let a = f
+        .get(
+            "/whoami",
+            &[
+                ("x-serverless-authorization", &good),
+                ("authorization", "Basic dXNlcjpwYXNz"),
+            ],
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{a:?}");
+    assert_eq!(a.json()["principal"], "user:alice@example.com");
+
+    let a = f
+        .get(
+            "/whoami",
+            &[
+                ("x-serverless-authorization", "Bearer garbage"),
+                ("authorization", &good),
+            ],
+        )
+        .await;
+    a.assert_invalid_token(Reason::MalformedToken, &good);
+}
+
+#[tokio::test]
+async fn public_paths_need_no_token_and_carry_no_identity() {
+    let f = start(&["user:alice@example.com"], StatusCodes::Rfc6750).await;
+    let token = f.token(ALICE);
+    for path in ["/public", "/public/", "/public/hello"] {
+        let a = f.get(path, &[]).await;
+        // `/public/` has no route: the gate let it through to axum's 404.
+        if path == "/public/" {
+            assert_eq!(a.status, StatusCode::NOT_FOUND, "{a:?}");
+            continue;
+        }
+        assert_eq!(a.status, StatusCode::OK, "{path}: {a:?}");
+        assert_eq!(a.json(), json!({"principal": null}), "{path}");
+        // A token changes nothing there: public paths attach no identity.
+        let a = f.get_with_token(path, &token).await;
+        assert_eq!(a.json(), json!({"principal": null}), "{path}");
+    }
+    // A handler that insists on an identity refuses on a public path.
+    f.get("/public/whoami", &[]).await.assert_refused(
+        401,
+        "unauthenticated",
+        Reason::MissingToken,
+        "",
+    );
+    // The prefix matches whole segments only.
+    let a = f.get("/publicity", &[]).await;
+    a.assert_refused(401, "unauthenticated", Reason::MissingToken, "");
+    // Public paths do not even look at a token.
+    assert_eq!(f.kit.jwks_fetches(), 0);
+}
+
+#[tokio::test]
+async fn all_users_lets_anyone_in_without_an_identity() {
+    let f = start(&["allUsers"], StatusCodes::Rfc6750).await;
+    let a = f.get("/maybe", &[]).await;
+    assert_eq!(a.status, StatusCode::OK, "{a:?}");
+    assert_eq!(a.json(), json!({"principal": null}));
+    // A bad token does not stop a request that needs none.
+    let a = f.get_with_token("/maybe", "not-a-jwt").await;
+    assert_eq!(a.json(), json!({"principal": null}));
+    // A good one still tells the handler who is calling.
+    let a = f.get_with_token("/maybe", &f.token(ALICE)).await;
+    assert_eq!(a.json(), json!({"principal": "user:alice@example.com"}));
+    // A handler that needs an identity still refuses an anonymous caller.
+    f.get("/whoami", &[])
+        .await
+        .assert_refused(401, "unauthenticated", Reason::MissingToken, "");
+}
+
+#[tokio::test]
+async fn the_extractor_without_the_layer_is_a_500_that_names_the_layer() {
+    let f = start(&["user:alice@example.com"], StatusCodes::Rfc6750).await;
+    let token = f.token(ALICE);
+    for path in ["/unguarded", "/unguarded/maybe"] {
+        for a in [f.get(path, &[]).await, f.get_with_token(path, &token).await] {
+            assert_eq!(a.status, StatusCode::INTERNAL_SERVER_ERROR, "{path}: {a:?}");
+            assert!(a.body.contains("AuthLayer"), "{path}: {:?}", a.body);
+            assert!(!a.body.contains(&token));
+        }
+    }
+}
+
+/// The refusal is in the response extensions for outer layers: checked
+/// in-process, since extensions do not cross the wire.
+#[tokio::test]
+async fn the_refusal_rides_in_the_response_extensions() {
+    let kit = Issuer::start().await;
+    let router = app(AuthLayer::new(gate(
+        &kit,
+        &["user:alice@example.com"],
+        StatusCodes::Rfc6750,
+    )));
+    let call = |token: Option<String>| {
+        let mut req = Request::get("/whoami");
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        router.clone().oneshot(req.body(Body::empty()).unwrap())
+    };
+
+    let resp = call(None).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        resp.extensions().get::<Reason>(),
+        Some(&Reason::MissingToken)
+    );
+    let refusal = resp.extensions().get::<Refusal>().unwrap();
+    assert_eq!(refusal.rejection.reason, Reason::MissingToken);
+    assert_eq!(refusal.principal, None);
+
+    let resp = call(Some(google_token(&kit, "bob@example.com", AUD)))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    assert_eq!(resp.extensions().get::<Reason>(), Some(&Reason::NotAllowed));
+    let refusal = resp.extensions().get::<Refusal>().unwrap();
+    assert_eq!(refusal.principal.as_deref(), Some("user:bob@example.com"));
+
+    let resp = call(Some(google_token(&kit, ALICE, AUD))).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(resp.extensions().get::<Reason>().is_none());
+    assert!(resp.extensions().get::<Refusal>().is_none());
+}
+
+/// Any tower service, not just axum: the identity and the admission are in
+/// the request extensions, and a decision hook sees every request.
+#[tokio::test]
+async fn a_bare_tower_service_gets_identity_and_admission_in_extensions() {
+    let kit = Issuer::start().await;
+    let verifier = verifier(&kit);
+    let (policy, _) = PolicyHandle::new(PolicySources {
+        members: vec!["user:alice@example.com".into()],
+        ..Default::default()
+    })
+    .unwrap();
+    let decisions = Arc::new(AtomicUsize::new(0));
+    let counted = decisions.clone();
+    let gate = Gate::builder(Arc::new(verifier), Arc::new(policy))
+        .on_decision(move |_| {
+            counted.fetch_add(1, Ordering::Relaxed);
+        })
+        .build()
+        .unwrap();
+    let svc = AuthLayer::new(Arc::new(gate)).layer(tower::service_fn(
+        |req: Request<String>| async move {
+            let id = req.extensions().get::<Identity>().cloned();
+            let admission = req.extensions().get::<Admission>().cloned();
+            let body = json!({
+                "principal": id.map(|i| i.principal().to_string()),
+                "header": admission.as_ref().and_then(|a| a.credential_header).map(CredentialHeader::name),
+                "member": admission.and_then(|a| a.grant).map(|g| g.member),
+            });
+            Ok::<_, Infallible>(Response::new(http_body_util::Full::new(Bytes::from(
+                body.to_string(),
+            ))))
+        },
+    ));
+
+    let req = Request::get("/anything")
+        .header(
+            "x-serverless-authorization",
+            format!("Bearer {}", google_token(&kit, ALICE, AUD)),
+        )
+        .body(String::new())
+        .unwrap();
+    let resp = svc.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(
+        serde_json::from_slice::<Value>(&body).unwrap(),
+        json!({
+            "principal": "user:alice@example.com",
+            "header": "x-serverless-authorization",
+            "member": "user:alice@example.com",
+        })
+    );
+
+    let req = Request::get("/anything").body(String::new()).unwrap();
+    let resp = svc.oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        resp.extensions().get::<Reason>(),
+        Some(&Reason::MissingToken)
+    );
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(
+        body,
+        Bytes::from_static(br#"{"error":"unauthenticated","reason":"missing_token"}"#)
+    );
+    assert_eq!(decisions.load(Ordering::Relaxed), 2);
+}
