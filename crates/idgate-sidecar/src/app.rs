@@ -18,6 +18,7 @@ use std::task::{Context, Poll};
 
 use axum::response::IntoResponse;
 use http::{HeaderMap, Request, Response};
+use idgate::auth::Admission;
 use idgate::{CredentialHeader, Identity};
 use tower::ServiceExt;
 use tower::util::BoxCloneSyncService;
@@ -48,6 +49,9 @@ pub type HttpService = BoxCloneSyncService<Request<Body>, Response<Body>, Infall
 /// `tower::layer::util::Identity` (no gate at all) also fits: tests of the
 /// proxy use it. The binary never does: [`crate::gate::build`] is the only
 /// place `serve` gets its gate from, and it fails rather than return none.
+///
+/// When the gate's `Admission` is in the extensions, its
+/// `credential_header` says which header `--forward-token` applies to.
 pub trait GateLayer: Send + Sync + 'static {
     /// Wraps `inner` with the gate.
     fn wrap(&self, inner: HttpService) -> HttpService;
@@ -121,12 +125,13 @@ impl Service<Request<Body>> for Sanitize {
 }
 
 /// Which header carried the token the gate verified. The gate reports it
-/// in its admission; when it does not (public path, `allUsers`), Cloud
-/// Run's rule names the header a token would have been read from.
+/// in its admission; when there is none (public path, `allUsers`, or a gate
+/// that does not say), Cloud Run's rule names the header a token would have
+/// been read from.
 fn carrier(req: &Request<Body>) -> Option<CredentialHeader> {
     req.extensions()
-        .get::<CredentialHeader>()
-        .copied()
+        .get::<Admission>()
+        .and_then(|a| a.credential_header)
         .or_else(|| credential_header_by_rule(req.headers()))
 }
 

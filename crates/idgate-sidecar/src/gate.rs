@@ -5,31 +5,26 @@
 //! This is the one place the binary obtains a [`GateLayer`]. It never
 //! returns a pass-through: without a gate, `serve` refuses to start.
 //!
-//! Wiring, once `idgate::auth` is enabled in the library (the verifier part
-//! is done):
-//!
-//! ```text
-//! let (policy, warnings) = PolicyHandle::new(PolicySources { files, members, groups_file })?;
-//! let gate = Gate::builder(verifier.clone(), policy.clone())
-//!     .public_path(..)            // settings.public_paths
-//!     .status_codes(..)           // settings.status_codes
-//!     .on_decision(move |ev| { metrics.record_decision(ev.outcome.reason(), ev.elapsed); log })
-//!     .build()?;
-//! layer  = AuthLayer::new(Arc::new(gate))
-//! reload = move || policy.reload().map_err(|e| e.to_string())
-//! ```
-//!
-//! and [`crate::app`]'s `carrier` reads `Admission::credential_header`.
+//! Hooks:
+//! - decisions: the gate's `on_decision` feeds [`Metrics::record_decision`]
+//!   (the gate itself logs each decision: denials at INFO, with
+//!   `auth.reason` and `auth.principal`);
+//! - metrics: scrapes read `Verifier::stats` through
+//!   [`Metrics::set_verifier_stats`];
+//! - readiness: `Verifier::is_ready` (keys loaded for every issuer);
+//! - reload: `PolicyHandle::reload`, validated then swapped atomically.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use idgate::auth::{AuthLayer, Gate, GateConfigError};
+use idgate::policy::{PolicyErrors, PolicyHandle, PolicySources};
 use idgate::{IssuerConfig, JwksSettings, Verifier, VerifierBuilder};
 use tracing::{info, warn};
 
 use crate::admin::ReadyCheck;
 use crate::app::GateLayer;
-use crate::config::{KeySource, Settings};
+use crate::config::{KeySource, Settings, StatusCodes};
 use crate::metrics::{Metrics, VerifierSnapshot};
 use crate::reload::ReloadFn;
 
@@ -68,12 +63,12 @@ pub enum GateError {
         #[source]
         source: DiscoveryError,
     },
-    /// This build has no auth layer to put in front of the upstream.
-    #[error(
-        "this build has no auth gate (idgate::auth is not enabled yet); \
-         refusing to serve rather than forward unauthenticated requests"
-    )]
-    Unavailable,
+    /// The policy files or members do not load.
+    #[error("policy")]
+    Policy(#[source] PolicyErrors),
+    /// The gate refuses its settings (public paths).
+    #[error("auth gate settings")]
+    Gate(#[source] GateConfigError),
 }
 
 /// Why an issuer's discovery document was refused.
@@ -130,7 +125,13 @@ pub fn verifier_builder(
         };
         // The issuer URL doubles as its metrics label: unique, and bounded
         // by the configuration.
-        builder = builder.issuer(IssuerConfig::new(&issuer.issuer, &issuer.issuer, url));
+        let mut cfg = IssuerConfig::new(&issuer.issuer, &issuer.issuer, url);
+        // An extra issuer stands in for Google (a dev issuer, a test
+        // double): its verified emails name `user:`/`serviceAccount:`
+        // members, or no policy member could match its tokens (there are no
+        // pools to name them by yet).
+        cfg.google = true;
+        builder = builder.issuer(cfg);
     }
     builder
 }
@@ -171,18 +172,61 @@ pub async fn discover(client: &reqwest::Client, issuer: &str) -> Result<String, 
         .ok_or(DiscoveryError::NoJwksUri)
 }
 
-/// What `--check-config` can check without the network: the verifier's own
-/// rules. (Discovery issuers are checked with their discovery URL standing
-/// in for the JWKS URL.)
-pub fn check(settings: &Settings) -> Result<(), GateError> {
-    verifier_builder(settings, discovery_url)
-        .build()
-        .map(drop)
-        .map_err(GateError::Verifier)
+fn policy_sources(settings: &Settings) -> PolicySources {
+    PolicySources {
+        files: settings.policy.files.clone(),
+        members: settings.policy.members.clone(),
+        groups_file: settings.policy.groups_file.clone(),
+        ..PolicySources::default()
+    }
 }
 
+/// The policy, then the gate over `verifier` and it.
+fn gate_over(
+    settings: &Settings,
+    verifier: Arc<Verifier>,
+    metrics: Option<Arc<Metrics>>,
+) -> Result<(Gate, Arc<PolicyHandle>, Vec<String>), GateError> {
+    let (policy, warnings) =
+        PolicyHandle::new(policy_sources(settings)).map_err(GateError::Policy)?;
+    let policy = Arc::new(policy);
+    let mut builder =
+        Gate::builder(verifier, policy.clone()).status_codes(match settings.status_codes {
+            StatusCodes::Rfc6750 => idgate::auth::StatusCodes::Rfc6750,
+            StatusCodes::CloudRun => idgate::auth::StatusCodes::CloudRun,
+        });
+    for prefix in &settings.public_paths {
+        builder = builder.public_path(prefix.clone());
+    }
+    if let Some(m) = metrics {
+        builder = builder.on_decision(move |ev| m.record_decision(ev.outcome.reason(), ev.elapsed));
+    }
+    let gate = builder.build().map_err(GateError::Gate)?;
+    Ok((gate, policy, warnings))
+}
+
+/// What `--check-config` checks beyond the settings, without the network:
+/// the verifier's rules, the policy (files parsed, members and conditions
+/// checked) and the gate's. Discovery issuers are checked with their
+/// discovery URL standing in for the JWKS URL. Returns the policy's
+/// warnings.
+pub fn check(settings: &Settings) -> Result<Vec<String>, GateError> {
+    let verifier = verifier_builder(settings, discovery_url)
+        .build()
+        .map_err(GateError::Verifier)?;
+    let (_, _, warnings) = gate_over(settings, Arc::new(verifier), None)?;
+    Ok(warnings)
+}
+
+/// How long startup waits for the first keys before listening anyway.
+/// Platforms send traffic as soon as the port accepts (Cloud Run's default
+/// startup probe is a TCP connect), and a request before any key is loaded
+/// can only be answered 503.
+pub const KEY_WARMUP: Duration = Duration::from_secs(10);
+
 /// Builds the gate for `serve`: discovery (a few tries), the verifier with
-/// its metrics and readiness hooks, then the policy and the auth layer.
+/// its metrics and readiness hooks, the policy, the auth layer; then waits
+/// up to [`KEY_WARMUP`] for the first keys. Needs a tokio runtime.
 pub async fn build(settings: &Settings, metrics: &Arc<Metrics>) -> Result<GateParts, GateError> {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
@@ -225,13 +269,30 @@ pub async fn build(settings: &Settings, metrics: &Arc<Metrics>) -> Result<GatePa
     .build()
     .map_err(GateError::Verifier)?;
     let verifier = Arc::new(verifier);
+    let (gate, policy, warnings) = gate_over(settings, verifier.clone(), Some(metrics.clone()))?;
 
     let v = verifier.clone();
     metrics.set_verifier_stats(move || VerifierSnapshot::from(&v.stats()));
+    // The refreshers stop when the verifier is dropped.
+    drop(verifier.spawn_key_refreshers());
+    if tokio::time::timeout(KEY_WARMUP, verifier.refresh_keys())
+        .await
+        .is_err()
+        || !verifier.is_ready()
+    {
+        warn!("keys are not loaded for every issuer yet; requests get 503 until they are");
+    }
     let v = verifier.clone();
-    let _ready: ReadyCheck = Arc::new(move || v.is_ready());
-
-    // The policy and the auth layer are the remaining seam (see the module
-    // docs). Until they exist, refuse.
-    Err(GateError::Unavailable)
+    let ready: ReadyCheck = Arc::new(move || v.is_ready());
+    let reload: ReloadFn = Arc::new(move || {
+        policy
+            .reload()
+            .map_err(|e| e.to_string().replace('\n', "; "))
+    });
+    Ok(GateParts {
+        layer: Arc::new(AuthLayer::new(Arc::new(gate))),
+        ready,
+        reload: Some(reload),
+        warnings,
+    })
 }

@@ -94,6 +94,7 @@ pub async fn start(settings: &Settings, wiring: Wiring) -> anyhow::Result<Runnin
         // The admin listener outlives the drain, so probes see /readyz
         // answer 503 while in-flight requests finish.
         let admin_task = tokio::spawn(server::serve(
+            "admin",
             admin_listener,
             admin,
             async move {
@@ -102,6 +103,7 @@ pub async fn start(settings: &Settings, wiring: Wiring) -> anyhow::Result<Runnin
             std::time::Duration::from_secs(1),
         ));
         let drained = server::serve(
+            "gate",
             listener,
             app,
             async move {

@@ -36,6 +36,7 @@ pub enum Drained {
 /// Connections already upgraded (WebSocket) are not counted: they are
 /// detached tunnels and end with the process.
 pub async fn serve(
+    name: &'static str,
     listener: TcpListener,
     service: HttpService,
     shutdown: impl Future<Output = ()>,
@@ -52,7 +53,7 @@ pub async fn serve(
                 Err(e) => {
                     // Out of file descriptors and the like: back off rather
                     // than spin, and keep serving.
-                    warn!(error = %e, "accept failed");
+                    warn!(server = name, error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -79,6 +80,7 @@ pub async fn serve(
     drop(listener);
     while connections.try_join_next().is_some() {}
     info!(
+        server = name,
         connections = connections.len(),
         grace = %humantime::format_duration(grace),
         "shutting down: no longer accepting, draining in-flight requests"
@@ -89,13 +91,14 @@ pub async fn serve(
     };
     match tokio::time::timeout(grace, drain).await {
         Ok(()) => {
-            info!("drained");
+            info!(server = name, "drained");
             Drained::Clean
         }
         Err(_) => {
             while connections.try_join_next().is_some() {}
             let open = connections.len();
             warn!(
+                server = name,
                 connections = open,
                 "grace period over with requests still in flight; closing their connections"
             );

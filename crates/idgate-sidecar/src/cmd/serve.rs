@@ -38,14 +38,14 @@ pub fn run(args: ServeArgs, env: &dyn Env) -> anyhow::Result<ExitCode> {
     let settings = loaded.settings;
 
     if args.check_config {
-        if let Err(e) = gate::check(&settings) {
-            eprintln!(
-                "idgate: 1 configuration problem:\n  {}",
-                crate::ErrorChain(&e)
-            );
-            return Ok(ExitCode::from(super::EXIT_USAGE));
-        }
-        for w in &loaded.warnings {
+        let policy_warnings = match gate::check(&settings) {
+            Ok(w) => w,
+            Err(e) => {
+                eprintln!("idgate: {}", describe(&e));
+                return Ok(ExitCode::from(super::EXIT_USAGE));
+            }
+        };
+        for w in loaded.warnings.iter().chain(&policy_warnings) {
             eprintln!("warning: {w}");
         }
         print!("{}", settings.summary());
@@ -64,9 +64,20 @@ pub fn run(args: ServeArgs, env: &dyn Env) -> anyhow::Result<ExitCode> {
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
         let metrics = Arc::new(Metrics::new());
-        let parts = gate::build(&settings, &metrics)
-            .await
-            .context("cannot build the auth gate")?;
+        let parts = match gate::build(&settings, &metrics).await {
+            Ok(p) => p,
+            Err(
+                e @ (gate::GateError::Policy(_)
+                | gate::GateError::Verifier(_)
+                | gate::GateError::Gate(_)),
+            ) => {
+                // Settings problems found only by the library: same exit as
+                // the others, before any port is bound.
+                eprintln!("idgate: {}", describe(&e));
+                return Ok(ExitCode::from(super::EXIT_USAGE));
+            }
+            Err(e) => return Err(anyhow::Error::new(e).context("cannot build the auth gate")),
+        };
         for w in &parts.warnings {
             warn!("{w}");
         }
@@ -93,4 +104,31 @@ pub fn run(args: ServeArgs, env: &dyn Env) -> anyhow::Result<ExitCode> {
         }
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// A gate error as a list of problems, like configuration errors.
+fn describe(e: &gate::GateError) -> String {
+    let lines: Vec<String> = match e {
+        // A policy problem may span lines (a file's own list); one line each.
+        gate::GateError::Policy(errors) => errors
+            .iter()
+            .flat_map(|p| {
+                p.to_string()
+                    .lines()
+                    .map(|l| format!("policy: {l}"))
+                    .collect::<Vec<_>>()
+            })
+            .collect(),
+        gate::GateError::Verifier(errors) => {
+            errors.0.iter().map(|p| format!("verifier: {p}")).collect()
+        }
+        gate::GateError::Gate(errors) => errors.0.iter().map(|p| format!("gate: {p}")).collect(),
+        other => vec![crate::ErrorChain(other).to_string()],
+    };
+    let n = lines.len();
+    format!(
+        "{n} configuration problem{}:\n  {}",
+        if n == 1 { "" } else { "s" },
+        lines.join("\n  ")
+    )
 }

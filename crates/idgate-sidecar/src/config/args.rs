@@ -46,8 +46,10 @@ pub struct SettingsArgs {
     #[arg(long, value_name = "FILE")]
     pub groups: Option<PathBuf>,
 
-    /// Trust an extra issuer besides Google; its keys come from its discovery
-    /// document unless --jwks-url is given. Repeatable.
+    /// Also trust this issuer, as Google is trusted (its emails name user: and
+    /// serviceAccount: members): for a dev issuer or test double you control.
+    /// Keys come from its discovery document unless --jwks-url is given.
+    /// Repeatable.
     #[arg(long, value_name = "URL")]
     pub issuer: Vec<String>,
 

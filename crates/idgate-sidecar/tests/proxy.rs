@@ -1,0 +1,551 @@
+//! The proxy in-process on port 0 against a real upstream on loopback. The
+//! gate is left out (or faked) here: these tests are about forwarding.
+
+mod common;
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use common::*;
+use http::StatusCode;
+use http_body_util::BodyExt;
+use idgate_sidecar::Body;
+use idgate_sidecar::server::Drained;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+#[tokio::test]
+async fn forwards_and_sets_x_forwarded_headers() {
+    let up = upstream().await;
+    let s = settings(Some(&up.url()), |_| {});
+    let (sidecar, _) = sidecar(&s, no_gate()).await;
+    let url = format!("http://{}/headers?a=1&b=2", sidecar.addr());
+    let (status, _, body) = send(
+        &client(),
+        get_req(
+            &url,
+            &[("host", "svc.example"), ("x-forwarded-for", "203.0.113.7")],
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let echo = echoed(&body);
+    assert_eq!(echo["uri"], "/headers?a=1&b=2");
+    assert_eq!(echo["version"], "HTTP/1.1");
+    assert_eq!(
+        header_values(&echo, "host"),
+        ["svc.example"],
+        "Host is kept"
+    );
+    assert_eq!(
+        header_values(&echo, "x-forwarded-for"),
+        ["203.0.113.7, 127.0.0.1"]
+    );
+    assert_eq!(header_values(&echo, "x-forwarded-proto"), ["http"]);
+    assert_eq!(header_values(&echo, "x-forwarded-host"), ["svc.example"]);
+    sidecar.shutdown().await;
+}
+
+#[tokio::test]
+async fn upstream_base_path_is_prepended() {
+    let up = upstream().await;
+    let s = settings(Some(&format!("{}/base/", up.url())), |_| {});
+    let (sidecar, _) = sidecar(&s, no_gate()).await;
+    let (status, _, body) = send(
+        &client(),
+        get_req(&format!("http://{}/headers?q", sidecar.addr()), &[]),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(echoed(&body)["uri"], "/base/headers?q");
+    sidecar.shutdown().await;
+}
+
+#[tokio::test]
+async fn forged_identity_headers_never_reach_the_upstream() {
+    let up = upstream().await;
+    let s = settings(Some(&up.url()), |a| {
+        a.strip_header = vec!["x-user".into(), "x-my-*".into()];
+    });
+    let (sidecar, _) = sidecar(&s, no_gate()).await;
+    let forged = [
+        ("x-idgate-principal", "user:boss@example.com"),
+        ("x-idgate-email", "boss@example.com"),
+        ("x-idgate-sub", "1"),
+        ("x-idgate-claims", "e30"),
+        (
+            "x-goog-authenticated-user-email",
+            "accounts.google.com:boss@example.com",
+        ),
+        ("x-goog-authenticated-user-id", "1"),
+        ("x-goog-iap-jwt-assertion", "a.b.c"),
+        ("x-forwarded-user", "boss"),
+        ("x-forwarded-email", "boss@example.com"),
+        ("x-auth-request-email", "boss@example.com"),
+        ("x-user", "boss"),
+        ("x-my-role", "admin"),
+        ("x-innocent", "kept"),
+    ];
+    let url = format!("http://{}/headers", sidecar.addr());
+    let (_, _, body) = send(&client(), get_req(&url, &forged)).await;
+    let echo = echoed(&body);
+    for (name, _) in &forged[..forged.len() - 1] {
+        assert!(
+            header_values(&echo, name).is_empty(),
+            "{name} reached the upstream: {echo}"
+        );
+    }
+    assert_eq!(header_values(&echo, "x-innocent"), ["kept"]);
+    sidecar.shutdown().await;
+}
+
+/// A stand-in gate that admits everyone as the caller named in
+/// `x-test-user`: enough to see what the sidecar does with an identity.
+fn fake_gate() -> Arc<dyn idgate_sidecar::app::GateLayer> {
+    fn admit(mut req: http::Request<Body>) -> http::Request<Body> {
+        if let Some(email) = req
+            .headers()
+            .get("x-test-user")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+        {
+            let tag = idgate::IssuerTag {
+                name: "google".into(),
+                google: true,
+                pool: None,
+            };
+            let claims = serde_json::json!({"sub": "1234", "email": email, "email_verified": true});
+            let serde_json::Value::Object(map) = claims else {
+                unreachable!()
+            };
+            let id = idgate::Identity::from_verified_claims(
+                &tag,
+                "https://svc.example".into(),
+                map,
+                "eyJzdWIiOiIxMjM0In0".into(),
+            );
+            req.extensions_mut().insert(id);
+        }
+        req
+    }
+    Arc::new(tower::util::MapRequestLayer::new(
+        admit as fn(http::Request<Body>) -> http::Request<Body>,
+    ))
+}
+
+#[tokio::test]
+async fn identity_headers_and_stripped_token_reach_the_upstream() {
+    let up = upstream().await;
+    let s = settings(Some(&up.url()), |_| {});
+    let (sidecar, _) = sidecar(&s, fake_gate()).await;
+    let url = format!("http://{}/headers", sidecar.addr());
+    let (_, _, body) = send(
+        &client(),
+        get_req(
+            &url,
+            &[
+                ("x-test-user", "alice@example.com"),
+                ("authorization", "Bearer aGVhZA.cGF5bG9hZA.c2lnbmF0dXJl"),
+                // Forged, and named in Connection to get ours dropped.
+                ("x-idgate-principal", "user:boss@example.com"),
+                ("connection", "x-idgate-principal, x-idgate-email"),
+            ],
+        ),
+    )
+    .await;
+    let echo = echoed(&body);
+    assert_eq!(
+        header_values(&echo, "x-idgate-principal"),
+        ["user:alice@example.com"]
+    );
+    assert_eq!(
+        header_values(&echo, "x-idgate-email"),
+        ["alice@example.com"]
+    );
+    assert_eq!(header_values(&echo, "x-idgate-sub"), ["1234"]);
+    assert_eq!(
+        header_values(&echo, "x-idgate-claims"),
+        ["eyJzdWIiOiIxMjM0In0"]
+    );
+    assert_eq!(
+        header_values(&echo, "authorization"),
+        ["Bearer aGVhZA.cGF5bG9hZA.SIGNATURE_REMOVED_BY_IDGATE"]
+    );
+    sidecar.shutdown().await;
+}
+
+#[tokio::test]
+async fn forward_token_none_and_full() {
+    let up = upstream().await;
+    for (mode, expected) in [
+        ("none", None),
+        ("full", Some("Bearer aGVhZA.cGF5bG9hZA.c2lnbmF0dXJl")),
+    ] {
+        let s = settings(Some(&up.url()), |a| a.forward_token = Some(mode.into()));
+        let (sidecar, _) = sidecar(&s, fake_gate()).await;
+        let url = format!("http://{}/headers", sidecar.addr());
+        let (_, _, body) = send(
+            &client(),
+            get_req(
+                &url,
+                &[
+                    ("x-test-user", "alice@example.com"),
+                    (
+                        "x-serverless-authorization",
+                        "Bearer aGVhZA.cGF5bG9hZA.c2lnbmF0dXJl",
+                    ),
+                    ("authorization", "Basic YXBwOm93bg=="),
+                ],
+            ),
+        )
+        .await;
+        let echo = echoed(&body);
+        assert_eq!(
+            header_values(&echo, "x-serverless-authorization")
+                .first()
+                .map(String::as_str),
+            expected,
+            "--forward-token {mode}"
+        );
+        assert_eq!(
+            header_values(&echo, "authorization"),
+            ["Basic YXBwOm93bg=="],
+            "the app's own Authorization stays (--forward-token {mode})"
+        );
+        sidecar.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_are_removed_both_ways() {
+    let up = upstream().await;
+    let s = settings(Some(&up.url()), |_| {});
+    let (sidecar, _) = sidecar(&s, no_gate()).await;
+    let url = format!("http://{}/headers", sidecar.addr());
+    let (_, _, body) = send(
+        &client(),
+        get_req(
+            &url,
+            &[
+                ("connection", "x-drop-me"),
+                ("x-drop-me", "1"),
+                ("keep-alive", "timeout=5"),
+                ("proxy-authorization", "Basic eDp5"),
+                ("proxy-connection", "keep-alive"),
+                ("te", "trailers"),
+                ("trailer", "x-checksum"),
+                ("upgrade", "h2c"),
+                ("x-kept", "1"),
+            ],
+        ),
+    )
+    .await;
+    let echo = echoed(&body);
+    for name in [
+        "x-drop-me",
+        "keep-alive",
+        "proxy-authorization",
+        "proxy-connection",
+        "trailer",
+        "upgrade",
+    ] {
+        assert!(
+            header_values(&echo, name).is_empty(),
+            "{name} was forwarded: {echo}"
+        );
+    }
+    assert_eq!(header_values(&echo, "te"), ["trailers"]);
+    assert_eq!(header_values(&echo, "x-kept"), ["1"]);
+
+    let (_, direct, _) = send(&client(), get_req(&format!("{}/hop", up.url()), &[])).await;
+    assert!(
+        direct.contains_key("x-resp-hop"),
+        "the upstream does send them: {direct:?}"
+    );
+    let (status, headers, _) = send(
+        &client(),
+        get_req(&format!("http://{}/hop", sidecar.addr()), &[]),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    for name in ["x-resp-hop", "keep-alive", "proxy-authenticate"] {
+        assert!(!headers.contains_key(name), "{name} came back: {headers:?}");
+    }
+    assert_eq!(headers["x-kept"], "1");
+    sidecar.shutdown().await;
+}
+
+#[tokio::test]
+async fn response_bodies_stream() {
+    let up = upstream().await;
+    let s = settings(Some(&up.url()), |_| {});
+    let (sidecar, _) = sidecar(&s, no_gate()).await;
+    let res = within(
+        "response headers",
+        client().request(get_req(
+            &format!("http://{}/stream-down", sidecar.addr()),
+            &[],
+        )),
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let mut body = res.into_body();
+    // The first chunk arrives while the upstream still holds the second.
+    let first = within("the first chunk", body.frame())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.into_data().unwrap(), Bytes::from_static(b"first;"));
+    up.state.release_down.notify_one();
+    let rest = within("the rest", body.collect()).await.unwrap().to_bytes();
+    assert_eq!(rest, Bytes::from_static(b"second"));
+    sidecar.shutdown().await;
+}
+
+#[tokio::test]
+async fn request_bodies_stream() {
+    let up = upstream().await;
+    let (frames_tx, mut frames) = mpsc::unbounded_channel();
+    *up.state.up_frames.lock().unwrap() = Some(frames_tx);
+    let s = settings(Some(&up.url()), |_| {});
+    let (sidecar, _) = sidecar(&s, no_gate()).await;
+
+    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(1);
+    let body = Body::from_stream(futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    }));
+    let req = http::Request::post(format!("http://{}/stream-up", sidecar.addr()))
+        .body(body)
+        .unwrap();
+    let c = client();
+    let response = tokio::spawn(async move { send(&c, req).await });
+
+    tx.send(Ok(Bytes::from_static(b"part one;"))).await.unwrap();
+    // The upstream sees the first part while the client has not finished.
+    let got = within("the first part upstream", frames.recv())
+        .await
+        .unwrap();
+    assert_eq!(got, Bytes::from_static(b"part one;"));
+    tx.send(Ok(Bytes::from_static(b"part two"))).await.unwrap();
+    drop(tx);
+    let (status, _, body) = within("the response", response).await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, Bytes::from_static(b"17"));
+    sidecar.shutdown().await;
+}
+
+#[tokio::test]
+async fn h2c_requests_go_upstream_as_h2c() {
+    let up = upstream().await;
+    let s = settings(Some(&up.url()), |_| {});
+    let (sidecar, _) = sidecar(&s, no_gate()).await;
+    let (status, _, body) = send(
+        &h2c_client(),
+        get_req(
+            &format!("http://{}/headers", sidecar.addr()),
+            &[("te", "trailers"), ("content-type", "application/grpc")],
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let echo = echoed(&body);
+    assert_eq!(echo["version"], "HTTP/2.0");
+    assert_eq!(header_values(&echo, "te"), ["trailers"]);
+    assert_eq!(
+        header_values(&echo, "x-forwarded-host"),
+        [sidecar.addr().to_string()]
+    );
+    sidecar.shutdown().await;
+}
+
+#[tokio::test]
+async fn unreachable_upstream_is_502() {
+    let dead = refused_addr().await;
+    let s = settings(Some(&format!("http://{dead}")), |_| {});
+    let (sidecar, metrics) = sidecar(&s, no_gate()).await;
+    let url = format!("http://{}/x", sidecar.addr());
+    let (status, headers, body) = send(&client(), get_req(&url, &[])).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert_eq!(headers["content-type"], "application/json");
+    assert_eq!(
+        echoed(&body),
+        serde_json::json!({"error": "bad_gateway", "reason": "upstream_unreachable"})
+    );
+
+    let (status, headers, _) = send(
+        &h2c_client(),
+        get_req(&url, &[("content-type", "application/grpc")]),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "gRPC errors travel in grpc-status");
+    assert_eq!(headers["grpc-status"], "14");
+
+    assert!(
+        metrics
+            .encode()
+            .contains("idgate_upstream_duration_seconds_count{result=\"upstream_unreachable\"} 2")
+    );
+    sidecar.shutdown().await;
+}
+
+#[tokio::test]
+async fn slow_upstream_is_504() {
+    let up = upstream().await;
+    let s = settings(Some(&up.url()), |a| {
+        a.request_timeout = Some("200ms".into());
+    });
+    let (sidecar, _) = sidecar(&s, no_gate()).await;
+    let (status, _, body) = send(
+        &client(),
+        get_req(&format!("http://{}/slow", sidecar.addr()), &[]),
+    )
+    .await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(
+        echoed(&body),
+        serde_json::json!({"error": "gateway_timeout", "reason": "upstream_timeout"})
+    );
+    // Giving up also cancels the upstream request.
+    within(
+        "the upstream handler to be dropped",
+        up.state.dropped.notified(),
+    )
+    .await;
+    sidecar.shutdown().await;
+}
+
+#[tokio::test]
+async fn client_disconnect_cancels_the_upstream_request() {
+    let up = upstream().await;
+    let s = settings(Some(&up.url()), |_| {});
+    let (sidecar, _) = sidecar(&s, no_gate()).await;
+    let mut conn = TcpStream::connect(sidecar.addr()).await.unwrap();
+    conn.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    within("the upstream to start", up.state.started.notified()).await;
+    drop(conn);
+    within(
+        "the upstream request to be cancelled",
+        up.state.dropped.notified(),
+    )
+    .await;
+    sidecar.shutdown().await;
+}
+
+/// Reads an HTTP/1.1 response head from a raw connection.
+async fn read_head(conn: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = within("the response head", conn.read(&mut byte))
+            .await
+            .unwrap();
+        assert!(
+            n > 0,
+            "connection closed after {:?}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(byte[0]);
+    }
+    String::from_utf8(head).unwrap()
+}
+
+#[tokio::test]
+async fn websocket_upgrade_echoes() {
+    let up = upstream().await;
+    let s = settings(Some(&up.url()), |_| {});
+    let (sidecar, _) = sidecar(&s, no_gate()).await;
+    let mut conn = TcpStream::connect(sidecar.addr()).await.unwrap();
+    conn.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let head = read_head(&mut conn).await.to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
+    assert!(
+        head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+        "{head}"
+    );
+
+    // A masked text frame, as a client must send.
+    let payload = b"hello through idgate";
+    let mask = [0x12, 0x34, 0x56, 0x78];
+    let mut frame = vec![0x81, 0x80 | payload.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    conn.write_all(&frame).await.unwrap();
+
+    let mut header = [0u8; 2];
+    within("the echo", conn.read_exact(&mut header))
+        .await
+        .unwrap();
+    assert_eq!(header[0], 0x81, "a final text frame");
+    assert_eq!(
+        usize::from(header[1]),
+        payload.len(),
+        "unmasked, same length"
+    );
+    let mut echoed = vec![0u8; payload.len()];
+    within("the echo payload", conn.read_exact(&mut echoed))
+        .await
+        .unwrap();
+    assert_eq!(echoed, payload);
+    sidecar.shutdown().await;
+}
+
+#[tokio::test]
+async fn shutdown_drains_in_flight_requests() {
+    let up = upstream().await;
+    let s = settings(Some(&up.url()), |_| {});
+    let (sidecar, _) = sidecar(&s, no_gate()).await;
+    let (addr, admin) = (sidecar.addr(), sidecar.admin_addr());
+
+    let c = client();
+    let in_flight =
+        tokio::spawn(async move { send(&c, get_req(&format!("http://{addr}/hold"), &[])).await });
+    within("the upstream to start", up.state.started.notified()).await;
+
+    let shutdown = tokio::spawn(sidecar.shutdown());
+    eventually("the listener to close", || async {
+        TcpStream::connect(addr).await.is_err().then_some(())
+    })
+    .await;
+    let (status, _, _) = send(&client(), get_req(&format!("http://{admin}/readyz"), &[])).await;
+    assert_eq!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "not ready while draining"
+    );
+
+    up.state.release_hold.notify_one();
+    let (status, _, body) = within("the in-flight response", in_flight).await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, Bytes::from_static(b"done"));
+    assert_eq!(within("shutdown", shutdown).await.unwrap(), Drained::Clean);
+}
+
+#[tokio::test]
+async fn shutdown_gives_up_after_the_grace_period() {
+    let up = upstream().await;
+    let s = settings(Some(&up.url()), |a| {
+        a.shutdown_grace = Some("200ms".into());
+    });
+    let (sidecar, _) = sidecar(&s, no_gate()).await;
+    let addr = sidecar.addr();
+    let c = client();
+    let in_flight = tokio::spawn(async move {
+        c.request(get_req(&format!("http://{addr}/hold"), &[]))
+            .await
+    });
+    within("the upstream to start", up.state.started.notified()).await;
+    let drained = within("shutdown", sidecar.shutdown()).await;
+    assert_eq!(drained, Drained::TimedOut(1));
+    let result = within("the cut-off request", in_flight).await.unwrap();
+    assert!(result.is_err(), "the request was cut off: {result:?}");
+}
