@@ -1,0 +1,306 @@
+//! The whole sidecar in-process with the real gate (verifier, policy,
+//! `AuthLayer`) against a testkit issuer and a real upstream.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use common::*;
+use http::StatusCode;
+use idgate_sidecar::config::Settings;
+use idgate_sidecar::gate;
+use idgate_sidecar::metrics::Metrics;
+use idgate_sidecar::serve::{Running, Wiring, start};
+use idgate_testkit::{Issuer, google_claims, now_unix};
+
+const AUD: &str = "https://svc.example";
+
+fn write_policy(path: &Path, members: &[&str]) {
+    let doc = serde_json::json!({
+        "bindings": [{"role": "roles/run.invoker", "members": members}],
+        "version": 1,
+    });
+    // Replace by rename, as editors and ConfigMaps do.
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, doc.to_string()).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// A Google-shaped token (iss accounts.google.com) signed by `issuer`.
+fn google_token(issuer: &Issuer, email: &str) -> String {
+    issuer.mint(&google_claims(
+        "https://accounts.google.com",
+        email,
+        AUD,
+        now_unix(),
+    ))
+}
+
+async fn start_with_gate(settings: &Settings) -> (Running, Arc<Metrics>) {
+    let metrics = Arc::new(Metrics::new());
+    let parts = gate::build(settings, &metrics).await.unwrap();
+    let running = start(
+        settings,
+        Wiring {
+            gate: parts.layer,
+            ready: parts.ready,
+            reload: parts.reload,
+            metrics: metrics.clone(),
+        },
+    )
+    .await
+    .unwrap();
+    (running, metrics)
+}
+
+fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+#[tokio::test]
+async fn allows_denies_forwards_identity_and_counts() {
+    let issuer = Issuer::start().await;
+    let up = upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.json");
+    write_policy(&policy, &["user:alice@example.com"]);
+    let s = settings(Some(&up.url()), |a| {
+        a.member.clear();
+        a.policy = vec![policy.clone()];
+        a.jwks_url = vec![issuer.jwks_url()];
+    });
+    let (sidecar, metrics) = start_with_gate(&s).await;
+    let url = format!("http://{}/headers", sidecar.addr());
+    let c = client();
+
+    let (status, headers, body) = send(&c, get_req(&url, &[])).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(headers.contains_key("www-authenticate"));
+    assert_eq!(echoed(&body)["reason"], "missing_token");
+
+    let alice = google_token(&issuer, "alice@example.com");
+    let (status, _, body) = send(
+        &c,
+        get_req(
+            &url,
+            &[
+                ("authorization", &bearer(&alice)),
+                ("x-idgate-principal", "user:boss@example.com"),
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    let echo = echoed(&body);
+    let segments: Vec<&str> = alice.split('.').collect();
+    assert_eq!(
+        header_values(&echo, "x-idgate-principal"),
+        ["user:alice@example.com"]
+    );
+    assert_eq!(
+        header_values(&echo, "x-idgate-email"),
+        ["alice@example.com"]
+    );
+    assert_eq!(header_values(&echo, "x-idgate-claims"), [segments[1]]);
+    assert_eq!(header_values(&echo, "x-idgate-sub").len(), 1);
+    assert_eq!(
+        header_values(&echo, "authorization"),
+        [format!(
+            "Bearer {}.{}.SIGNATURE_REMOVED_BY_IDGATE",
+            segments[0], segments[1]
+        )]
+    );
+
+    let bob = google_token(&issuer, "bob@example.com");
+    let (status, _, body) = send(
+        &c,
+        get_req(
+            &url,
+            &[
+                ("authorization", &bearer(&bob)),
+                ("x-idgate-principal", "user:alice@example.com"),
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(echoed(&body)["reason"], "not_allowed");
+
+    let (status, _, _) = send(
+        &c,
+        get_req(&format!("http://{}/readyz", sidecar.admin_addr()), &[]),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "keys are loaded");
+    let text = metrics.encode();
+    for line in [
+        "idgate_decisions_total{reason=\"allowed\"} 1",
+        "idgate_decisions_total{reason=\"missing_token\"} 1",
+        "idgate_decisions_total{reason=\"not_allowed\"} 1",
+        "idgate_verification_duration_seconds_count 3",
+        "idgate_upstream_duration_seconds_count{result=\"ok\"} 1",
+        "idgate_token_cache_misses_total 2",
+        "idgate_jwks_fetches_total{issuer=\"google\",result=\"error\"} 0",
+    ] {
+        assert!(text.contains(line), "missing {line} in\n{text}");
+    }
+    assert!(text.contains("idgate_jwks_key_set_age_seconds{issuer=\"google\"}"));
+    let (status, _, body) = send(
+        &c,
+        get_req(&format!("http://{}/metrics", sidecar.admin_addr()), &[]),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(String::from_utf8_lossy(&body).contains("idgate_decisions_total"));
+
+    // Edit the policy: bob is let in once the file changes.
+    write_policy(&policy, &["user:alice@example.com", "user:bob@example.com"]);
+    eventually("bob to be allowed after the reload", || {
+        let c = c.clone();
+        let req = get_req(&url, &[("authorization", &bearer(&bob))]);
+        async move { (send(&c, req).await.0 == StatusCode::OK).then_some(()) }
+    })
+    .await;
+    assert!(
+        metrics
+            .encode()
+            .contains("idgate_policy_reloads_total{result=\"ok\"} 1")
+    );
+
+    // A broken policy is refused and the last good one stays.
+    std::fs::write(
+        dir.path().join("policy.tmp"),
+        "{\"bindings\": [{\"role\": 1}]}",
+    )
+    .unwrap();
+    std::fs::rename(dir.path().join("policy.tmp"), &policy).unwrap();
+    eventually("the broken policy to be refused", || {
+        let m = metrics.clone();
+        async move {
+            m.encode()
+                .contains("idgate_policy_reloads_total{result=\"error\"} 1")
+                .then_some(())
+        }
+    })
+    .await;
+    let (status, _, _) = send(&c, get_req(&url, &[("authorization", &bearer(&bob))])).await;
+    assert_eq!(status, StatusCode::OK);
+
+    // SIGHUP's path reloads even when nothing changed.
+    write_policy(&policy, &["user:alice@example.com"]);
+    eventually("bob to be refused again", || {
+        let c = c.clone();
+        let req = get_req(&url, &[("authorization", &bearer(&bob))]);
+        async move { (send(&c, req).await.0 == StatusCode::FORBIDDEN).then_some(()) }
+    })
+    .await;
+    sidecar.reload();
+    eventually("a forced reload", || {
+        let m = metrics.clone();
+        async move {
+            m.encode()
+                .contains("idgate_policy_reloads_total{result=\"ok\"} 3")
+                .then_some(())
+        }
+    })
+    .await;
+    sidecar.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_extra_issuer_is_found_by_discovery_and_named_like_google() {
+    let issuer = Issuer::start().await;
+    let up = upstream().await;
+    let s = settings(Some(&up.url()), |a| {
+        a.member = vec!["user:alice@example.com".into()];
+        a.issuer = vec![issuer.url()];
+    });
+    let (sidecar, _) = start_with_gate(&s).await;
+    assert_eq!(issuer.discovery_fetches(), 1);
+    let url = format!("http://{}/headers", sidecar.addr());
+    let token = issuer.token("alice@example.com", AUD);
+    let (status, _, body) = send(
+        &client(),
+        get_req(&url, &[("x-serverless-authorization", &bearer(&token))]),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    let echo = echoed(&body);
+    assert_eq!(
+        header_values(&echo, "x-idgate-principal"),
+        ["user:alice@example.com"]
+    );
+    let stripped = header_values(&echo, "x-serverless-authorization");
+    assert!(
+        stripped[0].ends_with(".SIGNATURE_REMOVED_BY_IDGATE"),
+        "{stripped:?}"
+    );
+    let other_aud = issuer.token("alice@example.com", "https://other.example");
+    let (status, _, body) = send(
+        &client(),
+        get_req(&url, &[("authorization", &bearer(&other_aud))]),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(echoed(&body)["reason"], "audience_mismatch");
+    sidecar.shutdown().await;
+}
+
+#[tokio::test]
+async fn forward_auth_judges_the_original_request() {
+    let issuer = Issuer::start().await;
+    let s = settings(None, |a| {
+        a.mode = Some("forward-auth".into());
+        a.member = vec!["user:alice@example.com".into()];
+        a.jwks_url = vec![issuer.jwks_url()];
+        a.public_path = vec!["/public".into()];
+    });
+    let (sidecar, _) = start_with_gate(&s).await;
+    let auth = format!("http://{}/auth", sidecar.addr());
+    let c = client();
+    let alice = google_token(&issuer, "alice@example.com");
+
+    let (status, headers, _) = send(
+        &c,
+        get_req(
+            &auth,
+            &[
+                ("x-forwarded-method", "POST"),
+                ("x-forwarded-uri", "/private/items?x=1"),
+                ("x-forwarded-host", "app.example.com"),
+                ("authorization", &bearer(&alice)),
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["x-idgate-principal"], "user:alice@example.com");
+    assert_eq!(headers["x-idgate-email"], "alice@example.com");
+
+    let (status, headers, _) = send(
+        &c,
+        get_req(
+            &auth,
+            &[
+                ("x-original-uri", "/public/logo.png"),
+                ("x-idgate-principal", "user:forged@example.com"),
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "a public path of the original request"
+    );
+    assert!(!headers.contains_key("x-idgate-principal"));
+
+    let (status, _, _) = send(&c, get_req(&auth, &[("x-original-uri", "/private")])).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    let (status, _, body) = send(&c, get_req(&auth, &[("x-forwarded-uri", "private")])).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(echoed(&body)["reason"], "invalid_forwarded_uri");
+    sidecar.shutdown().await;
+}
