@@ -175,54 +175,98 @@ impl Running {
     }
 }
 
-/// Completes on SIGTERM or SIGINT (Ctrl-C), logging which.
-pub async fn shutdown_signal() {
+/// SIGTERM and SIGINT, listened for from the moment this is built: install
+/// it before the listeners are bound, or a signal that arrives early takes
+/// the default action (exit without draining).
+pub struct ShutdownSignal {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) {
-            (Ok(mut term), Ok(mut int)) => {
-                let name = tokio::select! {
-                    _ = term.recv() => "SIGTERM",
-                    _ = int.recv() => "SIGINT",
-                };
-                info!(signal = name, "shutdown requested");
-            }
-            _ => {
-                let _ = tokio::signal::ctrl_c().await;
-                info!(signal = "SIGINT", "shutdown requested");
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-        info!(signal = "ctrl-c", "shutdown requested");
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl std::fmt::Debug for ShutdownSignal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShutdownSignal").finish_non_exhaustive()
     }
 }
 
-/// Calls `on_hup` for every SIGHUP until the returned task is aborted.
-pub fn on_sighup(on_hup: impl Fn() + Send + 'static) -> JoinHandle<()> {
-    tokio::spawn(async move {
+impl ShutdownSignal {
+    /// Starts listening. Needs a tokio runtime.
+    pub fn install() -> std::io::Result<ShutdownSignal> {
         #[cfg(unix)]
         {
             use tokio::signal::unix::{SignalKind, signal};
-            let Ok(mut hup) = signal(SignalKind::hangup()) else {
-                warn!("cannot listen for SIGHUP; reload on file change only");
-                return;
+            Ok(ShutdownSignal {
+                term: signal(SignalKind::terminate())?,
+                int: signal(SignalKind::interrupt())?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(ShutdownSignal {})
+    }
+
+    /// Completes on the first SIGTERM or SIGINT, logging which.
+    pub async fn recv(mut self) {
+        #[cfg(unix)]
+        {
+            let name = tokio::select! {
+                _ = self.term.recv() => "SIGTERM",
+                _ = self.int.recv() => "SIGINT",
             };
-            while hup.recv().await.is_some() {
-                info!(signal = "SIGHUP", "policy reload requested");
-                on_hup();
-            }
+            info!(signal = name, "shutdown requested");
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            info!(signal = "ctrl-c", "shutdown requested");
+        }
+    }
+}
+
+/// SIGHUP, listened for from the moment this is built (its default action
+/// is to exit, so install it before the listeners are bound).
+pub struct HangupSignal {
+    #[cfg(unix)]
+    hup: tokio::signal::unix::Signal,
+}
+
+impl std::fmt::Debug for HangupSignal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HangupSignal").finish_non_exhaustive()
+    }
+}
+
+impl HangupSignal {
+    /// Starts listening. Needs a tokio runtime.
+    pub fn install() -> std::io::Result<HangupSignal> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(HangupSignal {
+                hup: signal(SignalKind::hangup())?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(HangupSignal {})
+    }
+
+    /// Calls `on_hup` for every SIGHUP until the returned task is aborted.
+    pub fn forward(self, on_hup: impl Fn() + Send + 'static) -> JoinHandle<()> {
+        #[cfg(unix)]
+        {
+            let mut hup = self.hup;
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    info!(signal = "SIGHUP", "policy reload requested");
+                    on_hup();
+                }
+            })
         }
         #[cfg(not(unix))]
         {
             let _ = on_hup;
-            std::future::pending::<()>().await;
+            tokio::spawn(std::future::pending::<()>())
         }
-    })
+    }
 }

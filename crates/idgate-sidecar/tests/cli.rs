@@ -240,8 +240,8 @@ fn bad_settings_bind_nothing() {
     .expect_stderr("no audience");
 }
 
-/// The real `serve`: JSON logs with `severity`, a denial, and SIGTERM
-/// draining to exit 0.
+/// The real `serve`: JSON logs with `severity`, a denial, SIGHUP reloading
+/// the policy, and SIGTERM draining to exit 0.
 #[cfg(unix)]
 #[test]
 fn serve_logs_json_and_stops_cleanly_on_sigterm() {
@@ -318,11 +318,16 @@ fn serve_logs_json_and_stops_cleanly_on_sigterm() {
     let denied = wait_for(&mut seen, "request denied");
     assert_eq!(denied["auth.reason"], "missing_token");
 
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    let signal = |name: &str| {
+        let status = Command::new("kill")
+            .args([name, &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill {name}");
+    };
+    signal("-HUP");
+    wait_for(&mut seen, "policy reloaded");
+    signal("-TERM");
     wait_for(&mut seen, "drained");
     let exit = child.wait().unwrap();
     assert_eq!(exit.code(), Some(0), "{command}\n{}", seen.join("\n"));

@@ -9,7 +9,7 @@ use tracing::{info, warn};
 
 use crate::config::{self, Env, SettingsArgs};
 use crate::metrics::Metrics;
-use crate::serve::{Wiring, shutdown_signal, start};
+use crate::serve::{HangupSignal, ShutdownSignal, Wiring, start};
 use crate::server::Drained;
 use crate::{gate, logging};
 
@@ -63,6 +63,10 @@ pub fn run(args: ServeArgs, env: &dyn Env) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
+        // Before anything can be slow or bound: a SIGTERM during startup
+        // must still end in an orderly exit.
+        let signal = ShutdownSignal::install().context("cannot listen for SIGTERM")?;
+        let hangup = HangupSignal::install().context("cannot listen for SIGHUP")?;
         let metrics = Arc::new(Metrics::new());
         let parts = match gate::build(&settings, &metrics).await {
             Ok(p) => p,
@@ -91,13 +95,13 @@ pub fn run(args: ServeArgs, env: &dyn Env) -> anyhow::Result<ExitCode> {
             },
         )
         .await?;
-        let hup = running
-            .reload_trigger()
-            .map(|t| crate::serve::on_sighup(move || t.fire()));
-        let drained = running.run_until(shutdown_signal()).await;
-        if let Some(h) = hup {
-            h.abort();
-        }
+        // Without a policy to reload, SIGHUP is still caught (and ignored).
+        let hup = match running.reload_trigger() {
+            Some(t) => hangup.forward(move || t.fire()),
+            None => hangup.forward(|| {}),
+        };
+        let drained = running.run_until(signal.recv()).await;
+        hup.abort();
         match drained {
             Drained::Clean => info!("stopped"),
             Drained::TimedOut(n) => warn!(connections = n, "stopped with requests cut short"),
