@@ -126,11 +126,14 @@ pub fn verifier_builder(
         // The issuer URL doubles as its metrics label: unique, and bounded
         // by the configuration.
         let mut cfg = IssuerConfig::new(&issuer.issuer, &issuer.issuer, url);
-        // An extra issuer stands in for Google (a dev issuer, a test
-        // double): its verified emails name `user:`/`serviceAccount:`
-        // members, or no policy member could match its tokens (there are no
-        // pools to name them by yet).
-        cfg.google = true;
+        // Fail closed: another issuer's emails mean nothing to IAM (anyone
+        // it signs for could claim any address), so they name
+        // `user:`/`serviceAccount:` members only when the operator says the
+        // issuer stands in for Google (a dev issuer, a test double).
+        cfg.google = issuer.trust_emails;
+        if let Some(pool) = &issuer.pool {
+            cfg = cfg.with_pool(pool.clone());
+        }
         builder = builder.issuer(cfg);
     }
     builder
@@ -177,7 +180,8 @@ fn policy_sources(settings: &Settings) -> PolicySources {
         files: settings.policy.files.clone(),
         members: settings.policy.members.clone(),
         groups_file: settings.policy.groups_file.clone(),
-        ..PolicySources::default()
+        invoker_roles: settings.policy.invoker_roles.clone(),
+        pools: settings.policy.pools.clone(),
     }
 }
 

@@ -209,22 +209,62 @@ async fn allows_denies_forwards_identity_and_counts() {
 }
 
 #[tokio::test]
-async fn an_extra_issuer_is_found_by_discovery_and_named_like_google() {
+async fn an_extra_issuer_is_found_by_discovery_and_its_emails_count_only_when_trusted() {
     let issuer = Issuer::start().await;
     let up = upstream().await;
+    let token = issuer.token("alice@example.com", AUD);
+    let get = |addr: std::net::SocketAddr, token: &str| {
+        let url = format!("http://{addr}/headers");
+        let req = get_req(&url, &[("x-serverless-authorization", &bearer(token))]);
+        async move { send(&client(), req).await }
+    };
+
+    // By default another issuer's email is not a Google account: alice's
+    // user: member must not match a token that issuer signed.
     let s = settings(Some(&up.url()), |a| {
         a.member = vec!["user:alice@example.com".into()];
         a.issuer = vec![issuer.url()];
     });
     let (sidecar, _) = start_with_gate(&s).await;
     assert_eq!(issuer.discovery_fetches(), 1);
-    let url = format!("http://{}/headers", sidecar.addr());
-    let token = issuer.token("alice@example.com", AUD);
-    let (status, _, body) = send(
-        &client(),
-        get_req(&url, &[("x-serverless-authorization", &bearer(&token))]),
-    )
-    .await;
+    let (status, _, body) = get(sidecar.addr(), &token).await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    assert_eq!(echoed(&body)["reason"], "not_allowed");
+    sidecar.shutdown().await;
+
+    // With a pool, its subjects are principal:// members.
+    let pool = "iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/dev";
+    let sub = issuer.claims("alice@example.com", AUD)["sub"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let s = settings(Some(&up.url()), |a| {
+        a.member = vec![format!("principal://{pool}/subject/{sub}")];
+        a.issuer = vec![issuer.url()];
+        a.issuer_pool = vec![format!("{}={pool}", issuer.url())];
+    });
+    let (sidecar, _) = start_with_gate(&s).await;
+    let (status, _, body) = get(sidecar.addr(), &token).await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(
+        header_values(&echoed(&body), "x-idgate-principal"),
+        [format!("principal://{pool}/subject/{sub}")]
+    );
+    sidecar.shutdown().await;
+
+    // Told it stands in for Google, its verified emails name user: members.
+    let s = settings(Some(&up.url()), |a| {
+        a.member = vec!["user:alice@example.com".into()];
+        a.issuer = vec![issuer.url()];
+        a.issuer_trust_emails = Some("true".into());
+    });
+    let (sidecar, _) = start_with_gate(&s).await;
+    let (status, _, body) = get(sidecar.addr(), &token).await;
     assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
     let echo = echoed(&body);
     assert_eq!(
@@ -237,11 +277,7 @@ async fn an_extra_issuer_is_found_by_discovery_and_named_like_google() {
         "{stripped:?}"
     );
     let other_aud = issuer.token("alice@example.com", "https://other.example");
-    let (status, _, body) = send(
-        &client(),
-        get_req(&url, &[("authorization", &bearer(&other_aud))]),
-    )
-    .await;
+    let (status, _, body) = get(sidecar.addr(), &other_aud).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(echoed(&body)["reason"], "audience_mismatch");
     sidecar.shutdown().await;

@@ -46,12 +46,31 @@ pub struct SettingsArgs {
     #[arg(long, value_name = "FILE")]
     pub groups: Option<PathBuf>,
 
-    /// Also trust this issuer, as Google is trusted (its emails name user: and
-    /// serviceAccount: members): for a dev issuer or test double you control.
-    /// Keys come from its discovery document unless --jwks-url is given.
-    /// Repeatable.
+    /// Also trust tokens from this issuer (its `iss`). Its callers are
+    /// `principal://POOL/subject/SUB` (see --issuer-pool); only with
+    /// --issuer-trust-emails do its emails name user:/serviceAccount:
+    /// members. Keys come from its discovery document unless --jwks-url is
+    /// given. Repeatable.
     #[arg(long, value_name = "URL")]
     pub issuer: Vec<String>,
+
+    /// `ISSUER=POOL`: name an --issuer's callers as members of this workload
+    /// identity pool (`iam.googleapis.com/projects/N/locations/global/workloadIdentityPools/P`),
+    /// for `principal://` and `principalSet://` members. Repeatable.
+    #[arg(long, value_name = "ISSUER=POOL")]
+    pub issuer_pool: Vec<String>,
+
+    /// Let every --issuer's verified emails name user:/serviceAccount:
+    /// members, as Google's do: for a dev issuer or test double you control,
+    /// never a third-party issuer (anyone it signs for could claim any email).
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub issuer_trust_emails: Option<String>,
+
+    /// A role whose bindings grant invoke; repeat for several [default:
+    /// roles/run.invoker, roles/run.servicesInvoker, roles/run.admin,
+    /// roles/editor, roles/owner].
+    #[arg(long, value_name = "ROLE")]
+    pub invoker_role: Vec<String>,
 
     /// Fetch keys from here instead: with no --issuer, for the Google preset;
     /// otherwise one per --issuer, paired in order.

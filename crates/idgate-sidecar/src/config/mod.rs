@@ -133,6 +133,11 @@ pub struct IssuerSettings {
     pub issuer: String,
     /// Where its keys come from.
     pub keys: KeySource,
+    /// The workload identity pool its callers belong to (`--issuer-pool`).
+    pub pool: Option<String>,
+    /// Whether its verified emails name `user:`/`serviceAccount:` members
+    /// (`--issuer-trust-emails`): only for issuers the operator controls.
+    pub trust_emails: bool,
 }
 
 /// Where an issuer's keys come from.
@@ -166,6 +171,10 @@ pub struct PolicySettings {
     pub members: Vec<String>,
     /// Group membership file.
     pub groups_file: Option<PathBuf>,
+    /// Roles that grant invoke; `None` for the default set.
+    pub invoker_roles: Option<Vec<String>>,
+    /// Workload identity pools named by `--issuer-pool`.
+    pub pools: Vec<String>,
 }
 
 impl PolicySettings {
@@ -434,6 +443,8 @@ pub fn load(args: &SettingsArgs, env: &dyn Env) -> Result<Loaded, ConfigErrors> 
                 .map(|i| IssuerSettings {
                     issuer: i.clone(),
                     keys: KeySource::Discovery,
+                    pool: None,
+                    trust_emails: false,
                 })
                 .collect(),
         ),
@@ -446,6 +457,8 @@ pub fn load(args: &SettingsArgs, env: &dyn Env) -> Result<Loaded, ConfigErrors> 
                 .map(|(i, u)| IssuerSettings {
                     issuer: i.clone(),
                     keys: KeySource::JwksUrl(u.clone()),
+                    pool: None,
+                    trust_emails: false,
                 })
                 .collect(),
         ),
@@ -459,6 +472,74 @@ pub fn load(args: &SettingsArgs, env: &dyn Env) -> Result<Loaded, ConfigErrors> 
             (None, Vec::new())
         }
     };
+
+    let mut extra_issuers = extra_issuers;
+    let trust_emails =
+        value(&mut src, "--issuer-trust-emails", parse::boolean).map(|(b, origin)| {
+            if b && extra_issuers.is_empty() {
+                src.errors.push(ConfigError::Conflict {
+                    origin,
+                    message: "--issuer-trust-emails without any --issuer".into(),
+                });
+            }
+            b
+        });
+    let mut pools = Vec::new();
+    if let Some((pairs, origin)) = src.list("--issuer-pool") {
+        for pair in &pairs {
+            let parsed = pair
+                .split_once('=')
+                .map(|(i, p)| (i.trim(), p.trim().trim_end_matches('/')));
+            match parsed {
+                Some((iss, pool)) if !pool.is_empty() && !pool.contains("://") => {
+                    match extra_issuers.iter_mut().find(|i| i.issuer == iss) {
+                        Some(i) if i.pool.is_none() => {
+                            i.pool = Some(pool.to_owned());
+                            pools.push(pool.to_owned());
+                        }
+                        Some(_) => src.errors.push(invalid(
+                            &origin,
+                            pair,
+                            ValueError::Url(format!("{iss} is given a pool twice")),
+                        )),
+                        None => src.errors.push(invalid(
+                            &origin,
+                            pair,
+                            ValueError::Url(format!("{iss} is not an --issuer")),
+                        )),
+                    }
+                }
+                _ => src.errors.push(invalid(
+                    &origin,
+                    pair,
+                    ValueError::Url(
+                        "expected ISSUER=POOL, POOL without a scheme: iam.googleapis.com/projects/N/locations/global/workloadIdentityPools/P".into(),
+                    ),
+                )),
+            }
+        }
+    }
+    if trust_emails == Some(true) {
+        for i in &mut extra_issuers {
+            i.trust_emails = true;
+        }
+        warnings.push(format!(
+            "--issuer-trust-emails: {} may name any user:/serviceAccount: member; use it only for issuers you control",
+            extra_issuers.iter().map(|i| i.issuer.as_str()).collect::<Vec<_>>().join(", ")
+        ));
+    }
+    let invoker_roles = src.list("--invoker-role").and_then(|(roles, origin)| {
+        if roles
+            .iter()
+            .any(|r| !r.starts_with("roles/") || r.len() <= "roles/".len())
+        {
+            src.errors.push(ConfigError::Conflict {
+                origin,
+                message: "each invoker role must look like roles/NAME".into(),
+            });
+        }
+        (!roles.is_empty()).then_some(roles)
+    });
 
     let clock_skew = duration(&mut src, "--clock-skew", defaults::CLOCK_SKEW);
     if clock_skew > defaults::MAX_CLOCK_SKEW {
@@ -610,7 +691,11 @@ pub fn load(args: &SettingsArgs, env: &dyn Env) -> Result<Loaded, ConfigErrors> 
             token_cache_capacity,
             jwks,
         },
-        policy,
+        policy: PolicySettings {
+            invoker_roles,
+            pools,
+            ..policy
+        },
         forward_token,
         status_codes,
         public_paths,

@@ -171,6 +171,18 @@ pub(crate) fn public_path(s: &str) -> Result<String, ValueError> {
     Ok(s.to_owned())
 }
 
+/// `true`/`false` (also `1`/`0`, `yes`/`no`), as flags, variables and TOML
+/// booleans spell them.
+pub(crate) fn boolean(s: &str) -> Result<bool, ValueError> {
+    match s.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" => Ok(true),
+        "false" | "0" | "no" => Ok(false),
+        _ => Err(ValueError::Choice {
+            expected: "true, false",
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,6 +20,9 @@ pub(crate) const KEYS: &[(&str, bool)] = &[
     ("--groups", false),
     ("--issuer", true),
     ("--jwks-url", true),
+    ("--issuer-pool", true),
+    ("--issuer-trust-emails", false),
+    ("--invoker-role", true),
     ("--clock-skew", false),
     ("--max-token-bytes", false),
     ("--token-cache-capacity", false),
@@ -97,6 +100,7 @@ impl Layer {
         one("--log-format", &args.log_format);
         one("--request-timeout", &args.request_timeout);
         one("--shutdown-grace", &args.shutdown_grace);
+        one("--issuer-trust-emails", &args.issuer_trust_emails);
         let mut many = |name: &'static str, v: Vec<String>| {
             if !v.is_empty() {
                 layer
@@ -115,6 +119,8 @@ impl Layer {
         many("--member", args.member.clone());
         many("--issuer", args.issuer.clone());
         many("--jwks-url", args.jwks_url.clone());
+        many("--issuer-pool", args.issuer_pool.clone());
+        many("--invoker-role", args.invoker_role.clone());
         many("--public-path", args.public_path.clone());
         many("--strip-header", args.strip_header.clone());
         layer
@@ -184,6 +190,7 @@ impl Layer {
             let raw = match value {
                 toml::Value::String(s) => Raw::One(s),
                 toml::Value::Integer(i) => Raw::Int(i),
+                toml::Value::Boolean(b) => Raw::One(b.to_string()),
                 toml::Value::Array(items) => {
                     let strings: Option<Vec<String>> = items
                         .into_iter()

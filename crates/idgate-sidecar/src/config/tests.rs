@@ -437,3 +437,72 @@ fn an_empty_policy_is_warned_about() {
         l.warnings
     );
 }
+
+#[test]
+fn extra_issuers_trust_emails_only_when_told_and_take_pools() {
+    let base = [MINIMAL, &["--issuer", "https://issuer.example"]].concat();
+    let l = load_ok(&base, &[]);
+    let i = &l.settings.verifier.issuers[0];
+    assert!(
+        !i.trust_emails,
+        "an extra issuer's emails must not count by default"
+    );
+    assert_eq!(i.pool, None);
+
+    let pool = "iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p";
+    let pair = format!("https://issuer.example={pool}/");
+    let with = [
+        &base[..],
+        &[
+            "--issuer-trust-emails",
+            "--issuer-pool",
+            &pair,
+            "--invoker-role",
+            "roles/custom.invoker",
+        ],
+    ]
+    .concat();
+    let l = load_ok(&with, &[]);
+    let i = &l.settings.verifier.issuers[0];
+    assert!(i.trust_emails);
+    assert_eq!(i.pool.as_deref(), Some(pool));
+    assert_eq!(l.settings.policy.pools, [pool]);
+    assert_eq!(
+        l.settings.policy.invoker_roles.as_deref(),
+        Some(&["roles/custom.invoker".to_owned()][..])
+    );
+    assert!(
+        l.warnings
+            .iter()
+            .any(|w| w.contains("--issuer-trust-emails"))
+    );
+
+    let env_trust = load_ok(&base, &[("IDGATE_ISSUER_TRUST_EMAILS", "yes")]);
+    assert!(env_trust.settings.verifier.issuers[0].trust_emails);
+
+    let err = load_err(
+        &[
+            MINIMAL,
+            &[
+                "--issuer-trust-emails",
+                "maybe",
+                "--issuer-pool",
+                "https://unknown.example=iam.googleapis.com/x",
+                "--issuer-pool",
+                "no-equals-sign",
+                "--invoker-role",
+                "run.invoker",
+            ],
+        ]
+        .concat(),
+        &[],
+    );
+    for needle in [
+        "--issuer-trust-emails",
+        "is not an --issuer",
+        "expected ISSUER=POOL",
+        "roles/NAME",
+    ] {
+        assert!(err.contains(needle), "{needle} missing from:\n{err}");
+    }
+}
