@@ -84,6 +84,10 @@ pub enum ConfigError {
         #[source]
         problem: ValueError,
     },
+    /// A problem in the policy, groups file or members, found by loading
+    /// them as the gate will: named by file, binding and member.
+    #[error("policy: {0}")]
+    Policy(idgate::policy::PolicyError),
     /// A policy or groups file that cannot be read.
     #[error("{origin}: cannot read {}", path.display())]
     UnreadableFile {

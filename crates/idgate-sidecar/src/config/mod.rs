@@ -598,9 +598,11 @@ pub fn load(args: &SettingsArgs, env: &dyn Env) -> Result<Loaded, ConfigErrors> 
         check_readable(&mut src.errors, &origin, &path);
         policy.groups_file = Some(path);
     }
+    let mut member_syntax_ok = true;
     if let Some((members, origin)) = src.list("--member") {
         for m in &members {
             if let Err(problem) = parse::member(m) {
+                member_syntax_ok = false;
                 src.errors.push(invalid(&origin, m, problem));
             }
         }
@@ -653,6 +655,29 @@ pub fn load(args: &SettingsArgs, env: &dyn Env) -> Result<Loaded, ConfigErrors> 
 
     let public_paths = each(&mut src, "--public-path", parse::public_path);
     let strip_headers = each(&mut src, "--strip-header", parse::header_pattern);
+
+    // Load the policy as the gate will, so its problems are listed with
+    // every other one, in the same run.
+    let sources = idgate::policy::PolicySources {
+        files: policy.files.clone(),
+        members: policy.members.clone(),
+        groups_file: policy.groups_file.clone(),
+        invoker_roles: invoker_roles.clone(),
+        pools: pools.clone(),
+    };
+    if let Err(errors) = idgate::policy::Policy::load(&sources) {
+        for e in errors.0 {
+            let from_members = e.file() == Some(idgate::policy::MEMBER_FLAG_SOURCE);
+            // Unreadable files and bad member syntax were already reported
+            // above, with the flag, variable or key they came from.
+            if matches!(e, idgate::policy::PolicyError::Read { .. })
+                || (from_members && !member_syntax_ok)
+            {
+                continue;
+            }
+            src.errors.push(ConfigError::Policy(e));
+        }
+    }
 
     if !src.errors.is_empty() {
         return Err(ConfigErrors(src.errors));

@@ -506,3 +506,25 @@ fn extra_issuers_trust_emails_only_when_told_and_take_pools() {
         assert!(err.contains(needle), "{needle} missing from:\n{err}");
     }
 }
+
+#[test]
+fn policy_problems_are_listed_with_every_other_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.json");
+    std::fs::write(
+        &policy,
+        r#"{"bindings":[{"role":"roles/run.invoker","members":["projectOwner:p","user:ok@example.com"]}]}"#,
+    )
+    .unwrap();
+    let err = load_err(
+        &[
+            MINIMAL,
+            &["--policy", policy.to_str().unwrap(), "--clock-skew", "soon"],
+        ]
+        .concat(),
+        &[],
+    );
+    assert!(err.contains("--clock-skew"), "{err}");
+    assert!(err.contains("projectOwner:p"), "{err}");
+    assert!(err.contains("policy.json"), "{err}");
+}
