@@ -1,7 +1,10 @@
 //! The verified caller: what a good token says about who is calling.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 use serde_json::{Map, Value};
 
@@ -26,8 +29,11 @@ struct Inner {
     audience: String,
     issued_at: u64,
     expires_at: u64,
-    claims: Map<String, Value>,
-    payload_b64: String,
+    // The claims map costs more memory than the rest of an identity, and
+    // the verified-token cache holds thousands; most requests never look
+    // at it, so it is parsed again from the payload on first use.
+    claims: OnceLock<Map<String, Value>>,
+    payload_b64: Box<str>,
 }
 
 /// The issuer facts an identity carries: which configured issuer vouched for
@@ -88,7 +94,9 @@ pub fn is_service_account_email(email: &str) -> bool {
 impl Identity {
     /// Build an identity from claims that were already verified. The claims
     /// must include string `iss`, `sub` and `aud` and numeric `iat`/`exp`;
-    /// missing ones read as empty or zero.
+    /// missing ones read as empty or zero. `payload_b64` is the token's
+    /// payload segment, which must decode to `claims`; when empty, the
+    /// claims are encoded in its place.
     pub fn from_verified_claims(
         tag: &IssuerTag,
         audience: String,
@@ -110,8 +118,14 @@ impl Identity {
             audience,
             issued_at: num_claim("iat"),
             expires_at: num_claim("exp"),
-            claims,
-            payload_b64,
+            payload_b64: if payload_b64.is_empty() {
+                URL_SAFE_NO_PAD
+                    .encode(Value::Object(claims.clone()).to_string())
+                    .into_boxed_str()
+            } else {
+                payload_b64.into_boxed_str()
+            },
+            claims: OnceLock::new(),
         }))
     }
 
@@ -165,7 +179,13 @@ impl Identity {
     }
     /// Every claim of the token.
     pub fn claims(&self) -> &Map<String, Value> {
-        &self.0.claims
+        self.0.claims.get_or_init(|| {
+            URL_SAFE_NO_PAD
+                .decode(self.0.payload_b64.as_bytes())
+                .ok()
+                .and_then(|json| serde_json::from_slice(&json).ok())
+                .unwrap_or_default()
+        })
     }
     /// The token's payload segment (base64url JSON), as sent upstream in
     /// `x-idgate-claims`.
