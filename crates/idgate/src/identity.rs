@@ -84,6 +84,19 @@ impl fmt::Display for Principal {
     }
 }
 
+/// A NumericDate (RFC 7519 §2) in whole seconds: a non-negative number,
+/// its fraction truncated. The verifier and [`Identity`] must read `exp`
+/// and `iat` alike, or an accepted `"exp": 1.5e9` would read as 0 here.
+pub(crate) fn numeric_date(n: &serde_json::Number) -> Option<u64> {
+    if let Some(v) = n.as_u64() {
+        return Some(v);
+    }
+    match n.as_f64() {
+        Some(f) if f.is_finite() && f >= 0.0 && f < u64::MAX as f64 => Some(f as u64),
+        _ => None,
+    }
+}
+
 /// Whether an email names a Google service account.
 pub fn is_service_account_email(email: &str) -> bool {
     let suffix = ".gserviceaccount.com";
@@ -104,7 +117,13 @@ impl Identity {
         payload_b64: String,
     ) -> Identity {
         let str_claim = |k: &str| claims.get(k).and_then(Value::as_str).map(str::to_owned);
-        let num_claim = |k: &str| claims.get(k).and_then(Value::as_u64).unwrap_or(0);
+        let num_claim = |k: &str| {
+            claims
+                .get(k)
+                .and_then(Value::as_number)
+                .and_then(numeric_date)
+                .unwrap_or(0)
+        };
         Identity(Arc::new(Inner {
             issuer: str_claim("iss").unwrap_or_default(),
             issuer_name: tag.name.clone(),
@@ -276,6 +295,20 @@ mod tests {
             p.principal().to_string(),
             "principal://iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p/subject/repo:x"
         );
+    }
+
+    #[test]
+    fn fractional_times_read_as_the_verifier_reads_them() {
+        // Found by the `token` fuzz target: the verifier accepted a
+        // fractional `exp`, and the identity then said it expired at 0.
+        let id = ident(
+            &google(),
+            json!({"sub":"1","iat":1_750_000_000.75,"exp":1.7500036e9}),
+        );
+        assert_eq!(id.issued_at(), 1_750_000_000);
+        assert_eq!(id.expires_at(), 1_750_003_600);
+        let id = ident(&google(), json!({"sub":"1","iat":-1,"exp":"1"}));
+        assert_eq!((id.issued_at(), id.expires_at()), (0, 0));
     }
 
     #[test]

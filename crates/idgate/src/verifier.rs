@@ -718,18 +718,13 @@ fn numeric_date(
 ) -> Result<Option<u64>, Rejection> {
     match claims.get(name) {
         None => Ok(None),
-        Some(Value::Number(n)) => {
-            if let Some(v) = n.as_u64() {
-                return Ok(Some(v));
-            }
-            match n.as_f64() {
-                Some(f) if f.is_finite() && f >= 0.0 && f < u64::MAX as f64 => Ok(Some(f as u64)),
-                _ => Err(Rejection::new(
-                    Reason::MalformedToken,
-                    format!("{name} is not a valid time"),
-                )),
-            }
-        }
+        Some(Value::Number(n)) => match crate::identity::numeric_date(n) {
+            Some(v) => Ok(Some(v)),
+            None => Err(Rejection::new(
+                Reason::MalformedToken,
+                format!("{name} is not a valid time"),
+            )),
+        },
         Some(_) => Err(Rejection::new(
             Reason::MalformedToken,
             format!("{name} is not a number"),
