@@ -445,7 +445,10 @@ fn ttl_from_headers(h: &http::HeaderMap, s: &JwksSettings) -> Duration {
 /// Parse a JWK Set, keeping the signing keys we can use. Keys of unknown
 /// type, for encryption, or without a `kid` are skipped; an empty result is
 /// an error, so it never replaces good keys.
-pub(crate) fn parse_jwks(body: &[u8]) -> Result<HashMap<String, Arc<VerifyingKey>>, String> {
+///
+/// Public only for the fuzz targets in `fuzz/`; not part of the API.
+#[doc(hidden)]
+pub fn parse_jwks(body: &[u8]) -> Result<HashMap<String, Arc<VerifyingKey>>, String> {
     let doc: Value = serde_json::from_slice(body).map_err(|e| format!("body is not JSON: {e}"))?;
     let keys = doc
         .get("keys")

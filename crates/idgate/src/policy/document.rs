@@ -66,6 +66,16 @@ pub(super) fn read_tree(path: &Path, errors: &mut Vec<PolicyError>) -> Option<Va
             return None;
         }
     };
+    tree_from_text(path, file, &text, errors)
+}
+
+/// [`read_tree`] once the file is read: `path` names the format only.
+fn tree_from_text(
+    path: &Path,
+    file: String,
+    text: &str,
+    errors: &mut Vec<PolicyError>,
+) -> Option<Value> {
     let ext = path
         .extension()
         .and_then(|e| e.to_str())
@@ -76,7 +86,7 @@ pub(super) fn read_tree(path: &Path, errors: &mut Vec<PolicyError>) -> Option<Va
         _ => None,
     };
     // Editors on Windows save a byte-order mark, which JSON parsers refuse.
-    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     match parse_tree(text, format) {
         Ok(v) => Some(v),
         Err(message) => {
@@ -113,6 +123,26 @@ pub(super) fn read_policy(path: &Path, errors: &mut Vec<PolicyError>) -> PolicyD
         return PolicyDocument::default();
     };
     policy_from_tree(&file, tree, errors)
+}
+
+/// [`read_policy`] for a document already in memory, named `name` (whose
+/// extension picks the format, as a file's does).
+pub(super) fn policy_from_bytes(
+    name: &str,
+    bytes: &[u8],
+    errors: &mut Vec<PolicyError>,
+) -> PolicyDocument {
+    let Ok(text) = std::str::from_utf8(bytes) else {
+        errors.push(PolicyError::Document {
+            file: name.to_owned(),
+            message: "not UTF-8 text".into(),
+        });
+        return PolicyDocument::default();
+    };
+    match tree_from_text(Path::new(name), name.to_owned(), text, errors) {
+        Some(tree) => policy_from_tree(name, tree, errors),
+        None => PolicyDocument::default(),
+    }
 }
 
 pub(super) fn policy_from_tree(

@@ -2,16 +2,32 @@
 //! everything, report every problem at once.
 
 use std::collections::HashSet;
+use std::path::Path;
 
 use super::condition::Condition;
-use super::document::{BindingSpec, member_flag_bindings, read_policy};
+use super::document::{BindingSpec, member_flag_bindings, policy_from_bytes, read_policy};
 use super::error::{MEMBER_FLAG_SOURCE, PolicyError, PolicyErrors};
 use super::groups::{self, Groups};
 use super::index::Builder;
 use super::member::{Member, parse_member};
 use super::{DEFAULT_INVOKER_ROLES, Loaded, PolicySources};
 
-pub(super) fn load(sources: &PolicySources) -> Result<Loaded, PolicyErrors> {
+/// A policy document held in memory rather than in a file: its name (whose
+/// extension picks the format) and its bytes.
+pub(super) struct InMemory<'a> {
+    pub name: &'a str,
+    pub bytes: &'a [u8],
+}
+
+enum Document<'a> {
+    File(&'a Path),
+    InMemory(&'a InMemory<'a>),
+}
+
+pub(super) fn load(
+    sources: &PolicySources,
+    in_memory: Option<InMemory<'_>>,
+) -> Result<Loaded, PolicyErrors> {
     let mut errors = Vec::new();
     let mut warnings = Vec::new();
     let roles = invoker_roles(sources.invoker_roles.as_deref(), &mut errors);
@@ -36,9 +52,13 @@ pub(super) fn load(sources: &PolicySources) -> Result<Loaded, PolicyErrors> {
                 );
             }
         };
-    for path in &sources.files {
+    let files = sources.files.iter().map(|p| Document::File(p));
+    for document in files.chain(in_memory.as_ref().map(Document::InMemory)) {
         let start = errors.len();
-        let doc = read_policy(path, &mut errors);
+        let doc = match document {
+            Document::File(path) => read_policy(path, &mut errors),
+            Document::InMemory(d) => policy_from_bytes(d.name, d.bytes, &mut errors),
+        };
         warnings.extend(doc.warnings);
         let mut file_errors = errors.split_off(start);
         compile(doc.bindings, &mut file_errors, &mut warnings);

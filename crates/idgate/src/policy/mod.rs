@@ -153,7 +153,20 @@ impl Policy {
     /// Reads and compiles the policy from its sources. Every problem in
     /// them is reported at once.
     pub fn load(sources: &PolicySources) -> Result<Loaded, PolicyErrors> {
-        load::load(sources)
+        load::load(sources, None)
+    }
+
+    /// [`Policy::load`] with one more policy document, given as bytes as if
+    /// read from a file called `name` (whose extension picks JSON or YAML).
+    ///
+    /// Public only for the fuzz targets in `fuzz/`; not part of the API.
+    #[doc(hidden)]
+    pub fn load_document(
+        sources: &PolicySources,
+        name: &str,
+        bytes: &[u8],
+    ) -> Result<Loaded, PolicyErrors> {
+        load::load(sources, Some(load::InMemory { name, bytes }))
     }
 
     /// A policy of `roles/run.invoker` bindings for these members, as
