@@ -6,6 +6,8 @@
 //! `cargo test --workspace`, where the sidecar turns the feature on.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -43,13 +45,16 @@ fn verifier(kit: &Issuer) -> Verifier {
         .unwrap()
 }
 
-fn gate(kit: &Issuer, members: &[&str], codes: StatusCodes) -> Arc<Gate> {
-    let verifier = verifier(kit);
-    let (policy, _warnings) = PolicyHandle::new(PolicySources {
+fn members(members: &[&str]) -> PolicySources {
+    PolicySources {
         members: members.iter().map(|m| (*m).to_owned()).collect(),
         ..Default::default()
-    })
-    .unwrap();
+    }
+}
+
+fn gate(kit: &Issuer, sources: PolicySources, codes: StatusCodes) -> Arc<Gate> {
+    let verifier = verifier(kit);
+    let (policy, _warnings) = PolicyHandle::new(sources).unwrap();
     Arc::new(
         Gate::builder(Arc::new(verifier), Arc::new(policy))
             .public_path("/public")
@@ -145,21 +150,58 @@ impl Answer {
     }
 }
 
-async fn start(members: &[&str], codes: StatusCodes) -> Fixture {
-    start_with(Issuer::start().await, members, codes).await
+async fn start(allowed: &[&str], codes: StatusCodes) -> Fixture {
+    start_with(Issuer::start().await, allowed, codes).await
 }
 
-async fn start_with(kit: Issuer, members: &[&str], codes: StatusCodes) -> Fixture {
-    let app = app(AuthLayer::new(gate(&kit, members, codes)));
+async fn start_with(kit: Issuer, allowed: &[&str], codes: StatusCodes) -> Fixture {
+    let sources = members(allowed);
+    start_with_policy(kit, |_| sources, codes).await.0
+}
+
+/// The policy sources are made once the address is known, so conditions
+/// can name the host.
+async fn start_with_policy(
+    kit: Issuer,
+    sources: impl FnOnce(SocketAddr) -> PolicySources,
+    codes: StatusCodes,
+) -> (Fixture, Arc<Gate>) {
     // Bound before the server task starts: connections queue in the
     // backlog until it accepts, so no readiness wait is needed.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let gate = gate(&kit, sources(addr), codes);
+    let app = app(AuthLayer::new(gate.clone()));
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    Fixture {
+    let fixture = Fixture {
         kit,
         base: format!("http://{addr}"),
         http: reqwest::Client::builder().no_proxy().build().unwrap(),
+    };
+    (fixture, gate)
+}
+
+/// An IAM policy file as gcloud prints it, one `roles/run.invoker` binding
+/// per (member, condition); an empty condition is none.
+fn write_policy(path: &Path, bindings: &[(&str, &str)]) {
+    let bindings: Vec<Value> = bindings
+        .iter()
+        .map(|(member, expression)| {
+            let mut b = json!({"members": [member], "role": "roles/run.invoker"});
+            if !expression.is_empty() {
+                b["condition"] = json!({"title": "t", "expression": expression});
+            }
+            b
+        })
+        .collect();
+    let text = json!({"bindings": bindings, "etag": "BwYQ8b9r5sE=", "version": 3});
+    std::fs::write(path, text.to_string()).unwrap();
+}
+
+fn policy_file(path: &Path) -> PolicySources {
+    PolicySources {
+        files: vec![path.to_owned()],
+        ..Default::default()
     }
 }
 
@@ -454,6 +496,85 @@ async fn the_extractor_without_the_layer_is_a_500_that_names_the_layer() {
     }
 }
 
+/// Conditions see the request as the layer read it: method, host (with
+/// its port, from `Host`) and path (without the query).
+#[tokio::test]
+async fn conditions_see_the_method_host_and_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("policy.json");
+    let (f, _gate) = start_with_policy(
+        Issuer::start().await,
+        |addr| {
+            let host = format!(r#"request.host == "{addr}""#);
+            write_policy(
+                &file,
+                &[
+                    ("user:alice@example.com", &host),
+                    (
+                        "user:bob@example.com",
+                        r#"request.path == "/maybe" && request.method == "GET""#,
+                    ),
+                    (
+                        "user:carol@example.com",
+                        r#"request.host == "elsewhere.example.com""#,
+                    ),
+                ],
+            );
+            policy_file(&file)
+        },
+        StatusCodes::Rfc6750,
+    )
+    .await;
+    let alice = f.token(ALICE);
+    let a = f.get_with_token("/whoami?x=1", &alice).await;
+    assert_eq!(a.status, StatusCode::OK, "{a:?}");
+    let bob = f.token("bob@example.com");
+    let a = f.get_with_token("/maybe?y=/whoami", &bob).await;
+    assert_eq!(a.status, StatusCode::OK, "{a:?}");
+    f.get_with_token("/whoami", &bob).await.assert_refused(
+        403,
+        "forbidden",
+        Reason::NotAllowed,
+        &bob,
+    );
+    let carol = f.token("carol@example.com");
+    f.get_with_token("/maybe", &carol).await.assert_refused(
+        403,
+        "forbidden",
+        Reason::NotAllowed,
+        &carol,
+    );
+}
+
+/// A reloaded policy applies to the very next request through the same
+/// layer: nothing is rebuilt.
+#[tokio::test]
+async fn a_reloaded_policy_applies_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("policy.json");
+    write_policy(&file, &[("user:alice@example.com", "")]);
+    let (f, gate) = start_with_policy(
+        Issuer::start().await,
+        |_| policy_file(&file),
+        StatusCodes::Rfc6750,
+    )
+    .await;
+    let alice = f.token(ALICE);
+    let bob = f.token("bob@example.com");
+    assert_eq!(f.get_with_token("/whoami", &alice).await.status, 200);
+    assert_eq!(f.get_with_token("/whoami", &bob).await.status, 403);
+
+    write_policy(&file, &[("user:bob@example.com", "")]);
+    gate.policy().reload().unwrap();
+    assert_eq!(f.get_with_token("/whoami", &alice).await.status, 403);
+    assert_eq!(f.get_with_token("/whoami", &bob).await.status, 200);
+
+    // An invalid policy is refused and the last good one stays.
+    std::fs::write(&file, "{not json").unwrap();
+    assert!(gate.policy().reload().is_err());
+    assert_eq!(f.get_with_token("/whoami", &bob).await.status, 200);
+}
+
 /// The refusal is in the response extensions for outer layers: checked
 /// in-process, since extensions do not cross the wire.
 #[tokio::test]
@@ -461,7 +582,7 @@ async fn the_refusal_rides_in_the_response_extensions() {
     let kit = Issuer::start().await;
     let router = app(AuthLayer::new(gate(
         &kit,
-        &["user:alice@example.com"],
+        members(&["user:alice@example.com"]),
         StatusCodes::Rfc6750,
     )));
     let call = |token: Option<String>| {

@@ -32,16 +32,26 @@ fn google_token(kit: &Issuer, email: &str, audience: &str) -> String {
 /// The health service behind the gate on `127.0.0.1:0`. The listener is
 /// bound before the server task starts, so clients can connect at once.
 async fn serve(kit: &Issuer, members: &[&str]) -> SocketAddr {
+    let sources = PolicySources {
+        members: members.iter().map(|m| (*m).to_owned()).collect(),
+        ..Default::default()
+    };
+    serve_with_policy(kit, |_| sources).await
+}
+
+/// As [`serve`], with policy sources made once the address is known.
+async fn serve_with_policy(
+    kit: &Issuer,
+    sources: impl FnOnce(SocketAddr) -> PolicySources,
+) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
     let verifier = Verifier::builder()
         .issuer(IssuerConfig::google().with_jwks_url(kit.jwks_url()))
         .audience(AUD)
         .build()
         .unwrap();
-    let (policy, _warnings) = PolicyHandle::new(PolicySources {
-        members: members.iter().map(|m| (*m).to_owned()).collect(),
-        ..Default::default()
-    })
-    .unwrap();
+    let (policy, _warnings) = PolicyHandle::new(sources(addr)).unwrap();
     let gate = Gate::builder(Arc::new(verifier), Arc::new(policy))
         .build()
         .unwrap();
@@ -50,8 +60,6 @@ async fn serve(kit: &Issuer, members: &[&str]) -> SocketAddr {
     reporter
         .set_service_status("idgate.Test", ServingStatus::Serving)
         .await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         let _reporter = reporter;
         Server::builder()
@@ -164,4 +172,52 @@ async fn all_users_needs_no_token() {
     let addr = serve(&kit, &["allUsers"]).await;
     let resp = check(addr, "authorization", None).await.unwrap();
     assert_eq!(resp.status(), Wire::Serving);
+}
+
+/// Over HTTP/2 there is no `Host` header: conditions get the authority.
+#[tokio::test]
+async fn conditions_see_the_authority_and_the_grpc_method_path() {
+    let kit = Issuer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("policy.json");
+    let addr = serve_with_policy(&kit, |addr| {
+        let condition = format!(
+            r#"request.host == "{addr}" && request.path == "/grpc.health.v1.Health/Check" && request.method == "POST""#
+        );
+        let policy = json!({
+            "bindings": [
+                {
+                    "condition": {"title": "health-checks-here", "expression": condition},
+                    "members": ["user:alice@example.com"],
+                    "role": "roles/run.invoker",
+                },
+                {
+                    "condition": {"title": "elsewhere", "expression": r#"request.host == "elsewhere.example.com""#},
+                    "members": ["user:bob@example.com"],
+                    "role": "roles/run.invoker",
+                },
+            ],
+            "version": 3,
+        });
+        std::fs::write(&file, policy.to_string()).unwrap();
+        PolicySources {
+            files: vec![file.clone()],
+            ..Default::default()
+        }
+    })
+    .await;
+    let resp = check(addr, "authorization", Some(google_token(&kit, ALICE, AUD)))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), Wire::Serving);
+    assert_status(
+        check(
+            addr,
+            "authorization",
+            Some(google_token(&kit, "bob@example.com", AUD)),
+        )
+        .await,
+        Code::PermissionDenied,
+        "not_allowed",
+    );
 }
