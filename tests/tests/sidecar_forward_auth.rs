@@ -1,0 +1,191 @@
+//! The real `idgate serve --mode forward-auth` behind a real nginx
+//! (`auth_request`), in front of a real upstream.
+//!
+//! nginx is Debian's (`nginx-light`, which `./scripts/test` installs). When
+//! it is missing the test fails saying so, unless `IDGATE_SKIP_NGINX=1`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use idgate_e2e::*;
+use idgate_testkit::Issuer;
+use serde_json::Value;
+use tokio::process::Command;
+
+fn find_nginx() -> Option<PathBuf> {
+    let candidates = [PathBuf::from("/usr/sbin/nginx")].into_iter().chain(
+        std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).map(|d| d.join("nginx")).collect())
+            .unwrap_or_else(Vec::new),
+    );
+    candidates.into_iter().find(|p| p.is_file())
+}
+
+fn nginx_conf(dir: &Path, port: u16, idgate: &str, upstream: &str) -> String {
+    let d = dir.display();
+    format!(
+        r#"daemon off;
+master_process off;
+pid {d}/nginx.pid;
+error_log {d}/error.log info;
+events {{ worker_connections 64; }}
+http {{
+    access_log {d}/access.log;
+    client_body_temp_path {d}/client_body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            auth_request /_idgate;
+            auth_request_set $idgate_principal $upstream_http_x_idgate_principal;
+            proxy_set_header X-Idgate-Principal $idgate_principal;
+            proxy_pass http://{upstream};
+        }}
+        location = /_idgate {{
+            internal;
+            proxy_pass http://{idgate}/;
+            proxy_pass_request_body off;
+            proxy_set_header Content-Length "";
+            proxy_set_header X-Original-URI $request_uri;
+            proxy_set_header X-Original-Method $request_method;
+            proxy_set_header X-Forwarded-Host $host;
+        }}
+    }}
+}}
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_auth_request_in_front_of_an_upstream() {
+    let Some(nginx) = find_nginx() else {
+        if std::env::var_os("IDGATE_SKIP_NGINX").is_some_and(|v| v == "1") {
+            eprintln!("skipped: nginx not found and IDGATE_SKIP_NGINX=1");
+            return;
+        }
+        panic!(
+            "nginx not found (/usr/sbin/nginx or on PATH): run ./scripts/test, which installs \
+             Debian's nginx-light, or set IDGATE_SKIP_NGINX=1 to skip this test"
+        );
+    };
+
+    let kit = Issuer::start().await;
+    let up = Upstream::start().await;
+    let idgate = Serve::forward_auth(&kit)
+        .args([
+            "--member",
+            "user:alice@example.com",
+            "--public-path",
+            "/public",
+        ])
+        .start()
+        .await;
+
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let port = free_port();
+    let conf = dir.path().join("nginx.conf");
+    std::fs::write(
+        &conf,
+        nginx_conf(
+            dir.path(),
+            port,
+            &idgate.addr().to_string(),
+            &up.addr().to_string(),
+        ),
+    )
+    .expect("write nginx.conf");
+    let mut cmd = Command::new(&nginx);
+    cmd.arg("-p")
+        .arg(dir.path())
+        .arg("-c")
+        .arg(&conf)
+        .arg("-e")
+        .arg(dir.path().join("error.log"));
+    let command = format!(
+        "{} -p {d} -c {} -e {d}/error.log",
+        nginx.display(),
+        conf.display(),
+        d = dir.path().display()
+    );
+    let nginx_proc = Process::spawn("nginx", cmd, command);
+    let base = format!("http://127.0.0.1:{port}");
+    let c = client();
+    eventually(
+        "nginx to accept connections",
+        Duration::from_secs(20),
+        || {
+            let (c, url) = (c.clone(), format!("{base}/public/ping"));
+            async move { c.get(url).send().await.ok().map(|_| ()) }
+        },
+    )
+    .await;
+    let error_log = || std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default();
+
+    let send = |path: &str, token: Option<String>| {
+        let mut req = c
+            .get(format!("{base}{path}"))
+            .header("x-idgate-principal", "user:boss@example.com");
+        if let Some(t) = token {
+            req = req.header("authorization", bearer(&t));
+        }
+        req.send()
+    };
+
+    // Allowed: nginx asks idgate, copies the principal it answered with.
+    let alice = google_token(&kit, "alice@example.com");
+    let res = send("/app/items?page=2", Some(alice)).await.expect("alice");
+    let status = res.status().as_u16();
+    let text = res.text().await.unwrap_or_default();
+    assert_eq!(status, 200, "alice through nginx: {text}\n{}", error_log());
+    let echo: Value = serde_json::from_str(&text).expect("the upstream's echo");
+    assert_eq!(echo["path"], "/app/items");
+    assert_eq!(
+        header_values(&echo, "x-idgate-principal"),
+        ["user:alice@example.com"],
+        "the principal idgate vouched for, never the client's"
+    );
+
+    // A public path: idgate allows it without a token; nginx's header
+    // rule sends an empty principal, never the client's.
+    let res = send("/public/logo.svg", None).await.expect("public");
+    assert_eq!(res.status(), 200);
+    let echo: Value = res.json().await.expect("the upstream's echo");
+    assert!(
+        header_values(&echo, "x-idgate-principal")
+            .iter()
+            .all(String::is_empty),
+        "{echo}"
+    );
+
+    let hits = up.hits();
+    let res = send("/app/items", None).await.expect("no token");
+    assert_eq!(res.status(), 401, "no token");
+    let bob = google_token(&kit, "bob@example.com");
+    let res = send("/app/items", Some(bob)).await.expect("bob");
+    assert_eq!(res.status(), 403, "bob is not allowed");
+    let res = send("/app/items", Some("e30.e30.e30".into()))
+        .await
+        .expect("bad token");
+    assert_eq!(res.status(), 401, "a bad token");
+    assert_eq!(
+        up.hits(),
+        hits,
+        "denied requests never reached the upstream"
+    );
+
+    // idgate judged the original request, not the subrequest's /.
+    let denials: Vec<Value> = idgate
+        .json_logs()
+        .into_iter()
+        .filter(|v| v["message"] == "request denied")
+        .collect();
+    assert_eq!(denials.len(), 3, "{denials:?}");
+    assert!(
+        denials.iter().all(|v| v["http.path"] == "/app/items"),
+        "{denials:?}"
+    );
+    drop(nginx_proc);
+}
