@@ -24,6 +24,20 @@ pub enum Command {
     /// Verify ID tokens in front of a service: a reverse proxy (or a
     /// forward-auth endpoint) with an admin listener.
     Serve(cmd::serve::ServeArgs),
+    /// Run a local OIDC issuer that mints tokens as Google would: discovery,
+    /// JWKS and a mint endpoint, on loopback.
+    DevIssuer(cmd::dev_issuer::DevIssuerArgs),
+    /// Print a dev ID token, like `gcloud auth print-identity-token`.
+    Token(cmd::token::TokenArgs),
+    /// Explain the decision about a token, step by step, with the settings
+    /// `serve` would use. Exit 0 allowed, 1 denied, 2 usage.
+    Check(cmd::check::CheckArgs),
+    /// A local proxy that adds a fresh ID token to every request, like
+    /// `gcloud run services proxy`.
+    Proxy(cmd::proxy::ProxyArgs),
+    /// A dev issuer, an echo upstream and the sidecar on loopback: see the
+    /// allowed, wrong-audience and not-allowed answers in one command.
+    Demo(cmd::demo::DemoArgs),
 }
 
 impl Command {
@@ -31,6 +45,11 @@ impl Command {
     pub fn run(self, env: &dyn Env) -> anyhow::Result<ExitCode> {
         match self {
             Command::Serve(args) => cmd::serve::run(args, env),
+            Command::DevIssuer(args) => cmd::dev_issuer::run(args, env),
+            Command::Token(args) => cmd::token::run(args, env),
+            Command::Check(args) => cmd::check::run(args, env),
+            Command::Proxy(args) => cmd::proxy::run(args, env),
+            Command::Demo(args) => cmd::demo::run(args, env),
         }
     }
 }
