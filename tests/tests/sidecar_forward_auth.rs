@@ -15,8 +15,12 @@ use tokio::process::Command;
 fn find_nginx() -> Option<PathBuf> {
     let candidates = [PathBuf::from("/usr/sbin/nginx")].into_iter().chain(
         std::env::var_os("PATH")
-            .map(|p| std::env::split_paths(&p).map(|d| d.join("nginx")).collect())
-            .unwrap_or_else(Vec::new),
+            .map(|p| {
+                std::env::split_paths(&p)
+                    .map(|d| d.join("nginx"))
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default(),
     );
     candidates.into_iter().find(|p| p.is_file())
 }
