@@ -198,7 +198,8 @@ impl Metrics {
     }
 }
 
-/// Reads the verifier's counters at scrape time.
+/// Reads the verifier's counters at scrape time. Its metric names carry no
+/// `idgate_` prefix: the registry adds it, as for every other metric.
 struct VerifierCollector(Arc<OnceLock<StatsFn>>);
 
 impl fmt::Debug for VerifierCollector {
@@ -216,21 +217,21 @@ impl Collector for VerifierCollector {
 
         let hits = ConstCounter::new(s.token_cache_hits);
         hits.encode(encoder.encode_descriptor(
-            "idgate_token_cache_hits",
+            "token_cache_hits",
             "Verified-token cache hits",
             None,
             hits.metric_type(),
         )?)?;
         let misses = ConstCounter::new(s.token_cache_misses);
         misses.encode(encoder.encode_descriptor(
-            "idgate_token_cache_misses",
+            "token_cache_misses",
             "Verified-token cache misses (signature checked)",
             None,
             misses.metric_type(),
         )?)?;
 
         let mut fetches = encoder.encode_descriptor(
-            "idgate_jwks_fetches",
+            "jwks_fetches",
             "JWKS fetches by issuer and result (ok, error)",
             None,
             prometheus_client::metrics::MetricType::Counter,
@@ -243,7 +244,7 @@ impl Collector for VerifierCollector {
         }
 
         let mut age = encoder.encode_descriptor(
-            "idgate_jwks_key_set_age_seconds",
+            "jwks_key_set_age_seconds",
             "Age of the key set in use, by issuer (absent before the first fetch)",
             None,
             prometheus_client::metrics::MetricType::Gauge,
@@ -337,6 +338,12 @@ mod tests {
         assert!(
             m.encode().contains("idgate_token_cache_hits_total 20"),
             "read anew each scrape"
+        );
+        assert!(
+            text.lines()
+                .filter(|l| !l.starts_with('#'))
+                .all(|l| l.starts_with("idgate_") && !l.starts_with("idgate_idgate_")),
+            "one prefix, once: {text}"
         );
     }
 }
