@@ -46,7 +46,13 @@ fn dev_issuer_serves_discovery_jwks_and_mint_and_keeps_its_keys() {
     let dir = tempfile::tempdir().unwrap();
     let mut first = spawn(
         dir.path(),
-        &["dev-issuer", "--listen", "127.0.0.1:0", "--keys-dir", "keys"],
+        &[
+            "dev-issuer",
+            "--listen",
+            "127.0.0.1:0",
+            "--keys-dir",
+            "keys",
+        ],
         &[],
     );
     let url = first.url_after("issuer");
@@ -67,7 +73,9 @@ fn dev_issuer_serves_discovery_jwks_and_mint_and_keeps_its_keys() {
         .get("cache-control")
         .map(|v| v.to_str().unwrap().to_owned());
     assert!(
-        cache_control.as_deref().is_some_and(|c| c.contains("max-age")),
+        cache_control
+            .as_deref()
+            .is_some_and(|c| c.contains("max-age")),
         "{cache_control:?}"
     );
     let jwks: Value = res.json().unwrap();
@@ -96,7 +104,13 @@ fn dev_issuer_serves_discovery_jwks_and_mint_and_keeps_its_keys() {
     // still verifies against the new JWKS.
     let second = spawn(
         dir.path(),
-        &["dev-issuer", "--listen", "127.0.0.1:0", "--keys-dir", "keys"],
+        &[
+            "dev-issuer",
+            "--listen",
+            "127.0.0.1:0",
+            "--keys-dir",
+            "keys",
+        ],
         &[],
     );
     let url2 = second.url_after("issuer");
@@ -106,7 +120,10 @@ fn dev_issuer_serves_discovery_jwks_and_mint_and_keeps_its_keys() {
         .unwrap()
         .json()
         .unwrap();
-    assert_eq!(jwks2["keys"][0]["n"], keys[0]["n"], "a new key after restart");
+    assert_eq!(
+        jwks2["keys"][0]["n"], keys[0]["n"],
+        "a new key after restart"
+    );
     idgate(
         dir.path(),
         &[
@@ -189,7 +206,9 @@ fn token_asks_a_running_issuer_with_claims_hd_and_ttl() {
     );
     run.expect_code(0);
     let out = run.stdout();
-    let token = out.strip_suffix('\n').unwrap_or_else(|| run.fail("no newline"));
+    let token = out
+        .strip_suffix('\n')
+        .unwrap_or_else(|| run.fail("no newline"));
     if token.contains(char::is_whitespace) || token.split('.').count() != 3 {
         run.fail("stdout is not just a token and a newline");
     }
@@ -202,10 +221,7 @@ fn token_asks_a_running_issuer_with_claims_hd_and_ttl() {
     assert_eq!(c["level"], 3);
     assert_eq!(c["groups"], json!(["eng", "sre"]));
     assert_eq!(c["email_verified"], true);
-    assert_eq!(
-        c["exp"].as_u64().unwrap() - c["iat"].as_u64().unwrap(),
-        600
-    );
+    assert_eq!(c["exp"].as_u64().unwrap() - c["iat"].as_u64().unwrap(), 600);
     check(dir.path(), &issuer, token, &[])
         .expect_code(0)
         .expect_stdout("ALLOWED");
@@ -258,7 +274,13 @@ fn token_mints_locally_from_a_keys_dir() {
     let run = idgate(
         dir.path(),
         &[
-            "token", "--keys-dir", "keys", "--email", ALICE, "--audience", AUD,
+            "token",
+            "--keys-dir",
+            "keys",
+            "--email",
+            ALICE,
+            "--audience",
+            AUD,
         ],
         &[],
         None,
@@ -276,7 +298,13 @@ fn token_usage_and_unreachable_issuer() {
     idgate(
         dir.path(),
         &[
-            "token", "--email", ALICE, "--audience", AUD, "--claim", "novalue",
+            "token",
+            "--email",
+            ALICE,
+            "--audience",
+            AUD,
+            "--claim",
+            "novalue",
         ],
         &[],
         None,
@@ -392,11 +420,16 @@ fn check_denies_with_the_reason_code() {
         .expect_stdout("DENIED   expired");
 
     // Not allowed.
-    check(dir.path(), &issuer, &issuer.token("mallory@example.com", AUD), &[])
-        .expect_code(1)
-        .expect_stdout("principal   pass  user:mallory@example.com")
-        .expect_stdout("policy      FAIL")
-        .expect_stdout("DENIED   not_allowed");
+    check(
+        dir.path(),
+        &issuer,
+        &issuer.token("mallory@example.com", AUD),
+        &[],
+    )
+    .expect_code(1)
+    .expect_stdout("principal   pass  user:mallory@example.com")
+    .expect_stdout("policy      FAIL")
+    .expect_stdout("DENIED   not_allowed");
 
     // Bad signature: another key under the published kid.
     let impostor = TestKey::generate("key-1");
@@ -469,7 +502,11 @@ fn check_json_for_scripts() {
             "policy"
         ]
     );
-    assert!(steps.iter().all(|s| s["ok"] == true && s["detail"].is_string()));
+    assert!(
+        steps
+            .iter()
+            .all(|s| s["ok"] == true && s["detail"].is_string())
+    );
 
     let run = check(
         dir.path(),

@@ -161,10 +161,8 @@ pub enum SourceError {
         why: String,
     },
     /// The token is past its usable time and the source has no newer one.
-    #[error("the token from {from} expired {ago} ago")]
+    #[error("its token expired {ago} ago")]
     Expired {
-        /// The source.
-        from: String,
         /// How long ago, in words.
         ago: String,
     },
@@ -532,7 +530,7 @@ impl FetchToken for TokenSource {
                 key.token_uri
             ),
             TokenSource::Gcloud => "gcloud auth print-identity-token".into(),
-            TokenSource::Token(_) => "the token given with --token-source".into(),
+            TokenSource::Token(_) => "the fixed token (--token-source token:…)".into(),
             TokenSource::File(p) => format!("file {}", p.display()),
         }
     }
@@ -697,7 +695,6 @@ impl TokenCache {
                 .map(|e| self.0.clock.unix_now().saturating_sub(e).as_secs())
                 .unwrap_or(0);
             Err(TokenError(Arc::new(SourceError::Expired {
-                from: self.describe(),
                 ago: when::short(ago),
             })))
         }

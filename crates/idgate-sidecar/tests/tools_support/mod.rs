@@ -258,6 +258,18 @@ impl Spawned {
         })
     }
 
+    /// Waits until stdout contains `needle`.
+    pub fn stdout_has(&self, needle: &str) -> &Self {
+        let start = Instant::now();
+        while !self.stdout.lock().unwrap().contains(needle) {
+            if start.elapsed() > DEADLINE {
+                self.fail(&format!("stdout never contained {needle:?}"));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self
+    }
+
     /// Everything on stderr so far.
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
@@ -412,21 +424,35 @@ pub fn serve_router(router: axum::Router) -> std::net::SocketAddr {
 }
 
 /// An upstream that answers every request with what it received:
-/// `{"method", "path", "authorization", "x-serverless-authorization", "host"}`.
+/// `{"method", "path", "authorization", "x-serverless-authorization",
+/// "host", "body"}`.
 pub fn echo_upstream() -> std::net::SocketAddr {
     async fn echo(req: axum::extract::Request) -> axum::Json<Value> {
+        let (parts, body) = req.into_parts();
         let h = |n: &str| {
-            req.headers()
+            parts
+                .headers
                 .get(n)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned)
         };
+        let method = parts.method.as_str().to_owned();
+        let path = parts.uri.path_and_query().map(|p| p.as_str().to_owned());
+        let (authorization, serverless, host) = (
+            h("authorization"),
+            h("x-serverless-authorization"),
+            h("host"),
+        );
+        let body = axum::body::to_bytes(body, 1 << 20)
+            .await
+            .unwrap_or_default();
         axum::Json(serde_json::json!({
-            "method": req.method().as_str(),
-            "path": req.uri().path_and_query().map(|p| p.as_str()),
-            "authorization": h("authorization"),
-            "x-serverless-authorization": h("x-serverless-authorization"),
-            "host": h("host"),
+            "method": method,
+            "path": path,
+            "authorization": authorization,
+            "x-serverless-authorization": serverless,
+            "host": host,
+            "body": String::from_utf8_lossy(&body),
         }))
     }
     serve_router(axum::Router::new().fallback(echo))
