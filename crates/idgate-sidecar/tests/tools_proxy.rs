@@ -712,3 +712,43 @@ async fn an_expired_fixed_token_is_never_handed_out() {
     let err = cache.token().await.unwrap_err();
     assert!(err.to_string().contains("expired 16m 40s ago"), "{err}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_source_with_nothing_fresher_is_asked_again_with_backoff_not_in_a_loop() {
+    struct Stale {
+        token: String,
+        fetches: Arc<AtomicUsize>,
+    }
+    impl FetchToken for Stale {
+        fn fetch<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<String, SourceError>> {
+            self.fetches.fetch_add(1, Ordering::SeqCst);
+            let t = self.token.clone();
+            async move { Ok(t) }.boxed()
+        }
+        fn describe(&self) -> String {
+            "a stale token".into()
+        }
+    }
+    let key = TestKey::generate("k");
+    let clock = Arc::new(ManualClock::new(Duration::from_secs(10_000)));
+    // A minute's token with 10 s left: due for refresh, still usable.
+    let mut c = idgate_testkit::google_claims("https://iss.example", SA, "aud", 9_950);
+    c["exp"] = json!(10_010);
+    let token = idgate_testkit::mint(&key, &idgate_testkit::default_header(&key), &c);
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let cache = TokenCache::new(
+        Box::new(Stale {
+            token: token.clone(),
+            fetches: fetches.clone(),
+        }),
+        "aud".into(),
+        clock,
+    );
+    assert_eq!(*cache.token().await.unwrap(), *token);
+    let refresher = cache.spawn_refresher();
+    // A minute of (paused, auto-advancing) runtime time.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    refresher.abort();
+    let n = fetches.load(Ordering::SeqCst);
+    assert!((2..=10).contains(&n), "{n} fetches in a minute");
+}

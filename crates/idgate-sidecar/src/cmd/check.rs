@@ -13,7 +13,7 @@
 //! tells a *client* what it expected). The token itself and its signature
 //! are never printed.
 
-use std::io::Read as _;
+use std::io::{IsTerminal as _, Read as _};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
@@ -144,6 +144,9 @@ pub fn run(args: CheckArgs, env: &dyn Env) -> anyhow::Result<ExitCode> {
     let raw = match args.token.as_deref() {
         Some(t) if t != "-" => t.to_owned(),
         _ => {
+            if std::io::stdin().is_terminal() {
+                eprintln!("reading the token from stdin (paste it, then Ctrl-D)");
+            }
             let mut s = String::new();
             std::io::stdin()
                 .read_to_string(&mut s)
@@ -265,7 +268,10 @@ fn configured_issuer(settings: &Settings, iss: &str) -> Option<(String, String)>
         .iter()
         .find(|i| i.issuer == iss)
         .map(|i| {
-            let mut d = "an --issuer".to_owned();
+            let mut d = match &i.keys {
+                KeySource::Discovery => "configured with --issuer (keys by discovery)".to_owned(),
+                KeySource::JwksUrl(url) => format!("configured with --issuer (keys from {url})"),
+            };
             if i.trust_emails {
                 d.push_str(", its emails trusted as Google's (--issuer-trust-emails)");
             }

@@ -130,6 +130,12 @@ pub fn run(args: ProxyArgs, env: &dyn Env) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
+    if !args.listen.ip().is_loopback() {
+        eprintln!(
+            "warning: listening on {}, not loopback: anyone who can reach it calls {} with your token",
+            args.listen, target.origin
+        );
+    }
     crate::logging::init(
         crate::config::LogFormat::Text,
         Some(env.var("RUST_LOG").as_deref().unwrap_or("info")),

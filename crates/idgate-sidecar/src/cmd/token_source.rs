@@ -765,6 +765,21 @@ impl TokenCache {
                     tokio::time::sleep(wait).await;
                 }
                 match this.refresh().await {
+                    Ok(t) if t.refresh_at <= this.0.clock.unix_now() => {
+                        // The source had nothing fresher (a fixed token,
+                        // a file not yet rewritten): ask again later, not
+                        // in a loop.
+                        let left = t
+                            .usable_until
+                            .map(|u| u.saturating_sub(this.0.clock.unix_now()).as_secs());
+                        warn!(
+                            token.usable_for = %left.map_or("ever".into(), when::short),
+                            retry_in = %when::short(backoff.as_secs()),
+                            "the token source gave no fresher token"
+                        );
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                    }
                     Ok(t) => {
                         backoff = Duration::from_secs(1);
                         let now = this.0.clock.unix_now().as_secs();
