@@ -68,7 +68,7 @@ const CASES: [Case; 4] = [
         audience: None,
         status: 200,
         reason: None,
-        why: "valid token for this service, and alice is allowed",
+        why: "alice is allowed",
     },
     Case {
         label: "alice, other service",
@@ -76,7 +76,7 @@ const CASES: [Case; 4] = [
         audience: Some(OTHER_AUDIENCE),
         status: 401,
         reason: Some("audience_mismatch"),
-        why: "a token minted for another service is refused",
+        why: "token minted for another service",
     },
     Case {
         label: "mallory, this service",
@@ -84,7 +84,7 @@ const CASES: [Case; 4] = [
         audience: None,
         status: 403,
         reason: Some("not_allowed"),
-        why: "valid token, but no binding names mallory",
+        why: "valid token, but mallory is not allowed",
     },
     Case {
         label: "no token",
@@ -92,7 +92,7 @@ const CASES: [Case; 4] = [
         audience: None,
         status: 401,
         reason: Some("missing_token"),
-        why: "no bearer token at all",
+        why: "no bearer token",
     },
 ];
 
