@@ -181,11 +181,16 @@ async fn nginx_auth_request_in_front_of_an_upstream() {
     );
 
     // idgate judged the original request, not the subrequest's /.
-    let denials: Vec<Value> = idgate
-        .json_logs()
-        .into_iter()
-        .filter(|v| v["message"] == "request denied")
-        .collect();
+    // (Log lines are read from a pipe: wait for them rather than assume.)
+    let denials: Vec<Value> = eventually("3 denials in the log", Duration::from_secs(10), || {
+        let denials: Vec<Value> = idgate
+            .json_logs()
+            .into_iter()
+            .filter(|v| v["message"] == "request denied")
+            .collect();
+        std::future::ready((denials.len() >= 3).then_some(denials))
+    })
+    .await;
     assert_eq!(denials.len(), 3, "{denials:?}");
     assert!(
         denials.iter().all(|v| v["http.path"] == "/app/items"),
