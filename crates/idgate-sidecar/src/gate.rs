@@ -107,12 +107,14 @@ pub fn verifier_builder(
     jwks.max_ttl = v.jwks.max_ttl;
     jwks.refresh_interval = v.jwks.refresh_interval;
     jwks.stale_if_error = v.jwks.stale_if_error;
-    let google = match &v.google_jwks_url {
-        Some(url) => IssuerConfig::google().with_jwks_url(url),
-        None => IssuerConfig::google(),
-    };
-    let mut builder = Verifier::builder()
-        .issuer(google)
+    let mut builder = Verifier::builder();
+    if v.google {
+        builder = builder.issuer(match &v.google_jwks_url {
+            Some(url) => IssuerConfig::google().with_jwks_url(url),
+            None => IssuerConfig::google(),
+        });
+    }
+    let mut builder = builder
         .audiences(v.audiences.iter().cloned())
         .clock_skew(v.clock_skew)
         .max_token_bytes(v.max_token_bytes)

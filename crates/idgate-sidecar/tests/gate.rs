@@ -224,6 +224,8 @@ async fn an_extra_issuer_is_found_by_discovery_and_its_emails_count_only_when_tr
     let s = settings(Some(&up.url()), |a| {
         a.member = vec!["user:alice@example.com".into()];
         a.issuer = vec![issuer.url()];
+        // Trust only the test issuer: no test reaches Google.
+        a.google_issuer = Some("false".into());
     });
     let (sidecar, _) = start_with_gate(&s).await;
     assert_eq!(issuer.discovery_fetches(), 1);
@@ -246,6 +248,8 @@ async fn an_extra_issuer_is_found_by_discovery_and_its_emails_count_only_when_tr
     let s = settings(Some(&up.url()), |a| {
         a.member = vec![format!("principal://{pool}/subject/{sub}")];
         a.issuer = vec![issuer.url()];
+        // Trust only the test issuer: no test reaches Google.
+        a.google_issuer = Some("false".into());
         a.issuer_pool = vec![format!("{}={pool}", issuer.url())];
     });
     let (sidecar, _) = start_with_gate(&s).await;
@@ -261,6 +265,8 @@ async fn an_extra_issuer_is_found_by_discovery_and_its_emails_count_only_when_tr
     let s = settings(Some(&up.url()), |a| {
         a.member = vec!["user:alice@example.com".into()];
         a.issuer = vec![issuer.url()];
+        // Trust only the test issuer: no test reaches Google.
+        a.google_issuer = Some("false".into());
         a.issuer_trust_emails = Some("true".into());
     });
     let (sidecar, _) = start_with_gate(&s).await;

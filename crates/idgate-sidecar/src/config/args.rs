@@ -54,6 +54,12 @@ pub struct SettingsArgs {
     #[arg(long, value_name = "URL")]
     pub issuer: Vec<String>,
 
+    /// Trust Google's issuer (`https://accounts.google.com`) [default: true].
+    /// `false` trusts only the --issuer list: for a dev issuer or another IdP
+    /// alone, with no fetch from Google at all.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub google_issuer: Option<String>,
+
     /// `ISSUER=POOL`: name an --issuer's callers as members of this workload
     /// identity pool (`iam.googleapis.com/projects/N/locations/global/workloadIdentityPools/P`),
     /// for `principal://` and `principalSet://` members. Repeatable.

@@ -112,6 +112,8 @@ pub struct Upstream {
 pub struct VerifierSettings {
     /// Accepted `aud` values; never empty.
     pub audiences: Vec<String>,
+    /// Whether Google's issuer is trusted (`--google-issuer`).
+    pub google: bool,
     /// Where the Google preset fetches keys, when not Google's own JWKS.
     pub google_jwks_url: Option<String>,
     /// Extra trusted issuers.
@@ -473,6 +475,15 @@ pub fn load(args: &SettingsArgs, env: &dyn Env) -> Result<Loaded, ConfigErrors> 
         }
     };
 
+    let google = value(&mut src, "--google-issuer", parse::boolean).map_or(true, |(b, origin)| {
+        if !b && extra_issuers.is_empty() {
+            src.errors.push(ConfigError::Conflict {
+                origin,
+                message: "false leaves no issuer to trust: add an --issuer".into(),
+            });
+        }
+        b
+    });
     let mut extra_issuers = extra_issuers;
     let trust_emails =
         value(&mut src, "--issuer-trust-emails", parse::boolean).map(|(b, origin)| {
@@ -709,6 +720,7 @@ pub fn load(args: &SettingsArgs, env: &dyn Env) -> Result<Loaded, ConfigErrors> 
         admin_listen,
         verifier: VerifierSettings {
             audiences,
+            google,
             google_jwks_url,
             issuers: extra_issuers,
             clock_skew,
@@ -823,15 +835,20 @@ impl Settings {
             }
             Mode::ForwardAuth => "forward-auth".into(),
         };
-        let issuers: Vec<String> = std::iter::once(match &self.verifier.google_jwks_url {
-            Some(url) => format!("google (keys from {url})"),
-            None => "google".into(),
-        })
-        .chain(self.verifier.issuers.iter().map(|i| match &i.keys {
-            KeySource::Discovery => i.issuer.clone(),
-            KeySource::JwksUrl(url) => format!("{} (keys from {url})", i.issuer),
-        }))
-        .collect();
+        let google = self
+            .verifier
+            .google
+            .then(|| match &self.verifier.google_jwks_url {
+                Some(url) => format!("google (keys from {url})"),
+                None => "google".into(),
+            });
+        let issuers: Vec<String> = google
+            .into_iter()
+            .chain(self.verifier.issuers.iter().map(|i| match &i.keys {
+                KeySource::Discovery => i.issuer.clone(),
+                KeySource::JwksUrl(url) => format!("{} (keys from {url})", i.issuer),
+            }))
+            .collect();
         let _ = fmt::Write::write_fmt(
             &mut s,
             format_args!(

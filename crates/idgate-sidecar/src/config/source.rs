@@ -20,6 +20,7 @@ pub(crate) const KEYS: &[(&str, bool)] = &[
     ("--groups", false),
     ("--issuer", true),
     ("--jwks-url", true),
+    ("--google-issuer", false),
     ("--issuer-pool", true),
     ("--issuer-trust-emails", false),
     ("--invoker-role", true),
@@ -101,6 +102,7 @@ impl Layer {
         one("--request-timeout", &args.request_timeout);
         one("--shutdown-grace", &args.shutdown_grace);
         one("--issuer-trust-emails", &args.issuer_trust_emails);
+        one("--google-issuer", &args.google_issuer);
         let mut many = |name: &'static str, v: Vec<String>| {
             if !v.is_empty() {
                 layer

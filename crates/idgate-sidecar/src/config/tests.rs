@@ -528,3 +528,19 @@ fn policy_problems_are_listed_with_every_other_problem() {
     assert!(err.contains("projectOwner:p"), "{err}");
     assert!(err.contains("policy.json"), "{err}");
 }
+
+#[test]
+fn google_can_be_left_out_only_when_another_issuer_is_trusted() {
+    let l = load_ok(
+        &[
+            MINIMAL,
+            &["--issuer", "https://i.example", "--google-issuer", "false"],
+        ]
+        .concat(),
+        &[],
+    );
+    assert!(!l.settings.verifier.google);
+    assert!(load_ok(MINIMAL, &[]).settings.verifier.google);
+    let err = load_err(&[MINIMAL, &["--google-issuer=false"]].concat(), &[]);
+    assert!(err.contains("--google-issuer"), "{err}");
+}
