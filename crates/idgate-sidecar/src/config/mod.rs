@@ -475,7 +475,7 @@ pub fn load(args: &SettingsArgs, env: &dyn Env) -> Result<Loaded, ConfigErrors> 
         }
     };
 
-    let google = value(&mut src, "--google-issuer", parse::boolean).map_or(true, |(b, origin)| {
+    let google = value(&mut src, "--google-issuer", parse::boolean).is_none_or(|(b, origin)| {
         if !b && extra_issuers.is_empty() {
             src.errors.push(ConfigError::Conflict {
                 origin,
