@@ -111,13 +111,18 @@ impl Serve {
 
     /// The command line, as a shell would take it.
     pub fn command_line(&self) -> String {
-        let env: Vec<String> = self.env.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
+        let env: Vec<String> = self
+            .env
+            .iter()
+            .map(|(k, v)| format!("{k}={}", shell_word(v)))
+            .collect();
+        let args: Vec<String> = self.args.iter().map(|a| shell_word(a)).collect();
         format!(
             "(cd {} && env -i {} {} {})",
             self.dir.path().display(),
             env.join(" "),
             idgate_bin().display(),
-            self.args.join(" ")
+            args.join(" ")
         )
     }
 
@@ -175,6 +180,19 @@ impl Serve {
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         }
+    }
+}
+
+/// `word` quoted for a POSIX shell when it needs to be.
+fn shell_word(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./:=@,+".contains(&b));
+    if plain {
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
     }
 }
 
