@@ -23,6 +23,16 @@
 //! ```
 //!
 //! It also prints how to mint a token for any email from the dev issuer.
+//! To use the project's own tools instead, run `idgate dev-issuer` and
+//! point the app at it:
+//!
+//! ```sh
+//! cargo run -p idgate-sidecar -- dev-issuer &      # listens on 127.0.0.1:8900
+//! ISSUER_URL=http://127.0.0.1:8900 cargo run -p example-axum
+//! TOKEN=$(cargo run -q -p idgate-sidecar -- token --issuer-url http://127.0.0.1:8900 \
+//!   --email alice@example.com --audience http://127.0.0.1:8080)
+//! curl -i http://127.0.0.1:8080/me -H "Authorization: Bearer $TOKEN"
+//! ```
 //!
 //! ## Settings (environment)
 //!
@@ -31,7 +41,8 @@
 //! | `LISTEN`       | `127.0.0.1:8080`; `0.0.0.0:$PORT` if `PORT` is set (Cloud Run) | address to serve on |
 //! | `AUDIENCE`     | dev: `http://` + the bound address; Google: required | the `aud` tokens must carry (on Cloud Run, the service URL) |
 //! | `MEMBERS`      | `user:alice@example.com`                 | IAM members who may call, comma-separated: `user:`, `serviceAccount:`, `domain:`, `allUsers`, … |
-//! | `DEV`          | `1`                                      | `1`: trust the in-process dev issuer; `0`: trust Google |
+//! | `DEV`          | `1`                                      | `1`: trust a dev issuer; `0`: trust Google |
+//! | `ISSUER_URL`   | none: start a dev issuer in-process      | with `DEV=1`, trust a running `idgate dev-issuer` instead (e.g. `http://127.0.0.1:8900`) |
 //! | `STATUS_CODES` | `rfc6750`                                | `cloud-run`: 403 for a request with no token, as Cloud Run answers |
 //! | `RUST_LOG`     | `info`                                   | decisions are logged: denials at INFO, admissions at DEBUG |
 //!
@@ -102,6 +113,7 @@ struct Settings {
     audience: Option<String>,
     members: Vec<String>,
     dev: bool,
+    issuer_url: Option<String>,
     status_codes: StatusCodes,
 }
 
@@ -120,6 +132,10 @@ impl Settings {
             Some("0" | "false") => false,
             Some(other) => bail!("DEV must be 1 or 0, not {other:?}"),
         };
+        let issuer_url = var("ISSUER_URL").map(|u| u.trim_end_matches('/').to_owned());
+        if !dev && issuer_url.is_some() {
+            bail!("ISSUER_URL names a dev issuer to trust; it cannot go with DEV=0");
+        }
         let audience = var("AUDIENCE");
         if !dev && audience.is_none() {
             bail!(
@@ -143,6 +159,7 @@ impl Settings {
             audience,
             members,
             dev,
+            issuer_url,
             status_codes,
         })
     }
@@ -169,7 +186,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run() -> anyhow::Result<()> {
-    let settings = Settings::from_env(|k| std::env::var(k).ok())?;
+    let settings = Settings::from_env(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))?;
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
@@ -181,8 +198,9 @@ async fn run() -> anyhow::Result<()> {
 
     // In dev mode, a local issuer stands in for Google: it signs tokens
     // shaped like Google's (so emails name `user:` principals) and serves
-    // its keys on loopback.
-    let dev_issuer = if settings.dev {
+    // its keys on loopback. Either one started here, or a running
+    // `idgate dev-issuer` (ISSUER_URL).
+    let embedded = if settings.dev && settings.issuer_url.is_none() {
         Some(
             Issuer::start_with(Default::default())
                 .await
@@ -191,10 +209,14 @@ async fn run() -> anyhow::Result<()> {
     } else {
         None
     };
-    let issuer = match &dev_issuer {
-        Some(kit) => IssuerConfig::google()
-            .with_issuer(kit.url())
-            .with_jwks_url(kit.jwks_url()),
+    let dev_issuer_url = match (&embedded, &settings.issuer_url) {
+        (Some(kit), _) => Some(kit.url()),
+        (None, url) => url.clone(),
+    };
+    let issuer = match &dev_issuer_url {
+        Some(url) => IssuerConfig::google()
+            .with_issuer(url)
+            .with_jwks_url(format!("{url}/jwks")),
         None => IssuerConfig::google(),
     };
     let verifier = Arc::new(
@@ -228,9 +250,12 @@ async fn run() -> anyhow::Result<()> {
     println!("example-axum on {base}");
     println!("  audience: {audience}");
     println!("  members:  {}", settings.members.join(", "));
-    match &dev_issuer {
-        Some(kit) => print_dev_usage(kit, &base, &audience),
-        None => println!(
+    match (&embedded, &dev_issuer_url) {
+        (Some(kit), _) => print_dev_usage(kit, &base, &audience),
+        (None, Some(url)) => println!(
+            "  trusting the dev issuer at {url}; get a token with:\n    TOKEN=$(idgate token --issuer-url {url} --email alice@example.com --audience {audience})\n    curl -i {base}/me -H \"Authorization: Bearer $TOKEN\""
+        ),
+        (None, None) => println!(
             "  trusting Google; get a token with:\n    gcloud auth print-identity-token --impersonate-service-account=SA_EMAIL --audiences={audience} --include-email"
         ),
     }

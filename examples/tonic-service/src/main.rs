@@ -34,7 +34,8 @@
 //! | `LISTEN`   | `127.0.0.1:50051`; `0.0.0.0:$PORT` if `PORT` is set (Cloud Run) | address to serve on |
 //! | `AUDIENCE` | dev: `http://` + the bound address; Google: required | the `aud` tokens must carry (on Cloud Run, the service URL) |
 //! | `MEMBERS`  | `user:alice@example.com`                  | IAM members who may call, comma-separated |
-//! | `DEV`      | `1`                                       | `1`: trust the in-process dev issuer; `0`: trust Google |
+//! | `DEV`      | `1`                                       | `1`: trust a dev issuer; `0`: trust Google |
+//! | `ISSUER_URL` | none: start a dev issuer in-process     | with `DEV=1`, trust a running `idgate dev-issuer` instead (e.g. `http://127.0.0.1:8900`); mint with `idgate token --issuer-url …` |
 //! | `RUST_LOG` | `info`                                    | denials are logged at INFO with their reason |
 //!
 //! With Google (`DEV=0 AUDIENCE=… MEMBERS=serviceAccount:…`), get a token
@@ -63,6 +64,7 @@ struct Settings {
     audience: Option<String>,
     members: Vec<String>,
     dev: bool,
+    issuer_url: Option<String>,
 }
 
 impl Settings {
@@ -80,6 +82,10 @@ impl Settings {
             Some("0" | "false") => false,
             Some(other) => bail!("DEV must be 1 or 0, not {other:?}"),
         };
+        let issuer_url = var("ISSUER_URL").map(|u| u.trim_end_matches('/').to_owned());
+        if !dev && issuer_url.is_some() {
+            bail!("ISSUER_URL names a dev issuer to trust; it cannot go with DEV=0");
+        }
         let audience = var("AUDIENCE");
         if !dev && audience.is_none() {
             bail!(
@@ -98,6 +104,7 @@ impl Settings {
             audience,
             members,
             dev,
+            issuer_url,
         })
     }
 }
@@ -175,7 +182,7 @@ async fn call(url: &str, token: Option<&str>) -> anyhow::Result<String> {
 }
 
 async fn serve() -> anyhow::Result<()> {
-    let settings = Settings::from_env(|k| std::env::var(k).ok())?;
+    let settings = Settings::from_env(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))?;
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
@@ -185,8 +192,9 @@ async fn serve() -> anyhow::Result<()> {
 
     // In dev mode, a local issuer stands in for Google: it signs tokens
     // shaped like Google's (so emails name `user:` principals) and serves
-    // its keys on loopback.
-    let dev_issuer = if settings.dev {
+    // its keys on loopback. Either one started here, or a running
+    // `idgate dev-issuer` (ISSUER_URL).
+    let embedded = if settings.dev && settings.issuer_url.is_none() {
         Some(
             Issuer::start_with(Default::default())
                 .await
@@ -195,10 +203,14 @@ async fn serve() -> anyhow::Result<()> {
     } else {
         None
     };
-    let issuer = match &dev_issuer {
-        Some(kit) => IssuerConfig::google()
-            .with_issuer(kit.url())
-            .with_jwks_url(kit.jwks_url()),
+    let dev_issuer_url = match (&embedded, &settings.issuer_url) {
+        (Some(kit), _) => Some(kit.url()),
+        (None, url) => url.clone(),
+    };
+    let issuer = match &dev_issuer_url {
+        Some(url) => IssuerConfig::google()
+            .with_issuer(url)
+            .with_jwks_url(format!("{url}/jwks")),
         None => IssuerConfig::google(),
     };
     let verifier = Arc::new(
@@ -234,9 +246,12 @@ async fn serve() -> anyhow::Result<()> {
     println!("example-tonic on {url} (grpc.health.v1.Health)");
     println!("  audience: {audience}");
     println!("  members:  {}", settings.members.join(", "));
-    match &dev_issuer {
-        Some(kit) => show_dev(kit, &url, &audience).await?,
-        None => println!(
+    match (&embedded, &dev_issuer_url) {
+        (Some(kit), _) => show_dev(kit, &url, &audience).await?,
+        (None, Some(issuer)) => println!(
+            "  trusting the dev issuer at {issuer}; get a token with:\n    TOKEN=$(idgate token --issuer-url {issuer} --email alice@example.com --audience {audience})\n  then: cargo run -p example-tonic -- check {url} \"$TOKEN\""
+        ),
+        (None, None) => println!(
             "  trusting Google; get a token with:\n    gcloud auth print-identity-token --impersonate-service-account=SA_EMAIL --audiences={audience} --include-email\n  then: cargo run -p example-tonic -- check {url} \"$TOKEN\""
         ),
     }
