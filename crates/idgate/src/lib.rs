@@ -13,6 +13,7 @@ pub mod clock;
 pub mod identity;
 pub mod policy;
 pub mod reason;
+mod strict_json;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use identity::{Identity, IssuerTag, Principal};

@@ -1,15 +1,11 @@
 //! Step 2: take a compact JWS apart strictly, without trusting any of it.
 
-use std::collections::HashSet;
-use std::fmt;
-
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use serde::Deserialize;
-use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
 use crate::Reason;
+use crate::strict_json::{DUPLICATE_KEY, StrictValue};
 use crate::verifier::Rejection;
 
 /// A token whose segments decode and whose header and claims are JSON
@@ -80,73 +76,10 @@ fn json_object(bytes: &[u8], what: &str) -> Result<Map<String, Value>, Rejection
     match serde_json::from_slice::<StrictValue>(bytes) {
         Ok(StrictValue(Value::Object(m))) => Ok(m),
         Ok(_) => Err(malformed(format!("{what} is not a JSON object"))),
-        Err(e) if e.to_string().starts_with(DUPLICATE) => {
+        Err(e) if e.to_string().starts_with(DUPLICATE_KEY) => {
             Err(malformed(format!("{what} has a duplicate member")))
         }
         Err(_) => Err(malformed(format!("{what} is not valid JSON"))),
-    }
-}
-
-const DUPLICATE: &str = "duplicate member";
-
-/// A JSON value that refuses duplicate object members at any depth.
-/// Parsers disagree on which duplicate wins, which lets a token mean one
-/// thing to us and another to the app behind us.
-struct StrictValue(Value);
-
-impl<'de> Deserialize<'de> for StrictValue {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(StrictVisitor).map(StrictValue)
-    }
-}
-
-struct StrictVisitor;
-
-impl<'de> Visitor<'de> for StrictVisitor {
-    type Value = Value;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON value")
-    }
-    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
-        Ok(Value::Bool(v))
-    }
-    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
-        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
-    }
-    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
-        Ok(Value::String(v.to_owned()))
-    }
-    fn visit_string<E>(self, v: String) -> Result<Value, E> {
-        Ok(Value::String(v))
-    }
-    fn visit_unit<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-        let mut v = Vec::new();
-        while let Some(StrictValue(x)) = seq.next_element()? {
-            v.push(x);
-        }
-        Ok(Value::Array(v))
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-        let mut m = Map::new();
-        let mut seen = HashSet::new();
-        while let Some(k) = map.next_key::<String>()? {
-            if !seen.insert(k.clone()) {
-                return Err(de::Error::custom(DUPLICATE));
-            }
-            let StrictValue(v) = map.next_value()?;
-            m.insert(k, v);
-        }
-        Ok(Value::Object(m))
     }
 }
 
