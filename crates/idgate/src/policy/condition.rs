@@ -7,8 +7,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
-use cel::common::ast::{EntryExpr, Expr, IdedExpr};
+use cel::common::ast::{EntryExpr, Expr, IdedExpr, MapExpr, StructExpr};
 use cel::objects::Key;
+use cel::parser::ParseErrors;
 use cel::{Context, Env, ExecutionError, Program, Value};
 
 use super::RequestContext;
@@ -66,16 +67,57 @@ pub(super) enum Outcome {
     Failed(String),
 }
 
+/// Longest expression accepted, in bytes. Conditions are written by
+/// people; the bound keeps compiling cheap whatever a file holds.
+const MAX_EXPRESSION_BYTES: usize = 4096;
+
+/// Deepest expression tree accepted. Evaluation recurses once per level on
+/// the thread of the request (a 2 MiB tokio worker), so the depth must be
+/// bounded when the condition is loaded, not found out when it runs.
+const MAX_DEPTH: usize = 32;
+
+/// The stack of the thread that compiles conditions. `cel`'s parser
+/// recurses once per operator of a chain like `1 + 1 + …` (its recursion
+/// limit counts nesting only): on a 2 MiB stack that overflowed, aborting
+/// the process, at about 1,600 operators in a release build and 100 in a
+/// debug one. 64 MiB holds the longest expression accepted in either; it is
+/// address space, touched only as deep as the parser goes.
+const COMPILER_STACK_BYTES: usize = 64 << 20;
+
 impl Condition {
     /// Compiles and checks a condition. Every problem found is returned.
     pub fn compile(spec: &ConditionSpec) -> Result<Condition, Vec<String>> {
+        let len = spec.expression.len();
+        if len > MAX_EXPRESSION_BYTES {
+            return Err(vec![format!(
+                "is {len} bytes long, over the limit of {MAX_EXPRESSION_BYTES}"
+            )]);
+        }
+        std::thread::scope(|scope| {
+            let compiler = std::thread::Builder::new()
+                .name("idgate-cel-compile".into())
+                .stack_size(COMPILER_STACK_BYTES)
+                .spawn_scoped(scope, || Condition::compile_here(spec))
+                .map_err(|e| vec![format!("cannot start a thread to compile it: {e}")])?;
+            // A panic in the CEL library is a condition we cannot load, not
+            // a reason to take the process (or a reload) down.
+            compiler
+                .join()
+                .unwrap_or_else(|_| Err(vec!["the CEL library failed on it (panicked)".into()]))
+        })
+    }
+
+    fn compile_here(spec: &ConditionSpec) -> Result<Condition, Vec<String>> {
         let env = env();
-        let program = env.compile(&spec.expression).map_err(|e| {
-            vec![format!(
-                "does not compile: {}",
-                parse_errors(&e.to_string())
-            )]
-        })?;
+        let program = env
+            .compile(&spec.expression)
+            .map_err(|e| vec![format!("does not compile: {}", parse_errors(&e))])?;
+        let depth = depth(program.expression());
+        if depth > MAX_DEPTH {
+            return Err(vec![format!(
+                "nests {depth} levels deep, over the limit of {MAX_DEPTH}"
+            )]);
+        }
         let mut problems = Vec::new();
         let mut checker = Checker {
             bound: Vec::new(),
@@ -313,16 +355,52 @@ fn check_literals(e: &IdedExpr, probe: &Context<'_, '_>, problems: &mut Vec<Stri
     }
 }
 
-/// CEL's parse errors, one line each: each error's first line without the
-/// `ERROR: <input>:` prefix, dropping the source excerpt that follows it.
-fn parse_errors(text: &str) -> String {
-    let lines: Vec<&str> = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("ERROR: "))
-        .map(|l| l.strip_prefix("<input>:").unwrap_or(l))
+/// The depth of an expression tree, found without recursing.
+fn depth(e: &IdedExpr) -> usize {
+    let mut deepest = 0;
+    let mut stack = vec![(e, 1)];
+    while let Some((e, d)) = stack.pop() {
+        deepest = deepest.max(d);
+        let children: Vec<&IdedExpr> = match &e.expr {
+            Expr::Unspecified | Expr::Literal(_) | Expr::Ident(_) => Vec::new(),
+            Expr::Select(s) => vec![&s.operand],
+            Expr::Call(call) => call
+                .target
+                .as_deref()
+                .into_iter()
+                .chain(&call.args)
+                .collect(),
+            Expr::Comprehension(c) => vec![
+                &c.iter_range,
+                &c.accu_init,
+                &c.loop_cond,
+                &c.loop_step,
+                &c.result,
+            ],
+            Expr::List(l) => l.elements.iter().collect(),
+            Expr::Map(MapExpr { entries }) | Expr::Struct(StructExpr { entries, .. }) => entries
+                .iter()
+                .flat_map(|entry| match &entry.expr {
+                    EntryExpr::MapEntry(me) => vec![&me.key, &me.value],
+                    EntryExpr::StructField(f) => vec![&f.value],
+                })
+                .collect(),
+        };
+        stack.extend(children.into_iter().map(|c| (c, d + 1)));
+    }
+    deepest
+}
+
+/// CEL's parse errors, `LINE:COLUMN: message` each. Built from the fields:
+/// the errors' `Display` panics on a column past 65,535 (a format width).
+fn parse_errors(errors: &ParseErrors) -> String {
+    let lines: Vec<String> = errors
+        .errors
+        .iter()
+        .map(|e| format!("{}:{}: {}", e.pos.0, e.pos.1, e.msg))
         .collect();
     if lines.is_empty() {
-        text.split_whitespace().collect::<Vec<_>>().join(" ")
+        "unknown error".to_owned()
     } else {
         lines.join("; ")
     }
@@ -383,6 +461,45 @@ mod tests {
                 Err(e) => assert!(e.iter().any(|p| p.starts_with(want)), "{b}: {e:?}"),
             }
         }
+    }
+
+    #[test]
+    fn long_and_deep_expressions_are_refused_not_a_crash() {
+        // Each of these aborted the process (a stack overflow in the CEL
+        // parser, or a panic formatting its error) before the limits.
+        let chain = |n: usize, op: &str| format!("1{} > 0", format!("{op}1").repeat(n));
+        let deep = [
+            chain(2040, "+"),
+            chain(1000, " + "),
+            format!("[1]{} == 1", "[0]".repeat(1350)),
+            chain(40, "+"),
+        ];
+        for expr in &deep {
+            assert!(expr.len() <= MAX_EXPRESSION_BYTES, "{}", expr.len());
+            match compile(expr) {
+                Ok(_) => panic!("{} bytes compiled", expr.len()),
+                Err(e) => assert!(e[0].starts_with("nests "), "{e:?}"),
+            }
+        }
+        let long = format!("{}true{}", "(".repeat(33_000), ")".repeat(33_000));
+        match compile(&long) {
+            Ok(_) => panic!("compiled"),
+            Err(e) => assert_eq!(e, ["is 66004 bytes long, over the limit of 4096"]),
+        }
+        // Nesting past the CEL library's own limit is a compile error.
+        let nested = format!("{}true{}", "(".repeat(200), ")".repeat(200));
+        match compile(&nested) {
+            Ok(_) => panic!("compiled"),
+            Err(e) => assert!(e[0].starts_with("does not compile: 1:"), "{e:?}"),
+        }
+        // Long is fine when it is wide rather than deep.
+        let paths: Vec<String> = (0..200).map(|i| format!("\"/p{i}\"")).collect();
+        let wide = format!("request.path in [{}]", paths.join(", "));
+        assert!(wide.len() > 1000);
+        if let Err(e) = compile(&wide) {
+            panic!("{e:?}");
+        }
+        assert!(compile(&chain(25, " + ")).is_ok());
     }
 
     #[test]

@@ -27,7 +27,9 @@
 //!
 //! Conditions are CEL, compiled by the `cel` crate, over `request.time`,
 //! `request.path`, `request.host` and `request.method`. One that fails when
-//! evaluated, or gives something other than a bool, does not hold.
+//! evaluated, or gives something other than a bool, does not hold. An
+//! expression may be at most 4 KiB long and 32 levels deep, so that no
+//! policy file can exhaust a thread's stack.
 //!
 //! ```
 //! use std::time::SystemTime;
