@@ -45,9 +45,14 @@ pub async fn serve(
     let graceful = GracefulShutdown::new();
     let mut connections = JoinSet::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    // With a timer, hyper enforces its 30 s limit on reading request heads:
-    // a client that trickles headers cannot hold a connection forever.
-    builder.http1().timer(TokioTimer::new());
+    // With a timer, hyper enforces its limit on reading request heads: a
+    // client that trickles headers cannot hold a connection forever. It
+    // starts only once the first bytes have told HTTP/1.1 from h2c, so the
+    // wait for those has the same deadline (`FirstByteDeadline`).
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
     builder.http2().timer(TokioTimer::new());
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -71,7 +76,10 @@ pub async fn serve(
             svc.clone().oneshot(req.map(Body::new))
         });
         let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), hyper_svc)
+            .serve_connection_with_upgrades(
+                TokioIo::new(FirstByteDeadline::new(stream, HEADER_READ_TIMEOUT)),
+                hyper_svc,
+            )
             .into_owned();
         let conn = graceful.watch(conn);
         while connections.try_join_next().is_some() {}
@@ -109,5 +117,96 @@ pub async fn serve(
             connections.abort_all();
             Drained::TimedOut(open)
         }
+    }
+}
+
+/// How long a client may take to send a whole request head, the first
+/// byte included (see [`FirstByteDeadline`]).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A connection whose first read must bring something (bytes or the end)
+/// within a deadline, else it fails with `TimedOut` and hyper drops it.
+///
+/// hyper's header read timeout starts only once the HTTP version is known,
+/// and telling HTTP/1.1 from h2c takes the first bytes: without this, a
+/// client that connects and sends nothing holds its connection, and a file
+/// descriptor, for ever.
+struct FirstByteDeadline {
+    io: tokio::net::TcpStream,
+    deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl FirstByteDeadline {
+    fn new(io: tokio::net::TcpStream, timeout: Duration) -> Self {
+        FirstByteDeadline {
+            io,
+            deadline: Some(Box::pin(tokio::time::sleep(timeout))),
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for FirstByteDeadline {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        match std::pin::Pin::new(&mut this.io).poll_read(cx, buf) {
+            Poll::Ready(r) => {
+                this.deadline = None;
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                let expired = this
+                    .deadline
+                    .as_mut()
+                    .is_some_and(|d| d.as_mut().poll(cx).is_ready());
+                if expired {
+                    return Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "no request within the header read timeout",
+                    )));
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for FirstByteDeadline {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
