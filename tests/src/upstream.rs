@@ -34,6 +34,9 @@ pub const SSE_EVENTS: usize = 5;
 #[derive(Default)]
 struct Shared {
     hits: AtomicUsize,
+    /// Requests whose handler ended without answering normally: the body
+    /// broke, or the connection went away and the handler was dropped.
+    cancelled: AtomicUsize,
     slow_arrived: Notify,
     slow_release: Notify,
     sse_go_on: Notify,
@@ -89,6 +92,13 @@ impl Upstream {
         self.shared.hits.load(Ordering::SeqCst)
     }
 
+    /// Requests that reached it but did not finish normally: the request
+    /// body broke off, or the connection closed under the handler (`/slow`
+    /// and the echo count this).
+    pub fn cancelled(&self) -> usize {
+        self.shared.cancelled.load(Ordering::SeqCst)
+    }
+
     /// Waits until a `/slow` request has arrived (one per call).
     pub async fn slow_arrived(&self) {
         self.shared.slow_arrived.notified().await;
@@ -135,8 +145,27 @@ fn headers_json(headers: &HeaderMap) -> Value {
     Value::Object(map)
 }
 
+/// Counts a handler as cancelled unless [`Finish::done`] runs first: a
+/// handler future dropped mid-way (its connection closed) drops this too.
+struct Finish(Option<Arc<Shared>>);
+
+impl Finish {
+    fn done(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Finish {
+    fn drop(&mut self) {
+        if let Some(s) = self.0.take() {
+            s.cancelled.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
 async fn echo(State(s): State<Arc<Shared>>, req: Request<Body>) -> Response {
     s.hits.fetch_add(1, Ordering::SeqCst);
+    let finish = Finish(Some(s.clone()));
     let (parts, body) = req.into_parts();
     let mut body_bytes = 0u64;
     let mut stream = body.into_data_stream();
@@ -144,10 +173,12 @@ async fn echo(State(s): State<Arc<Shared>>, req: Request<Body>) -> Response {
         match chunk {
             Ok(c) => body_bytes += c.len() as u64,
             Err(e) => {
+                // `finish` counts it as cancelled.
                 return (StatusCode::BAD_REQUEST, format!("body broke: {e}")).into_response();
             }
         }
     }
+    finish.done();
     axum::Json(json!({
         "method": parts.method.as_str(),
         "path": parts.uri.path(),
@@ -195,8 +226,10 @@ async fn sse(State(s): State<Arc<Shared>>) -> Response {
 
 async fn slow(State(s): State<Arc<Shared>>) -> &'static str {
     s.hits.fetch_add(1, Ordering::SeqCst);
+    let finish = Finish(Some(s.clone()));
     s.slow_arrived.notify_one();
     s.slow_release.notified().await;
+    finish.done();
     "slow answer\n"
 }
 
