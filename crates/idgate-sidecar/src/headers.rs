@@ -4,9 +4,10 @@
 
 use std::net::IpAddr;
 
-use http::header::{CONNECTION, HOST, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
+use bytes::Bytes;
+use http::header::{CONNECTION, Entry, HOST, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Version};
-use idgate::{CredentialHeader, Identity};
+use idgate::{CredentialHeader, Identity, Principal};
 
 use crate::config::{ForwardToken, HeaderPattern};
 
@@ -99,19 +100,25 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 /// Idempotent. Run it before identity headers are added, so a client cannot
 /// name `x-idgate-principal` in `Connection` to have it dropped.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    let named: Vec<String> = headers
+    // Runs three times per proxied request; most requests carry none of
+    // these, and one pass over the names costs less than the removals.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
+    // Only the named headers that are present: usually `Connection` names
+    // just `keep-alive` or `close`, and there is nothing to remove.
+    let named: Vec<HeaderName> = headers
         .get_all(CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_ascii_lowercase())
-        .filter(|t| !t.is_empty())
+        .map(str::trim)
+        .filter(|t| !t.is_empty() && !(keep_upgrade && t.eq_ignore_ascii_case("upgrade")))
+        .filter(|t| headers.contains_key(*t))
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .collect();
     for name in &named {
-        if keep_upgrade && name == "upgrade" {
-            continue;
-        }
-        headers.remove(name.as_str());
+        headers.remove(name);
     }
     let te_trailers = headers
         .get_all(TE)
@@ -145,6 +152,17 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
+/// Whether `remove_hop_by_hop` has anything to do for a header of this name.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == CONNECTION
+        || name == TE
+        || name == TRAILER
+        || name == TRANSFER_ENCODING
+        || name == UPGRADE
+        || name.as_str() == "keep-alive"
+        || name.as_str().starts_with("proxy-")
+}
+
 /// Appends the client's address to `X-Forwarded-For`, and sets
 /// `X-Forwarded-Proto` and `X-Forwarded-Host` when absent. Present ones are
 /// kept: in front of the sidecar there is usually a TLS-terminating front end
@@ -152,19 +170,19 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 /// itself only ever sees plain HTTP.
 pub fn set_forwarded(headers: &mut HeaderMap, client: Option<IpAddr>, host: Option<&str>) {
     if let Some(ip) = client {
-        let prior: Vec<&str> = headers
+        let mut value = String::new();
+        for prior in headers
             .get_all(&X_FORWARDED_FOR)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .map(str::trim)
             .filter(|v| !v.is_empty())
-            .collect();
-        let value = if prior.is_empty() {
-            ip.to_string()
-        } else {
-            format!("{}, {ip}", prior.join(", "))
-        };
-        if let Ok(v) = HeaderValue::from_str(&value) {
+        {
+            value.push_str(prior);
+            value.push_str(", ");
+        }
+        push_ip(&mut value, ip);
+        if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(value)) {
             headers.insert(X_FORWARDED_FOR, v);
         }
     }
@@ -182,21 +200,71 @@ pub fn set_forwarded(headers: &mut HeaderMap, client: Option<IpAddr>, host: Opti
     }
 }
 
+/// Appends `ip` as `Display` writes it; IPv4, nearly every request, without
+/// the formatting machinery.
+fn push_ip(out: &mut String, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                if octet >= 100 {
+                    out.push(char::from(b'0' + octet / 100));
+                }
+                if octet >= 10 {
+                    out.push(char::from(b'0' + octet / 10 % 10));
+                }
+                out.push(char::from(b'0' + octet % 10));
+            }
+        }
+        IpAddr::V6(v6) => {
+            use std::fmt::Write as _;
+            // Writing to a String cannot fail.
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
 /// Sets the identity headers for a verified caller. A claim that cannot be a
 /// header value (control characters) leaves its header out rather than
 /// being mangled.
 pub fn set_identity(headers: &mut HeaderMap, identity: &Identity) {
-    let mut set = |name: HeaderName, value: &str| {
-        if let Ok(v) = HeaderValue::from_bytes(value.as_bytes()) {
+    let mut set = |name: HeaderName, value: Bytes| {
+        if let Ok(v) = HeaderValue::from_maybe_shared(value) {
             headers.insert(name, v);
         }
     };
-    set(PRINCIPAL, &identity.principal().to_string());
+    set(PRINCIPAL, principal_bytes(&identity.principal()));
     if let Some(email) = identity.verified_email() {
-        set(EMAIL, email);
+        set(EMAIL, Bytes::copy_from_slice(email.as_bytes()));
     }
-    set(SUB, identity.subject());
-    set(CLAIMS, identity.claims_b64());
+    set(SUB, Bytes::copy_from_slice(identity.subject().as_bytes()));
+    set(
+        CLAIMS,
+        Bytes::copy_from_slice(identity.claims_b64().as_bytes()),
+    );
+}
+
+/// `Principal`'s `Display` text, written in one allocation.
+fn principal_bytes(principal: &Principal) -> Bytes {
+    let parts: [&str; 4] = match principal {
+        Principal::User(email) => ["user:", email, "", ""],
+        Principal::ServiceAccount(email) => ["serviceAccount:", email, "", ""],
+        Principal::Subject {
+            pool: Some(pool),
+            subject,
+        } => ["principal://", pool, "/subject/", subject],
+        Principal::Subject {
+            pool: None,
+            subject,
+        } => ["subject:", subject, "", ""],
+    };
+    let mut out = Vec::with_capacity(parts.iter().map(|p| p.len()).sum());
+    for p in parts {
+        out.extend_from_slice(p.as_bytes());
+    }
+    Bytes::from(out)
 }
 
 /// The header a token is read from, by Cloud Run's rule:
@@ -230,14 +298,12 @@ pub fn forward_token(
             headers.remove(&name);
         }
         ForwardToken::Stripped => {
-            let values: Vec<HeaderValue> = headers
-                .get_all(&name)
-                .iter()
-                .map(|v| strip_header_value(v).unwrap_or_else(|| v.clone()))
-                .collect();
-            headers.remove(&name);
-            for v in values {
-                headers.append(&name, v);
+            if let Entry::Occupied(mut values) = headers.entry(name) {
+                for v in values.iter_mut() {
+                    if let Some(stripped) = strip_header_value(v) {
+                        *v = stripped;
+                    }
+                }
             }
         }
     }
@@ -251,18 +317,31 @@ fn strip_header_value(value: &HeaderValue) -> Option<HeaderValue> {
     if !scheme.eq_ignore_ascii_case("bearer") {
         return None;
     }
-    let stripped = strip_signature(token.trim())?;
-    HeaderValue::from_str(&format!("Bearer {stripped}")).ok()
+    let (header, payload) = jws_head(token.trim())?;
+    let mut out = Vec::with_capacity(
+        "Bearer ".len() + header.len() + payload.len() + 2 + SIGNATURE_REMOVED.len(),
+    );
+    for part in ["Bearer ", header, ".", payload, ".", SIGNATURE_REMOVED] {
+        out.extend_from_slice(part.as_bytes());
+    }
+    HeaderValue::from_maybe_shared(Bytes::from(out)).ok()
 }
 
-/// Replaces a compact JWS's signature with [`SIGNATURE_REMOVED`], keeping
-/// header and payload. `None` when `token` is not three dot-separated parts.
-pub fn strip_signature(token: &str) -> Option<String> {
+/// The header and payload of a compact JWS: three dot-separated parts, the
+/// first two non-empty.
+fn jws_head(token: &str) -> Option<(&str, &str)> {
     let mut parts = token.splitn(3, '.');
     let (header, payload, signature) = (parts.next()?, parts.next()?, parts.next()?);
     if header.is_empty() || payload.is_empty() || signature.contains('.') {
         return None;
     }
+    Some((header, payload))
+}
+
+/// Replaces a compact JWS's signature with [`SIGNATURE_REMOVED`], keeping
+/// header and payload. `None` when `token` is not three dot-separated parts.
+pub fn strip_signature(token: &str) -> Option<String> {
+    let (header, payload) = jws_head(token)?;
     Some(format!("{header}.{payload}.{SIGNATURE_REMOVED}"))
 }
 
@@ -399,6 +478,45 @@ mod tests {
         set_forwarded(&mut h, None, Some("h2.example:8443"));
         assert_eq!(h["x-forwarded-host"], "h2.example:8443");
         assert!(!h.contains_key("x-forwarded-for"));
+    }
+
+    #[test]
+    fn client_addresses_read_as_display_writes_them() {
+        for ip in [
+            "0.0.0.0",
+            "9.10.99.100",
+            "127.0.0.1",
+            "255.255.255.255",
+            "203.0.113.9",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+            "::ffff:10.0.0.1",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            let mut out = String::from("x, ");
+            push_ip(&mut out, ip);
+            assert_eq!(out, format!("x, {ip}"));
+        }
+    }
+
+    #[test]
+    fn principal_header_matches_display() {
+        let pool: std::sync::Arc<str> =
+            "iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p".into();
+        for p in [
+            Principal::User("a@b.com".into()),
+            Principal::ServiceAccount("sa@p.iam.gserviceaccount.com".into()),
+            Principal::Subject {
+                pool: Some(pool),
+                subject: "42".into(),
+            },
+            Principal::Subject {
+                pool: None,
+                subject: "43".into(),
+            },
+        ] {
+            assert_eq!(principal_bytes(&p), p.to_string().as_bytes());
+        }
     }
 
     fn identity(claims: serde_json::Value) -> Identity {
