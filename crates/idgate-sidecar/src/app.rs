@@ -11,8 +11,6 @@
 //! 4. **The proxy** (proxy mode).
 
 use std::convert::Infallible;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -75,7 +73,13 @@ pub fn build_app(settings: &Settings, gate: &dyn GateLayer, metrics: Arc<Metrics
     let inner: HttpService = match &settings.mode {
         Mode::Proxy { upstream } => {
             let proxy = Proxy::new(upstream.clone(), settings.request_timeout, Some(metrics));
-            BoxCloneSyncService::new(proxy.map_request(move |req| admitted(req, forward)))
+            // A service_fn rather than `Proxy` itself: the boxed service
+            // boxes this future once, where `Proxy`'s own (already boxed)
+            // future would be boxed twice.
+            BoxCloneSyncService::new(tower::service_fn(move |req: Request<Body>| {
+                let proxy = proxy.clone();
+                async move { Ok::<_, Infallible>(proxy.forward(admitted(req, forward)).await) }
+            }))
         }
         Mode::ForwardAuth => BoxCloneSyncService::new(tower::service_fn(|req: Request<Body>| {
             std::future::ready(Ok::<_, Infallible>(forward_auth_allow(&req)))
@@ -100,7 +104,7 @@ struct Sanitize {
 impl Service<Request<Body>> for Sanitize {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+    type Future = <HttpService as Service<Request<Body>>>::Future;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
@@ -117,10 +121,9 @@ impl Service<Request<Body>> for Sanitize {
         {
             return Box::pin(std::future::ready(Ok(e.response())));
         }
-        // Take the service that was polled ready, leave a fresh clone.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(async move { inner.call(req).await })
+        // Everything above is synchronous, so the service polled ready is
+        // called here and now: no clone of the inner stack, no extra box.
+        self.inner.call(req)
     }
 }
 

@@ -2,9 +2,15 @@
 //! upgrades, and a graceful shutdown that drains in-flight requests within a
 //! grace period.
 
+use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Mutex, PoisonError};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use futures_util::future::Either;
+use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -12,11 +18,46 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tower::ServiceExt;
+use tower::util::Oneshot;
+use tower_service::Service as _;
 use tracing::{debug, info, warn};
 
 use crate::Body;
 use crate::app::HttpService;
 use crate::proxy::ClientAddr;
+
+/// One connection's copy of the service, called in place.
+///
+/// hyper calls a service through `&self`, so the usual adapter clones the
+/// tower service for every request and drives the clone with `oneshot`.
+/// For `HttpService` a clone is one allocation per boxed layer, three on
+/// the gate's path. Here the connection keeps one copy; each request polls
+/// it ready and calls it under a lock that is never contended (a
+/// connection's requests are dispatched one at a time from its own task).
+/// A layer that is not ready at once gets the usual clone and `oneshot`.
+struct PerConnection {
+    service: Mutex<HttpService>,
+    peer: SocketAddr,
+}
+
+type HttpFuture = <HttpService as tower_service::Service<Request<Body>>>::Future;
+
+impl hyper::service::Service<Request<Incoming>> for PerConnection {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Either<HttpFuture, Oneshot<HttpService, Request<Body>>>;
+
+    fn call(&self, mut req: Request<Incoming>) -> Self::Future {
+        req.extensions_mut().insert(ClientAddr(self.peer));
+        let req = req.map(Body::new);
+        let mut service = self.service.lock().unwrap_or_else(PoisonError::into_inner);
+        match service.poll_ready(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(Ok(())) => Either::Left(service.call(req)),
+            Poll::Ready(Err(never)) => match never {},
+            Poll::Pending => Either::Right(service.clone().oneshot(req)),
+        }
+    }
+}
 
 /// How a server ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,11 +111,10 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let svc = service.clone();
-        let hyper_svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-            req.extensions_mut().insert(ClientAddr(peer));
-            svc.clone().oneshot(req.map(Body::new))
-        });
+        let hyper_svc = PerConnection {
+            service: Mutex::new(service.clone()),
+            peer,
+        };
         let conn = builder
             .serve_connection_with_upgrades(
                 TokioIo::new(FirstByteDeadline::new(stream, HEADER_READ_TIMEOUT)),

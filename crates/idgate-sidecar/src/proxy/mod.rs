@@ -94,6 +94,14 @@ impl Proxy {
     }
 }
 
+impl Proxy {
+    /// Forwards `req` and answers with the upstream's response, or with
+    /// the proxy's own error answer (502, 504, or their gRPC statuses).
+    pub async fn forward(&self, req: Request<Body>) -> Response<Body> {
+        self.inner.forward(req).await
+    }
+}
+
 impl tower_service::Service<Request<Body>> for Proxy {
     type Response = Response<Body>;
     type Error = Infallible;
@@ -203,17 +211,21 @@ impl Inner {
     }
 
     fn upstream_uri(&self, uri: &Uri) -> Result<Uri, http::Error> {
-        let pq = uri.path_and_query().map_or("/", PathAndQuery::as_str);
         let pq = if self.upstream.base_path.is_empty() {
-            pq.to_owned()
+            // The request's own path and query, shared rather than copied
+            // and parsed again.
+            uri.path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/"))
         } else {
-            format!("{}{pq}", self.upstream.base_path)
+            let pq = uri.path_and_query().map_or("/", PathAndQuery::as_str);
+            PathAndQuery::try_from(format!("{}{pq}", self.upstream.base_path))?
         };
-        Uri::builder()
-            .scheme(Scheme::HTTP)
-            .authority(self.upstream.authority.clone())
-            .path_and_query(pq)
-            .build()
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(Scheme::HTTP);
+        parts.authority = Some(self.upstream.authority.clone());
+        parts.path_and_query = Some(pq);
+        Ok(Uri::from_parts(parts)?)
     }
 }
 
