@@ -4,7 +4,8 @@
 # of the same upstream. See BENCHMARKS.md, "Sidecar load".
 #
 #   bench/sidecar.sh            # everything, ~12 min
-#   ONLY="idgate-cached nginx" bench/sidecar.sh
+#   ONLY="nginx idgate-1token" bench/sidecar.sh
+#   ONLY=idgate-1token BINS="old/idgate new/idgate" ROUNDS=3 NO_BUILD=1 bench/sidecar.sh
 #
 # Settings (environment):
 #   DURATION=20 WARMUP=10   seconds measured / warm-up excluded, per variant
@@ -18,6 +19,9 @@
 #                           between variants, for the machine to be idle
 #   NO_BUILD=1              use the release binaries already built
 #   ONLY="…"                run only these variants (names below)
+#   BINS="A B" ROUNDS=N     A/B: the idgate variants for each binary in turn
+#   IDGATE=path             the idgate binary (default target/release/idgate)
+#   RESULTS=file            where the table goes (default OUT/results.tsv)
 #   OUT=target/bench/sidecar   where configs, logs and results go
 #
 # Every process listens on 127.0.0.1 only; every load run is bounded in time.
@@ -50,13 +54,16 @@ TICK=$(getconf CLK_TCK)
 IDGATE=${IDGATE:-$ROOT/target/release/idgate}
 LOADKIT=$ROOT/target/release/loadkit
 ENVOY=$OUT/envoy-wheel/envoy/_bin/envoy
-RESULTS=$OUT/results.tsv
+RESULTS=${RESULTS:-$OUT/results.tsv}
 SERVER_PID=
 UPSTREAM_PID=
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 want() { [[ -z $ONLY ]] || [[ " $ONLY " == *" $1 "* ]]; }
+# Variants: nginx nginx-rate nginx-1000conn idgate-1token idgate-rate
+# idgate-1000tokens idgate-1000tokens-nocache idgate-1000conn envoy-1token
+# envoy-rate envoy-1000tokens envoy-1000tokens-nocache idgate-cache
 
 cleanup() {
   [[ -n $SERVER_PID ]] && kill "$SERVER_PID" 2>/dev/null || true
@@ -88,8 +95,12 @@ if [[ -z ${NO_BUILD:-} ]]; then
   (cd "$ROOT" && cargo build --release --quiet -p idgate-sidecar -p idgate-loadkit)
 fi
 
-log "minting tokens"
-"$LOADKIT" mint --out "$OUT/tokens" --count "$CACHE_TOKENS" --audience "$AUD" --email "$EMAIL"
+# Tokens live an hour: mint afresh unless the set is under 20 minutes old.
+if [[ -z $(find "$OUT/tokens/tokens.txt" -mmin -20 2>/dev/null) ]] ||
+   (( $(wc -l < "$OUT/tokens/tokens.txt") < CACHE_TOKENS )); then
+  log "minting tokens"
+  "$LOADKIT" mint --out "$OUT/tokens" --count "$CACHE_TOKENS" --audience "$AUD" --email "$EMAIL"
+fi
 head -n 1 "$OUT/tokens/tokens.txt" > "$OUT/one-token.txt"
 head -n 1000 "$OUT/tokens/tokens.txt" > "$OUT/1000-tokens.txt"
 cp "$OUT/tokens/tokens.txt" "$OUT/cache-tokens.txt"
@@ -360,52 +371,79 @@ header
 start_upstream
 log "upstream nginx pid $UPSTREAM_PID on cpu $SERVER_CPU; servers on cpu $SERVER_CPU, wrk on cpu $CLIENT_CPU"
 
-if want nginx; then
+# Each variant below can be picked with ONLY. With BINS="A B …" the idgate
+# variants run for each of those binaries in turn, ROUNDS times over (an
+# A/B comparison on the same machine state); the variant names then carry
+# the binary's file name.
+run_nginx() {
+  want nginx || want nginx-rate || want nginx-1000conn || return 0
   start_server nginx
-  measure nginx nginx "$OUT/one-token.txt" "$CONNS"
-  fixed_rate nginx-rate nginx
-  measure nginx-1000conn nginx "$OUT/one-token.txt" "$BIG_CONNS"
+  want nginx && measure nginx nginx "$OUT/one-token.txt" "$CONNS"
+  want nginx-rate && fixed_rate nginx-rate nginx
+  want nginx-1000conn && measure nginx-1000conn nginx "$OUT/one-token.txt" "$BIG_CONNS"
   stop_server
-fi
+}
 
-if want idgate-cached; then
-  start_server idgate
-  measure idgate-1token idgate "$OUT/one-token.txt" "$CONNS"
-  fixed_rate idgate-rate idgate
-  stop_server
-  start_server idgate
-  measure idgate-1000tokens idgate "$OUT/1000-tokens.txt" "$CONNS"
-  stop_server
-fi
+run_idgate() { # label
+  local l=${1:+$1:}
+  if want idgate-1token || want idgate-rate; then
+    start_server idgate
+    want idgate-1token && measure "${l}idgate-1token" idgate "$OUT/one-token.txt" "$CONNS"
+    want idgate-rate && fixed_rate "${l}idgate-rate" idgate
+    stop_server
+  fi
+  if want idgate-1000tokens; then
+    start_server idgate
+    measure "${l}idgate-1000tokens" idgate "$OUT/1000-tokens.txt" "$CONNS"
+    stop_server
+  fi
+  # `--token-cache-capacity 0` is refused by the settings parser (it must
+  # be positive), so "no cache" is a cache of one entry: with 1,000 tokens
+  # in rotation no request hits it (the hit ratio column shows it), and
+  # every request pays the signature check plus a cache insert.
+  if want idgate-1000tokens-nocache; then
+    start_server idgate --token-cache-capacity 1
+    measure "${l}idgate-1000tokens-nocache" idgate "$OUT/1000-tokens.txt" "$CONNS"
+    stop_server
+  fi
+  if want idgate-1000conn; then
+    start_server idgate
+    measure "${l}idgate-1000conn" idgate "$OUT/one-token.txt" "$BIG_CONNS"
+    stop_server
+  fi
+}
 
-# `--token-cache-capacity 0` is refused by the settings parser (it must be
-# positive), so "no cache" is a cache of one entry: with 1,000 tokens in
-# rotation no request hits it (the hit ratio column shows it), and every
-# request pays the signature check plus a cache insert.
-if want idgate-uncached; then
-  start_server idgate --token-cache-capacity 1
-  measure idgate-1000tokens-nocache idgate "$OUT/1000-tokens.txt" "$CONNS"
-  stop_server
-fi
+run_envoy() {
+  if want envoy-1token || want envoy-rate; then
+    start_server envoy "$OUT/envoy-cached.yaml"
+    want envoy-1token && measure envoy-1token envoy "$OUT/one-token.txt" "$CONNS"
+    want envoy-rate && fixed_rate envoy-rate envoy
+    stop_server
+  fi
+  if want envoy-1000tokens; then
+    start_server envoy "$OUT/envoy-cached.yaml"
+    measure envoy-1000tokens envoy "$OUT/1000-tokens.txt" "$CONNS"
+    stop_server
+  fi
+  if want envoy-1000tokens-nocache; then
+    start_server envoy "$OUT/envoy-nocache.yaml"
+    measure envoy-1000tokens-nocache envoy "$OUT/1000-tokens.txt" "$CONNS"
+    stop_server
+  fi
+}
 
-if want idgate-conns; then
-  start_server idgate
-  measure idgate-1000conn idgate "$OUT/one-token.txt" "$BIG_CONNS"
-  stop_server
+run_nginx
+if [[ -n ${BINS:-} ]]; then
+  for round in $(seq "${ROUNDS:-1}"); do
+    for bin in $BINS; do
+      IDGATE=$bin
+      run_idgate "$(basename "$bin")"
+    done
+  done
+else
+  run_idgate ""
 fi
-
-if want envoy; then
-  start_server envoy "$OUT/envoy-cached.yaml"
-  measure envoy-1token envoy "$OUT/one-token.txt" "$CONNS"
-  fixed_rate envoy-rate envoy
-  stop_server
-  start_server envoy "$OUT/envoy-cached.yaml"
-  measure envoy-1000tokens envoy "$OUT/1000-tokens.txt" "$CONNS"
-  stop_server
-  start_server envoy "$OUT/envoy-nocache.yaml"
-  measure envoy-1000tokens-nocache envoy "$OUT/1000-tokens.txt" "$CONNS"
-  stop_server
-fi
+run_envoy
 
 # The token cache's cost per entry: RSS before and after CACHE_TOKENS
 # distinct tokens have been verified and cached (capacity above the count).
