@@ -28,6 +28,10 @@
 #                        interval is set to half of it, at most 30 s)
 #   POLICY_SECS=30       policy rewrite period
 #   SAMPLE_SECS=30       report period
+#   TOKEN_CACHE=1000     the sidecar's --token-cache-capacity: small enough to
+#                        fill in the first minute, so later growth is a leak
+#                        (the default 10,000 takes ~5 min at 200 req/s and
+#                        adds ~10 MiB before RSS levels off)
 #   SOAK_RELEASE=1       cargo build --release the binary and soak that
 #   IDGATE_BIN=path      soak this binary instead
 #   LOG=target/soak.log  where the report is also written
@@ -40,6 +44,7 @@ export IDGATE_SOAK_CLIENTS="${CLIENTS:-8}"
 export IDGATE_SOAK_ROTATE_SECS="${ROTATE_SECS:-60}"
 export IDGATE_SOAK_POLICY_SECS="${POLICY_SECS:-30}"
 export IDGATE_SOAK_SAMPLE_SECS="${SAMPLE_SECS:-30}"
+export IDGATE_SOAK_TOKEN_CACHE="${TOKEN_CACHE:-1000}"
 log="${LOG:-target/soak.log}"
 
 if [[ "${SOAK_RELEASE:-0}" == 1 && -z "${IDGATE_BIN:-}" ]]; then

@@ -845,7 +845,8 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
 /// and RSS over time (must stay flat). `bench/soak.sh` runs it; settings:
 /// `IDGATE_SOAK_SECS` (600), `IDGATE_SOAK_RPS` (200, all clients
 /// together), `IDGATE_SOAK_CLIENTS` (8), `IDGATE_SOAK_ROTATE_SECS` (60),
-/// `IDGATE_SOAK_POLICY_SECS` (30), `IDGATE_SOAK_SAMPLE_SECS` (30).
+/// `IDGATE_SOAK_POLICY_SECS` (30), `IDGATE_SOAK_SAMPLE_SECS` (30),
+/// `IDGATE_SOAK_TOKEN_CACHE` (1000, the sidecar's `--token-cache-capacity`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "10 minutes; run by bench/soak.sh"]
 async fn soak() {
@@ -855,6 +856,7 @@ async fn soak() {
     let rotate = Duration::from_secs(soak_setting("IDGATE_SOAK_ROTATE_SECS", 60).max(1));
     let rewrite = Duration::from_secs(soak_setting("IDGATE_SOAK_POLICY_SECS", 30).max(1));
     let sample = Duration::from_secs(soak_setting("IDGATE_SOAK_SAMPLE_SECS", 30).max(1));
+    let token_cache = soak_setting("IDGATE_SOAK_TOKEN_CACHE", 1000);
 
     let kit = Arc::new(Issuer::start().await);
     let up = Upstream::start().await;
@@ -871,6 +873,11 @@ async fn soak() {
             "--jwks-refresh-interval",
             &format!("{}s", (rotate.as_secs() / 2).clamp(1, 30)),
         ])
+        // The verified-token cache grows until it is full (a sixth of the
+        // requests carry a never-seen token): at the default 10,000
+        // entries that takes minutes and adds about 10 MiB. A smaller
+        // one fills within the first minute, so growth after it is a leak.
+        .args(["--token-cache-capacity", &token_cache.to_string()])
         // One log line per decision would pile up in this process: keep
         // warnings, and the line that names the bound addresses.
         .env("RUST_LOG", "warn,idgate_sidecar::serve=info")
@@ -881,7 +888,7 @@ async fn soak() {
     let tokens = Arc::new(std::sync::RwLock::new(Arc::new(soak_tokens(&kit))));
     eprintln!(
         "soak: {secs} s, {rps} req/s over {clients} clients, key rotation every {rotate:?}, \
-         policy rewrite every {rewrite:?}, binary {}",
+         policy rewrite every {rewrite:?}, token cache {token_cache}, binary {}",
         idgate_bin().display()
     );
 
