@@ -38,11 +38,11 @@
 //! an idgate port, and no compose service that idgate proxies to publishes a
 //! port of its own.
 
+use idgate_e2e::{idgate_bin, workspace_root};
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde::Deserialize as _;
@@ -60,50 +60,8 @@ const PLATFORMS: &[&str] = &["cloud-run", "kubernetes", "compose"];
 /// How long one `idgate` run may take.
 const RUN_TIMEOUT: Duration = Duration::from_secs(60);
 
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the e2e crate sits in the workspace root")
-        .to_path_buf()
-}
-
 fn deploy_dir() -> PathBuf {
     workspace_root().join("deploy")
-}
-
-/// The `idgate` binary, built on first use.
-fn idgate_bin() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(bin) = std::env::var_os("IDGATE_BIN") {
-            return PathBuf::from(bin);
-        }
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
-        let out = Command::new(&cargo)
-            .args([
-                "build",
-                "-p",
-                "idgate-sidecar",
-                "--bin",
-                "idgate",
-                "--message-format=json-render-diagnostics",
-            ])
-            .current_dir(workspace_root())
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("run cargo build");
-        assert!(
-            out.status.success(),
-            "cargo build -p idgate-sidecar --bin idgate failed ({})",
-            out.status
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-            .filter(|msg| msg["reason"] == "compiler-artifact" && msg["target"]["name"] == "idgate")
-            .find_map(|msg| msg["executable"].as_str().map(PathBuf::from))
-            .expect("cargo reported no idgate executable")
-    })
 }
 
 /// One YAML document, with the file it came from.
