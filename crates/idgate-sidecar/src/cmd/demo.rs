@@ -106,15 +106,7 @@ struct Answer {
 /// Runs `demo`.
 pub fn run(args: DemoArgs, env: &dyn Env) -> anyhow::Result<ExitCode> {
     // Quiet unless asked: the demo's own output is the point.
-    crate::logging::init(
-        crate::config::LogFormat::Text,
-        Some(env.var("RUST_LOG").as_deref().unwrap_or("warn")),
-    )?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = super::tool_runtime(env, "warn")?;
     runtime.block_on(demo(args))
 }
 

@@ -57,15 +57,7 @@ pub fn run(args: DevIssuerArgs, env: &dyn Env) -> anyhow::Result<ExitCode> {
             args.listen
         );
     }
-    crate::logging::init(
-        crate::config::LogFormat::Text,
-        Some(env.var("RUST_LOG").as_deref().unwrap_or("warn")),
-    )?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = super::tool_runtime(env, "warn")?;
     runtime.block_on(async move {
         let signal = ShutdownSignal::install().context("cannot listen for SIGTERM")?;
         let issuer = Issuer::start_with(IssuerOptions {

@@ -136,15 +136,7 @@ pub fn run(args: ProxyArgs, env: &dyn Env) -> anyhow::Result<ExitCode> {
             args.listen, target.origin
         );
     }
-    crate::logging::init(
-        crate::config::LogFormat::Text,
-        Some(env.var("RUST_LOG").as_deref().unwrap_or("info")),
-    )?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = super::tool_runtime(env, "info")?;
     runtime.block_on(async move {
         let signal = ShutdownSignal::install().context("cannot listen for SIGTERM")?;
         let tokens = TokenCache::new(Box::new(source), audience.clone(), Arc::new(SystemClock::new()));
