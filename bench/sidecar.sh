@@ -111,7 +111,10 @@ TOKEN=$(cat "$OUT/one-token.txt")
 
 mkdir -p "$OUT/nginx-up" "$OUT/nginx-proxy"
 cat > "$OUT/nginx-up/nginx.conf" <<EOF
-# The upstream: a fixed "ok", and the JWKS on a port of its own.
+# The upstream: a fixed "ok", and the JWKS on a port of its own. The
+# header buffer holds a request with idgate's identity headers (about
+# 1.2 KB) in one read; at nginx's default 1 KB the upstream takes its
+# large-header path (two reads and an ioctl) for idgate's requests only.
 daemon off; master_process off; worker_processes 1;
 pid $OUT/nginx-up/nginx.pid;
 error_log $OUT/nginx-up/error.log warn;
@@ -119,6 +122,7 @@ worker_rlimit_nofile 16384;
 events { worker_connections 16384; }
 http {
   access_log off;
+  client_header_buffer_size 4k;
   keepalive_requests 100000000; keepalive_timeout 300s;
   server { listen 127.0.0.1:$P_UP backlog=4096; location / { return 200 "ok"; } }
   server {
