@@ -568,7 +568,7 @@ pub fn load(args: &SettingsArgs, env: &dyn Env) -> Result<Loaded, ConfigErrors> 
         Some(defaults::MAX_TOKEN_BYTES as u64),
     );
     let token_cache_capacity = or_default(
-        value(&mut src, "--token-cache-capacity", parse::positive),
+        value(&mut src, "--token-cache-capacity", parse::count),
         Some(defaults::TOKEN_CACHE_CAPACITY),
     );
     let jwks = JwksSettings {

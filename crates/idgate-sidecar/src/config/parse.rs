@@ -18,6 +18,12 @@ pub(crate) fn address(s: &str) -> Result<SocketAddr, ValueError> {
     s.parse().map_err(ValueError::Address)
 }
 
+/// A whole number, zero included (`--token-cache-capacity 0` turns the
+/// cache off).
+pub(crate) fn count(s: &str) -> Result<u64, ValueError> {
+    s.parse().map_err(ValueError::Number)
+}
+
 pub(crate) fn positive(s: &str) -> Result<u64, ValueError> {
     let n: u64 = s.parse().map_err(ValueError::Number)?;
     if n == 0 {

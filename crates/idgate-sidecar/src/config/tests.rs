@@ -544,3 +544,9 @@ fn google_can_be_left_out_only_when_another_issuer_is_trusted() {
     let err = load_err(&[MINIMAL, &["--google-issuer=false"]].concat(), &[]);
     assert!(err.contains("--google-issuer"), "{err}");
 }
+
+#[test]
+fn a_token_cache_of_zero_turns_it_off() {
+    let l = load_ok(&[MINIMAL, &["--token-cache-capacity", "0"]].concat(), &[]);
+    assert_eq!(l.settings.verifier.token_cache_capacity, 0);
+}
