@@ -416,21 +416,7 @@ impl TokenSource {
                         url: url.clone(),
                         source,
                     })?;
-                let status = res.status();
-                let body = res
-                    .text()
-                    .await
-                    .map_err(|source| SourceError::Unreachable {
-                        url: url.clone(),
-                        source,
-                    })?;
-                if !status.is_success() {
-                    return Err(SourceError::Status {
-                        url,
-                        status: status.as_u16(),
-                        body: short_body(&body),
-                    });
-                }
+                let body = token_body(&url, res).await?;
                 let doc: Value = serde_json::from_str(&body).map_err(|_| SourceError::NoToken {
                     from: url.clone(),
                     why: "the answer is not JSON".into(),
