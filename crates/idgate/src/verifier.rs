@@ -615,19 +615,11 @@ impl Verifier {
         }
 
         // Signature.
-        match jsonwebtoken::crypto::verify(
-            t.signature_b64,
-            t.signing_input.as_bytes(),
-            &key.key,
-            alg,
-        ) {
-            Ok(true) => {}
-            _ => {
-                return Err(Rejection::new(
-                    Reason::BadSignature,
-                    format!("signature does not verify with key {kid:?}"),
-                ));
-            }
+        if !key.verify(alg, t.signing_input.as_bytes(), t.signature_b64) {
+            return Err(Rejection::new(
+                Reason::BadSignature,
+                format!("signature does not verify with key {kid:?}"),
+            ));
         }
 
         // Claims, now that they are known to come from the issuer.
