@@ -240,10 +240,7 @@ pub fn set_identity(headers: &mut HeaderMap, identity: &Identity) {
         set(EMAIL, Bytes::copy_from_slice(email.as_bytes()));
     }
     set(SUB, Bytes::copy_from_slice(identity.subject().as_bytes()));
-    set(
-        CLAIMS,
-        Bytes::copy_from_slice(identity.claims_b64().as_bytes()),
-    );
+    set(CLAIMS, identity.claims_b64_bytes());
 }
 
 /// `Principal`'s `Display` text, written in one allocation.

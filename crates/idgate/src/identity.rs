@@ -5,6 +5,7 @@ use std::sync::{Arc, OnceLock};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use bytes::Bytes;
 
 use serde_json::{Map, Value};
 
@@ -18,22 +19,50 @@ use serde_json::{Map, Value};
 pub struct Identity(Arc<Inner>);
 
 struct Inner {
-    issuer: String,
     issuer_name: Arc<str>,
     pool: Option<Arc<str>>,
     google: bool,
-    subject: String,
-    email: Option<String>,
     email_verified: bool,
-    hosted_domain: Option<String>,
-    audience: String,
     issued_at: u64,
     expires_at: u64,
+    /// Every string of the identity in one buffer (the verified-token cache
+    /// holds thousands of identities: one allocation rather than six), the
+    /// payload segment last, so that `x-idgate-claims` is a slice of it
+    /// rather than a copy per request.
+    text: Bytes,
+    issuer: Span,
+    subject: Span,
+    email: Option<Span>,
+    hosted_domain: Option<Span>,
+    audience: Span,
+    payload_b64: Span,
     // The claims map costs more memory than the rest of an identity, and
     // the verified-token cache holds thousands; most requests never look
     // at it, so it is parsed again from the payload on first use.
     claims: OnceLock<Map<String, Value>>,
-    payload_b64: Box<str>,
+}
+
+/// Where one string sits in `Inner::text`.
+#[derive(Clone, Copy)]
+struct Span {
+    start: u32,
+    end: u32,
+}
+
+/// Builds `Inner::text`.
+struct TextBuilder(Vec<u8>);
+
+impl TextBuilder {
+    fn push(&mut self, s: &str) -> Span {
+        let start = self.0.len();
+        self.0.extend_from_slice(s.as_bytes());
+        // Tokens are capped far below 4 GiB; saturate rather than wrap.
+        let at = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        Span {
+            start: at(start),
+            end: at(self.0.len()),
+        }
+    }
 }
 
 /// The issuer facts an identity carries: which configured issuer vouched for
@@ -116,7 +145,7 @@ impl Identity {
         claims: Map<String, Value>,
         payload_b64: String,
     ) -> Identity {
-        let str_claim = |k: &str| claims.get(k).and_then(Value::as_str).map(str::to_owned);
+        let str_claim = |k: &str| claims.get(k).and_then(Value::as_str);
         let num_claim = |k: &str| {
             claims
                 .get(k)
@@ -124,33 +153,63 @@ impl Identity {
                 .and_then(numeric_date)
                 .unwrap_or(0)
         };
+        let payload_b64 = if payload_b64.is_empty() {
+            URL_SAFE_NO_PAD.encode(Value::Object(claims.clone()).to_string())
+        } else {
+            payload_b64
+        };
+        let (issuer, subject, email, hd) = (
+            str_claim("iss").unwrap_or_default(),
+            str_claim("sub").unwrap_or_default(),
+            str_claim("email"),
+            str_claim("hd"),
+        );
+        let mut text = TextBuilder(Vec::with_capacity(
+            issuer.len()
+                + subject.len()
+                + email.map_or(0, str::len)
+                + hd.map_or(0, str::len)
+                + audience.len()
+                + payload_b64.len(),
+        ));
+        let issuer = text.push(issuer);
+        let subject = text.push(subject);
+        let email = email.map(|e| text.push(e));
+        let hosted_domain = hd.map(|h| text.push(h));
+        let audience = text.push(&audience);
+        let payload_b64 = text.push(&payload_b64);
         Identity(Arc::new(Inner {
-            issuer: str_claim("iss").unwrap_or_default(),
             issuer_name: tag.name.clone(),
             pool: tag.pool.clone(),
             google: tag.google,
-            subject: str_claim("sub").unwrap_or_default(),
-            email: str_claim("email"),
             // Only the JSON boolean `true` counts; the string "true" does not.
             email_verified: claims.get("email_verified") == Some(&Value::Bool(true)),
-            hosted_domain: str_claim("hd"),
-            audience,
             issued_at: num_claim("iat"),
             expires_at: num_claim("exp"),
-            payload_b64: if payload_b64.is_empty() {
-                URL_SAFE_NO_PAD
-                    .encode(Value::Object(claims.clone()).to_string())
-                    .into_boxed_str()
-            } else {
-                payload_b64.into_boxed_str()
-            },
+            text: Bytes::from(text.0),
+            issuer,
+            subject,
+            email,
+            hosted_domain,
+            audience,
+            payload_b64,
             claims: OnceLock::new(),
         }))
     }
 
+    /// One of the identity's strings. Every span was cut from a `&str` at
+    /// its boundaries, so the check never fails.
+    fn text(&self, span: Span) -> &str {
+        self.0
+            .text
+            .get(span.start as usize..span.end as usize)
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .unwrap_or_default()
+    }
+
     /// The `iss` claim as the token spelled it.
     pub fn issuer(&self) -> &str {
-        &self.0.issuer
+        self.text(self.0.issuer)
     }
     /// The name of the configured issuer that verified the token.
     pub fn issuer_name(&self) -> &str {
@@ -166,11 +225,11 @@ impl Identity {
     }
     /// The `sub` claim.
     pub fn subject(&self) -> &str {
-        &self.0.subject
+        self.text(self.0.subject)
     }
     /// The `email` claim, verified or not.
     pub fn email(&self) -> Option<&str> {
-        self.0.email.as_deref()
+        self.0.email.map(|e| self.text(e))
     }
     /// Whether `email_verified` is the JSON boolean `true`.
     pub fn email_verified(&self) -> bool {
@@ -182,11 +241,11 @@ impl Identity {
     }
     /// The `hd` claim (the Workspace domain), if present.
     pub fn hosted_domain(&self) -> Option<&str> {
-        self.0.hosted_domain.as_deref()
+        self.0.hosted_domain.map(|h| self.text(h))
     }
     /// The audience that matched.
     pub fn audience(&self) -> &str {
-        &self.0.audience
+        self.text(self.0.audience)
     }
     /// `iat`, seconds since the epoch.
     pub fn issued_at(&self) -> u64 {
@@ -200,7 +259,7 @@ impl Identity {
     pub fn claims(&self) -> &Map<String, Value> {
         self.0.claims.get_or_init(|| {
             URL_SAFE_NO_PAD
-                .decode(self.0.payload_b64.as_bytes())
+                .decode(self.claims_b64())
                 .ok()
                 .and_then(|json| serde_json::from_slice(&json).ok())
                 .unwrap_or_default()
@@ -209,7 +268,14 @@ impl Identity {
     /// The token's payload segment (base64url JSON), as sent upstream in
     /// `x-idgate-claims`.
     pub fn claims_b64(&self) -> &str {
-        &self.0.payload_b64
+        self.text(self.0.payload_b64)
+    }
+
+    /// [`Identity::claims_b64`] as shared bytes: a header value made from
+    /// it is not a copy.
+    pub fn claims_b64_bytes(&self) -> Bytes {
+        let Span { start, end } = self.0.payload_b64;
+        self.0.text.slice(start as usize..end as usize)
     }
 
     /// How IAM names this caller.
@@ -219,7 +285,7 @@ impl Identity {
             (true, Some(e)) => Principal::User(e.into()),
             _ => Principal::Subject {
                 pool: self.0.pool.clone(),
-                subject: self.0.subject.clone(),
+                subject: self.subject().to_owned(),
             },
         }
     }
@@ -231,8 +297,8 @@ impl fmt::Debug for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Identity")
             .field("principal", &self.principal().to_string())
-            .field("issuer", &self.0.issuer)
-            .field("audience", &self.0.audience)
+            .field("issuer", &self.issuer())
+            .field("audience", &self.audience())
             .field("expires_at", &self.0.expires_at)
             .finish_non_exhaustive()
     }
