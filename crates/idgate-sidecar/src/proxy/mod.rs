@@ -1,9 +1,10 @@
 //! The reverse proxy: a `tower::Service` that forwards a request to the
 //! upstream and streams the answer back.
 //!
-//! - Pooled connections (hyper-util's client): HTTP/1.1 for HTTP/1 callers,
-//!   h2c (prior knowledge) for callers that came in over HTTP/2, such as
-//!   gRPC.
+//! - Pooled connections: HTTP/1.1 for HTTP/1 callers ([`pool`]: each
+//!   connection driven by the request using it), h2c (prior knowledge,
+//!   hyper-util's client, one multiplexed connection) for callers that came
+//!   in over HTTP/2, such as gRPC.
 //! - Bodies stream both ways; nothing is buffered.
 //! - Hop-by-hop headers are removed both ways; `X-Forwarded-*` are set.
 //! - `Upgrade` (WebSocket…) is passed through: once the upstream answers
@@ -15,6 +16,7 @@
 //!   with it.
 
 mod error;
+mod pool;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -33,15 +35,26 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tracing::{debug, warn};
 
 pub use error::{ProxyFailure, grpc_error, is_grpc, json_error};
+pub use pool::{PoolLimits, UpstreamError};
 
 use crate::config::Upstream;
 use crate::headers::{is_upgrade_request, remove_hop_by_hop, set_forwarded};
 use crate::metrics::Metrics;
 use crate::{Body, ErrorChain};
 
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// The client's address, put in request extensions by the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientAddr(pub SocketAddr);
+
+/// Idle HTTP/1.1 connections kept per upstream: enough for a burst of a
+/// thousand concurrent requests to find theirs again, few enough that the
+/// file descriptors and buffers they hold stay bounded.
+const MAX_IDLE: usize = 1024;
+
+/// An idle upstream connection older than this is closed.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Forwards requests to one upstream. Cheap to clone.
 #[derive(Clone)]
@@ -51,7 +64,7 @@ pub struct Proxy {
 
 struct Inner {
     upstream: Upstream,
-    http1: Client<HttpConnector, Body>,
+    http1: pool::Pool,
     h2c: Client<HttpConnector, Body>,
     timeout: Duration,
     metrics: Option<Arc<Metrics>>,
@@ -75,11 +88,18 @@ impl Proxy {
         // Connecting counts against the request timeout; a separate, shorter
         // bound makes "nobody listening" a quick 502 rather than a 504.
         connector.set_connect_timeout(Some(timeout.min(Duration::from_secs(10))));
-        let http1 = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build(connector.clone());
+        let port = upstream.authority.port_u16().unwrap_or(80);
+        let http1 = pool::Pool::new(
+            format!("{}:{port}", upstream.authority.host()),
+            PoolLimits {
+                max_idle: MAX_IDLE,
+                idle_timeout: IDLE_TIMEOUT,
+                connect_timeout: timeout.min(Duration::from_secs(10)),
+            },
+            Arc::new(idgate::SystemClock::new()),
+        );
         let h2c = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_idle_timeout(IDLE_TIMEOUT)
             .http2_only(true)
             .build(connector);
         Proxy {
@@ -142,13 +162,19 @@ impl Inner {
             parts.headers.remove(http::header::HOST);
         }
 
-        let uri = match self.upstream_uri(&parts.uri) {
+        let uri = match self.upstream_uri(&parts.uri, h2) {
             Ok(uri) => uri,
             Err(e) => {
                 warn!(error = %e, "cannot build the upstream URI");
                 return json_error(StatusCode::BAD_REQUEST, "bad_request", "invalid_uri");
             }
         };
+        if !h2 && !parts.headers.contains_key(http::header::HOST) {
+            // HTTP/1.0 callers may send none; HTTP/1.1 requires one.
+            if let Ok(host) = http::HeaderValue::from_str(self.upstream.authority.as_str()) {
+                parts.headers.insert(http::header::HOST, host);
+            }
+        }
         let mut out = Request::new(body);
         *out.method_mut() = parts.method;
         *out.uri_mut() = uri;
@@ -159,12 +185,31 @@ impl Inner {
         };
         *out.headers_mut() = parts.headers;
 
-        let client = if h2 { &self.h2c } else { &self.http1 };
         let started = Instant::now();
-        let result = tokio::time::timeout(self.timeout, client.request(out)).await;
+        let exchange = async {
+            if h2 {
+                self.h2c
+                    .request(out)
+                    .await
+                    .map(|res| res.map(Body::new))
+                    .map_err(|e| (e.is_connect(), Box::new(e) as BoxError))
+            } else if client_upgrade.is_some() {
+                self.http1
+                    .send_upgrade(out)
+                    .await
+                    .map(|res| res.map(Body::new))
+                    .map_err(|e| (e.is_connect(), Box::new(e) as BoxError))
+            } else {
+                self.http1
+                    .send(out)
+                    .await
+                    .map_err(|e| (e.is_connect(), Box::new(e) as BoxError))
+            }
+        };
+        let result = tokio::time::timeout(self.timeout, exchange).await;
         let failure = match &result {
             Err(_) => Some(ProxyFailure::Timeout),
-            Ok(Err(e)) if e.is_connect() => Some(ProxyFailure::Unreachable),
+            Ok(Err((true, _))) => Some(ProxyFailure::Unreachable),
             Ok(Err(_)) => Some(ProxyFailure::Broken),
             Ok(Ok(_)) => None,
         };
@@ -173,12 +218,12 @@ impl Inner {
         }
         let mut res = match result {
             Ok(Ok(res)) => res,
-            Ok(Err(e)) => {
+            Ok(Err((_, e))) => {
                 // The error's chain names the cause (refused, reset…); it
                 // never contains request headers.
                 warn!(
                     proxy.failure = failure.map_or("", ProxyFailure::as_str),
-                    error = %ErrorChain(&e),
+                    error = %ErrorChain(e.as_ref()),
                     "upstream request failed"
                 );
                 return failure.unwrap_or(ProxyFailure::Broken).response(grpc);
@@ -207,10 +252,12 @@ impl Inner {
             }
         }
         remove_hop_by_hop(res.headers_mut(), switching);
-        res.map(Body::new)
+        res
     }
 
-    fn upstream_uri(&self, uri: &Uri) -> Result<Uri, http::Error> {
+    /// The upstream request's URI: origin-form (`/path?query`) for
+    /// HTTP/1.1, absolute for h2c (whose `:authority` it gives).
+    fn upstream_uri(&self, uri: &Uri, absolute: bool) -> Result<Uri, http::Error> {
         let pq = if self.upstream.base_path.is_empty() {
             // The request's own path and query, shared rather than copied
             // and parsed again.
@@ -221,6 +268,9 @@ impl Inner {
             let pq = uri.path_and_query().map_or("/", PathAndQuery::as_str);
             PathAndQuery::try_from(format!("{}{pq}", self.upstream.base_path))?
         };
+        if !absolute {
+            return Ok(Uri::from(pq));
+        }
         let mut parts = http::uri::Parts::default();
         parts.scheme = Some(Scheme::HTTP);
         parts.authority = Some(self.upstream.authority.clone());

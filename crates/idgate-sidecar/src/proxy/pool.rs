@@ -1,0 +1,575 @@
+//! HTTP/1.1 connections to the upstream, kept alive and driven by the
+//! request that uses them.
+//!
+//! hyper-util's pooled client runs every connection in a task of its own:
+//! a request travels to it through a channel, its answer comes back through
+//! another, and a further task is spawned per request to hand the
+//! connection back to the pool. On a loopback hop that machinery cost more
+//! CPU than the proxying itself (BENCHMARKS.md, "what the profile showed").
+//!
+//! Here a connection is leased whole to one request, and that request's
+//! task drives it: the response future polls the connection until the head
+//! arrives, then the response body does, until its last byte, when the
+//! connection goes back to the idle list. No task, no cross-task wakeup.
+//!
+//! - A connection is reused only when hyper says it can take another
+//!   request (keep-alive, message complete both ways); anything else
+//!   (`Connection: close`, a response body dropped midway, an error)
+//!   closes it.
+//! - Idle connections: newest first, at most `max_idle`, none older than
+//!   `idle_timeout`. One the upstream closed is noticed when it is next
+//!   taken (a poll reads the end of stream) and skipped.
+//! - A request that hyper hands back unsent (the reused connection was
+//!   closed under it) is sent again once on a new connection.
+//! - When a body ends while hyper still needs a poll to finish the
+//!   exchange (the request body still being written), a task drives the
+//!   connection until it is reusable or closes: rare, and never on the
+//!   request's path.
+
+use std::future::Future;
+use std::pin::{Pin, pin};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Body as _, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use idgate::Clock;
+use tokio::net::TcpStream;
+
+use crate::Body;
+
+type Conn = http1::Connection<TokioIo<TcpStream>, Body>;
+
+/// Why a request got no response from the upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// No connection: refused, no such host, unreachable.
+    #[error("cannot connect to the upstream")]
+    Connect(#[source] std::io::Error),
+    /// No connection within the connect timeout.
+    #[error("no connection to the upstream within {0:?}")]
+    ConnectTimeout(Duration),
+    /// The exchange failed after connecting.
+    #[error("upstream exchange failed")]
+    Http(#[source] hyper::Error),
+}
+
+impl UpstreamError {
+    /// Connecting failed (as opposed to the exchange).
+    pub fn is_connect(&self) -> bool {
+        !matches!(self, UpstreamError::Http(_))
+    }
+}
+
+/// Limits of the pool.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolLimits {
+    /// Idle connections kept for reuse.
+    pub max_idle: usize,
+    /// An idle connection older than this is closed rather than reused.
+    pub idle_timeout: Duration,
+    /// Bound on establishing one connection.
+    pub connect_timeout: Duration,
+}
+
+/// The pool of one upstream. Cheap to clone.
+#[derive(Clone)]
+pub struct Pool {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    /// `host:port`, as `TcpStream::connect` takes it (IP literals are not
+    /// resolved; names are, on every new connection).
+    target: String,
+    limits: PoolLimits,
+    builder: http1::Builder,
+    idle: Mutex<Vec<Idle>>,
+    clock: Arc<dyn Clock>,
+}
+
+struct Idle {
+    lease: Lease,
+    /// When it went idle, on the clock's monotonic scale.
+    since: Duration,
+}
+
+/// A connection leased to one request.
+struct Lease {
+    send: http1::SendRequest<Body>,
+    /// `None` once the connection future has completed (closed).
+    conn: Option<Conn>,
+}
+
+impl Lease {
+    /// Polls the connection: reads, writes and state changes happen here.
+    /// Returns true while it is open.
+    fn drive(&mut self, cx: &mut Context<'_>) -> bool {
+        if let Some(conn) = &mut self.conn
+            && Pin::new(conn).poll(cx).is_ready()
+        {
+            self.conn = None;
+        }
+        self.conn.is_some()
+    }
+}
+
+impl Pool {
+    /// A pool for `target` (`host:port`), timing idleness on `clock`.
+    /// Does no I/O.
+    pub fn new(target: String, limits: PoolLimits, clock: Arc<dyn Clock>) -> Pool {
+        Pool {
+            shared: Arc::new(Shared {
+                target,
+                limits,
+                builder: http1::Builder::new(),
+                idle: Mutex::new(Vec::new()),
+                clock,
+            }),
+        }
+    }
+
+    /// Idle connections held now.
+    #[cfg(test)]
+    fn idle_count(&self) -> usize {
+        self.shared.lock().len()
+    }
+
+    /// Sends `req` (origin-form URI, `Host` set) and returns the response
+    /// head; its body drives the connection and returns it to the pool.
+    pub async fn send(&self, req: Request<Body>) -> Result<Response<Body>, UpstreamError> {
+        let (mut lease, reused) = match self.checkout() {
+            Some(lease) => (lease, true),
+            None => (self.connect().await?, false),
+        };
+        let res = match exchange(&mut lease, req).await {
+            Ok(res) => res,
+            Err(mut e) => match e.take_message() {
+                // Never written: the reused connection had closed. Once
+                // more on a fresh one.
+                Some(req) if reused => {
+                    lease = self.connect().await?;
+                    exchange(&mut lease, req)
+                        .await
+                        .map_err(|e| UpstreamError::Http(e.into_error()))?
+                }
+                _ => return Err(UpstreamError::Http(e.into_error())),
+            },
+        };
+        let pool = self.shared.clone();
+        Ok(res.map(|incoming| {
+            Body::new(PooledBody {
+                incoming,
+                lease: Some(lease),
+                pool,
+            })
+        }))
+    }
+
+    /// The newest idle connection that is still open and young enough.
+    fn checkout(&self) -> Option<Lease> {
+        let now = self.shared.clock.monotonic();
+        let mut cx = Context::from_waker(Waker::noop());
+        loop {
+            let Idle { mut lease, since } = self.shared.lock().pop()?;
+            if now.saturating_sub(since) > self.shared.limits.idle_timeout {
+                // Everything below it in the list is older still.
+                self.shared.lock().clear();
+                return None;
+            }
+            // A poll notices a close (or stray bytes) from the upstream
+            // while the connection sat idle. The real waker is registered
+            // by the request's own poll.
+            if lease.drive(&mut cx) && lease.send.is_ready() {
+                return Some(lease);
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<Lease, UpstreamError> {
+        let timeout = self.shared.limits.connect_timeout;
+        let stream =
+            match tokio::time::timeout(timeout, TcpStream::connect(self.shared.target.as_str()))
+                .await
+            {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => return Err(UpstreamError::Connect(e)),
+                Err(_) => return Err(UpstreamError::ConnectTimeout(timeout)),
+            };
+        let _ = stream.set_nodelay(true);
+        let (send, conn) = self
+            .shared
+            .builder
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(UpstreamError::Http)?;
+        Ok(Lease {
+            send,
+            conn: Some(conn),
+        })
+    }
+
+    /// A new connection for a request that may switch protocols. It runs
+    /// in its own task (the upgraded stream outlives the request) and is
+    /// never pooled.
+    pub async fn send_upgrade(
+        &self,
+        req: Request<Body>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let Lease { mut send, conn } = self.connect().await?;
+        if let Some(conn) = conn {
+            tokio::spawn(async move {
+                if let Err(e) = conn.with_upgrades().await {
+                    tracing::debug!(error = %e, "upstream connection ended with an error");
+                }
+            });
+        }
+        send.send_request(req).await.map_err(UpstreamError::Http)
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Back to the idle list, or closed when the list is full.
+    fn put(&self, lease: Lease) {
+        let mut idle = self.lock();
+        if idle.len() < self.limits.max_idle {
+            idle.push(Idle {
+                lease,
+                since: self.clock.monotonic(),
+            });
+        }
+    }
+
+    /// The response is complete: reuse the connection if hyper can, or let
+    /// a task finish the exchange first.
+    fn release(self: Arc<Self>, mut lease: Lease, cx: &mut Context<'_>) {
+        if !lease.drive(cx) {
+            return;
+        }
+        if lease.send.is_ready() {
+            self.put(lease);
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
+            let ready = std::future::poll_fn(|cx| {
+                if !lease.drive(cx) {
+                    return Poll::Ready(false);
+                }
+                lease.send.poll_ready(cx).map(|r| r.is_ok())
+            })
+            .await;
+            if ready {
+                self.put(lease);
+            }
+        });
+    }
+}
+
+/// Sends `req` on `lease`, driving the connection until the response head
+/// arrives (or the exchange fails).
+async fn exchange(
+    lease: &mut Lease,
+    req: Request<Body>,
+) -> Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<Body>>> {
+    let Lease { send, conn } = lease;
+    let mut response = pin!(send.try_send_request(req));
+    std::future::poll_fn(|cx| {
+        if let Some(c) = conn
+            && Pin::new(c).poll(cx).is_ready()
+        {
+            // Closed or failed: the response future now fails too (hyper
+            // answers every pending request when its dispatcher ends).
+            *conn = None;
+        }
+        response.as_mut().poll(cx)
+    })
+    .await
+}
+
+/// The upstream's response body, which also drives its connection.
+struct PooledBody {
+    incoming: Incoming,
+    /// Taken when the body has ended and the connection was released.
+    lease: Option<Lease>,
+    pool: Arc<Shared>,
+}
+
+impl PooledBody {
+    fn release(&mut self, cx: &mut Context<'_>) {
+        if let Some(lease) = self.lease.take() {
+            self.pool.clone().release(lease, cx);
+        }
+    }
+}
+
+impl http_body::Body for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        if let Some(lease) = &mut this.lease {
+            lease.drive(cx);
+        }
+        let frame = Pin::new(&mut this.incoming).poll_frame(cx);
+        match &frame {
+            Poll::Ready(None) => this.release(cx),
+            Poll::Ready(Some(Ok(_))) if this.incoming.is_end_stream() => this.release(cx),
+            // An error: the connection is not reused (dropped with us).
+            _ => {}
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.incoming.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.incoming.size_hint()
+    }
+}
+
+impl Drop for PooledBody {
+    fn drop(&mut self) {
+        // A body with nothing in it (204, HEAD, Content-Length: 0) may be
+        // dropped without ever being polled; it still frees its connection.
+        // One dropped midway closes it, by dropping the lease.
+        if self.lease.is_some() && self.incoming.is_end_stream() {
+            self.release(&mut Context::from_waker(Waker::noop()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The pool against a scripted HTTP/1.1 upstream on loopback that
+    //! counts its connections: each test says how many it should have seen.
+
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http_body_util::BodyExt;
+    use idgate::ManualClock;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    struct Upstream {
+        target: String,
+        connections: Arc<AtomicUsize>,
+    }
+
+    /// Answers by path: `/ok` keeps the connection; `/close` says
+    /// `Connection: close` and closes; `/then-close` answers keep-alive and
+    /// closes anyway; `/empty` is a 204; `/big` sends 1 MiB.
+    async fn upstream() -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = listener.local_addr().unwrap().to_string();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counter = connections.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                counter.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    loop {
+                        let head_end = loop {
+                            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                                break i + 4;
+                            }
+                            let mut chunk = [0u8; 4096];
+                            match socket.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        };
+                        let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+                        buf.drain(..head_end);
+                        let path = head.split(' ').nth(1).unwrap_or("").to_owned();
+                        let (answer, close): (Vec<u8>, bool) = match path.as_str() {
+                            "/close" => (
+                                b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok"
+                                    .to_vec(),
+                                true,
+                            ),
+                            "/then-close" => (
+                                b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec(),
+                                true,
+                            ),
+                            "/empty" => (b"HTTP/1.1 204 No Content\r\n\r\n".to_vec(), false),
+                            "/big" => {
+                                let mut a =
+                                    b"HTTP/1.1 200 OK\r\ncontent-length: 1048576\r\n\r\n".to_vec();
+                                a.resize(a.len() + (1 << 20), b'x');
+                                (a, false)
+                            }
+                            _ => (
+                                b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec(),
+                                false,
+                            ),
+                        };
+                        if socket.write_all(&answer).await.is_err() || close {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Upstream {
+            target,
+            connections,
+        }
+    }
+
+    fn pool(up: &Upstream, max_idle: usize, clock: Arc<ManualClock>) -> Pool {
+        Pool::new(
+            up.target.clone(),
+            PoolLimits {
+                max_idle,
+                idle_timeout: Duration::from_secs(90),
+                connect_timeout: Duration::from_secs(5),
+            },
+            clock,
+        )
+    }
+
+    fn get(path: &str) -> Request<Body> {
+        Request::builder()
+            .uri(path)
+            .header("host", "upstream")
+            .body(Body::empty())
+            .unwrap()
+    }
+
+    async fn fetch(pool: &Pool, path: &str) -> (http::StatusCode, Bytes) {
+        let res = pool.send(get(path)).await.expect("a response");
+        let status = res.status();
+        (status, res.into_body().collect().await.unwrap().to_bytes())
+    }
+
+    fn clock() -> Arc<ManualClock> {
+        Arc::new(ManualClock::starting_now())
+    }
+
+    #[tokio::test]
+    async fn one_connection_serves_requests_one_after_another() {
+        let up = upstream().await;
+        let pool = pool(&up, 8, clock());
+        for _ in 0..5 {
+            assert_eq!(fetch(&pool, "/ok").await.1, "ok");
+        }
+        let big = fetch(&pool, "/big").await.1;
+        assert_eq!(big.len(), 1 << 20);
+        // A 204's body is never polled by hyper's server; dropping it still
+        // returns the connection.
+        let res = pool.send(get("/empty")).await.unwrap();
+        assert_eq!(res.status(), http::StatusCode::NO_CONTENT);
+        drop(res);
+        assert_eq!(fetch(&pool, "/ok").await.1, "ok");
+        assert_eq!(up.connections.load(Ordering::SeqCst), 1);
+        assert_eq!(pool.idle_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn connection_close_is_not_reused() {
+        let up = upstream().await;
+        let pool = pool(&up, 8, clock());
+        assert_eq!(fetch(&pool, "/close").await.1, "ok");
+        assert_eq!(pool.idle_count(), 0);
+        assert_eq!(fetch(&pool, "/ok").await.1, "ok");
+        assert_eq!(up.connections.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_upstream_closed_while_idle_is_replaced() {
+        let up = upstream().await;
+        let pool = pool(&up, 8, clock());
+        assert_eq!(fetch(&pool, "/then-close").await.1, "ok");
+        // Whether the close is seen at checkout or the request comes back
+        // unsent, the caller gets its answer on a new connection.
+        for _ in 0..3 {
+            assert_eq!(fetch(&pool, "/ok").await.1, "ok");
+        }
+        assert_eq!(up.connections.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_body_dropped_midway_closes_its_connection() {
+        let up = upstream().await;
+        let pool = pool(&up, 8, clock());
+        let res = pool.send(get("/big")).await.unwrap();
+        let mut body = res.into_body();
+        let first = body.frame().await.unwrap().unwrap();
+        assert!(first.is_data());
+        drop(body);
+        assert_eq!(pool.idle_count(), 0);
+        assert_eq!(fetch(&pool, "/ok").await.1, "ok");
+        assert_eq!(up.connections.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn idle_connections_are_bounded_and_expire() {
+        let up = upstream().await;
+        let clock = clock();
+        let pool = pool(&up, 2, clock.clone());
+        // Four at once need four connections; two are kept.
+        let bodies = futures_util::future::join_all((0..4).map(|_| pool.send(get("/ok")))).await;
+        for res in bodies {
+            assert_eq!(
+                res.unwrap().into_body().collect().await.unwrap().to_bytes(),
+                "ok"
+            );
+        }
+        assert_eq!(up.connections.load(Ordering::SeqCst), 4);
+        assert_eq!(pool.idle_count(), 2);
+        assert_eq!(fetch(&pool, "/ok").await.1, "ok");
+        assert_eq!(
+            up.connections.load(Ordering::SeqCst),
+            4,
+            "an idle one reused"
+        );
+        clock.advance(Duration::from_secs(91));
+        assert_eq!(fetch(&pool, "/ok").await.1, "ok");
+        assert_eq!(
+            up.connections.load(Ordering::SeqCst),
+            5,
+            "idle past the timeout: a new one"
+        );
+        assert_eq!(pool.idle_count(), 1, "the expired ones were closed");
+    }
+
+    #[tokio::test]
+    async fn nobody_listening_is_a_connect_error() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = listener.local_addr().unwrap().to_string();
+        drop(listener);
+        let pool = Pool::new(
+            target,
+            PoolLimits {
+                max_idle: 1,
+                idle_timeout: Duration::from_secs(90),
+                connect_timeout: Duration::from_secs(5),
+            },
+            clock(),
+        );
+        let err = pool.send(get("/ok")).await.unwrap_err();
+        assert!(err.is_connect(), "{err}");
+    }
+}
