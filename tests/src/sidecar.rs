@@ -26,6 +26,7 @@ pub struct Serve {
     args: Vec<String>,
     env: Vec<(String, String)>,
     dir: TempDir,
+    cpus: Option<String>,
 }
 
 impl Default for Serve {
@@ -41,6 +42,7 @@ impl Serve {
             args: vec!["serve".into()],
             env: Vec::new(),
             dir: tempfile::tempdir().expect("create a temporary directory"),
+            cpus: None,
         }
     }
 
@@ -104,6 +106,13 @@ impl Serve {
         self
     }
 
+    /// Runs it on these CPUs only (`taskset -c LIST`), as a container with
+    /// a CPU limit would.
+    pub fn cpus(mut self, list: &str) -> Serve {
+        self.cpus = Some(list.into());
+        self
+    }
+
     /// The directory it runs in (relative paths in flags resolve here).
     pub fn dir(&self) -> &Path {
         self.dir.path()
@@ -117,8 +126,12 @@ impl Serve {
             .map(|(k, v)| format!("{k}={}", shell_word(v)))
             .collect();
         let args: Vec<String> = self.args.iter().map(|a| shell_word(a)).collect();
+        let taskset = self
+            .cpus
+            .as_ref()
+            .map_or(String::new(), |c| format!("taskset -c {c} "));
         format!(
-            "(cd {} && env -i {} {} {})",
+            "(cd {} && env -i {} {taskset}{} {})",
             self.dir.path().display(),
             env.join(" "),
             idgate_bin().display(),
@@ -127,7 +140,14 @@ impl Serve {
     }
 
     fn command(&self) -> Command {
-        let mut cmd = Command::new(idgate_bin());
+        let mut cmd = match &self.cpus {
+            Some(list) => {
+                let mut c = Command::new("taskset");
+                c.args(["-c", list]).arg(idgate_bin());
+                c
+            }
+            None => Command::new(idgate_bin()),
+        };
         cmd.args(&self.args)
             .current_dir(self.dir.path())
             .env_clear()

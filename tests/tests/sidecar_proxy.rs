@@ -476,3 +476,54 @@ async fn grpc_over_h2c_allowed_and_denied() {
         "denied calls never reached the service"
     );
 }
+
+/// With one CPU (a container limit, an affinity mask) `serve` runs a
+/// single-threaded runtime: the same requests must work there, HTTP/1.1
+/// with a streamed body and h2c alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_cpu_serves_http1_streams_and_h2c() {
+    let kit = Issuer::start().await;
+    let up = Upstream::start().await;
+    let grpc = GrpcUpstream::start().await;
+    let alice = google_token(&kit, "alice@example.com");
+    let sidecar = Serve::proxy(&up.url(), &kit)
+        .args(["--member", "user:alice@example.com"])
+        .cpus("0")
+        .start()
+        .await;
+    let runtime = sidecar
+        .find_log("async runtime")
+        .unwrap_or_else(|| panic!("no runtime log line\n{}", sidecar.report()));
+    assert_eq!(runtime["worker_threads"], 1, "{runtime}");
+
+    let r = get(&sidecar.url("/one-cpu"), Some(&alice), &[]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        header_values(&r.body, "x-idgate-principal"),
+        ["user:alice@example.com"]
+    );
+    let r = get(&sidecar.url("/one-cpu"), None, &[]).await;
+    assert_eq!(r.status, 401, "{}", r.body);
+
+    const SIZE: usize = 8 * MIB as usize;
+    let res = client()
+        .post(sidecar.url("/upload"))
+        .header("authorization", bearer(&alice))
+        .body(vec![b'u'; SIZE])
+        .send()
+        .await
+        .expect("upload");
+    assert_eq!(res.status(), 200);
+    let echo: Value = res.json().await.expect("the echo");
+    assert_eq!(echo["body_bytes"], SIZE as u64);
+
+    let grpc_sidecar = Serve::proxy(&grpc.url(), &kit)
+        .args(["--member", "user:alice@example.com"])
+        .cpus("0")
+        .start()
+        .await;
+    let status = health_check(&grpc_sidecar.url(""), Some(&alice))
+        .await
+        .expect("alice is allowed over h2c");
+    assert_eq!(status, tonic_health::ServingStatus::Serving);
+}

@@ -58,10 +58,7 @@ pub fn run(args: ServeArgs, env: &dyn Env) -> anyhow::Result<ExitCode> {
         warn!("{w}");
     }
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = runtime().context("cannot start the async runtime")?;
     runtime.block_on(async move {
         // Before anything can be slow or bound: a SIGTERM during startup
         // must still end in an orderly exit.
@@ -135,4 +132,23 @@ fn describe(e: &gate::GateError) -> String {
         if n == 1 { "" } else { "s" },
         lines.join("\n  ")
     )
+}
+
+/// One worker thread per CPU this process may use (affinity and cgroup
+/// quota count). With one CPU, as a sidecar often has, a single-threaded
+/// runtime does the same work without the cross-thread bookkeeping of a
+/// work-stealing one (BENCHMARKS.md: throughput on one core).
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    tracing::info!(worker_threads = cpus, "async runtime");
+    if cpus == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(cpus)
+            .enable_all()
+            .build()
+    }
 }
