@@ -101,6 +101,7 @@ pub async fn start(settings: &Settings, wiring: Wiring) -> anyhow::Result<Runnin
                 let _ = admin_stopped.wait_for(|s| *s).await;
             },
             std::time::Duration::from_secs(1),
+            server::HTTP2_IDLE_TIMEOUT,
         ));
         let drained = server::serve(
             "gate",
@@ -110,6 +111,7 @@ pub async fn start(settings: &Settings, wiring: Wiring) -> anyhow::Result<Runnin
                 let _ = stopped.wait_for(|s| *s).await;
             },
             grace,
+            server::HTTP2_IDLE_TIMEOUT,
         )
         .await;
         let _ = admin_stop.send(true);

@@ -5,7 +5,8 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::{Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -14,8 +15,8 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tower::ServiceExt;
 use tower::util::Oneshot;
@@ -38,18 +39,34 @@ use crate::proxy::ClientAddr;
 struct PerConnection {
     service: Mutex<HttpService>,
     peer: SocketAddr,
+    streams: Arc<Streams>,
 }
 
 type HttpFuture = <HttpService as tower_service::Service<Request<Body>>>::Future;
+type ServiceFuture = Either<HttpFuture, Oneshot<HttpService, Request<Body>>>;
 
 impl hyper::service::Service<Request<Incoming>> for PerConnection {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = Either<HttpFuture, Oneshot<HttpService, Request<Body>>>;
+    type Future = Either<ServiceFuture, Tracked<ServiceFuture>>;
 
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
         req.extensions_mut().insert(ClientAddr(self.peer));
         let req = req.map(Body::new);
+        if req.version() == http::Version::HTTP_2 {
+            let stream = self.streams.open();
+            return Either::Right(Tracked {
+                fut: self.call_service(req),
+                stream: Some(stream),
+            });
+        }
+        self.streams.not_http2();
+        Either::Left(self.call_service(req))
+    }
+}
+
+impl PerConnection {
+    fn call_service(&self, req: Request<Body>) -> ServiceFuture {
         let mut service = self.service.lock().unwrap_or_else(PoisonError::into_inner);
         match service.poll_ready(&mut Context::from_waker(Waker::noop())) {
             Poll::Ready(Ok(())) => Either::Left(service.call(req)),
@@ -82,8 +99,9 @@ pub async fn serve(
     service: HttpService,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
+    http2_idle: Duration,
 ) -> Drained {
-    let graceful = GracefulShutdown::new();
+    let (close_tx, close_rx) = tokio::sync::watch::channel(false);
     let mut connections = JoinSet::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // With a timer, hyper enforces its limit on reading request heads: a
@@ -94,7 +112,16 @@ pub async fn serve(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT);
-    builder.http2().timer(TokioTimer::new());
+    // HTTP/2: a peer that stops answering pings is gone (its connection
+    // closes even with streams open); one that keeps no stream open for
+    // HTTP2_IDLE_TIMEOUT gets a GOAWAY (`Streams::idle_for`). HTTP/1.1
+    // keep-alive connections need neither: the header read timeout closes
+    // them when no request follows.
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(HTTP2_PING_INTERVAL))
+        .keep_alive_timeout(HTTP2_PING_TIMEOUT);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -111,9 +138,11 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
+        let streams = Arc::new(Streams::default());
         let hyper_svc = PerConnection {
             service: Mutex::new(service.clone()),
             peer,
+            streams: streams.clone(),
         };
         let conn = builder
             .serve_connection_with_upgrades(
@@ -121,10 +150,30 @@ pub async fn serve(
                 hyper_svc,
             )
             .into_owned();
-        let conn = graceful.watch(conn);
         while connections.try_join_next().is_some() {}
+        let mut close = close_rx.clone();
         connections.spawn(async move {
-            if let Err(e) = conn.await {
+            let mut conn = std::pin::pin!(conn);
+            let mut idle = std::pin::pin!(streams.idle_for(http2_idle));
+            let mut closing = false;
+            // Until the connection ends: a shutdown, or an HTTP/2 connection
+            // left idle, closes it gracefully (in-flight requests finish;
+            // idle HTTP/1.1 connections close at once; HTTP/2 gets GOAWAY).
+            let result = loop {
+                tokio::select! {
+                    r = conn.as_mut() => break r,
+                    _ = close.wait_for(|c| *c), if !closing => {
+                        closing = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                    () = &mut idle, if !closing => {
+                        debug!(client = %peer, "idle HTTP/2 connection: sending GOAWAY");
+                        closing = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                }
+            };
+            if let Err(e) = result {
                 debug!(error = %e, client = %peer, "connection ended with an error");
             }
         });
@@ -138,7 +187,7 @@ pub async fn serve(
         "shutting down: no longer accepting, draining in-flight requests"
     );
     let drain = async {
-        graceful.shutdown().await;
+        let _ = close_tx.send(true);
         while connections.join_next().await.is_some() {}
     };
     match tokio::time::timeout(grace, drain).await {
@@ -157,6 +206,132 @@ pub async fn serve(
             connections.abort_all();
             Drained::TimedOut(open)
         }
+    }
+}
+
+/// An HTTP/2 connection with no stream open this long is closed (GOAWAY):
+/// what `serve` passes to [`serve`].
+pub const HTTP2_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// How often an HTTP/2 peer is pinged, and how long it has to answer.
+const HTTP2_PING_INTERVAL: Duration = Duration::from_secs(60);
+const HTTP2_PING_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The open HTTP/2 streams of one connection, for its idle timeout.
+#[derive(Default)]
+struct Streams {
+    open: AtomicUsize,
+    /// Bumped on every stream opened or closed.
+    activity: AtomicU64,
+    /// Set by the first HTTP/1 request: the idle timeout is hyper's then.
+    http1: AtomicBool,
+    changed: Notify,
+}
+
+impl Streams {
+    fn open(self: &Arc<Self>) -> StreamGuard {
+        self.open.fetch_add(1, Ordering::Relaxed);
+        self.touch();
+        StreamGuard(self.clone())
+    }
+
+    fn not_http2(&self) {
+        if !self.http1.load(Ordering::Relaxed) {
+            self.http1.store(true, Ordering::Relaxed);
+            self.changed.notify_one();
+        }
+    }
+
+    fn touch(&self) {
+        self.activity.fetch_add(1, Ordering::Relaxed);
+        self.changed.notify_one();
+    }
+
+    /// Completes once no stream has been open for `timeout`; never on an
+    /// HTTP/1 connection.
+    async fn idle_for(&self, timeout: Duration) {
+        loop {
+            if self.http1.load(Ordering::Relaxed) {
+                return std::future::pending().await;
+            }
+            let seen = self.activity.load(Ordering::Relaxed);
+            if self.open.load(Ordering::Relaxed) > 0 {
+                self.changed.notified().await;
+                continue;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(timeout) => {
+                    if self.activity.load(Ordering::Relaxed) == seen
+                        && self.open.load(Ordering::Relaxed) == 0
+                        && !self.http1.load(Ordering::Relaxed)
+                    {
+                        return;
+                    }
+                }
+                () = self.changed.notified() => {}
+            }
+        }
+    }
+}
+
+/// One open HTTP/2 stream; closes it when dropped.
+struct StreamGuard(Arc<Streams>);
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+        self.0.touch();
+    }
+}
+
+/// A request's future whose response body holds its stream open.
+struct Tracked<F> {
+    fut: F,
+    stream: Option<StreamGuard>,
+}
+
+impl<F> Future for Tracked<F>
+where
+    F: Future<Output = Result<Response<Body>, Infallible>> + Unpin,
+{
+    type Output = Result<Response<Body>, Infallible>;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let res = std::task::ready!(std::pin::Pin::new(&mut self.fut).poll(cx));
+        let stream = self.stream.take();
+        Poll::Ready(res.map(|res| {
+            res.map(|body| {
+                Body::new(TrackedBody {
+                    body,
+                    _stream: stream,
+                })
+            })
+        }))
+    }
+}
+
+/// A response body that keeps its HTTP/2 stream counted until it is done.
+struct TrackedBody {
+    body: Body,
+    _stream: Option<StreamGuard>,
+}
+
+impl http_body::Body for TrackedBody {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, axum::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 

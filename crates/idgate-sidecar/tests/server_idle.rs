@@ -1,0 +1,123 @@
+//! The accept loop's HTTP/2 idle timeout, with a short timeout over real
+//! loopback connections: an h2c connection with no stream open is closed
+//! (GOAWAY), one with a stream open is not, and HTTP/1.1 keep-alive
+//! connections are left to the header read timeout.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::BodyExt;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use idgate_sidecar::Body;
+use idgate_sidecar::app::HttpService;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tower::util::BoxCloneSyncService;
+
+const IDLE: Duration = Duration::from_millis(300);
+const DEADLINE: Duration = Duration::from_secs(10);
+
+/// `/held` answers with a body that streams whatever the test sends on the
+/// channel, and ends when the sender is dropped; anything else is `ok`.
+async fn start(held: mpsc::Receiver<Bytes>) -> (std::net::SocketAddr, watch::Sender<bool>) {
+    let held = std::sync::Arc::new(tokio::sync::Mutex::new(Some(held)));
+    let service: HttpService =
+        BoxCloneSyncService::new(tower::service_fn(move |req: Request<Body>| {
+            let held = held.clone();
+            async move {
+                if req.uri().path() == "/held"
+                    && let Some(rx) = held.lock().await.take()
+                {
+                    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+                        rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx))
+                    });
+                    return Ok::<_, Infallible>(Response::new(Body::from_stream(stream)));
+                }
+                Ok(Response::new(Body::from("ok")))
+            }
+        }));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, mut stopped) = watch::channel(false);
+    tokio::spawn(idgate_sidecar::server::serve(
+        "test",
+        listener,
+        service,
+        async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        },
+        Duration::from_secs(1),
+        IDLE,
+    ));
+    (addr, stop)
+}
+
+fn get(path: &str) -> Request<Body> {
+    Request::builder()
+        .uri(format!("http://test{path}"))
+        .header("host", "test")
+        .body(Body::empty())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn an_idle_h2c_connection_is_closed_and_a_busy_one_is_not() {
+    let (tx, rx) = mpsc::channel(1);
+    let (addr, _stop) = start(rx).await;
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    let mut conn = tokio::spawn(conn);
+
+    // A stream open well past the idle timeout keeps the connection.
+    let res = send.send_request(get("/held")).await.unwrap();
+    let mut body = res.into_body();
+    tokio::time::sleep(IDLE * 4).await;
+    tx.send(Bytes::from_static(b"still here")).await.unwrap();
+    let frame = tokio::time::timeout(DEADLINE, body.frame())
+        .await
+        .expect("a frame in time")
+        .expect("the stream is open")
+        .expect("no error");
+    assert_eq!(frame.into_data().unwrap(), "still here");
+    assert!(!conn.is_finished(), "closed with a stream open");
+
+    // Once it ends and nothing else is open, the connection goes.
+    drop(tx);
+    let rest = tokio::time::timeout(DEADLINE, body.collect())
+        .await
+        .expect("the stream ends in time")
+        .expect("and ends cleanly");
+    assert!(rest.to_bytes().is_empty());
+    let res = send.send_request(get("/quick")).await.unwrap();
+    assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "ok");
+    let ended = tokio::time::timeout(DEADLINE, &mut conn).await;
+    assert!(
+        matches!(ended, Ok(Ok(Ok(())))),
+        "an idle connection is closed cleanly (GOAWAY): {ended:?}"
+    );
+}
+
+#[tokio::test]
+async fn http1_keep_alive_is_not_cut_by_the_http2_idle_timeout() {
+    let (_tx, rx) = mpsc::channel(1);
+    let (addr, _stop) = start(rx).await;
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    let res = send.send_request(get("/quick")).await.unwrap();
+    assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "ok");
+    tokio::time::sleep(IDLE * 4).await;
+    assert!(
+        !conn.is_finished(),
+        "an idle HTTP/1.1 connection was closed"
+    );
+    let res = send.send_request(get("/quick")).await.unwrap();
+    assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "ok");
+}
