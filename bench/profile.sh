@@ -28,7 +28,7 @@ mkdir -p "$PROF"
 case $VARIANT in
   one-token) tokens=$OUT/one-token.txt extra=() ;;
   1000-tokens) tokens=$OUT/1000-tokens.txt extra=() ;;
-  1000-tokens-nocache) tokens=$OUT/1000-tokens.txt extra=(--token-cache-capacity 1) ;;
+  1000-tokens-nocache) tokens=$OUT/1000-tokens.txt extra=(--token-cache-capacity 0) ;;
   *) echo "unknown variant $VARIANT" >&2; exit 2 ;;
 esac
 [[ -f $tokens ]] || { echo "run bench/sidecar.sh first (no $tokens)" >&2; exit 1; }
