@@ -79,6 +79,8 @@ pub struct VerifyingKey {
     /// aws-lc parameters). `None` inside: the key does not fit the
     /// algorithm (too short, wrong curve).
     parsed: [std::sync::OnceLock<Option<ParsedPublicKey>>; ALGORITHMS.len()],
+    /// The JWK's `kid`.
+    pub(crate) kid: Box<str>,
     /// The JWK's `alg`, when it names one: a token must then use exactly it.
     pub alg: Option<Algorithm>,
 }
@@ -164,6 +166,7 @@ impl VerifyingKey {
         VerifyingKey {
             material,
             parsed: Default::default(),
+            kid: Box::default(),
             alg: None,
         }
     }
@@ -614,6 +617,7 @@ pub fn parse_jwks(body: &[u8]) -> Result<HashMap<String, Arc<VerifyingKey>>, Str
         };
         let Some(mut key) = key else { continue };
         key.alg = alg;
+        key.kid = kid.into();
         if let Some(alg) = alg {
             // Parsed now, off the request path. A key that cannot do its own
             // alg (too short) stays listed: its tokens fail as bad signatures.

@@ -11,7 +11,7 @@ use std::time::Duration;
 use jsonwebtoken::Algorithm;
 use serde_json::Value;
 
-use crate::jwks::{JwksSettings, KeyCache, KeyCacheStatus, KeyMiss};
+use crate::jwks::{JwksSettings, KeyCache, KeyCacheStatus, KeyMiss, VerifyingKey};
 use crate::token::UnverifiedToken;
 use crate::{Clock, Identity, IssuerTag, Reason, SystemClock};
 
@@ -161,7 +161,9 @@ struct Issuer {
 struct CachedToken {
     identity: Identity,
     issuer: usize,
-    kid: Arc<str>,
+    /// The key that verified it (shared with the key set: no copy of the
+    /// kid per entry).
+    key: Arc<VerifyingKey>,
 }
 
 /// Verifies ID tokens: strict parsing, issuer, key, signature, times and
@@ -505,7 +507,7 @@ impl Verifier {
             // Same checks a miss makes that can change with time or
             // rotation: expiry, and the signing key still published.
             if now < hit.identity.expires_at().saturating_add(self.clock_skew)
-                && self.issuers[hit.issuer].keys.has_kid(&hit.kid)
+                && self.issuers[hit.issuer].keys.has_kid(&hit.key.kid)
             {
                 self.counters.cache_hits.fetch_add(1, Ordering::Relaxed);
                 return Ok(hit.identity);
@@ -513,14 +515,14 @@ impl Verifier {
             cache.invalidate(d);
         }
         self.counters.cache_misses.fetch_add(1, Ordering::Relaxed);
-        let (identity, issuer, kid) = self.verify_uncached(token, now).await?;
+        let (identity, issuer, key) = self.verify_uncached(token, now).await?;
         if let (Some(cache), Some(d)) = (&self.token_cache, digest) {
             cache.insert(
                 d,
                 CachedToken {
                     identity: identity.clone(),
                     issuer,
-                    kid,
+                    key,
                 },
             );
         }
@@ -531,7 +533,7 @@ impl Verifier {
         &self,
         token: &str,
         now: u64,
-    ) -> Result<(Identity, usize, Arc<str>), Rejection> {
+    ) -> Result<(Identity, usize, Arc<VerifyingKey>), Rejection> {
         let t = UnverifiedToken::parse(token)?;
 
         // Header.
@@ -699,7 +701,7 @@ impl Verifier {
         }
         let payload_b64 = t.payload_b64.to_owned();
         let identity = Identity::from_verified_claims(&issuer.tag, audience, t.claims, payload_b64);
-        Ok((identity, issuer_idx, kid.into()))
+        Ok((identity, issuer_idx, key))
     }
 }
 
