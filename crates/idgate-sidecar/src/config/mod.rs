@@ -40,7 +40,7 @@ mod source;
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use http::HeaderName;
@@ -300,8 +300,6 @@ pub struct Loaded {
 /// --check-config` also does).
 pub fn load(args: &SettingsArgs, env: &dyn Env) -> Result<Loaded, ConfigErrors> {
     let mut errors = Vec::new();
-    let mut warnings = Vec::new();
-
     let config_path = args.config.clone().or_else(|| {
         env.var("IDGATE_CONFIG")
             .filter(|v| !v.trim().is_empty())
@@ -311,6 +309,33 @@ pub fn load(args: &SettingsArgs, env: &dyn Env) -> Result<Loaded, ConfigErrors> 
         Some(path) => Layer::from_file(path, &mut errors),
         None => Layer::default(),
     };
+    resolve(args, env, file, errors)
+}
+
+/// [`load`] with the config file's text given instead of read: `path` names
+/// it in errors and is where its relative paths start; `args.config` and
+/// `IDGATE_CONFIG` are ignored. Policy and groups files are still read.
+/// For the `config` fuzz target.
+#[doc(hidden)]
+pub fn load_toml(
+    path: &Path,
+    toml: &str,
+    args: &SettingsArgs,
+    env: &dyn Env,
+) -> Result<Loaded, ConfigErrors> {
+    let mut errors = Vec::new();
+    let file = Layer::from_toml(path, toml, &mut errors);
+    resolve(args, env, file, errors)
+}
+
+/// Everything after reading the config file: `errors` holds the file's.
+fn resolve(
+    args: &SettingsArgs,
+    env: &dyn Env,
+    file: Layer,
+    errors: Vec<ConfigError>,
+) -> Result<Loaded, ConfigErrors> {
+    let mut warnings = Vec::new();
     let mut src = Sources {
         layers: vec![Layer::from_args(args), Layer::from_env(env), file],
         errors,

@@ -154,24 +154,30 @@ impl Layer {
         layer
     }
 
-    /// The config file. Unknown keys are errors, all of them reported; the
-    /// values are type-checked when read so every bad key is reported too.
+    /// The config file, read from disk and then parsed by [`Layer::from_toml`].
     pub(crate) fn from_file(path: &Path, errors: &mut Vec<ConfigError>) -> Layer {
-        let mut layer = Layer {
-            base_dir: Some(path.parent().map(Path::to_path_buf).unwrap_or_default()),
-            ..Layer::default()
-        };
-        let text = match std::fs::read_to_string(path) {
-            Ok(t) => t,
+        match std::fs::read_to_string(path) {
+            Ok(text) => Layer::from_toml(path, &text, errors),
             Err(source) => {
                 errors.push(ConfigError::ReadConfigFile {
                     path: path.to_path_buf(),
                     source,
                 });
-                return layer;
+                Layer::default()
             }
+        }
+    }
+
+    /// The config file's text; `path` names it in errors and is where its
+    /// relative paths start. Unknown keys are errors, all of them reported;
+    /// the values are type-checked when read so every bad key is reported
+    /// too.
+    pub(crate) fn from_toml(path: &Path, text: &str, errors: &mut Vec<ConfigError>) -> Layer {
+        let mut layer = Layer {
+            base_dir: Some(path.parent().map(Path::to_path_buf).unwrap_or_default()),
+            ..Layer::default()
         };
-        let table: toml::Table = match toml::from_str(&text) {
+        let table: toml::Table = match toml::from_str(text) {
             Ok(t) => t,
             Err(source) => {
                 errors.push(ConfigError::ConfigSyntax {

@@ -550,3 +550,16 @@ fn a_token_cache_of_zero_turns_it_off() {
     let l = load_ok(&[MINIMAL, &["--token-cache-capacity", "0"]].concat(), &[]);
     assert_eq!(l.settings.verifier.token_cache_capacity, 0);
 }
+
+#[test]
+fn text_loads_as_the_file_it_came_from() {
+    let toml = "audience = \"a\"\nupstream = \"http://u:1\"\ncolour = 1\nclock_skew = 3\n";
+    let f = config_file(toml);
+    let from_file = load_err(&["--config", f.path.to_str().unwrap()], &[]);
+    let from_text = match load_toml(&f.path, toml, &args(&[]), &env(&[])) {
+        Ok(l) => panic!("expected errors, got {:#?}", l.settings),
+        Err(e) => e.to_string(),
+    };
+    assert_eq!(from_text, from_file);
+    assert!(from_text.contains("unknown key `colour`"), "{from_text}");
+}
