@@ -1,10 +1,15 @@
 //! Writes the seed corpora under `fuzz/seeds/<target>/` from what the tests
-//! use: tokens minted by the testkit, the policy fixtures, JWK sets and the
-//! conditions of the policy tests.
+//! use: tokens minted by the testkit, the policy fixtures, JWK sets, the
+//! conditions of the policy tests and the sidecar's settings tests.
 //!
 //! ```sh
 //! cargo run --manifest-path fuzz/Cargo.toml --example make_seeds
+//! cargo run --manifest-path fuzz/Cargo.toml --example make_seeds -- config
 //! ```
+//!
+//! With target names, only their directories are rewritten (token seeds
+//! are signed by a fresh key each time, so rewriting them churns every
+//! file).
 //!
 //! The seeds are committed; `scripts/fuzz` copies them into the (ignored)
 //! working corpora under `fuzz/corpus/`.
@@ -12,6 +17,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use idgate_fuzz::config::ConfigInput;
 use idgate_fuzz::{AUD, ISS, NOW, POOL};
 use idgate_testkit::{TestKey, b64url, default_header, google_claims, mint, mint_hs256};
 use serde_json::{Value, json};
@@ -21,12 +27,12 @@ fn main() -> std::io::Result<()> {
     let seeds = root.join("seeds");
     let fixtures = root.join("../crates/idgate/tests/fixtures/policy");
 
-    let mut token = Seeds::new(seeds.join("token"))?;
+    let mut token = Seeds::new(seeds.join("token"));
     token_seeds(&mut token);
-    let mut jwks = Seeds::new(seeds.join("jwks"))?;
+    let mut jwks = Seeds::new(seeds.join("jwks"));
     jwks_seeds(&mut jwks);
-    let mut json_policies = Seeds::new(seeds.join("policy_json"))?;
-    let mut yaml_policies = Seeds::new(seeds.join("policy_yaml"))?;
+    let mut json_policies = Seeds::new(seeds.join("policy_json"));
+    let mut yaml_policies = Seeds::new(seeds.join("policy_yaml"));
     for entry in fs::read_dir(&fixtures)? {
         let path = entry?.path();
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
@@ -38,13 +44,20 @@ fn main() -> std::io::Result<()> {
         }
     }
     policy_seeds(&mut json_policies, &mut yaml_policies);
-    let mut cel = Seeds::new(seeds.join("cel"))?;
+    let mut cel = Seeds::new(seeds.join("cel"));
     for (i, expr) in CONDITIONS.iter().enumerate() {
         cel.add(&format!("condition-{i:02}"), expr.as_bytes().to_vec());
     }
 
-    for s in [token, jwks, json_policies, yaml_policies, cel] {
-        s.finish()?;
+    let mut config = Seeds::new(seeds.join("config"));
+    config_seeds(&mut config);
+
+    let only: Vec<String> = std::env::args().skip(1).collect();
+    for s in [token, jwks, json_policies, yaml_policies, cel, config] {
+        let name = s.dir.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if only.is_empty() || only.iter().any(|o| o == name) {
+            s.finish()?;
+        }
     }
     Ok(())
 }
@@ -56,15 +69,11 @@ struct Seeds {
 }
 
 impl Seeds {
-    fn new(dir: PathBuf) -> std::io::Result<Seeds> {
-        if dir.exists() {
-            fs::remove_dir_all(&dir)?;
-        }
-        fs::create_dir_all(&dir)?;
-        Ok(Seeds {
+    fn new(dir: PathBuf) -> Seeds {
+        Seeds {
             dir,
             files: Vec::new(),
-        })
+        }
     }
 
     fn add(&mut self, name: &str, bytes: Vec<u8>) {
@@ -72,6 +81,10 @@ impl Seeds {
     }
 
     fn finish(self) -> std::io::Result<()> {
+        if self.dir.exists() {
+            fs::remove_dir_all(&self.dir)?;
+        }
+        fs::create_dir_all(&self.dir)?;
         for (name, bytes) in &self.files {
             fs::write(self.dir.join(name), bytes)?;
         }
@@ -349,3 +362,194 @@ const CONDITIONS: &[&str] = &[
     "request.time <",
     "request.path",
 ];
+
+/// The settings of the sidecar's config tests (`crates/idgate-sidecar/src/
+/// config/tests.rs`), as a file, flags and variables. Relative paths in the
+/// file are taken from the policy fixtures' directory (see
+/// `idgate_fuzz::config::CONFIG_PATH`).
+fn config_seeds(s: &mut Seeds) {
+    let mut add = |name: &str, toml: &str, flags: &[&str], env: &[(&str, &str)]| {
+        let input = ConfigInput {
+            toml: toml.to_owned(),
+            flags: flags.iter().map(|f| (*f).to_owned()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        };
+        s.add(name, input.encode());
+    };
+    const MINIMAL: &[&str] = &[
+        "--audience",
+        "https://svc",
+        "--upstream",
+        "http://127.0.0.1:8081",
+        "--member",
+        "allUsers",
+    ];
+    let minimal_file = "audience = \"a\"\nupstream = \"http://u:1\"\n";
+
+    add("flags-minimal", "", MINIMAL, &[]);
+    add(
+        "file-minimal",
+        minimal_file,
+        &[],
+        &[("IDGATE_UPSTREAM", "")],
+    );
+    add(
+        "env-minimal",
+        "",
+        &[],
+        &[
+            ("IDGATE_AUDIENCE", "env-a, env-b"),
+            ("IDGATE_UPSTREAM", "http://127.0.0.1:8081/base/"),
+            ("IDGATE_MEMBER", "user:a@b.com,group:eng@corp.example.net"),
+        ],
+    );
+    add(
+        "port",
+        "listen = \"127.0.0.1:7000\"\n",
+        MINIMAL,
+        &[("PORT", "9999")],
+    );
+    add("port-invalid", "", MINIMAL, &[("PORT", "http")]);
+    let layered = "audience = [\"file-aud\"]\nupstream = \"http://file:1\"\nclock_skew = \"3s\"\njwks_min_ttl = \"7m\"\nforward_token = \"none\"\n";
+    let layered_env: &[(&str, &str)] = &[
+        ("IDGATE_AUDIENCE", "env-a, env-b"),
+        ("IDGATE_CLOCK_SKEW", "2s"),
+        ("IDGATE_FORWARD_TOKEN", "full"),
+    ];
+    add("layers-file", layered, &[], &[]);
+    add("layers-env", layered, &[], layered_env);
+    add(
+        "layers-flags",
+        layered,
+        &["--clock-skew", "1s", "--audience", "flag-a"],
+        layered_env,
+    );
+    add(
+        "every-problem",
+        "jwks_min_ttl = \"5 fortnights-ish\"\njwks_max_tll = \"1h\"\ncolour = \"blue\"\nmax_token_bytes = [\"a\"]\n",
+        &[
+            "--member",
+            "users:a@b.com",
+            "--policy",
+            "/nonexistent/policy.json",
+            "--listen",
+            "nowhere",
+            "--forward-token",
+            "partial",
+            "--strip-header",
+            "authorization",
+            "--public-path",
+            "/a/../b",
+        ],
+        &[("IDGATE_CLOCK_SKEW", "5x"), ("IDGATE_JWKS_URL", "ftp://x")],
+    );
+    add("bad-toml", "audience = [\n", &[], &[]);
+    add(
+        "policy-files",
+        "audience = \"a\"\nupstream = \"http://u:1\"\npolicy = [\"project.json\", \"service.yaml\"]\ngroups = \"groups.yaml\"\n",
+        &[],
+        &[],
+    );
+    add(
+        "policy-invalid",
+        "audience = \"a\"\nupstream = \"http://u:1\"\npolicy = \"invalid.json\"\ngroups = \"groups-cycle.yaml\"\nmember = [\"projectOwner:p\", \"user:ok@example.com\"]\n",
+        &["--clock-skew", "soon"],
+        &[],
+    );
+    add(
+        "forward-auth",
+        "",
+        &["--audience", "a", "--mode", "forward-auth"],
+        &[("IDGATE_UPSTREAM", "http://u:1")],
+    );
+    add(
+        "issuers-paired",
+        "issuer = [\"https://a.example\", \"http://issuer:8900\"]\njwks_url = [\"https://a.example/k\", \"http://issuer:8900/k\"]\n",
+        MINIMAL,
+        &[],
+    );
+    add(
+        "issuers-unpaired",
+        "",
+        &[
+            "--audience",
+            "a",
+            "--upstream",
+            "http://u:1",
+            "--issuer",
+            "https://a",
+            "--issuer",
+            "https://b",
+            "--jwks-url",
+            "https://k",
+        ],
+        &[("IDGATE_JWKS_URL", "https://k1,https://k2")],
+    );
+    add(
+        "conflicts",
+        "jwks_min_ttl = \"2h\"\njwks_max_ttl = \"1h\"\nrequest_timeout = \"0s\"\n",
+        &[
+            "--audience",
+            "a",
+            "--upstream",
+            "http://u:1",
+            "--listen",
+            "127.0.0.1:9090",
+        ],
+        &[],
+    );
+    add(
+        "misspelt-variable",
+        "",
+        MINIMAL,
+        &[("IDGATE_AUDIENCES", "x"), ("IDGATE_CONFIG", "")],
+    );
+    add(
+        "headers-and-paths",
+        "audience = \"a\"\nupstream = \"http://u:1\"\nstrip_header = [\"x-a\", \"x-my-*\"]\npublic_path = [\"/healthz\", \"/static/\"]\nmax_token_bytes = 4096\ntoken_cache_capacity = 0\n",
+        &[],
+        &[],
+    );
+    add(
+        "issuer-pool-trust-emails",
+        &format!(
+            "audience = \"a\"\nupstream = \"http://u:1\"\nissuer = \"https://issuer.example\"\nissuer_pool = [\"https://issuer.example={POOL}/\"]\nissuer_trust_emails = true\ninvoker_role = [\"roles/custom.invoker\"]\nmember = \"principalSet://{POOL}/*\"\n"
+        ),
+        &[],
+        &[],
+    );
+    add(
+        "issuer-pool-problems",
+        "",
+        &[
+            "--audience",
+            "a",
+            "--upstream",
+            "http://u:1",
+            "--issuer-trust-emails",
+            "maybe",
+            "--issuer-pool",
+            "https://unknown.example=iam.googleapis.com/x",
+            "--issuer-pool",
+            "no-equals-sign",
+            "--invoker-role",
+            "run.invoker",
+        ],
+        &[],
+    );
+    add(
+        "google-issuer-false",
+        "google_issuer = false\n",
+        MINIMAL,
+        &[("IDGATE_ISSUER", "https://i.example")],
+    );
+    add(
+        "durations-and-choices",
+        "clock_skew = \"1m 30s\"\nshutdown_grace = \"250ms\"\nrequest_timeout = \"5m\"\njwks_refresh_interval = \"30s\"\njwks_stale_if_error = \"12h\"\nstatus_codes = \"cloud-run\"\nlog_format = \"text\"\nadmin_listen = \"[::1]:0\"\n",
+        MINIMAL,
+        &[("IDGATE_MODE", "proxy"), ("IDGATE_LISTEN", "127.0.0.1:0")],
+    );
+}

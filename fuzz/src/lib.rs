@@ -1,11 +1,14 @@
 //! What the fuzz targets share: a fixed moment, the request a condition
-//! sees, a few identities to decide for, and the token harness (a local
-//! issuer and two verifiers on a frozen clock).
+//! sees, a few identities to decide for, the token harness (a local
+//! issuer and two verifiers on a frozen clock), and the settings harness
+//! ([`config`]).
 //!
 //! Everything here is deterministic for a given input except the issuer's
 //! key, which is generated once per process: inputs that need a valid
 //! signature carry the parts to sign and the harness signs them (see
 //! [`token_input`]).
+
+pub mod config;
 
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
