@@ -155,6 +155,10 @@ pub enum ValueError {
     /// A public path that cannot be used.
     #[error("{0}")]
     PublicPath(&'static str),
+    /// A member, invoker role or pool that the policy refuses when it is
+    /// loaded as the gate loads it.
+    #[error("{0}")]
+    Policy(String),
 }
 
 /// Every problem found, reported together.

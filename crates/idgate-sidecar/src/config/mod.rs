@@ -50,6 +50,7 @@ pub use args::SettingsArgs;
 pub use env::{Env, ProcessEnv};
 pub use error::{ConfigError, ConfigErrors, Origin, ValueError};
 
+use idgate::policy::{MEMBER_FLAG_SOURCE, PolicyError};
 use source::{KEYS, Layer, OTHER_VARS, Sources, env_name};
 
 /// Every setting, checked.
@@ -521,6 +522,7 @@ fn resolve(
             b
         });
     let mut pools = Vec::new();
+    let pools_origin = src.origin("--issuer-pool");
     if let Some((pairs, origin)) = src.list("--issuer-pool") {
         for pair in &pairs {
             let parsed = pair
@@ -564,11 +566,9 @@ fn resolve(
             extra_issuers.iter().map(|i| i.issuer.as_str()).collect::<Vec<_>>().join(", ")
         ));
     }
+    let roles_origin = src.origin("--invoker-role");
     let invoker_roles = src.list("--invoker-role").and_then(|(roles, origin)| {
-        if roles
-            .iter()
-            .any(|r| !r.starts_with("roles/") || r.len() <= "roles/".len())
-        {
+        if roles.iter().any(|r| !role_shaped(r)) {
             src.errors.push(ConfigError::Conflict {
                 origin,
                 message: "each invoker role must look like roles/NAME".into(),
@@ -635,6 +635,7 @@ fn resolve(
         policy.groups_file = Some(path);
     }
     let mut member_syntax_ok = true;
+    let members_origin = src.origin("--member");
     if let Some((members, origin)) = src.list("--member") {
         for m in &members {
             if let Err(problem) = parse::member(m) {
@@ -703,15 +704,48 @@ fn resolve(
     };
     if let Err(errors) = idgate::policy::Policy::load(&sources) {
         for e in errors.0 {
-            let from_members = e.file() == Some(idgate::policy::MEMBER_FLAG_SOURCE);
-            // Unreadable files and bad member syntax were already reported
-            // above, with the flag, variable or key they came from.
-            if matches!(e, idgate::policy::PolicyError::Read { .. })
-                || (from_members && !member_syntax_ok)
-            {
+            let from_members = e.file() == Some(MEMBER_FLAG_SOURCE);
+            // Unreadable files, bad member syntax and roles not shaped
+            // roles/NAME were already reported above, with the flag,
+            // variable or key they came from.
+            let reported = match &e {
+                PolicyError::Read { .. } => true,
+                PolicyError::InvokerRole { role, .. } => !role_shaped(role),
+                _ => from_members && !member_syntax_ok,
+            };
+            if reported {
                 continue;
             }
-            src.errors.push(ConfigError::Policy(e));
+            // Members, roles and pools are settings: name the one at fault
+            // (the policy module calls every member `--member`, wherever
+            // it came from).
+            let origin = match &e {
+                PolicyError::Member { .. } if from_members => members_origin.as_ref(),
+                PolicyError::InvokerRole { .. } => roles_origin.as_ref(),
+                PolicyError::Pool { .. } => pools_origin.as_ref(),
+                _ => None,
+            };
+            match (origin, e) {
+                (
+                    Some(origin),
+                    PolicyError::Member {
+                        member: value,
+                        message,
+                        ..
+                    }
+                    | PolicyError::InvokerRole {
+                        role: value,
+                        message,
+                    }
+                    | PolicyError::Pool {
+                        pool: value,
+                        message,
+                    },
+                ) => src
+                    .errors
+                    .push(invalid(origin, &value, ValueError::Policy(message))),
+                (_, e) => src.errors.push(ConfigError::Policy(e)),
+            }
         }
     }
 
@@ -767,6 +801,11 @@ fn resolve(
         log_format,
     };
     Ok(Loaded { settings, warnings })
+}
+
+/// What `--invoker-role` takes: `roles/NAME`.
+fn role_shaped(role: &str) -> bool {
+    role.len() > "roles/".len() && role.starts_with("roles/")
 }
 
 fn invalid(origin: &Origin, value: &str, problem: ValueError) -> ConfigError {

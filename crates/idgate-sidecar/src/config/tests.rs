@@ -563,3 +563,49 @@ fn text_loads_as_the_file_it_came_from() {
     assert_eq!(from_text, from_file);
     assert!(from_text.contains("unknown key `colour`"), "{from_text}");
 }
+
+/// Found by the `config` fuzz target: members, invoker roles and pools that
+/// only the policy module refuses were reported as `policy: --member[0]: …`
+/// whatever their source, or as `policy: invoker roles: …` and `policy:
+/// pools: …` with none.
+#[test]
+fn settings_the_policy_refuses_are_named_by_their_source() {
+    let pools = "iam.googleapis.com/projects/1/locations/global/workloadIdentityPools";
+    let f = config_file("invoker_role = [\"roles/run.invoker\", \"roles/run invoker\"]\n");
+    let file = f.path.display().to_string();
+    let pair = format!("https://i.example={pools}/a b");
+    let member = format!("principalSet://{pools}/unknown/*");
+    let e = load_err(
+        &[
+            "--config",
+            f.path.to_str().unwrap(),
+            "--audience",
+            "a",
+            "--upstream",
+            "http://u:1",
+            "--issuer",
+            "https://i.example",
+            "--issuer-pool",
+            &pair,
+        ],
+        &[("IDGATE_MEMBER", &member)],
+    );
+    for expected in [
+        format!("IDGATE_MEMBER: invalid value {member:?}: pool"),
+        format!("{file}: invoker_role: invalid value \"roles/run invoker\": not a role name"),
+        format!("--issuer-pool: invalid value \"{pools}/a b\": contains whitespace"),
+    ] {
+        assert!(e.contains(&expected), "missing {expected:?} in:\n{e}");
+    }
+    assert!(e.starts_with("3 configuration problems:"), "{e}");
+
+    let flags = [MINIMAL, &["--member", &member]].concat();
+    let e = load_err(&flags, &[]);
+    assert!(
+        e.contains(&format!("--member: invalid value {member:?}: pool")),
+        "{e}"
+    );
+    // Refused here already: once, not again by the policy module.
+    let e = load_err(&[MINIMAL, &["--invoker-role", "run.invoker"]].concat(), &[]);
+    assert!(e.starts_with("1 configuration problem:"), "{e}");
+}
