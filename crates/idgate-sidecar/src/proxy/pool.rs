@@ -263,14 +263,16 @@ impl Shared {
             return;
         };
         runtime.spawn(async move {
-            let ready = std::future::poll_fn(|cx| {
+            let finish = std::future::poll_fn(|cx| {
                 if !lease.drive(cx) {
                     return Poll::Ready(false);
                 }
                 lease.send.poll_ready(cx).map(|r| r.is_ok())
-            })
-            .await;
-            if ready {
+            });
+            // A request body that never ends (a client that stops sending)
+            // must not hold the connection, or this task, for ever.
+            let ready = tokio::time::timeout(self.limits.idle_timeout, finish).await;
+            if ready == Ok(true) {
                 self.put(lease);
             }
         });
@@ -373,36 +375,70 @@ mod tests {
     struct Upstream {
         target: String,
         connections: Arc<AtomicUsize>,
+        /// Connections the pool closed (the upstream read their end).
+        closed: Arc<AtomicUsize>,
     }
 
     /// Answers by path: `/ok` keeps the connection; `/close` says
     /// `Connection: close` and closes; `/then-close` answers keep-alive and
-    /// closes anyway; `/empty` is a 204; `/big` sends 1 MiB.
+    /// closes anyway; `/empty` is a 204; `/big` sends 1 MiB; `/early`
+    /// answers before reading the request body (then reads it). Other
+    /// paths read the body (`Content-Length` only) before answering.
     async fn upstream() -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let target = listener.local_addr().unwrap().to_string();
         let connections = Arc::new(AtomicUsize::new(0));
-        let counter = connections.clone();
+        let closed = Arc::new(AtomicUsize::new(0));
+        let (counter, closed_counter) = (connections.clone(), closed.clone());
         tokio::spawn(async move {
             loop {
                 let (mut socket, _) = listener.accept().await.unwrap();
                 counter.fetch_add(1, Ordering::SeqCst);
+                let closed = closed_counter.clone();
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
+                    // Reads until `buf` holds `n` bytes; false at the end.
+                    async fn fill(
+                        socket: &mut tokio::net::TcpStream,
+                        buf: &mut Vec<u8>,
+                        n: usize,
+                    ) -> bool {
+                        while buf.len() < n {
+                            let mut chunk = [0u8; 4096];
+                            match socket.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return false,
+                                Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                            }
+                        }
+                        true
+                    }
                     loop {
                         let head_end = loop {
                             if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                                 break i + 4;
                             }
-                            let mut chunk = [0u8; 4096];
-                            match socket.read(&mut chunk).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            let more = buf.len() + 1;
+                            if !fill(&mut socket, &mut buf, more).await {
+                                closed.fetch_add(1, Ordering::SeqCst);
+                                return;
                             }
                         };
-                        let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+                        let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
                         buf.drain(..head_end);
                         let path = head.split(' ').nth(1).unwrap_or("").to_owned();
+                        let body_len: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse().ok())
+                            .unwrap_or(0);
+                        let early = path == "/early";
+                        if !early {
+                            if !fill(&mut socket, &mut buf, body_len).await {
+                                closed.fetch_add(1, Ordering::SeqCst);
+                                return;
+                            }
+                            buf.drain(..body_len);
+                        }
                         let (answer, close): (Vec<u8>, bool) = match path.as_str() {
                             "/close" => (
                                 b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok"
@@ -428,6 +464,13 @@ mod tests {
                         if socket.write_all(&answer).await.is_err() || close {
                             return;
                         }
+                        if early {
+                            if !fill(&mut socket, &mut buf, body_len).await {
+                                closed.fetch_add(1, Ordering::SeqCst);
+                                return;
+                            }
+                            buf.drain(..body_len);
+                        }
                     }
                 });
             }
@@ -435,6 +478,7 @@ mod tests {
         Upstream {
             target,
             connections,
+            closed,
         }
     }
 
@@ -571,5 +615,81 @@ mod tests {
         );
         let err = pool.send(get("/ok")).await.unwrap_err();
         assert!(err.is_connect(), "{err}");
+    }
+
+    /// A body the test feeds chunk by chunk.
+    fn fed_body() -> (tokio::sync::mpsc::Sender<Bytes>, Body) {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv()
+                .await
+                .map(|b| (Ok::<_, std::convert::Infallible>(b), rx))
+        });
+        (tx, Body::from_stream(stream))
+    }
+
+    fn early_post(body: Body, len: usize) -> Request<Body> {
+        Request::builder()
+            .method("POST")
+            .uri("/early")
+            .header("host", "upstream")
+            .header("content-length", len)
+            .body(body)
+            .unwrap()
+    }
+
+    async fn eventually(what: &str, check: impl Fn() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !check() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{what}: not within 10 s"
+            );
+            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn an_answer_before_the_request_body_ends_returns_the_connection_once_it_does() {
+        let up = upstream().await;
+        let pool = pool(&up, 8, clock());
+        let (tx, body) = fed_body();
+        tx.send(Bytes::from_static(b"12345")).await.unwrap();
+        let res = pool.send(early_post(body, 10)).await.unwrap();
+        assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "ok");
+        // The response is done but the request is not: not reusable yet.
+        assert_eq!(pool.idle_count(), 0);
+        tx.send(Bytes::from_static(b"67890")).await.unwrap();
+        drop(tx);
+        eventually("the connection back in the pool", || pool.idle_count() == 1).await;
+        assert_eq!(fetch(&pool, "/ok").await.1, "ok");
+        assert_eq!(up.connections.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_request_body_that_never_ends_does_not_hold_its_connection() {
+        let up = upstream().await;
+        let pool = Pool::new(
+            up.target.clone(),
+            PoolLimits {
+                max_idle: 8,
+                idle_timeout: Duration::from_millis(200),
+                connect_timeout: Duration::from_secs(5),
+            },
+            clock(),
+        );
+        let (tx, body) = fed_body();
+        tx.send(Bytes::from_static(b"12345")).await.unwrap();
+        let res = pool.send(early_post(body, 10)).await.unwrap();
+        assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "ok");
+        // The sender stays alive and silent: after the idle timeout the
+        // connection is closed rather than kept waiting.
+        eventually("the connection closed", || {
+            up.closed.load(Ordering::SeqCst) == 1
+        })
+        .await;
+        assert_eq!(pool.idle_count(), 0);
+        drop(tx);
     }
 }
