@@ -42,8 +42,6 @@ use crate::headers::{is_upgrade_request, remove_hop_by_hop, set_forwarded};
 use crate::metrics::Metrics;
 use crate::{Body, ErrorChain};
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
 /// The client's address, put in request extensions by the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientAddr(pub SocketAddr);
@@ -188,28 +186,18 @@ impl Inner {
         let started = Instant::now();
         let exchange = async {
             if h2 {
-                self.h2c
-                    .request(out)
-                    .await
-                    .map(|res| res.map(Body::new))
-                    .map_err(|e| (e.is_connect(), Box::new(e) as BoxError))
+                let res = self.h2c.request(out).await.map_err(UpstreamError::H2c)?;
+                Ok(res.map(Body::new))
             } else if client_upgrade.is_some() {
-                self.http1
-                    .send_upgrade(out)
-                    .await
-                    .map(|res| res.map(Body::new))
-                    .map_err(|e| (e.is_connect(), Box::new(e) as BoxError))
+                Ok(self.http1.send_upgrade(out).await?.map(Body::new))
             } else {
-                self.http1
-                    .send(out)
-                    .await
-                    .map_err(|e| (e.is_connect(), Box::new(e) as BoxError))
+                self.http1.send(out).await
             }
         };
         let result = tokio::time::timeout(self.timeout, exchange).await;
         let failure = match &result {
             Err(_) => Some(ProxyFailure::Timeout),
-            Ok(Err((true, _))) => Some(ProxyFailure::Unreachable),
+            Ok(Err(e)) if e.is_connect() => Some(ProxyFailure::Unreachable),
             Ok(Err(_)) => Some(ProxyFailure::Broken),
             Ok(Ok(_)) => None,
         };
@@ -218,12 +206,12 @@ impl Inner {
         }
         let mut res = match result {
             Ok(Ok(res)) => res,
-            Ok(Err((_, e))) => {
+            Ok(Err(e)) => {
                 // The error's chain names the cause (refused, reset…); it
                 // never contains request headers.
                 warn!(
                     proxy.failure = failure.map_or("", ProxyFailure::as_str),
-                    error = %ErrorChain(e.as_ref()),
+                    error = %ErrorChain(&e),
                     "upstream request failed"
                 );
                 return failure.unwrap_or(ProxyFailure::Broken).response(grpc);

@@ -57,12 +57,19 @@ pub enum UpstreamError {
     /// The exchange failed after connecting.
     #[error("upstream exchange failed")]
     Http(#[source] hyper::Error),
+    /// The h2c client (hyper-util's) failed, connecting or after.
+    #[error("upstream h2c request failed")]
+    H2c(#[source] hyper_util::client::legacy::Error),
 }
 
 impl UpstreamError {
     /// Connecting failed (as opposed to the exchange).
     pub fn is_connect(&self) -> bool {
-        !matches!(self, UpstreamError::Http(_))
+        match self {
+            UpstreamError::Connect(_) | UpstreamError::ConnectTimeout(_) => true,
+            UpstreamError::Http(_) => false,
+            UpstreamError::H2c(e) => e.is_connect(),
+        }
     }
 }
 
@@ -110,13 +117,21 @@ impl Lease {
     /// Polls the connection: reads, writes and state changes happen here.
     /// Returns true while it is open.
     fn drive(&mut self, cx: &mut Context<'_>) -> bool {
-        if let Some(conn) = &mut self.conn
-            && Pin::new(conn).poll(cx).is_ready()
-        {
-            self.conn = None;
-        }
-        self.conn.is_some()
+        drive(&mut self.conn, cx)
     }
+}
+
+/// [`Lease::drive`] on the connection alone, for when the lease's
+/// `SendRequest` is borrowed by a response future.
+fn drive(conn: &mut Option<Conn>, cx: &mut Context<'_>) -> bool {
+    if let Some(c) = conn
+        && Pin::new(c).poll(cx).is_ready()
+    {
+        // Closed or failed: hyper has answered any pending request with
+        // an error.
+        *conn = None;
+    }
+    conn.is_some()
 }
 
 impl Pool {
@@ -288,13 +303,7 @@ async fn exchange(
     let Lease { send, conn } = lease;
     let mut response = pin!(send.try_send_request(req));
     std::future::poll_fn(|cx| {
-        if let Some(c) = conn
-            && Pin::new(c).poll(cx).is_ready()
-        {
-            // Closed or failed: the response future now fails too (hyper
-            // answers every pending request when its dispatcher ends).
-            *conn = None;
-        }
+        drive(conn, cx);
         response.as_mut().poll(cx)
     })
     .await
