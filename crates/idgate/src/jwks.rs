@@ -95,28 +95,40 @@ enum Material {
 /// The asymmetric algorithms a key can verify, and the aws-lc parameters
 /// for each (the same ones jsonwebtoken's aws-lc backend uses: RSA keys of
 /// 2048 to 8192 bits, fixed-length ECDSA signatures).
-const ALGORITHMS: [(Algorithm, &dyn sig::VerificationAlgorithm); 8] = [
-    (Algorithm::RS256, &sig::RSA_PKCS1_2048_8192_SHA256),
-    (Algorithm::RS384, &sig::RSA_PKCS1_2048_8192_SHA384),
-    (Algorithm::RS512, &sig::RSA_PKCS1_2048_8192_SHA512),
-    (Algorithm::PS256, &sig::RSA_PSS_2048_8192_SHA256),
-    (Algorithm::PS384, &sig::RSA_PSS_2048_8192_SHA384),
-    (Algorithm::PS512, &sig::RSA_PSS_2048_8192_SHA512),
-    (Algorithm::ES256, &sig::ECDSA_P256_SHA256_FIXED),
-    (Algorithm::ES384, &sig::ECDSA_P384_SHA384_FIXED),
+const ALGORITHMS: [(Algorithm, Params); 8] = [
+    (
+        Algorithm::RS256,
+        Params::Rsa(&sig::RSA_PKCS1_2048_8192_SHA256),
+    ),
+    (
+        Algorithm::RS384,
+        Params::Rsa(&sig::RSA_PKCS1_2048_8192_SHA384),
+    ),
+    (
+        Algorithm::RS512,
+        Params::Rsa(&sig::RSA_PKCS1_2048_8192_SHA512),
+    ),
+    (
+        Algorithm::PS256,
+        Params::Rsa(&sig::RSA_PSS_2048_8192_SHA256),
+    ),
+    (
+        Algorithm::PS384,
+        Params::Rsa(&sig::RSA_PSS_2048_8192_SHA384),
+    ),
+    (
+        Algorithm::PS512,
+        Params::Rsa(&sig::RSA_PSS_2048_8192_SHA512),
+    ),
+    (Algorithm::ES256, Params::Ec(&sig::ECDSA_P256_SHA256_FIXED)),
+    (Algorithm::ES384, Params::Ec(&sig::ECDSA_P384_SHA384_FIXED)),
 ];
 
-/// The RSA parameters again, typed as `to_parsed_public_key` wants them.
-fn rsa_params(alg: Algorithm) -> Option<&'static sig::RsaParameters> {
-    Some(match alg {
-        Algorithm::RS256 => &sig::RSA_PKCS1_2048_8192_SHA256,
-        Algorithm::RS384 => &sig::RSA_PKCS1_2048_8192_SHA384,
-        Algorithm::RS512 => &sig::RSA_PKCS1_2048_8192_SHA512,
-        Algorithm::PS256 => &sig::RSA_PSS_2048_8192_SHA256,
-        Algorithm::PS384 => &sig::RSA_PSS_2048_8192_SHA384,
-        Algorithm::PS512 => &sig::RSA_PSS_2048_8192_SHA512,
-        _ => return None,
-    })
+/// aws-lc's parameters, typed as each kind of key is parsed with them.
+#[derive(Clone, Copy)]
+enum Params {
+    Rsa(&'static sig::RsaParameters),
+    Ec(&'static sig::EcdsaVerificationAlgorithm),
 }
 
 /// The longest signature accepted: RSA-8192.
@@ -189,14 +201,14 @@ impl VerifyingKey {
     }
 
     fn parse(&self, index: usize) -> Option<ParsedPublicKey> {
-        let (alg, params) = ALGORITHMS[index];
-        match &self.material {
-            Material::Rsa { n, e } => RsaPublicKeyComponents { n, e }
-                .to_parsed_public_key(rsa_params(alg)?)
+        match (&self.material, ALGORITHMS[index]) {
+            (Material::Rsa { n, e }, (_, Params::Rsa(params))) => RsaPublicKeyComponents { n, e }
+                .to_parsed_public_key(params)
                 .ok(),
-            Material::Ec { curve, point } => {
-                (*curve == alg).then(|| ParsedPublicKey::new(params, point).ok())?
+            (Material::Ec { curve, point }, (alg, Params::Ec(params))) if *curve == alg => {
+                ParsedPublicKey::new(params, point).ok()
             }
+            _ => None,
         }
     }
 }
