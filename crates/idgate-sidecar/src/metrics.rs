@@ -88,8 +88,14 @@ type StatsFn = Box<dyn Fn() -> VerifierSnapshot + Send + Sync>;
 pub struct Metrics {
     registry: Registry,
     decisions: Family<ReasonLabel, Counter>,
+    /// The `allowed` series of `decisions`, held so the common case skips
+    /// the family's lock and label hash.
+    allowed: Counter,
     verification: Histogram,
     upstream: Family<ResultLabel, Histogram>,
+    /// The `ok` series of `upstream`, the same way; made on the first
+    /// upstream answer so the series appears only once there is one.
+    upstream_ok: OnceLock<Histogram>,
     reloads: Family<ResultLabel, Counter>,
     verifier: Arc<OnceLock<StatsFn>>,
 }
@@ -118,10 +124,12 @@ impl Metrics {
             "Gate decisions by reason: `allowed`, or the reason code of the refusal",
             decisions.clone(),
         );
-        for reason in std::iter::once(ALLOWED).chain(idgate::Reason::ALL.iter().map(|r| r.as_str()))
-        {
+        for reason in idgate::Reason::ALL.iter().map(|r| r.as_str()) {
             let _ = decisions.get_or_create(&ReasonLabel { reason });
         }
+        let allowed = decisions
+            .get_or_create(&ReasonLabel { reason: ALLOWED })
+            .clone();
         // 50 µs .. ~1.6 s: a cache hit is microseconds, a cold key fetch
         // hundreds of milliseconds.
         let verification = Histogram::new(exponential_buckets(0.000_05, 2.0, 16));
@@ -153,8 +161,10 @@ impl Metrics {
         Metrics {
             registry,
             decisions,
+            allowed,
             verification,
             upstream,
+            upstream_ok: OnceLock::new(),
             reloads,
             verifier,
         }
@@ -163,18 +173,34 @@ impl Metrics {
     /// Counts a gate decision: `None` for allowed, else the refusal's reason,
     /// with how long deciding took.
     pub fn record_decision(&self, reason: Option<idgate::Reason>, elapsed: Duration) {
-        let reason = reason.map_or(ALLOWED, idgate::Reason::as_str);
-        self.decisions.get_or_create(&ReasonLabel { reason }).inc();
+        match reason {
+            None => self.allowed.inc(),
+            Some(r) => self
+                .decisions
+                .get_or_create(&ReasonLabel { reason: r.as_str() })
+                .inc(),
+        };
         self.verification.observe(elapsed.as_secs_f64());
     }
 
     /// Records an upstream exchange: how long until headers, and how it
     /// ended (`None` for a response).
     pub fn record_upstream(&self, elapsed: Duration, failure: Option<ProxyFailure>) {
-        let result = failure.map_or("ok", ProxyFailure::as_str);
-        self.upstream
-            .get_or_create(&ResultLabel { result })
-            .observe(elapsed.as_secs_f64());
+        let seconds = elapsed.as_secs_f64();
+        match failure {
+            None => self
+                .upstream_ok
+                .get_or_init(|| {
+                    self.upstream
+                        .get_or_create(&ResultLabel { result: "ok" })
+                        .clone()
+                })
+                .observe(seconds),
+            Some(f) => self
+                .upstream
+                .get_or_create(&ResultLabel { result: f.as_str() })
+                .observe(seconds),
+        }
     }
 
     /// Counts a policy reload.
