@@ -611,6 +611,54 @@ async fn ten_thousand_connections_then_a_new_request_still_succeeds() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_held_by_a_burst_of_busy_connections_is_given_back() {
+    // Each connection that has carried a request holds hyper's buffers;
+    // glibc would keep them once freed. `idgate_sidecar::memory` trims
+    // after a burst (it looks every 10 s), so RSS comes back down.
+    const N: usize = 1_000;
+    ensure_nofile(N as u64 + 1_000);
+    let kit = Issuer::start().await;
+    let up = Upstream::start().await;
+    let sidecar = proxy(&up, &kit).start().await;
+    let addr = sidecar.addr();
+    let token = fresh_token(&kit, ALICE);
+    let idle_rss = sidecar.memory().rss;
+
+    let conns: Vec<TcpStream> = futures_util::stream::iter(0..N)
+        .map(|_| {
+            let token = token.clone();
+            async move {
+                let mut conn = TcpStream::connect(addr).await.expect("connect");
+                assert_eq!(raw_get(&mut conn, "/burst", &token).await, 200);
+                conn
+            }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    let held = sidecar.memory().rss;
+    let growth = held.saturating_sub(idle_rss);
+    assert!(
+        growth > 8 << 20,
+        "{N} busy connections grew RSS by only {} KiB: nothing to give back",
+        growth >> 10
+    );
+    drop(conns);
+    eventually(
+        "RSS to fall back by half of what the burst added",
+        Duration::from_secs(40),
+        || async { (sidecar.memory().rss < idle_rss + growth / 2).then_some(()) },
+    )
+    .await;
+    eprintln!(
+        "{N} busy connections: RSS idle {} KiB, holding them {} KiB, after {} KiB",
+        idle_rss >> 10,
+        held >> 10,
+        sidecar.memory().rss >> 10
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_abandoned_midway_are_cancelled_upstream() {
     let kit = Issuer::start().await;
     let up = Upstream::start().await;

@@ -10,7 +10,7 @@
 //!   and [`app::GateLayer`], the seam where the gate goes; [`gate`] builds
 //!   the real one.
 //! - [`proxy`], [`headers`], [`forward_auth`]: forwarding and header rules.
-//! - [`admin`], [`metrics`], [`reload`], [`logging`]: operations.
+//! - [`admin`], [`metrics`], [`reload`], [`logging`], [`memory`]: operations.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -23,6 +23,7 @@ pub mod forward_auth;
 pub mod gate;
 pub mod headers;
 pub mod logging;
+pub mod memory;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;

@@ -67,6 +67,7 @@ pub async fn start(settings: &Settings, wiring: Wiring) -> anyhow::Result<Runnin
         })?;
     let addr = listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
+    crate::memory::spawn_releaser();
 
     let reloader = match &wiring.reload {
         Some(f) => Some(

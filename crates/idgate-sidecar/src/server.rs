@@ -176,6 +176,7 @@ pub async fn serve(
             if let Err(e) = result {
                 debug!(error = %e, client = %peer, "connection ended with an error");
             }
+            crate::memory::closed(1);
         });
     }
     drop(listener);

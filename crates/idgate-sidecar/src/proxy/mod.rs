@@ -79,7 +79,8 @@ impl std::fmt::Debug for Proxy {
 
 impl Proxy {
     /// A proxy to `upstream` that gives up after `timeout` without response
-    /// headers. Builds its connection pools; does no I/O.
+    /// headers. Builds its connection pools; does no I/O. Inside a tokio
+    /// runtime it also starts the task that closes expired idle connections.
     pub fn new(upstream: Upstream, timeout: Duration, metrics: Option<Arc<Metrics>>) -> Proxy {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
@@ -96,6 +97,9 @@ impl Proxy {
             },
             Arc::new(idgate::SystemClock::new()),
         );
+        if tokio::runtime::Handle::try_current().is_ok() {
+            http1.sweep_every(IDLE_TIMEOUT / 3);
+        }
         let h2c = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(IDLE_TIMEOUT)
             .http2_only(true)

@@ -17,8 +17,12 @@
 //!   (`Connection: close`, a response body dropped midway, an error)
 //!   closes it.
 //! - Idle connections: newest first, at most `max_idle`, none older than
-//!   `idle_timeout`. One the upstream closed is noticed when it is next
-//!   taken (a poll reads the end of stream) and skipped.
+//!   `idle_timeout`: the oldest are closed as they pass it, when a
+//!   connection comes back and by a sweep every third of the timeout, so a
+//!   burst's connections do not stay open (holding descriptors and
+//!   buffers) under the light traffic that follows. One the upstream
+//!   closed is noticed when it is next taken (a poll reads the end of
+//!   stream) and skipped.
 //! - A request that hyper hands back unsent (the reused connection was
 //!   closed under it) is sent again once on a new connection.
 //! - When a body ends while hyper still needs a poll to finish the
@@ -26,9 +30,10 @@
 //!   connection until it is reusable or closes: rare, and never on the
 //!   request's path.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::{Pin, pin};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -96,7 +101,8 @@ struct Shared {
     target: String,
     limits: PoolLimits,
     builder: http1::Builder,
-    idle: Mutex<Vec<Idle>>,
+    /// Oldest at the front, newest at the back (taken first).
+    idle: Mutex<VecDeque<Idle>>,
     clock: Arc<dyn Clock>,
 }
 
@@ -143,10 +149,28 @@ impl Pool {
                 target,
                 limits,
                 builder: http1::Builder::new(),
-                idle: Mutex::new(Vec::new()),
+                idle: Mutex::new(VecDeque::new()),
                 clock,
             }),
         }
+    }
+
+    /// Closes idle connections older than the idle timeout every `period`,
+    /// until the pool is dropped. Needs a tokio runtime.
+    pub fn sweep_every(&self, period: Duration) {
+        let shared = Arc::downgrade(&self.shared);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(shared) = Weak::upgrade(&shared) else {
+                    return;
+                };
+                shared.expire();
+            }
+        });
     }
 
     /// Idle connections held now.
@@ -191,10 +215,12 @@ impl Pool {
         let now = self.shared.clock.monotonic();
         let mut cx = Context::from_waker(Waker::noop());
         loop {
-            let Idle { mut lease, since } = self.shared.lock().pop()?;
+            let Idle { mut lease, since } = self.shared.lock().pop_back()?;
             if now.saturating_sub(since) > self.shared.limits.idle_timeout {
-                // Everything below it in the list is older still.
-                self.shared.lock().clear();
+                // Everything before it in the list is older still.
+                let mut idle = self.shared.lock();
+                crate::memory::closed(idle.len() + 1);
+                idle.clear();
                 return None;
             }
             // A poll notices a close (or stray bytes) from the upstream
@@ -249,19 +275,39 @@ impl Pool {
 }
 
 impl Shared {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Idle>> {
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Back to the idle list, or closed when the list is full.
+    /// Back to the idle list, or closed when the list is full. Those past
+    /// the idle timeout go first.
     fn put(&self, lease: Lease) {
+        let now = self.clock.monotonic();
         let mut idle = self.lock();
+        Self::expire_locked(&mut idle, now, self.limits.idle_timeout);
         if idle.len() < self.limits.max_idle {
-            idle.push(Idle {
-                lease,
-                since: self.clock.monotonic(),
-            });
+            idle.push_back(Idle { lease, since: now });
+        } else {
+            crate::memory::closed(1);
         }
+    }
+
+    /// Closes the idle connections past the idle timeout; returns how many.
+    fn expire(&self) -> usize {
+        let now = self.clock.monotonic();
+        Self::expire_locked(&mut self.lock(), now, self.limits.idle_timeout)
+    }
+
+    fn expire_locked(idle: &mut VecDeque<Idle>, now: Duration, timeout: Duration) -> usize {
+        let fresh = idle
+            .iter()
+            .position(|i| now.saturating_sub(i.since) <= timeout)
+            .unwrap_or(idle.len());
+        if fresh > 0 {
+            idle.drain(..fresh);
+            crate::memory::closed(fresh);
+        }
+        fresh
     }
 
     /// The response is complete: reuse the connection if hyper can, or let
@@ -606,6 +652,60 @@ mod tests {
             "idle past the timeout: a new one"
         );
         assert_eq!(pool.idle_count(), 1, "the expired ones were closed");
+    }
+
+    /// Waits (bounded) until the upstream has seen `n` connections closed.
+    async fn until_closed(up: &Upstream, n: usize) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while up.closed.load(Ordering::SeqCst) < n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} of {n} closed",
+                up.closed.load(Ordering::SeqCst)
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Three requests at once leave three idle connections.
+    async fn three_idle(pool: &Pool) {
+        let bodies = futures_util::future::join_all((0..3).map(|_| pool.send(get("/ok")))).await;
+        for res in bodies {
+            res.unwrap().into_body().collect().await.unwrap();
+        }
+        assert_eq!(pool.idle_count(), 3);
+    }
+
+    #[tokio::test]
+    async fn the_sweep_closes_expired_idle_connections_without_a_request() {
+        let up = upstream().await;
+        let clock = clock();
+        let pool = pool(&up, 8, clock.clone());
+        three_idle(&pool).await;
+        pool.sweep_every(Duration::from_millis(20));
+        clock.advance(Duration::from_secs(89));
+        assert_eq!(pool.shared.expire(), 0, "not yet past the timeout");
+        clock.advance(Duration::from_secs(2));
+        until_closed(&up, 3).await;
+        assert_eq!(pool.idle_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_returning_connection_closes_the_expired_ones_below_it() {
+        let up = upstream().await;
+        let clock = clock();
+        let pool = pool(&up, 8, clock.clone());
+        three_idle(&pool).await;
+        // The newest is taken and comes back: it is fresh again, the two
+        // below it keep their age.
+        clock.advance(Duration::from_secs(60));
+        assert_eq!(fetch(&pool, "/ok").await.1, "ok");
+        assert_eq!(pool.idle_count(), 3);
+        clock.advance(Duration::from_secs(40));
+        assert_eq!(fetch(&pool, "/ok").await.1, "ok");
+        assert_eq!(pool.idle_count(), 1, "the two past 90 s were closed");
+        until_closed(&up, 2).await;
+        assert_eq!(up.connections.load(Ordering::SeqCst), 3, "no new one");
     }
 
     #[tokio::test]
