@@ -217,10 +217,10 @@ impl Pool {
         loop {
             let Idle { mut lease, since } = self.shared.lock().pop_back()?;
             if now.saturating_sub(since) > self.shared.limits.idle_timeout {
-                // Everything before it in the list is older still.
-                let mut idle = self.shared.lock();
-                crate::memory::closed(idle.len() + 1);
-                idle.clear();
+                // Everything before it in the list is older still. They
+                // close (a syscall each) after the lock is let go.
+                let expired = std::mem::take(&mut *self.shared.lock());
+                crate::memory::closed(expired.len() + 1);
                 return None;
             }
             // A poll notices a close (or stray bytes) from the upstream
@@ -280,34 +280,45 @@ impl Shared {
     }
 
     /// Back to the idle list, or closed when the list is full. Those past
-    /// the idle timeout go first.
+    /// the idle timeout go first. Connections close (a syscall each) after
+    /// the lock is let go.
     fn put(&self, lease: Lease) {
         let now = self.clock.monotonic();
-        let mut idle = self.lock();
-        Self::expire_locked(&mut idle, now, self.limits.idle_timeout);
-        if idle.len() < self.limits.max_idle {
-            idle.push_back(Idle { lease, since: now });
-        } else {
+        let (expired, refused) = {
+            let mut idle = self.lock();
+            let expired = Self::take_expired(&mut idle, now, self.limits.idle_timeout);
+            if idle.len() < self.limits.max_idle {
+                idle.push_back(Idle { lease, since: now });
+                (expired, None)
+            } else {
+                (expired, Some(lease))
+            }
+        };
+        if refused.is_some() {
             crate::memory::closed(1);
         }
+        drop((expired, refused));
     }
 
     /// Closes the idle connections past the idle timeout; returns how many.
     fn expire(&self) -> usize {
         let now = self.clock.monotonic();
-        Self::expire_locked(&mut self.lock(), now, self.limits.idle_timeout)
+        let expired = Self::take_expired(&mut self.lock(), now, self.limits.idle_timeout);
+        expired.len()
     }
 
-    fn expire_locked(idle: &mut VecDeque<Idle>, now: Duration, timeout: Duration) -> usize {
+    /// Takes the idle connections past `timeout` out of the list (they are
+    /// at its front), counting them as closed.
+    fn take_expired(idle: &mut VecDeque<Idle>, now: Duration, timeout: Duration) -> Vec<Idle> {
         let fresh = idle
             .iter()
             .position(|i| now.saturating_sub(i.since) <= timeout)
             .unwrap_or(idle.len());
-        if fresh > 0 {
-            idle.drain(..fresh);
-            crate::memory::closed(fresh);
+        if fresh == 0 {
+            return Vec::new();
         }
-        fresh
+        crate::memory::closed(fresh);
+        idle.drain(..fresh).collect()
     }
 
     /// The response is complete: reuse the connection if hyper can, or let
