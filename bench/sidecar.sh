@@ -12,6 +12,8 @@
 #   CONNS=50                wrk connections for the throughput variants
 #   RATE=5000               requests/s for the fixed-rate latency variants
 #   BIG_CONNS=1000          connections for the RSS-under-connections variant
+#   AFTER_WAITS="15 130"    after that variant, VmRSS again this many seconds
+#                           after the burst ended (OUT/after-burst.tsv)
 #   CACHE_TOKENS=20000      distinct tokens for the cache-cost variant
 #   SERVER_CPU=0 CLIENT_CPU=1   cores for the servers and the load generator
 #   LOAD_MAX=0.5 LOAD_WAIT=600  wait (at most LOAD_WAIT s) for the 1-min load
@@ -44,6 +46,7 @@ CLIENT_CPU=${CLIENT_CPU:-1}
 LOAD_MAX=${LOAD_MAX:-0.5}
 LOAD_WAIT=${LOAD_WAIT:-600}
 IDLE_WAIT=${IDLE_WAIT:-120}
+AFTER_WAITS=${AFTER_WAITS:-15 130}
 ONLY=${ONLY:-}
 
 AUD=https://bench.idgate.test
@@ -300,22 +303,29 @@ hit_pct() { # "H0 M0" "H1 M1"
     if (h + m > 0) printf "%.1f", h * 100 / (h + m)}'
 }
 
+# Context switches (voluntary and not) of every thread of process $1.
+switches() {
+  cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/ {n += $2} END {print n + 0}'
+}
+
 header() {
-  printf 'variant\tserver\trps\tp50_us\tp99_us\tp999_us\terrors\tcpu_us_per_req\tserver_core_pct\tupstream_cpu_us_per_req\tvm_hwm_kib\tvm_rss_kib\tbusy_before_pct\tforeign_cpu_pct\tload1\tcache_hit_pct\n' > "$RESULTS"
+  printf 'variant\tserver\trps\tp50_us\tp99_us\tp999_us\terrors\tcpu_us_per_req\tserver_core_pct\tupstream_cpu_us_per_req\tvm_hwm_kib\tvm_rss_kib\tbusy_before_pct\tforeign_cpu_pct\tload1\tcache_hit_pct\tserver_cs_per_req\tupstream_cs_per_req\n' > "$RESULTS"
 }
 
 # measure VARIANT SERVER TOKENS_FILE CONNS: warm-up, then a measured run.
 measure() {
   local variant=$1 server=$2 tokens=$3 conns=$4
-  local busy c0 u0 b0 c1 u1 b1 k0 k1 line reqs secs cpu_us up_us total_us ours_us
+  local busy c0 u0 b0 c1 u1 b1 k0 k1 line reqs secs cpu_us up_us total_us ours_us s0 s1 v0 v1
   busy=$(wait_for_idle)
   log "$variant: warm-up ${WARMUP}s"
   wrk_run "$WARMUP" "$conns" "$tokens" >/dev/null
   k0=$(cache_counters "$server")
   c0=$(cpu_ticks "$SERVER_PID"); u0=$(cpu_ticks "$UPSTREAM_PID"); b0=$(busy_ticks)
+  s0=$(switches "$SERVER_PID"); v0=$(switches "$UPSTREAM_PID")
   log "$variant: measuring ${DURATION}s, $conns connections"
   line=$(wrk_run "$DURATION" "$conns" "$tokens")
   c1=$(cpu_ticks "$SERVER_PID"); u1=$(cpu_ticks "$UPSTREAM_PID"); b1=$(busy_ticks)
+  s1=$(switches "$SERVER_PID"); v1=$(switches "$UPSTREAM_PID")
   k1=$(cache_counters "$server")
   [[ -n $line ]] || die "$variant: wrk printed no result"
   reqs=$(field requests "$line"); secs=$(awk -v d="$(field duration_us "$line")" 'BEGIN {print d / 1e6}')
@@ -325,7 +335,7 @@ measure() {
   # wrk's own CPU is about one core's share when saturated: what is left
   # beyond server + upstream + one client core is someone else's.
   ours_us=$(awk -v s="$secs" 'BEGIN {print int(s * 1e6)}')
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.1f\t%.0f\t%.1f\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.1f\t%.0f\t%.1f\t%s\t%s\t%s\t%s\t%s\t%s\t%.2f\t%.2f\n' \
     "$variant" "$server" "$(field rps "$line")" "$(field p50_us "$line")" "$(field p99_us "$line")" \
     "$(field p999_us "$line")" "$(field errors "$line")" \
     "$(awk -v c="$cpu_us" -v r="$reqs" 'BEGIN {print c / r}')" \
@@ -334,7 +344,27 @@ measure() {
     "$(status_kib "$SERVER_PID" VmHWM)" "$(status_kib "$SERVER_PID" VmRSS)" "$busy" \
     "$(awk -v t="$total_us" -v c="$cpu_us" -v u="$up_us" -v o="$ours_us" -v s="$secs" \
         'BEGIN {f = (t - c - u - o) / (s * 1e6 * 2) * 100; print (f < 0 ? 0 : int(f))}')" \
-    "$(load1)" "$(hit_pct "$k0" "$k1")" | tee -a "$RESULTS" >&2
+    "$(load1)" "$(hit_pct "$k0" "$k1")" \
+    "$(awk -v a="$s0" -v b="$s1" -v r="$reqs" 'BEGIN {print (b - a) / r}')" \
+    "$(awk -v a="$v0" -v b="$v1" -v r="$reqs" 'BEGIN {print (b - a) / r}')" | tee -a "$RESULTS" >&2
+}
+
+# after_burst VARIANT: the server's VmRSS at the end of a burst of
+# connections and AFTER_WAITS seconds later (memory given back, or not).
+after_burst() {
+  local variant=$1 t0 line w
+  t0=$(date +%s)
+  line="$variant\t$(status_kib "$SERVER_PID" VmHWM)\t$(status_kib "$SERVER_PID" VmRSS)"
+  for w in $AFTER_WAITS; do
+    sleep $(( t0 + w - $(date +%s) > 0 ? t0 + w - $(date +%s) : 0 ))
+    line+="\t$(status_kib "$SERVER_PID" VmRSS)"
+  done
+  if [[ ! -f $OUT/after-burst.tsv ]]; then
+    local head='variant\tpeak_kib\tend_kib'
+    for w in $AFTER_WAITS; do head+="\tafter_${w}s_kib"; done
+    printf "$head\n" > "$OUT/after-burst.tsv"
+  fi
+  printf "$line\n" | tee -a "$OUT/after-burst.tsv" >&2
 }
 
 # fixed_rate VARIANT SERVER: oha at RATE req/s, latency corrected for
@@ -384,7 +414,10 @@ run_nginx() {
   start_server nginx
   want nginx && measure nginx nginx "$OUT/one-token.txt" "$CONNS"
   want nginx-rate && fixed_rate nginx-rate nginx
-  want nginx-1000conn && measure nginx-1000conn nginx "$OUT/one-token.txt" "$BIG_CONNS"
+  if want nginx-1000conn; then
+    measure nginx-1000conn nginx "$OUT/one-token.txt" "$BIG_CONNS"
+    after_burst nginx-1000conn
+  fi
   stop_server
 }
 
@@ -410,6 +443,7 @@ run_idgate() { # label
   if want idgate-1000conn; then
     start_server idgate
     measure "${l}idgate-1000conn" idgate "$OUT/one-token.txt" "$BIG_CONNS"
+    after_burst "${l}idgate-1000conn"
     stop_server
   fi
 }

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# How the server and the upstream share their core: context switches per
+# request, and how much of the core's time goes to runs of 200 µs or more
+# (batches of requests) rather than one request per wake-up. See
+# BENCHMARKS.md, "The scheduler".
+#
+#   bench/sched.sh [idgate|nginx]     # default idgate; cached, one token
+#   SERVER_NICE=-5 bench/sched.sh     # an experiment: the server at another
+#                                     # nice level (root), to see the effect
+#
+# Needs the files bench/sidecar.sh leaves in OUT (run it first, at least
+# with ONLY=none), the release binary, wrk, and perf (Debian linux-perf)
+# for the run lengths; without perf only the switch counts are printed.
+# Loopback only; bounded in time (SECS of load, default 10).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+OUT=${OUT:-$ROOT/target/bench/sidecar}
+SERVER=${1:-idgate}
+SECS=${SECS:-10}
+SERVER_CPU=${SERVER_CPU:-0} CLIENT_CPU=${CLIENT_CPU:-1}
+AUD=https://bench.idgate.test
+EMAIL=invoker@bench-project.iam.gserviceaccount.com
+tokens=$OUT/one-token.txt
+[[ -f $tokens ]] || { echo "run bench/sidecar.sh first (no $tokens)" >&2; exit 1; }
+
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+taskset -c "$SERVER_CPU" nginx -p "$OUT/nginx-up" -c "$OUT/nginx-up/nginx.conf" -e "$OUT/nginx-up/error.log" &
+up=$!
+pids+=($up)
+case $SERVER in
+  idgate)
+    port=18090
+    taskset -c "$SERVER_CPU" nice -n "${SERVER_NICE:-0}" "${IDGATE:-$ROOT/target/release/idgate}" serve \
+      --listen "127.0.0.1:$port" --admin-listen 127.0.0.1:18091 --upstream http://127.0.0.1:18081 \
+      --jwks-url http://127.0.0.1:18082/jwks.json --audience "$AUD" --member "serviceAccount:$EMAIL" \
+      >"$OUT/sched-idgate.log" 2>&1 &
+    ;;
+  nginx)
+    port=18080
+    taskset -c "$SERVER_CPU" nice -n "${SERVER_NICE:-0}" nginx -p "$OUT/nginx-proxy" -c "$OUT/nginx-proxy/nginx.conf" -e "$OUT/nginx-proxy/error.log" &
+    ;;
+  *) echo "unknown server $SERVER (idgate or nginx)" >&2; exit 2 ;;
+esac
+server=$!
+pids+=($server)
+token=$(head -n 1 "$tokens")
+for _ in $(seq 100); do
+  [[ $(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $token" "http://127.0.0.1:$port/") == 200 ]] && break
+  sleep 0.1
+done
+
+switches() { cat /proc/"$1"/task/*/status | awk '/ctxt_switches/ {n += $2} END {print n}'; }
+taskset -c "$CLIENT_CPU" wrk -t 1 -c 50 -d "${SECS}s" -s "$ROOT/bench/wrk-tokens.lua" \
+  "http://127.0.0.1:$port/" -- "$tokens" > "$OUT/sched-wrk.txt" &
+load=$!
+sleep 2 # into the load; the window below is timed by its own reads
+s0=$(switches "$server"); u0=$(switches "$up"); t0=$(date +%s.%N)
+if command -v perf >/dev/null; then
+  perf sched record -q -C "$SERVER_CPU" -o "$OUT/sched.data" -- sleep 1 >/dev/null 2>&1 || true
+fi
+sleep 2
+s1=$(switches "$server"); u1=$(switches "$up"); t1=$(date +%s.%N)
+wait "$load"
+rps=$(sed -n 's/.*rps=\([0-9.]*\).*/\1/p' "$OUT/sched-wrk.txt")
+awk -v s="$((s1 - s0))" -v u="$((u1 - u0))" -v t="$(echo "$t1 - $t0" | bc)" -v r="$rps" -v n="$SERVER" \
+  'BEGIN {printf "server=%s rps=%s server_cs_per_req=%.2f upstream_cs_per_req=%.2f\n", n, r, s / (t * r), u / (t * r)}'
+if [[ -f $OUT/sched.data ]]; then
+  # One line per run on the core: its length is the last column (ms).
+  perf sched timehist -i "$OUT/sched.data" 2>/dev/null |
+    awk -v s="$server" -v u="$up" '$3 ~ "\\[(" s "|" u ")\\]" {
+        n++; t += $NF; if ($NF >= 0.2) {b++; bt += $NF}
+      } END {
+        if (n) printf "runs=%d mean_run_us=%.1f runs_200us_or_more=%d share_of_time_in_them=%.0f%%\n", n, t / n * 1000, b, bt / t * 100
+      }'
+  rm -f "$OUT/sched.data"
+fi
