@@ -48,10 +48,14 @@ esac
 server=$!
 pids+=($server)
 token=$(head -n 1 "$tokens")
-for _ in $(seq 100); do
-  [[ $(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $token" "http://127.0.0.1:$port/") == 200 ]] && break
+ready=
+for _ in $(seq 100); do # up to 10 s for the server to answer 200
+  if [[ $(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $token" "http://127.0.0.1:$port/") == 200 ]]; then
+    ready=1; break
+  fi
   sleep 0.1
 done
+[[ -n $ready ]] || { echo "$SERVER did not answer 200 on port $port within 10 s (see $OUT)" >&2; exit 1; }
 
 switches() { cat /proc/"$1"/task/*/status | awk '/ctxt_switches/ {n += $2} END {print n}'; }
 taskset -c "$CLIENT_CPU" wrk -t 1 -c 50 -d "${SECS}s" -s "$ROOT/bench/wrk-tokens.lua" \
