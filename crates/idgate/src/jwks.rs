@@ -337,8 +337,10 @@ impl KeyCache {
             None => {
                 if let Some(f) = inner.start(Trigger::Scheduled) {
                     f.await;
-                    snap = inner.current.load_full();
                 }
+                // Also when nothing started: a fetch may have finished
+                // since `snap` was taken.
+                snap = inner.current.load_full();
             }
         }
         let Some(set) = snap.filter(|s| inner.usable(s, inner.clock.monotonic())) else {
@@ -411,8 +413,10 @@ impl KeyCache {
                     }
                     let now = inner.clock.monotonic();
                     let st = inner.lock();
+                    // Fresh keys wait for their refresh time even after a
+                    // failed unknown-kid fetch; only due keys retry sooner.
                     let due = match inner.current.load().as_ref() {
-                        Some(s) if st.failures == 0 => s.refresh_at,
+                        Some(s) if st.failures == 0 || now < s.refresh_at => s.refresh_at,
                         _ => st.retry_at,
                     };
                     // Never spin: at least a short pause between rounds.
@@ -440,7 +444,15 @@ impl Inner {
         if let Some(f) = &st.inflight {
             return Some(f.clone());
         }
+        // A fetch may have finished between the caller's look at `current`
+        // and this lock (`finish` stores under it): fresh keys, nothing due.
+        let fresh = self
+            .current
+            .load()
+            .as_ref()
+            .is_some_and(|s| now < s.refresh_at);
         match trigger {
+            Trigger::Scheduled if fresh => return None,
             Trigger::Scheduled if now < st.retry_at => return None,
             Trigger::UnknownKid => {
                 if st
@@ -678,6 +690,37 @@ mod tests {
         );
         assert_eq!(ttl(&[("cache-control", "no-store")]), 300);
         assert_eq!(ttl(&[("cache-control", "max-age=junk")]), 3600);
+    }
+
+    fn cache(clock: Arc<crate::clock::ManualClock>) -> KeyCache {
+        KeyCache::new(
+            "https://issuer.test".into(),
+            "http://127.0.0.1:9/jwks.json".into(),
+            JwksSettings::default(),
+            reqwest::Client::new(),
+            clock,
+        )
+    }
+
+    /// The race behind a cold cache fetching twice: a request saw no keys,
+    /// the running fetch then finished, and the request asked for a fetch.
+    /// It must find the fresh set and start nothing.
+    #[tokio::test]
+    async fn a_scheduled_start_after_a_fetch_finished_starts_nothing() {
+        let clock = Arc::new(crate::clock::ManualClock::starting_now());
+        let c = cache(clock.clone());
+        let now = clock.monotonic();
+        c.0.current.store(Some(Arc::new(KeySet {
+            keys: HashMap::new(),
+            fetched_at: now,
+            refresh_at: now + Duration::from_secs(60),
+            expires_at: now + Duration::from_secs(120),
+        })));
+        assert!(c.0.start(Trigger::Scheduled).is_none());
+        assert!(c.0.lock().inflight.is_none());
+        // Once due, it starts one (which fails here: nothing listens).
+        clock.advance(Duration::from_secs(60));
+        assert!(c.0.start(Trigger::Scheduled).is_some());
     }
 
     #[test]
