@@ -692,23 +692,19 @@ mod tests {
         assert_eq!(ttl(&[("cache-control", "max-age=junk")]), 3600);
     }
 
-    fn cache(clock: Arc<crate::clock::ManualClock>) -> KeyCache {
-        KeyCache::new(
-            "https://issuer.test".into(),
-            "http://127.0.0.1:9/jwks.json".into(),
-            JwksSettings::default(),
-            reqwest::Client::new(),
-            clock,
-        )
-    }
-
     /// The race behind a cold cache fetching twice: a request saw no keys,
     /// the running fetch then finished, and the request asked for a fetch.
     /// It must find the fresh set and start nothing.
     #[tokio::test]
     async fn a_scheduled_start_after_a_fetch_finished_starts_nothing() {
         let clock = Arc::new(crate::clock::ManualClock::starting_now());
-        let c = cache(clock.clone());
+        let c = KeyCache::new(
+            "https://issuer.test".into(),
+            "http://127.0.0.1:9/jwks.json".into(),
+            JwksSettings::default(),
+            reqwest::Client::new(),
+            clock.clone(),
+        );
         let now = clock.monotonic();
         c.0.current.store(Some(Arc::new(KeySet {
             keys: HashMap::new(),
