@@ -10,7 +10,9 @@
 #
 # Needs the files bench/sidecar.sh leaves in OUT (run it first, at least
 # with ONLY=none), the release binary, wrk, and perf (Debian linux-perf)
-# for the run lengths; without perf only the switch counts are printed.
+# for the run lengths and the CPU split (kernel, binary, libc: µs per
+# request, and the top symbols); without perf only the switch counts are
+# printed.
 # Loopback only; bounded in time (SECS of load, default 10).
 set -euo pipefail
 
@@ -65,6 +67,8 @@ sleep 2 # into the load; the window below is timed by its own reads
 s0=$(switches "$server"); u0=$(switches "$up"); t0=$(date +%s.%N)
 if command -v perf >/dev/null; then
   perf sched record -q -C "$SERVER_CPU" -o "$OUT/sched.data" -- sleep 1 >/dev/null 2>&1 || true
+  # Where the server's own CPU time goes: kernel, its binary, libc.
+  perf record -q -e cpu-clock -F 4999 -p "$server" -o "$OUT/cpu.data" -- sleep 1 >/dev/null 2>&1 || true
 fi
 sleep 2
 s1=$(switches "$server"); u1=$(switches "$up"); t1=$(date +%s.%N)
@@ -81,4 +85,15 @@ if [[ -f $OUT/sched.data ]]; then
         if (n) printf "runs=%d mean_run_us=%.1f runs_200us_or_more=%d share_of_time_in_them=%.0f%%\n", n, t / n * 1000, b, bt / t * 100
       }'
   rm -f "$OUT/sched.data"
+fi
+if [[ -f $OUT/cpu.data ]]; then
+  # cpu-clock counts nanoseconds; the window is 1 s, so at rps requests
+  # per second each share divides into microseconds per request.
+  perf report -i "$OUT/cpu.data" --stdio --sort dso 2>/dev/null |
+    awk -v r="$rps" '/^# Event count/ {ns = $NF} /%/ && ns {
+        sub("%", "", $1); d = $2; gsub(/[][]|\.kallsyms|\.so.*/, "", d)
+        printf "%s_us_per_req=%.1f ", d, ns * $1 / 100 / 1000 / r
+      } END {print ""}'
+  perf report -i "$OUT/cpu.data" --stdio --sort sym 2>/dev/null | grep '%' | head -n 12 || true
+  rm -f "$OUT/cpu.data"
 fi
