@@ -13,7 +13,7 @@
 # for the run lengths and the CPU split (kernel, binary, libc: µs per
 # request, and the top symbols); without perf only the switch counts are
 # printed.
-# Loopback only; bounded in time (SECS of load, default 10).
+# Loopback only; bounded in time (SECS of load, default 10, at least 8).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -21,45 +21,23 @@ OUT=${OUT:-$ROOT/target/bench/sidecar}
 SERVER=${1:-idgate}
 SECS=${SECS:-10}
 SERVER_CPU=${SERVER_CPU:-0} CLIENT_CPU=${CLIENT_CPU:-1}
-AUD=https://bench.idgate.test
-EMAIL=invoker@bench-project.iam.gserviceaccount.com
 tokens=$OUT/one-token.txt
 [[ -f $tokens ]] || { echo "run bench/sidecar.sh first (no $tokens)" >&2; exit 1; }
-
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+TOKEN=$(head -n 1 "$tokens")
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 trap cleanup EXIT
 
-taskset -c "$SERVER_CPU" nginx -p "$OUT/nginx-up" -c "$OUT/nginx-up/nginx.conf" -e "$OUT/nginx-up/error.log" &
-up=$!
-pids+=($up)
+# The measured window runs from 2 s to about 7 s into the load.
+(( SECS >= 8 )) || die "SECS=$SECS: at least 8, so the load outlasts the measured window"
 case $SERVER in
-  idgate)
-    port=18090
-    taskset -c "$SERVER_CPU" nice -n "${SERVER_NICE:-0}" "${IDGATE:-$ROOT/target/release/idgate}" serve \
-      --listen "127.0.0.1:$port" --admin-listen 127.0.0.1:18091 --upstream http://127.0.0.1:18081 \
-      --jwks-url http://127.0.0.1:18082/jwks.json --audience "$AUD" --member "serviceAccount:$EMAIL" \
-      >"$OUT/sched-idgate.log" 2>&1 &
-    ;;
-  nginx)
-    port=18080
-    taskset -c "$SERVER_CPU" nice -n "${SERVER_NICE:-0}" nginx -p "$OUT/nginx-proxy" -c "$OUT/nginx-proxy/nginx.conf" -e "$OUT/nginx-proxy/error.log" &
-    ;;
-  *) echo "unknown server $SERVER (idgate or nginx)" >&2; exit 2 ;;
+  idgate|nginx) ;;
+  *) die "unknown server $SERVER (idgate or nginx)" ;;
 esac
-server=$!
-pids+=($server)
-token=$(head -n 1 "$tokens")
-ready=
-for _ in $(seq 100); do # up to 10 s for the server to answer 200
-  if [[ $(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $token" "http://127.0.0.1:$port/") == 200 ]]; then
-    ready=1; break
-  fi
-  sleep 0.1
-done
-[[ -n $ready ]] || { echo "$SERVER did not answer 200 on port $port within 10 s (see $OUT)" >&2; exit 1; }
+start_upstream
+start_server "$SERVER"
+server=$SERVER_PID up=$UPSTREAM_PID port=$SERVER_PORT
 
-switches() { cat /proc/"$1"/task/*/status | awk '/ctxt_switches/ {n += $2} END {print n}'; }
 taskset -c "$CLIENT_CPU" wrk -t 1 -c 50 -d "${SECS}s" -s "$ROOT/bench/wrk-tokens.lua" \
   "http://127.0.0.1:$port/" -- "$tokens" > "$OUT/sched-wrk.txt" &
 load=$!
@@ -90,10 +68,10 @@ if [[ -f $OUT/cpu.data ]]; then
   # cpu-clock counts nanoseconds; the window is 1 s, so at rps requests
   # per second each share divides into microseconds per request.
   perf report -i "$OUT/cpu.data" --stdio --sort dso 2>/dev/null |
-    awk -v r="$rps" '/^# Event count/ {ns = $NF} /%/ && ns {
+    awk -v r="$rps" '/^# Event count/ {ns = $NF} /^ +[0-9.]+%/ && ns {
         sub("%", "", $1); d = $2; gsub(/[][]|\.kallsyms|\.so.*/, "", d)
         printf "%s_us_per_req=%.1f ", d, ns * $1 / 100 / 1000 / r
       } END {print ""}'
-  perf report -i "$OUT/cpu.data" --stdio --sort sym 2>/dev/null | grep '%' | head -n 12 || true
+  perf report -i "$OUT/cpu.data" --stdio --sort sym 2>/dev/null | grep -E '^ +[0-9.]+%' | head -n 12 || true
   rm -f "$OUT/cpu.data"
 fi

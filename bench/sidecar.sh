@@ -49,30 +49,17 @@ IDLE_WAIT=${IDLE_WAIT:-120}
 AFTER_WAITS=${AFTER_WAITS:-15 130}
 ONLY=${ONLY:-}
 
-AUD=https://bench.idgate.test
-EMAIL=invoker@bench-project.iam.gserviceaccount.com
-P_UP=18081 P_JWKS=18082 P_NGINX=18080 P_IDGATE=18090 P_IDGATE_ADMIN=18091 P_ENVOY=18100 P_ENVOY_ADMIN=18101
-
 TICK=$(getconf CLK_TCK)
-IDGATE=${IDGATE:-$ROOT/target/release/idgate}
 LOADKIT=$ROOT/target/release/loadkit
-ENVOY=$OUT/envoy-wheel/envoy/_bin/envoy
 RESULTS=${RESULTS:-$OUT/results.tsv}
-SERVER_PID=
-UPSTREAM_PID=
+# shellcheck source=bench/lib.sh
+. "$BENCH/lib.sh"
 
-log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { log "error: $*"; exit 1; }
 want() { [[ -z $ONLY ]] || [[ " $ONLY " == *" $1 "* ]]; }
 # Variants: nginx nginx-rate nginx-1000conn idgate-1token idgate-rate
 # idgate-1000tokens idgate-1000tokens-nocache idgate-1000conn envoy-1token
 # envoy-rate envoy-1000tokens envoy-1000tokens-nocache idgate-cache
 
-cleanup() {
-  [[ -n $SERVER_PID ]] && kill "$SERVER_PID" 2>/dev/null || true
-  [[ -n $UPSTREAM_PID ]] && kill "$UPSTREAM_PID" 2>/dev/null || true
-  wait 2>/dev/null || true
-}
 trap cleanup EXIT
 
 # ---------------------------------------------------------------- setup
@@ -240,47 +227,6 @@ wait_for_idle() {
   done
 }
 
-start_upstream() {
-  taskset -c "$SERVER_CPU" nginx -p "$OUT/nginx-up" -c "$OUT/nginx-up/nginx.conf" -e "$OUT/nginx-up/error.log" &
-  UPSTREAM_PID=$!
-  for _ in $(seq 50); do curl -fs "http://127.0.0.1:$P_UP/" >/dev/null && return; sleep 0.1; done
-  die "upstream did not start"
-}
-
-# start_server NAME [ARGS...]: the server under test, pinned to SERVER_CPU.
-start_server() {
-  local name=$1; shift
-  local port
-  case $name in
-    nginx)
-      taskset -c "$SERVER_CPU" nginx -p "$OUT/nginx-proxy" -c "$OUT/nginx-proxy/nginx.conf" -e "$OUT/nginx-proxy/error.log" &
-      port=$P_NGINX ;;
-    idgate)
-      taskset -c "$SERVER_CPU" "$IDGATE" serve --listen "127.0.0.1:$P_IDGATE" --admin-listen "127.0.0.1:$P_IDGATE_ADMIN" \
-        --upstream "http://127.0.0.1:$P_UP" --jwks-url "http://127.0.0.1:$P_JWKS/jwks.json" \
-        --audience "$AUD" --member "serviceAccount:$EMAIL" "$@" 2>>"$OUT/idgate.log" &
-      port=$P_IDGATE ;;
-    envoy)
-      taskset -c "$SERVER_CPU" "$ENVOY" -c "$1" --concurrency 1 --disable-hot-restart -l error \
-        --base-id $RANDOM 2>>"$OUT/envoy.log" &
-      port=$P_ENVOY ;;
-  esac
-  SERVER_PID=$!
-  for _ in $(seq 100); do
-    if [[ $(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$port/") == 200 ]]; then
-      SERVER_PORT=$port; return
-    fi
-    sleep 0.1
-  done
-  die "$name did not answer 200 on :$port"
-}
-
-stop_server() {
-  kill "$SERVER_PID" 2>/dev/null || true
-  wait "$SERVER_PID" 2>/dev/null || true
-  SERVER_PID=
-}
-
 # wrk_run SECONDS CONNS TOKENS_FILE: prints wrk's BENCH line.
 wrk_run() {
   local secs=$1 conns=$2 tokens=$3
@@ -301,11 +247,6 @@ hit_pct() { # "H0 M0" "H1 M1"
   [[ -n $1 ]] || return 0
   awk -v a="$1" -v b="$2" 'BEGIN {split(a, x, " "); split(b, y, " "); h = y[1] - x[1]; m = y[2] - x[2];
     if (h + m > 0) printf "%.1f", h * 100 / (h + m)}'
-}
-
-# Context switches (voluntary and not) of every thread of process $1.
-switches() {
-  cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/ {n += $2} END {print n + 0}'
 }
 
 header() {

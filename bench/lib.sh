@@ -1,0 +1,73 @@
+# Shared by bench/sidecar.sh and bench/sched.sh (sourced, not run): the
+# names, ports and start lines of the servers under test, so a change to
+# idgate's benchmark flags is made once. Needs ROOT, OUT, SERVER_CPU and,
+# for start_server, TOKEN (a token the server must answer 200 to).
+
+AUD=https://bench.idgate.test
+EMAIL=invoker@bench-project.iam.gserviceaccount.com
+P_UP=18081 P_JWKS=18082 P_NGINX=18080 P_IDGATE=18090 P_IDGATE_ADMIN=18091 P_ENVOY=18100 P_ENVOY_ADMIN=18101
+IDGATE=${IDGATE:-$ROOT/target/release/idgate}
+ENVOY=$OUT/envoy-wheel/envoy/_bin/envoy
+SERVER_PID=
+UPSTREAM_PID=
+
+log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+cleanup() {
+  [[ -n $SERVER_PID ]] && kill "$SERVER_PID" 2>/dev/null || true
+  [[ -n $UPSTREAM_PID ]] && kill "$UPSTREAM_PID" 2>/dev/null || true
+  wait 2>/dev/null || true
+}
+
+# The upstream nginx (also serving the JWKS), pinned to SERVER_CPU.
+start_upstream() {
+  taskset -c "$SERVER_CPU" nginx -p "$OUT/nginx-up" -c "$OUT/nginx-up/nginx.conf" -e "$OUT/nginx-up/error.log" &
+  UPSTREAM_PID=$!
+  for _ in $(seq 50); do curl -fs "http://127.0.0.1:$P_UP/" >/dev/null && return; sleep 0.1; done
+  die "upstream did not start"
+}
+
+# start_server NAME [ARGS...]: the server under test (nginx, idgate, or
+# envoy with its config file as ARGS), pinned to SERVER_CPU at nice
+# SERVER_NICE (default 0). Sets SERVER_PID and SERVER_PORT once the server
+# answers TOKEN with 200.
+start_server() {
+  local name=$1; shift
+  local port
+  local pin=(taskset -c "$SERVER_CPU" nice -n "${SERVER_NICE:-0}")
+  case $name in
+    nginx)
+      "${pin[@]}" nginx -p "$OUT/nginx-proxy" -c "$OUT/nginx-proxy/nginx.conf" -e "$OUT/nginx-proxy/error.log" &
+      port=$P_NGINX ;;
+    idgate)
+      "${pin[@]}" "$IDGATE" serve --listen "127.0.0.1:$P_IDGATE" --admin-listen "127.0.0.1:$P_IDGATE_ADMIN" \
+        --upstream "http://127.0.0.1:$P_UP" --jwks-url "http://127.0.0.1:$P_JWKS/jwks.json" \
+        --audience "$AUD" --member "serviceAccount:$EMAIL" "$@" 2>>"$OUT/idgate.log" &
+      port=$P_IDGATE ;;
+    envoy)
+      "${pin[@]}" "$ENVOY" -c "$1" --concurrency 1 --disable-hot-restart -l error \
+        --base-id $RANDOM 2>>"$OUT/envoy.log" &
+      port=$P_ENVOY ;;
+    *) die "unknown server $name (nginx, idgate or envoy)" ;;
+  esac
+  SERVER_PID=$!
+  for _ in $(seq 100); do
+    if [[ $(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$port/") == 200 ]]; then
+      SERVER_PORT=$port; return
+    fi
+    sleep 0.1
+  done
+  die "$name did not answer 200 on :$port (see $OUT)"
+}
+
+stop_server() {
+  kill "$SERVER_PID" 2>/dev/null || true
+  wait "$SERVER_PID" 2>/dev/null || true
+  SERVER_PID=
+}
+
+# Context switches (voluntary and not) of every thread of process $1.
+switches() {
+  cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/ {n += $2} END {print n + 0}'
+}
