@@ -19,9 +19,9 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=${OUT:-$ROOT/target/bench/sidecar}
 VARIANT=${1:-one-token}
 SECS=${SECS:-10}
-P_UP=18081 P_JWKS=18082 P_IDGATE=18090 P_IDGATE_ADMIN=18091
-AUD=https://bench.idgate.test
-EMAIL=invoker@bench-project.iam.gserviceaccount.com
+# The ports, audience and member (its own start line: under valgrind).
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 PROF=$OUT/profile
 mkdir -p "$PROF"
 
