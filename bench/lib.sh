@@ -1,7 +1,8 @@
-# Shared by bench/sidecar.sh and bench/sched.sh (sourced, not run): the
-# names, ports and start lines of the servers under test, so a change to
-# idgate's benchmark flags is made once. Needs ROOT, OUT, SERVER_CPU and,
-# for start_server, TOKEN (a token the server must answer 200 to).
+# Shared by bench/sidecar.sh, bench/sched.sh and bench/profile.sh
+# (sourced, not run): the names, ports and start lines of the servers
+# under test, so a change to idgate's benchmark flags is made once. Needs
+# ROOT, OUT, SERVER_CPU and, for start_server, TOKEN (a token the server
+# must answer 200 to).
 
 AUD=https://bench.idgate.test
 EMAIL=invoker@bench-project.iam.gserviceaccount.com
