@@ -36,20 +36,19 @@ case $SERVER in
 esac
 start_upstream
 start_server "$SERVER"
-server=$SERVER_PID up=$UPSTREAM_PID port=$SERVER_PORT
 
 taskset -c "$CLIENT_CPU" wrk -t 1 -c 50 -d "${SECS}s" -s "$ROOT/bench/wrk-tokens.lua" \
-  "http://127.0.0.1:$port/" -- "$tokens" > "$OUT/sched-wrk.txt" &
+  "http://127.0.0.1:$SERVER_PORT/" -- "$tokens" > "$OUT/sched-wrk.txt" &
 load=$!
 sleep 2 # into the load; the window below is timed by its own reads
-s0=$(switches "$server"); u0=$(switches "$up"); t0=$(date +%s.%N)
+s0=$(switches "$SERVER_PID"); u0=$(switches "$UPSTREAM_PID"); t0=$(date +%s.%N)
 if command -v perf >/dev/null; then
   perf sched record -q -C "$SERVER_CPU" -o "$OUT/sched.data" -- sleep 1 >/dev/null 2>&1 || true
   # Where the server's own CPU time goes: kernel, its binary, libc.
-  perf record -q -e cpu-clock -F 4999 -p "$server" -o "$OUT/cpu.data" -- sleep 1 >/dev/null 2>&1 || true
+  perf record -q -e cpu-clock -F 4999 -p "$SERVER_PID" -o "$OUT/cpu.data" -- sleep 1 >/dev/null 2>&1 || true
 fi
 sleep 2
-s1=$(switches "$server"); u1=$(switches "$up"); t1=$(date +%s.%N)
+s1=$(switches "$SERVER_PID"); u1=$(switches "$UPSTREAM_PID"); t1=$(date +%s.%N)
 wait "$load"
 rps=$(sed -n 's/.*rps=\([0-9.]*\).*/\1/p' "$OUT/sched-wrk.txt")
 awk -v s="$((s1 - s0))" -v u="$((u1 - u0))" -v t="$(echo "$t1 - $t0" | bc)" -v r="$rps" -v n="$SERVER" \
@@ -57,7 +56,7 @@ awk -v s="$((s1 - s0))" -v u="$((u1 - u0))" -v t="$(echo "$t1 - $t0" | bc)" -v r
 if [[ -f $OUT/sched.data ]]; then
   # One line per run on the core: its length is the last column (ms).
   perf sched timehist -i "$OUT/sched.data" 2>/dev/null |
-    awk -v s="$server" -v u="$up" '$3 ~ "\\[(" s "|" u ")\\]" {
+    awk -v s="$SERVER_PID" -v u="$UPSTREAM_PID" '$3 ~ "\\[(" s "|" u ")\\]" {
         n++; t += $NF; if ($NF >= 0.2) {b++; bt += $NF}
       } END {
         if (n) printf "runs=%d mean_run_us=%.1f runs_200us_or_more=%d share_of_time_in_them=%.0f%%\n", n, t / n * 1000, b, bt / t * 100

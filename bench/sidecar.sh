@@ -293,11 +293,12 @@ measure() {
 # after_burst VARIANT: the server's VmRSS at the end of a burst of
 # connections and AFTER_WAITS seconds later (memory given back, or not).
 after_burst() {
-  local variant=$1 t0 line w
+  local variant=$1 t0 line w left
   t0=$(date +%s)
   line="$variant\t$(status_kib "$SERVER_PID" VmHWM)\t$(status_kib "$SERVER_PID" VmRSS)"
   for w in $AFTER_WAITS; do
-    sleep $(( t0 + w - $(date +%s) > 0 ? t0 + w - $(date +%s) : 0 ))
+    left=$(( t0 + w - $(date +%s) ))
+    (( left <= 0 )) || sleep "$left"
     line+="\t$(status_kib "$SERVER_PID" VmRSS)"
   done
   if [[ ! -f $OUT/after-burst.tsv ]]; then
