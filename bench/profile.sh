@@ -5,6 +5,9 @@
 # (zeroed after a warm-up). Prints Ir per request and the top functions.
 #
 #   bench/profile.sh [one-token|1000-tokens|1000-tokens-nocache]
+#   bench/profile.sh heap-1000conn    # the heap with 1,000 connections
+#                                     # open (valgrind's massif): its peak
+#                                     # and where it was allocated
 #
 # Needs the files bench/sidecar.sh leaves in OUT (tokens, nginx configs):
 # run that first, at least with ONLY=none. Loopback only; bounded in time.
@@ -25,10 +28,13 @@ SECS=${SECS:-10}
 PROF=$OUT/profile
 mkdir -p "$PROF"
 
+tool=(--tool=callgrind --callgrind-out-file="$PROF/callgrind.out")
 case $VARIANT in
   one-token) tokens=$OUT/one-token.txt extra=() ;;
   1000-tokens) tokens=$OUT/1000-tokens.txt extra=() ;;
   1000-tokens-nocache) tokens=$OUT/1000-tokens.txt extra=(--token-cache-capacity 0) ;;
+  heap-1000conn) tokens=$OUT/one-token.txt extra=()
+    tool=(--tool=massif --massif-out-file="$PROF/massif.out" --depth=30 --threshold=1.0) ;;
   *) echo "unknown variant $VARIANT" >&2; exit 2 ;;
 esac
 [[ -f $tokens ]] || { echo "run bench/sidecar.sh first (no $tokens)" >&2; exit 1; }
@@ -39,8 +45,8 @@ trap cleanup EXIT
 
 nginx -p "$OUT/nginx-up" -c "$OUT/nginx-up/nginx.conf" -e "$OUT/nginx-up/error.log" &
 pids+=($!)
-rm -f "$PROF"/callgrind.out*
-valgrind --tool=callgrind --callgrind-out-file="$PROF/callgrind.out" \
+rm -f "$PROF"/callgrind.out* "$PROF"/massif.out
+valgrind "${tool[@]}" \
   "${IDGATE:-$ROOT/target/release/idgate}" serve --listen "127.0.0.1:$P_IDGATE" --admin-listen "127.0.0.1:$P_IDGATE_ADMIN" \
   --upstream "http://127.0.0.1:$P_UP" --jwks-url "http://127.0.0.1:$P_JWKS/jwks.json" \
   --audience "$AUD" --member "serviceAccount:$EMAIL" "${extra[@]}" 2>"$PROF/valgrind.log" &
@@ -51,7 +57,24 @@ for _ in $(seq 300); do
   [[ $(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $token" "http://127.0.0.1:$P_IDGATE/") == 200 ]] && break
   sleep 0.2
 done
-run() { wrk -t 1 -c 10 -d "${1}s" --timeout 10s -s "$ROOT/bench/wrk-tokens.lua" "http://127.0.0.1:$P_IDGATE/" -- "$tokens" | grep '^BENCH'; }
+run() { wrk -t 1 -c "${2:-10}" -d "${1}s" --timeout 10s -s "$ROOT/bench/wrk-tokens.lua" "http://127.0.0.1:$P_IDGATE/" -- "$tokens" | grep '^BENCH'; }
+if [[ $VARIANT == heap-1000conn ]]; then
+  run "$SECS" 1000
+  # Massif writes its snapshots when the process exits (SIGTERM: a clean
+  # shutdown). Then the peak snapshot's tree, five levels deep, with each
+  # site's bytes per connection (the upstream side has fewer than 1,000).
+  kill -TERM "$vg"; wait "$vg" || true
+  ms_print "$PROF/massif.out" > "$PROF/massif.txt"
+  awk '/^ Detailed snapshots:/ {peak = $0; sub(/ \(peak\).*/, "", peak); sub(/.*[[ ]/, "", peak); next}
+       /^ +[0-9]+ +[0-9,]+ +[0-9,]+ +[0-9,]+ +[0-9,]+ +[0-9,]+ *$/ {if (p) exit; p = ($1 == peak); next}
+       p && /^[| ]*->/ && !/below .*threshold/ && index($0, "->") < 10 {
+         b = $0; sub(/^[^(]*\(/, "", b); sub(/B\).*/, "", b); gsub(",", "", b)
+         f = $0; sub(/ \(in .*/, "", f); sub(/^[| ]*->[0-9.]+% \([0-9,]+B\) (0x[0-9A-F]+: )?/, "", f)
+         printf "%8d B/conn  %s%s\n", b / 1000, substr($0, 1, index($0, "->") - 1), f
+       }' "$PROF/massif.txt" | cut -c1-170
+  echo "peak heap: $(awk '/^ *mem_heap_B=/ {sub(/.*=/, ""); if ($0 > m) m = $0} END {printf "%.1f MiB", m / 1048576}' "$PROF/massif.out") (details: $PROF/massif.txt)"
+  exit 0
+fi
 run 5 >/dev/null
 callgrind_control --zero "$vg" >/dev/null
 line=$(run "$SECS")

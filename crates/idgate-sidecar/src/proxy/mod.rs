@@ -54,6 +54,15 @@ const MAX_IDLE: usize = 1024;
 /// An idle upstream connection older than this is closed.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
+/// Idle upstream connections kept for the whole [`IDLE_TIMEOUT`]: enough
+/// for steady traffic to find a warm one.
+const WARM_IDLE: usize = 64;
+
+/// The idle connections beyond the [`WARM_IDLE`] newest (a burst's) close
+/// after this long unused, so the memory they hold is handed back soon
+/// after the burst.
+const SPARE_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Forwards requests to one upstream. Cheap to clone.
 #[derive(Clone)]
 pub struct Proxy {
@@ -93,12 +102,14 @@ impl Proxy {
             PoolLimits {
                 max_idle: MAX_IDLE,
                 idle_timeout: IDLE_TIMEOUT,
+                warm: WARM_IDLE,
+                spare_idle_timeout: SPARE_IDLE_TIMEOUT,
                 connect_timeout: timeout.min(Duration::from_secs(10)),
             },
             Arc::new(idgate::SystemClock::new()),
         );
         if tokio::runtime::Handle::try_current().is_ok() {
-            http1.sweep_every(IDLE_TIMEOUT / 3);
+            http1.sweep_every(SPARE_IDLE_TIMEOUT / 2);
         }
         let h2c = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(IDLE_TIMEOUT)

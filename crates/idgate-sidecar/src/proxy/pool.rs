@@ -17,12 +17,15 @@
 //!   (`Connection: close`, a response body dropped midway, an error)
 //!   closes it.
 //! - Idle connections: newest first, at most `max_idle`, none older than
-//!   `idle_timeout`: the oldest are closed as they pass it, when a
-//!   connection comes back and by a sweep every third of the timeout, so a
-//!   burst's connections do not stay open (holding descriptors and
-//!   buffers) under the light traffic that follows. One the upstream
-//!   closed is noticed when it is next taken (a poll reads the end of
-//!   stream) and skipped.
+//!   `idle_timeout`. Beyond the newest `warm` of them, the spares a burst
+//!   opened close once idle for `spare_idle_timeout`: each holds about
+//!   25 KiB of hyper's buffers, so keeping a thousand of them for the
+//!   whole timeout kept the sidecar's RSS near the burst's peak for a
+//!   minute and a half (BENCHMARKS.md, "Memory after a burst"). The oldest
+//!   are closed as they pass their limit, when a connection comes back and
+//!   by a periodic sweep, so a burst's connections do not stay open under
+//!   the light traffic that follows. One the upstream closed is noticed
+//!   when it is next taken (a poll reads the end of stream) and skipped.
 //! - A request that hyper hands back unsent (the reused connection was
 //!   closed under it) is sent again once on a new connection.
 //! - When a body ends while hyper still needs a poll to finish the
@@ -85,6 +88,10 @@ pub struct PoolLimits {
     pub max_idle: usize,
     /// An idle connection older than this is closed rather than reused.
     pub idle_timeout: Duration,
+    /// Idle connections kept for the whole `idle_timeout` (the newest).
+    pub warm: usize,
+    /// Idle connections beyond the `warm` ones close once idle this long.
+    pub spare_idle_timeout: Duration,
     /// Bound on establishing one connection.
     pub connect_timeout: Duration,
 }
@@ -155,8 +162,8 @@ impl Pool {
         }
     }
 
-    /// Closes idle connections older than the idle timeout every `period`,
-    /// until the pool is dropped. Needs a tokio runtime.
+    /// Closes idle connections past their limit (see [`PoolLimits`]) every
+    /// `period`, until the pool is dropped. Needs a tokio runtime.
     pub fn sweep_every(&self, period: Duration) {
         let shared = Arc::downgrade(&self.shared);
         tokio::spawn(async move {
@@ -280,13 +287,13 @@ impl Shared {
     }
 
     /// Back to the idle list, or closed when the list is full. Those past
-    /// the idle timeout go first. Connections close (a syscall each) after
-    /// the lock is let go.
+    /// their limit go first. Connections close (a syscall each) after the
+    /// lock is let go.
     fn put(&self, lease: Lease) {
         let now = self.clock.monotonic();
         let (expired, refused) = {
             let mut idle = self.lock();
-            let expired = Self::take_expired(&mut idle, now, self.limits.idle_timeout);
+            let expired = Self::take_expired(&mut idle, now, &self.limits);
             if idle.len() < self.limits.max_idle {
                 idle.push_back(Idle { lease, since: now });
                 (expired, None)
@@ -300,19 +307,26 @@ impl Shared {
         drop((expired, refused));
     }
 
-    /// Closes the idle connections past the idle timeout; returns how many.
+    /// Closes the idle connections past their limit; returns how many.
     fn expire(&self) -> usize {
         let now = self.clock.monotonic();
-        let expired = Self::take_expired(&mut self.lock(), now, self.limits.idle_timeout);
+        let expired = Self::take_expired(&mut self.lock(), now, &self.limits);
         expired.len()
     }
 
-    /// Takes the idle connections past `timeout` out of the list (they are
-    /// at its front), counting them as closed.
-    fn take_expired(idle: &mut VecDeque<Idle>, now: Duration, timeout: Duration) -> Vec<Idle> {
+    /// Takes out of the list the idle connections past the idle timeout
+    /// and the spares (all but the newest `warm`) past the spare timeout,
+    /// counting them as closed. Both are at the list's front: it is ordered
+    /// oldest first, and the spares are the oldest.
+    fn take_expired(idle: &mut VecDeque<Idle>, now: Duration, limits: &PoolLimits) -> Vec<Idle> {
+        let spares = idle.len().saturating_sub(limits.warm);
         let fresh = idle
             .iter()
-            .position(|i| now.saturating_sub(i.since) <= timeout)
+            .enumerate()
+            .position(|(i, idle)| {
+                let age = now.saturating_sub(idle.since);
+                age <= limits.idle_timeout && (i >= spares || age <= limits.spare_idle_timeout)
+            })
             .unwrap_or(idle.len());
         if fresh == 0 {
             return Vec::new();
@@ -554,6 +568,8 @@ mod tests {
             PoolLimits {
                 max_idle,
                 idle_timeout: Duration::from_secs(90),
+                warm: max_idle,
+                spare_idle_timeout: Duration::from_secs(90),
                 connect_timeout: Duration::from_secs(5),
             },
             clock,
@@ -720,6 +736,63 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn spares_beyond_the_warm_ones_close_after_the_spare_timeout() {
+        let up = upstream().await;
+        let clock = clock();
+        let pool = Pool::new(
+            up.target.clone(),
+            PoolLimits {
+                max_idle: 8,
+                idle_timeout: Duration::from_secs(90),
+                warm: 1,
+                spare_idle_timeout: Duration::from_secs(10),
+                connect_timeout: Duration::from_secs(5),
+            },
+            clock.clone(),
+        );
+        three_idle(&pool).await;
+        clock.advance(Duration::from_secs(10));
+        assert_eq!(pool.shared.expire(), 0, "not yet past the spare timeout");
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(pool.shared.expire(), 2, "the two spares");
+        until_closed(&up, 2).await;
+        assert_eq!(pool.idle_count(), 1);
+        // The warm one stays until the idle timeout, and is reused.
+        clock.advance(Duration::from_secs(70));
+        assert_eq!(pool.shared.expire(), 0);
+        assert_eq!(fetch(&pool, "/ok").await.1, "ok");
+        assert_eq!(up.connections.load(Ordering::SeqCst), 3, "no new one");
+        assert_eq!(pool.idle_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_spare_in_use_is_not_closed_by_its_old_age() {
+        let up = upstream().await;
+        let clock = clock();
+        let pool = Pool::new(
+            up.target.clone(),
+            PoolLimits {
+                max_idle: 8,
+                idle_timeout: Duration::from_secs(90),
+                warm: 1,
+                spare_idle_timeout: Duration::from_secs(10),
+                connect_timeout: Duration::from_secs(5),
+            },
+            clock.clone(),
+        );
+        three_idle(&pool).await;
+        // Used again after 9 s, the newest comes back fresh; the other two
+        // pass the spare timeout and go, it stays as the warm one.
+        clock.advance(Duration::from_secs(9));
+        assert_eq!(fetch(&pool, "/ok").await.1, "ok");
+        clock.advance(Duration::from_secs(5));
+        assert_eq!(pool.shared.expire(), 2);
+        assert_eq!(pool.idle_count(), 1);
+        assert_eq!(fetch(&pool, "/ok").await.1, "ok");
+        assert_eq!(up.connections.load(Ordering::SeqCst), 3, "no new one");
+    }
+
+    #[tokio::test]
     async fn nobody_listening_is_a_connect_error() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let target = listener.local_addr().unwrap().to_string();
@@ -729,6 +802,8 @@ mod tests {
             PoolLimits {
                 max_idle: 1,
                 idle_timeout: Duration::from_secs(90),
+                warm: 1,
+                spare_idle_timeout: Duration::from_secs(90),
                 connect_timeout: Duration::from_secs(5),
             },
             clock(),
@@ -795,6 +870,8 @@ mod tests {
             PoolLimits {
                 max_idle: 8,
                 idle_timeout: Duration::from_millis(200),
+                warm: 8,
+                spare_idle_timeout: Duration::from_millis(200),
                 connect_timeout: Duration::from_secs(5),
             },
             clock(),
