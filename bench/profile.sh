@@ -59,7 +59,8 @@ for _ in $(seq 300); do
 done
 run() { wrk -t 1 -c "${2:-10}" -d "${1}s" --timeout 10s -s "$ROOT/bench/wrk-tokens.lua" "http://127.0.0.1:$P_IDGATE/" -- "$tokens" | grep '^BENCH'; }
 if [[ $VARIANT == heap-1000conn ]]; then
-  run "$SECS" 1000
+  conns=1000
+  run "$SECS" "$conns"
   # Massif writes its snapshots when the process exits (SIGTERM: a clean
   # shutdown). Then the peak snapshot's tree, five levels deep, with each
   # site's bytes per connection (the upstream side has fewer than 1,000).
@@ -70,8 +71,8 @@ if [[ $VARIANT == heap-1000conn ]]; then
        p && /^[| ]*->/ && !/below .*threshold/ && index($0, "->") < 10 {
          b = $0; sub(/^[^(]*\(/, "", b); sub(/B\).*/, "", b); gsub(",", "", b)
          f = $0; sub(/ \(in .*/, "", f); sub(/^[| ]*->[0-9.]+% \([0-9,]+B\) (0x[0-9A-F]+: )?/, "", f)
-         printf "%8d B/conn  %s%s\n", b / 1000, substr($0, 1, index($0, "->") - 1), f
-       }' "$PROF/massif.txt" | cut -c1-170
+         printf "%8d B/conn  %s%s\n", b / conns, substr($0, 1, index($0, "->") - 1), f
+       }' conns="$conns" "$PROF/massif.txt" | cut -c1-170
   echo "peak heap: $(awk '/^ *mem_heap_B=/ {sub(/.*=/, ""); if ($0 > m) m = $0} END {printf "%.1f MiB", m / 1048576}' "$PROF/massif.out") (details: $PROF/massif.txt)"
   exit 0
 fi
