@@ -735,11 +735,9 @@ mod tests {
         assert_eq!(up.connections.load(Ordering::SeqCst), 3, "no new one");
     }
 
-    #[tokio::test]
-    async fn spares_beyond_the_warm_ones_close_after_the_spare_timeout() {
-        let up = upstream().await;
-        let clock = clock();
-        let pool = Pool::new(
+    /// One warm connection kept for 90 s; spares close after 10 s idle.
+    fn spare_pool(up: &Upstream, clock: Arc<ManualClock>) -> Pool {
+        Pool::new(
             up.target.clone(),
             PoolLimits {
                 max_idle: 8,
@@ -748,8 +746,15 @@ mod tests {
                 spare_idle_timeout: Duration::from_secs(10),
                 connect_timeout: Duration::from_secs(5),
             },
-            clock.clone(),
-        );
+            clock,
+        )
+    }
+
+    #[tokio::test]
+    async fn spares_beyond_the_warm_ones_close_after_the_spare_timeout() {
+        let up = upstream().await;
+        let clock = clock();
+        let pool = spare_pool(&up, clock.clone());
         three_idle(&pool).await;
         clock.advance(Duration::from_secs(10));
         assert_eq!(pool.shared.expire(), 0, "not yet past the spare timeout");
@@ -769,17 +774,7 @@ mod tests {
     async fn a_spare_in_use_is_not_closed_by_its_old_age() {
         let up = upstream().await;
         let clock = clock();
-        let pool = Pool::new(
-            up.target.clone(),
-            PoolLimits {
-                max_idle: 8,
-                idle_timeout: Duration::from_secs(90),
-                warm: 1,
-                spare_idle_timeout: Duration::from_secs(10),
-                connect_timeout: Duration::from_secs(5),
-            },
-            clock.clone(),
-        );
+        let pool = spare_pool(&up, clock.clone());
         three_idle(&pool).await;
         // Used again after 9 s, the newest comes back fresh; the other two
         // pass the spare timeout and go, it stays as the warm one.
