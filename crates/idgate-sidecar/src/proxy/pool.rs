@@ -323,8 +323,8 @@ impl Shared {
         let fresh = idle
             .iter()
             .enumerate()
-            .position(|(i, idle)| {
-                let age = now.saturating_sub(idle.since);
+            .position(|(i, entry)| {
+                let age = now.saturating_sub(entry.since);
                 age <= limits.idle_timeout && (i >= spares || age <= limits.spare_idle_timeout)
             })
             .unwrap_or(idle.len());
