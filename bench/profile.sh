@@ -22,7 +22,10 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=${OUT:-$ROOT/target/bench/sidecar}
 VARIANT=${1:-one-token}
 SECS=${SECS:-10}
-# The ports, audience and member (its own start line: under valgrind).
+# Not pinned unless asked: valgrind runs the sidecar on one thread anyway.
+SERVER_CPU=${SERVER_CPU:-0-$(( $(nproc) - 1 ))}
+# The ports, audience, member, upstream and cleanup (the sidecar has its
+# own start line: under valgrind).
 # shellcheck source=bench/lib.sh
 . "$ROOT/bench/lib.sh"
 PROF=$OUT/profile
@@ -39,19 +42,15 @@ case $VARIANT in
 esac
 [[ -f $tokens ]] || { echo "run bench/sidecar.sh first (no $tokens)" >&2; exit 1; }
 
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
-
-nginx -p "$OUT/nginx-up" -c "$OUT/nginx-up/nginx.conf" -e "$OUT/nginx-up/error.log" &
-pids+=($!)
+start_upstream
 rm -f "$PROF"/callgrind.out* "$PROF"/massif.out
 valgrind "${tool[@]}" \
-  "${IDGATE:-$ROOT/target/release/idgate}" serve --listen "127.0.0.1:$P_IDGATE" --admin-listen "127.0.0.1:$P_IDGATE_ADMIN" \
+  "$IDGATE" serve --listen "127.0.0.1:$P_IDGATE" --admin-listen "127.0.0.1:$P_IDGATE_ADMIN" \
   --upstream "http://127.0.0.1:$P_UP" --jwks-url "http://127.0.0.1:$P_JWKS/jwks.json" \
   --audience "$AUD" --member "serviceAccount:$EMAIL" "${extra[@]}" 2>"$PROF/valgrind.log" &
 vg=$!
-pids+=($vg)
+SERVER_PID=$vg # for lib.sh's cleanup
 token=$(head -n 1 "$tokens")
 for _ in $(seq 300); do
   [[ $(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $token" "http://127.0.0.1:$P_IDGATE/") == 200 ]] && break
@@ -65,6 +64,7 @@ if [[ $VARIANT == heap-1000conn ]]; then
   # shutdown). Then the peak snapshot's tree, five levels deep, with each
   # site's bytes per connection (the upstream side has fewer than 1,000).
   kill -TERM "$vg"; wait "$vg" || true
+  SERVER_PID=
   ms_print "$PROF/massif.out" > "$PROF/massif.txt"
   awk '/^ Detailed snapshots:/ {peak = $0; sub(/ \(peak\).*/, "", peak); sub(/.*[[ ]/, "", peak); next}
        /^ +[0-9]+ +[0-9,]+ +[0-9,]+ +[0-9,]+ +[0-9,]+ +[0-9,]+ *$/ {if (p) exit; p = ($1 == peak); next}
