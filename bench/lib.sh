@@ -68,7 +68,9 @@ stop_server() {
   SERVER_PID=
 }
 
-# Context switches (voluntary and not) of every thread of process $1.
+# switches PID [voluntary_|nonvoluntary_]: context switches of every
+# thread of process PID, all of them or only those of one kind.
 switches() {
-  cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/ {n += $2} END {print n + 0}'
+  cat /proc/"$1"/task/*/status 2>/dev/null |
+    awk -v k="${2:-}" '(k == "" && $1 ~ /ctxt_switches:$/) || $1 == k "ctxt_switches:" {n += $2} END {print n + 0}'
 }

@@ -42,6 +42,10 @@ taskset -c "$CLIENT_CPU" wrk -t 1 -c 50 -d "${SECS}s" -s "$ROOT/bench/wrk-tokens
 load=$!
 sleep 2 # into the load; the window below is timed by its own reads
 s0=$(switches "$SERVER_PID"); u0=$(switches "$UPSTREAM_PID"); t0=$(date +%s.%N)
+# The kinds that tell who gave way: the server preempted, the upstream
+# going to sleep when it has nothing left (BENCHMARKS.md, "Memory after a
+# burst", last paragraph).
+si0=$(switches "$SERVER_PID" nonvoluntary_); uv0=$(switches "$UPSTREAM_PID" voluntary_)
 if command -v perf >/dev/null; then
   perf sched record -q -C "$SERVER_CPU" -o "$OUT/sched.data" -- sleep 1 >/dev/null 2>&1 || true
   # Where the server's own CPU time goes: kernel, its binary, libc.
@@ -49,10 +53,12 @@ if command -v perf >/dev/null; then
 fi
 sleep 2
 s1=$(switches "$SERVER_PID"); u1=$(switches "$UPSTREAM_PID"); t1=$(date +%s.%N)
+si1=$(switches "$SERVER_PID" nonvoluntary_); uv1=$(switches "$UPSTREAM_PID" voluntary_)
 wait "$load"
 rps=$(sed -n 's/.*rps=\([0-9.]*\).*/\1/p' "$OUT/sched-wrk.txt")
-awk -v s="$((s1 - s0))" -v u="$((u1 - u0))" -v t="$(echo "$t1 - $t0" | bc)" -v r="$rps" -v n="$SERVER" \
-  'BEGIN {printf "server=%s rps=%s server_cs_per_req=%.2f upstream_cs_per_req=%.2f\n", n, r, s / (t * r), u / (t * r)}'
+awk -v s="$((s1 - s0))" -v u="$((u1 - u0))" -v si="$((si1 - si0))" -v uv="$((uv1 - uv0))" \
+  -v t="$(echo "$t1 - $t0" | bc)" -v r="$rps" -v n="$SERVER" \
+  'BEGIN {q = t * r; printf "server=%s rps=%s server_cs_per_req=%.2f (involuntary %.2f) upstream_cs_per_req=%.2f (voluntary %.2f)\n", n, r, s / q, si / q, u / q, uv / q}'
 if [[ -f $OUT/sched.data ]]; then
   # One line per run on the core: its length is the last column (ms).
   perf sched timehist -i "$OUT/sched.data" 2>/dev/null |
