@@ -297,14 +297,24 @@ impl FaultyUpstream {
 async fn upstream_fault(name: &str, mode: Option<Mode>, status: u16, reason: &str) {
     let kit = Issuer::start().await;
     let real = Upstream::start().await;
-    // Refusing: a port nobody listens on, until the front is bound later.
-    let port = free_port();
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    // The front's port is held for the whole test: bound but not listening
+    // (refusing: connections to it are refused) until the front listens on
+    // it. Let go in between, a server of a test running alongside could be
+    // given it, and answer in the front's place.
+    let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+    socket
+        .bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+        .expect("bind a loopback port");
+    let addr = socket.local_addr().expect("its address");
+    let mut held = Some(socket);
+    let mut listen = move || {
+        held.take()
+            .expect("the front listens once")
+            .listen(1024)
+            .expect("listen on the held port")
+    };
     let mut front = match mode {
-        Some(m) => Some(
-            FaultyUpstream::start(TcpListener::bind(addr).await.expect("bind"), real.addr(), m)
-                .await,
-        ),
+        Some(m) => Some(FaultyUpstream::start(listen(), real.addr(), m).await),
         None => None,
     };
     let sidecar = Serve::proxy(&format!("http://{addr}"), &kit)
@@ -333,16 +343,7 @@ async fn upstream_fault(name: &str, mode: Option<Mode>, status: u16, reason: &st
     // The upstream heals: the same sidecar serves again.
     match &front {
         Some(f) => f.set(Mode::Pass),
-        None => {
-            front = Some(
-                FaultyUpstream::start(
-                    TcpListener::bind(addr).await.expect("rebind the port"),
-                    real.addr(),
-                    Mode::Pass,
-                )
-                .await,
-            )
-        }
+        None => front = Some(FaultyUpstream::start(listen(), real.addr(), Mode::Pass).await),
     }
     assert_serves(&sidecar, &kit, name).await;
     drop(front);
