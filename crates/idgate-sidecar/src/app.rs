@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::response::IntoResponse;
+use futures_util::FutureExt;
 use http::{HeaderMap, Request, Response};
 use idgate::auth::Admission;
 use idgate::{CredentialHeader, Identity};
@@ -77,8 +78,9 @@ pub fn build_app(settings: &Settings, gate: &dyn GateLayer, metrics: Arc<Metrics
             // boxes this future once, where `Proxy`'s own (already boxed)
             // future would be boxed twice.
             BoxCloneSyncService::new(tower::service_fn(move |req: Request<Body>| {
-                let proxy = proxy.clone();
-                async move { Ok::<_, Infallible>(proxy.forward(admitted(req, forward)).await) }
+                proxy
+                    .forward(admitted(req, forward))
+                    .map(Ok::<_, Infallible>)
             }))
         }
         Mode::ForwardAuth => BoxCloneSyncService::new(tower::service_fn(|req: Request<Body>| {

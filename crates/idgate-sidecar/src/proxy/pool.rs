@@ -35,16 +35,18 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
-use std::pin::{Pin, pin};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::FutureExt;
+use futures_util::future::Either;
 use http::{Request, Response};
 use http_body::{Body as _, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::http1;
+use hyper::client::conn::{TrySendError, http1};
 use hyper_util::rt::TokioIo;
 use idgate::Clock;
 use tokio::net::TcpStream;
@@ -120,31 +122,31 @@ struct Idle {
 }
 
 /// A connection leased to one request.
+///
+/// The connection's state (hyper's buffers and parser, about 700 bytes)
+/// sits behind a box allocated once per connection: a lease moves several
+/// times per request (out of the idle list, into the request's future, into
+/// the response body, back to the list), and each move copies only the
+/// lease itself.
 struct Lease {
     send: http1::SendRequest<Body>,
     /// `None` once the connection future has completed (closed).
-    conn: Option<Conn>,
+    conn: Option<Box<Conn>>,
 }
 
 impl Lease {
     /// Polls the connection: reads, writes and state changes happen here.
     /// Returns true while it is open.
     fn drive(&mut self, cx: &mut Context<'_>) -> bool {
-        drive(&mut self.conn, cx)
+        if let Some(c) = &mut self.conn
+            && Pin::new(&mut **c).poll(cx).is_ready()
+        {
+            // Closed or failed: hyper has answered any pending request
+            // with an error.
+            self.conn = None;
+        }
+        self.conn.is_some()
     }
-}
-
-/// [`Lease::drive`] on the connection alone, for when the lease's
-/// `SendRequest` is borrowed by a response future.
-fn drive(conn: &mut Option<Conn>, cx: &mut Context<'_>) -> bool {
-    if let Some(c) = conn
-        && Pin::new(c).poll(cx).is_ready()
-    {
-        // Closed or failed: hyper has answered any pending request with
-        // an error.
-        *conn = None;
-    }
-    conn.is_some()
 }
 
 impl Pool {
@@ -188,33 +190,55 @@ impl Pool {
 
     /// Sends `req` (origin-form URI, `Host` set) and returns the response
     /// head; its body drives the connection and returns it to the pool.
-    pub async fn send(&self, req: Request<Body>) -> Result<Response<Body>, UpstreamError> {
-        let (mut lease, reused) = match self.checkout() {
-            Some(lease) => (lease, true),
-            None => (self.connect().await?, false),
-        };
-        let res = match exchange(&mut lease, req).await {
-            Ok(res) => res,
-            Err(mut e) => match e.take_message() {
-                // Never written: the reused connection had closed. Once
-                // more on a fresh one.
-                Some(req) if reused => {
-                    lease = self.connect().await?;
-                    exchange(&mut lease, req)
-                        .await
-                        .map_err(|e| UpstreamError::Http(e.into_error()))?
-                }
-                _ => return Err(UpstreamError::Http(e.into_error())),
-            },
-        };
-        let pool = self.shared.clone();
-        Ok(res.map(|incoming| {
+    ///
+    /// This future is part of every proxied request's boxed future, so it
+    /// is built from combinators that keep only the live step, and the rare
+    /// steps (a new connection, the retry) are boxed futures of their own:
+    /// it stays near the size of one exchange (a few hundred bytes) instead
+    /// of the kilobytes an `async fn` with every step inline took.
+    pub fn send(
+        &self,
+        req: Request<Body>,
+    ) -> impl Future<Output = Result<Response<Body>, UpstreamError>> + Send + use<> {
+        let pool = self.clone();
+        match self.checkout() {
+            Some(lease) => Either::Left(exchange(lease, req).then(move |sent| match sent {
+                Ok(sent) => Either::Left(std::future::ready(Ok(pool.respond(sent)))),
+                Err(e) => Either::Right(Box::pin(pool.resend(e))),
+            })),
+            None => Either::Right(Box::pin(pool.connect_and_send(req))),
+        }
+    }
+
+    /// A request hyper hands back unsent on a reused connection (it had
+    /// closed) goes once more, on a fresh one.
+    async fn resend(
+        self,
+        mut e: TrySendError<Request<Body>>,
+    ) -> Result<Response<Body>, UpstreamError> {
+        match e.take_message() {
+            Some(req) => self.connect_and_send(req).await,
+            None => Err(UpstreamError::Http(e.into_error())),
+        }
+    }
+
+    async fn connect_and_send(self, req: Request<Body>) -> Result<Response<Body>, UpstreamError> {
+        let lease = self.connect().await?;
+        let sent = exchange(lease, req)
+            .await
+            .map_err(|e| UpstreamError::Http(e.into_error()))?;
+        Ok(self.respond(sent))
+    }
+
+    /// The response, with a body that hands the connection back when done.
+    fn respond(self, (res, lease): Sent) -> Response<Body> {
+        res.map(|incoming| {
             Body::new(PooledBody {
                 incoming,
                 lease: Some(lease),
-                pool,
+                pool: self.shared,
             })
-        }))
+        })
     }
 
     /// The newest idle connection that is still open and young enough.
@@ -258,7 +282,7 @@ impl Pool {
             .map_err(UpstreamError::Http)?;
         Ok(Lease {
             send,
-            conn: Some(conn),
+            conn: Some(Box::new(conn)),
         })
     }
 
@@ -365,19 +389,52 @@ impl Shared {
     }
 }
 
-/// Sends `req` on `lease`, driving the connection until the response head
-/// arrives (or the exchange fails).
-async fn exchange(
-    lease: &mut Lease,
+/// A response head and the connection it came on.
+type Sent = (Response<Incoming>, Lease);
+
+pin_project_lite::pin_project! {
+    /// One request on a leased connection: polls the connection until the
+    /// response head arrives (or the exchange fails, when the connection
+    /// is dropped and hyper may hand the request back unsent).
+    struct Exchange<F> {
+        lease: Option<Lease>,
+        #[pin]
+        response: F,
+    }
+}
+
+/// Sends `req` on `lease`. The request goes to hyper at once, so the
+/// future keeps only hyper's response future and the lease.
+fn exchange(
+    mut lease: Lease,
     req: Request<Body>,
-) -> Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<Body>>> {
-    let Lease { send, conn } = lease;
-    let mut response = pin!(send.try_send_request(req));
-    std::future::poll_fn(|cx| {
-        drive(conn, cx);
-        response.as_mut().poll(cx)
-    })
-    .await
+) -> Exchange<impl Future<Output = Result<Response<Incoming>, TrySendError<Request<Body>>>> + Send>
+{
+    let response = lease.send.try_send_request(req);
+    Exchange {
+        lease: Some(lease),
+        response,
+    }
+}
+
+impl<F> Future for Exchange<F>
+where
+    F: Future<Output = Result<Response<Incoming>, TrySendError<Request<Body>>>>,
+{
+    type Output = Result<Sent, TrySendError<Request<Body>>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Some(lease) = this.lease.as_mut() {
+            lease.drive(cx);
+        }
+        let sent = std::task::ready!(this.response.poll(cx));
+        let lease = this
+            .lease
+            .take()
+            .expect("Exchange polled after it completed");
+        Poll::Ready(sent.map(|res| (res, lease)))
+    }
 }
 
 /// The upstream's response body, which also drives its connection.
