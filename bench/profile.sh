@@ -8,6 +8,9 @@
 #   bench/profile.sh heap-1000conn    # the heap with 1,000 connections
 #                                     # open (valgrind's massif): its peak
 #                                     # and where it was allocated
+#   bench/profile.sh allocs           # allocations per request on the
+#                                     # cached path (valgrind's dhat), by
+#                                     # site (needs python3)
 #
 # Needs the files bench/sidecar.sh leaves in OUT (tokens, nginx configs):
 # run that first, at least with ONLY=none. Loopback only; bounded in time.
@@ -38,13 +41,15 @@ case $VARIANT in
   1000-tokens-nocache) tokens=$OUT/1000-tokens.txt extra=(--token-cache-capacity 0) ;;
   heap-1000conn) tokens=$OUT/one-token.txt extra=()
     tool=(--tool=massif --massif-out-file="$PROF/massif.out" --depth=30 --threshold=1.0) ;;
+  allocs) tokens=$OUT/one-token.txt extra=()
+    tool=(--tool=dhat --dhat-out-file="$PROF/dhat.out") ;;
   *) echo "unknown variant $VARIANT" >&2; exit 2 ;;
 esac
 [[ -f $tokens ]] || { echo "run bench/sidecar.sh first (no $tokens)" >&2; exit 1; }
 
 trap cleanup EXIT
 start_upstream
-rm -f "$PROF"/callgrind.out* "$PROF"/massif.out
+rm -f "$PROF"/callgrind.out* "$PROF"/massif.out "$PROF"/dhat.out
 valgrind "${tool[@]}" \
   "$IDGATE" serve --listen "127.0.0.1:$P_IDGATE" --admin-listen "127.0.0.1:$P_IDGATE_ADMIN" \
   --upstream "http://127.0.0.1:$P_UP" --jwks-url "http://127.0.0.1:$P_JWKS/jwks.json" \
@@ -74,6 +79,15 @@ if [[ $VARIANT == heap-1000conn ]]; then
          printf "%8d B/conn  %s%s\n", b / conns, substr($0, 1, index($0, "->") - 1), f
        }' conns="$conns" "$PROF/massif.txt" | cut -c1-170
   echo "peak heap: $(awk '/^ *mem_heap_B=/ {sub(/.*=/, ""); if ($0 > m) m = $0} END {printf "%.1f MiB", m / 1048576}' "$PROF/massif.out") (details: $PROF/massif.txt)"
+  exit 0
+fi
+if [[ $VARIANT == allocs ]]; then
+  # dhat writes its profile when the process exits. Start-up's one-time
+  # allocations fall under the half-a-block-per-request cut.
+  line=$(run "$SECS")
+  kill -TERM "$vg"; wait "$vg" || true
+  SERVER_PID=
+  python3 "$ROOT/bench/dhat-sites.py" "$PROF/dhat.out" "$(sed -n 's/.*requests=\([0-9]*\).*/\1/p' <<<"$line")"
   exit 0
 fi
 run 5 >/dev/null

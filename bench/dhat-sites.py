@@ -1,0 +1,43 @@
+#!/usr/bin/env python3
+"""Allocation sites per request from a dhat profile (bench/profile.sh allocs).
+
+    dhat-sites.py DHAT_OUT REQUESTS
+
+Prints the sites that allocate at least half a block per request, most
+frequent first: blocks per request, their average size, and the first
+frames outside the allocator and std's containers, so each line names the
+code that asked for the memory.
+"""
+import json
+import re
+import sys
+
+# Frames that only pass an allocation along.
+PLUMBING = re.compile(
+    r"alloc::|__rust|malloc|realloc|calloc|core::ptr|raw_vec|RawVec|hashbrown|bytes_mut"
+    r"|vec::|boxed::Box|sync::Arc|::with_capacity|::clone|<T as|finish_grow|grow_"
+    r"|::new$|spec_from|from_iter|extend|push"
+)
+
+
+def main(path, requests):
+    profile = json.load(open(path))
+    frames = profile["ftbl"]
+    rows = []
+    for site in profile["pps"]:
+        per_request = site["tbk"] / requests
+        if per_request < 0.5:
+            continue
+        names = [re.sub(r"^0x[0-9A-F]+: | \(.*", "", frames[i]) for i in site["fs"]]
+        callers = [n for n in names[1:] if not PLUMBING.search(n)][:3]
+        rows.append((per_request, site["tb"] / max(site["tbk"], 1), callers))
+    rows.sort(key=lambda r: -r[0])
+    total = sum(r[0] for r in rows)
+    bytes_total = sum(r[0] * r[1] for r in rows)
+    print(f"requests={requests:.0f} blocks_per_request={total:.1f} bytes_per_request={bytes_total:.0f}")
+    for per_request, size, callers in rows[:40]:
+        print(f"{per_request:5.2f} x {size:6.0f} B  " + " <- ".join(c[:70] for c in callers))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], float(sys.argv[2]))
