@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use bytes::Bytes;
 use http::header::{CONNECTION, Entry, HOST, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Version};
-use idgate::{CredentialHeader, Identity, Principal};
+use idgate::{CredentialHeader, Identity};
 
 use crate::config::{ForwardToken, HeaderPattern};
 
@@ -235,33 +235,12 @@ pub fn set_identity(headers: &mut HeaderMap, identity: &Identity) {
             headers.insert(name, v);
         }
     };
-    set(PRINCIPAL, principal_bytes(&identity.principal()));
-    if let Some(email) = identity.verified_email() {
-        set(EMAIL, Bytes::copy_from_slice(email.as_bytes()));
+    set(PRINCIPAL, Bytes::from(identity.principal_string()));
+    if let Some(email) = identity.verified_email_bytes() {
+        set(EMAIL, email);
     }
-    set(SUB, Bytes::copy_from_slice(identity.subject().as_bytes()));
+    set(SUB, identity.subject_bytes());
     set(CLAIMS, identity.claims_b64_bytes());
-}
-
-/// `Principal`'s `Display` text, written in one allocation.
-fn principal_bytes(principal: &Principal) -> Bytes {
-    let parts: [&str; 4] = match principal {
-        Principal::User(email) => ["user:", email, "", ""],
-        Principal::ServiceAccount(email) => ["serviceAccount:", email, "", ""],
-        Principal::Subject {
-            pool: Some(pool),
-            subject,
-        } => ["principal://", pool, "/subject/", subject],
-        Principal::Subject {
-            pool: None,
-            subject,
-        } => ["subject:", subject, "", ""],
-    };
-    let mut out = Vec::with_capacity(parts.iter().map(|p| p.len()).sum());
-    for p in parts {
-        out.extend_from_slice(p.as_bytes());
-    }
-    Bytes::from(out)
 }
 
 /// The header a token is read from, by Cloud Run's rule:
@@ -493,26 +472,6 @@ mod tests {
             let mut out = String::from("x, ");
             push_ip(&mut out, ip);
             assert_eq!(out, format!("x, {ip}"));
-        }
-    }
-
-    #[test]
-    fn principal_header_matches_display() {
-        let pool: std::sync::Arc<str> =
-            "iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p".into();
-        for p in [
-            Principal::User("a@b.com".into()),
-            Principal::ServiceAccount("sa@p.iam.gserviceaccount.com".into()),
-            Principal::Subject {
-                pool: Some(pool),
-                subject: "42".into(),
-            },
-            Principal::Subject {
-                pool: None,
-                subject: "43".into(),
-            },
-        ] {
-            assert_eq!(principal_bytes(&p), p.to_string().as_bytes());
         }
     }
 

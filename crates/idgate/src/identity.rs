@@ -274,21 +274,67 @@ impl Identity {
     /// [`Identity::claims_b64`] as shared bytes: a header value made from
     /// it is not a copy.
     pub fn claims_b64_bytes(&self) -> Bytes {
-        let Span { start, end } = self.0.payload_b64;
+        self.bytes(self.0.payload_b64)
+    }
+
+    /// [`Identity::subject`] as shared bytes (not a copy).
+    pub fn subject_bytes(&self) -> Bytes {
+        self.bytes(self.0.subject)
+    }
+
+    /// [`Identity::verified_email`] as shared bytes (not a copy).
+    pub fn verified_email_bytes(&self) -> Option<Bytes> {
+        self.verified_email()?;
+        self.0.email.map(|e| self.bytes(e))
+    }
+
+    fn bytes(&self, Span { start, end }: Span) -> Bytes {
         self.0.text.slice(start as usize..end as usize)
     }
 
     /// How IAM names this caller.
     pub fn principal(&self) -> Principal {
-        match (self.0.google, self.verified_email()) {
-            (true, Some(e)) if is_service_account_email(e) => Principal::ServiceAccount(e.into()),
-            (true, Some(e)) => Principal::User(e.into()),
-            _ => Principal::Subject {
-                pool: self.0.pool.clone(),
-                subject: self.subject().to_owned(),
+        match self.principal_ref() {
+            PrincipalRef::ServiceAccount(e) => Principal::ServiceAccount(e.into()),
+            PrincipalRef::User(e) => Principal::User(e.into()),
+            PrincipalRef::Subject(pool, subject) => Principal::Subject {
+                pool: pool.cloned(),
+                subject: subject.to_owned(),
             },
         }
     }
+
+    /// [`Identity::principal`]'s text (`serviceAccount:…`, `user:…`,
+    /// `principal://…/subject/…`, `subject:…`), built in one allocation.
+    pub fn principal_string(&self) -> String {
+        let parts: [&str; 4] = match self.principal_ref() {
+            PrincipalRef::ServiceAccount(e) => ["serviceAccount:", e, "", ""],
+            PrincipalRef::User(e) => ["user:", e, "", ""],
+            PrincipalRef::Subject(Some(pool), subject) => {
+                ["principal://", pool, "/subject/", subject]
+            }
+            PrincipalRef::Subject(None, subject) => ["subject:", subject, "", ""],
+        };
+        let mut out = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+        parts.iter().for_each(|p| out.push_str(p));
+        out
+    }
+
+    /// The one place that decides how IAM names the caller.
+    fn principal_ref(&self) -> PrincipalRef<'_> {
+        match (self.0.google, self.verified_email()) {
+            (true, Some(e)) if is_service_account_email(e) => PrincipalRef::ServiceAccount(e),
+            (true, Some(e)) => PrincipalRef::User(e),
+            _ => PrincipalRef::Subject(self.0.pool.as_ref(), self.subject()),
+        }
+    }
+}
+
+/// [`Principal`], borrowed from the identity.
+enum PrincipalRef<'a> {
+    User(&'a str),
+    ServiceAccount(&'a str),
+    Subject(Option<&'a Arc<str>>, &'a str),
 }
 
 impl fmt::Debug for Identity {
@@ -361,6 +407,28 @@ mod tests {
             p.principal().to_string(),
             "principal://iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p/subject/repo:x"
         );
+        // The one-allocation text the sidecar sends upstream says the same.
+        for id in [&sa, &u, &unverified, &p] {
+            assert_eq!(id.principal_string(), id.principal().to_string());
+        }
+    }
+
+    #[test]
+    fn shared_bytes_are_the_strings() {
+        let g = google();
+        let verified = ident(
+            &g,
+            json!({"sub":"7","email":"b@x.com","email_verified":true}),
+        );
+        assert_eq!(verified.subject_bytes(), "7");
+        assert_eq!(
+            verified.verified_email_bytes().as_deref(),
+            Some(&b"b@x.com"[..])
+        );
+        let unverified = ident(&g, json!({"sub":"8","email":"b@x.com"}));
+        assert_eq!(unverified.email(), Some("b@x.com"));
+        assert_eq!(unverified.verified_email_bytes(), None);
+        assert_eq!(unverified.claims_b64_bytes(), unverified.claims_b64());
     }
 
     #[test]
