@@ -98,18 +98,12 @@ pub enum Principal {
 
 impl fmt::Display for Principal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Principal::User(e) => write!(f, "user:{e}"),
-            Principal::ServiceAccount(e) => write!(f, "serviceAccount:{e}"),
-            Principal::Subject {
-                pool: Some(p),
-                subject,
-            } => write!(f, "principal://{p}/subject/{subject}"),
-            Principal::Subject {
-                pool: None,
-                subject,
-            } => write!(f, "subject:{subject}"),
-        }
+        let borrowed = match self {
+            Principal::User(e) => PrincipalRef::User(e),
+            Principal::ServiceAccount(e) => PrincipalRef::ServiceAccount(e),
+            Principal::Subject { pool, subject } => PrincipalRef::Subject(pool.as_ref(), subject),
+        };
+        borrowed.parts().iter().try_for_each(|p| f.write_str(p))
     }
 }
 
@@ -307,14 +301,7 @@ impl Identity {
     /// [`Identity::principal`]'s text (`serviceAccount:…`, `user:…`,
     /// `principal://…/subject/…`, `subject:…`), built in one allocation.
     pub fn principal_string(&self) -> String {
-        let parts: [&str; 4] = match self.principal_ref() {
-            PrincipalRef::ServiceAccount(e) => ["serviceAccount:", e, "", ""],
-            PrincipalRef::User(e) => ["user:", e, "", ""],
-            PrincipalRef::Subject(Some(pool), subject) => {
-                ["principal://", pool, "/subject/", subject]
-            }
-            PrincipalRef::Subject(None, subject) => ["subject:", subject, "", ""],
-        };
+        let parts = self.principal_ref().parts();
         let mut out = String::with_capacity(parts.iter().map(|p| p.len()).sum());
         parts.iter().for_each(|p| out.push_str(p));
         out
@@ -330,11 +317,26 @@ impl Identity {
     }
 }
 
-/// [`Principal`], borrowed from the identity.
+/// [`Principal`], borrowed.
 enum PrincipalRef<'a> {
     User(&'a str),
     ServiceAccount(&'a str),
     Subject(Option<&'a Arc<str>>, &'a str),
+}
+
+impl<'a> PrincipalRef<'a> {
+    /// The principal's text in pieces: the one place it is spelled, for
+    /// both `Display` and [`Identity::principal_string`].
+    fn parts(&self) -> [&'a str; 4] {
+        match *self {
+            PrincipalRef::User(e) => ["user:", e, "", ""],
+            PrincipalRef::ServiceAccount(e) => ["serviceAccount:", e, "", ""],
+            PrincipalRef::Subject(Some(pool), subject) => {
+                ["principal://", pool, "/subject/", subject]
+            }
+            PrincipalRef::Subject(None, subject) => ["subject:", subject, "", ""],
+        }
+    }
 }
 
 impl fmt::Debug for Identity {
