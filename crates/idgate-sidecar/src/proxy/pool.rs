@@ -619,18 +619,25 @@ mod tests {
         }
     }
 
+    /// The limits the tests start from: 8 idle connections, all warm,
+    /// for 90 s. Each test changes what it is about.
+    fn limits() -> PoolLimits {
+        PoolLimits {
+            max_idle: 8,
+            idle_timeout: Duration::from_secs(90),
+            warm: 8,
+            spare_idle_timeout: Duration::from_secs(90),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+
     fn pool(up: &Upstream, max_idle: usize, clock: Arc<ManualClock>) -> Pool {
-        Pool::new(
-            up.target.clone(),
-            PoolLimits {
-                max_idle,
-                idle_timeout: Duration::from_secs(90),
-                warm: max_idle,
-                spare_idle_timeout: Duration::from_secs(90),
-                connect_timeout: Duration::from_secs(5),
-            },
-            clock,
-        )
+        let limits = PoolLimits {
+            max_idle,
+            warm: max_idle,
+            ..limits()
+        };
+        Pool::new(up.target.clone(), limits, clock)
     }
 
     fn get(path: &str) -> Request<Body> {
@@ -794,17 +801,12 @@ mod tests {
 
     /// One warm connection kept for 90 s; spares close after 10 s idle.
     fn spare_pool(up: &Upstream, clock: Arc<ManualClock>) -> Pool {
-        Pool::new(
-            up.target.clone(),
-            PoolLimits {
-                max_idle: 8,
-                idle_timeout: Duration::from_secs(90),
-                warm: 1,
-                spare_idle_timeout: Duration::from_secs(10),
-                connect_timeout: Duration::from_secs(5),
-            },
-            clock,
-        )
+        let limits = PoolLimits {
+            warm: 1,
+            spare_idle_timeout: Duration::from_secs(10),
+            ..limits()
+        };
+        Pool::new(up.target.clone(), limits, clock)
     }
 
     #[tokio::test]
@@ -849,17 +851,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let target = listener.local_addr().unwrap().to_string();
         drop(listener);
-        let pool = Pool::new(
-            target,
-            PoolLimits {
-                max_idle: 1,
-                idle_timeout: Duration::from_secs(90),
-                warm: 1,
-                spare_idle_timeout: Duration::from_secs(90),
-                connect_timeout: Duration::from_secs(5),
-            },
-            clock(),
-        );
+        let pool = Pool::new(target, limits(), clock());
         let err = pool.send(get("/ok")).await.unwrap_err();
         assert!(err.is_connect(), "{err}");
     }
@@ -917,17 +909,12 @@ mod tests {
     #[tokio::test]
     async fn a_request_body_that_never_ends_does_not_hold_its_connection() {
         let up = upstream().await;
-        let pool = Pool::new(
-            up.target.clone(),
-            PoolLimits {
-                max_idle: 8,
-                idle_timeout: Duration::from_millis(200),
-                warm: 8,
-                spare_idle_timeout: Duration::from_millis(200),
-                connect_timeout: Duration::from_secs(5),
-            },
-            clock(),
-        );
+        let limits = PoolLimits {
+            idle_timeout: Duration::from_millis(200),
+            spare_idle_timeout: Duration::from_millis(200),
+            ..limits()
+        };
+        let pool = Pool::new(up.target.clone(), limits, clock());
         let (tx, body) = fed_body();
         tx.send(Bytes::from_static(b"12345")).await.unwrap();
         let res = pool.send(early_post(body, 10)).await.unwrap();
