@@ -7,12 +7,13 @@
 #   bench/sched.sh [idgate|nginx]     # default idgate; cached, one token
 #   SERVER_NICE=-5 bench/sched.sh     # an experiment: the server at another
 #                                     # nice level (root), to see the effect
+#   TOP=40 IDGATE=build/idgate bench/sched.sh   # more symbols, another build
 #
 # Needs the files bench/sidecar.sh leaves in OUT (run it first, at least
 # with ONLY=none), the release binary, wrk, and perf (Debian linux-perf)
 # for the run lengths and the CPU split (kernel, binary, libc: µs per
-# request, and the top symbols); without perf only the switch counts are
-# printed.
+# request, and the top symbols; the recording stays in OUT/cpu.data);
+# without perf only the switch counts are printed.
 # Loopback only; bounded in time (SECS of load, default 10, at least 8).
 set -euo pipefail
 
@@ -77,6 +78,6 @@ if [[ -f $OUT/cpu.data ]]; then
         sub("%", "", $1); d = $2; gsub(/[][]|\.kallsyms|\.so.*/, "", d)
         printf "%s_us_per_req=%.1f ", d, ns * $1 / 100 / 1000 / r
       } END {print ""}'
-  perf report -i "$OUT/cpu.data" --stdio --sort sym 2>/dev/null | grep -E '^ +[0-9.]+%' | head -n 12 || true
-  rm -f "$OUT/cpu.data"
+  perf report -i "$OUT/cpu.data" --stdio --sort sym 2>/dev/null | grep -E '^ +[0-9.]+%' | head -n "${TOP:-12}" || true
+  # Kept for a closer look: perf report -i OUT/cpu.data --sort dso,sym
 fi
