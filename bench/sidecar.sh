@@ -22,6 +22,9 @@
 #   NO_BUILD=1              use the release binaries already built
 #   ONLY="…"                run only these variants (names below)
 #   BINS="A B" ROUNDS=N     A/B: the idgate variants for each binary in turn
+#   ROUNDS=N (no BINS)      every chosen variant N times over, round by
+#                           round, rows named rN:variant; the ratios to nginx
+#                           are taken within each round (OUT/ratios.txt)
 #   IDGATE=path             the idgate binary (default target/release/idgate)
 #   RESULTS=file            where the table goes (default OUT/results.tsv)
 #   OUT=target/bench/sidecar   where configs, logs and results go
@@ -332,7 +335,10 @@ d = json.load(open(path))
 s, p = d["summary"], d["latencyPercentiles"]
 codes = d.get("statusCodeDistribution", {})
 ok = int(codes.get("200", 0))
-errors = sum(int(v) for k, v in codes.items() if k != "200") + sum(d.get("errorDistribution", {}).values())
+# "aborted due to deadline" are the requests still in flight when oha's
+# duration ran out: not answered wrongly, only not yet. Not errors.
+errors = sum(int(v) for k, v in codes.items() if k != "200") + sum(
+    n for k, n in d.get("errorDistribution", {}).items() if k != "aborted due to deadline")
 us = lambda k: int(round(p[k] * 1e6))
 print(f"{variant}\t{server}\t{s['requestsPerSec']:.1f}\t{us('p50')}\t{us('p99')}\t{us('p99.9')}\t{errors}\t"
       f"{int(cpu_us) / max(ok, 1):.1f}\t\t\t{hwm}\t{rss}\t{busy}\t\t{load}\t")
@@ -351,14 +357,15 @@ log "upstream nginx pid $UPSTREAM_PID on cpu $SERVER_CPU; servers on cpu $SERVER
 # variants run for each of those binaries in turn, ROUNDS times over (an
 # A/B comparison on the same machine state); the variant names then carry
 # the binary's file name.
-run_nginx() {
+run_nginx() { # label
+  local l=${1:+$1:}
   want nginx || want nginx-rate || want nginx-1000conn || return 0
   start_server nginx
-  want nginx && measure nginx nginx "$OUT/one-token.txt" "$CONNS"
-  want nginx-rate && fixed_rate nginx-rate nginx
+  want nginx && measure "${l}nginx" nginx "$OUT/one-token.txt" "$CONNS"
+  want nginx-rate && fixed_rate "${l}nginx-rate" nginx
   if want nginx-1000conn; then
-    measure nginx-1000conn nginx "$OUT/one-token.txt" "$BIG_CONNS"
-    after_burst nginx-1000conn
+    measure "${l}nginx-1000conn" nginx "$OUT/one-token.txt" "$BIG_CONNS"
+    after_burst "${l}nginx-1000conn"
   fi
   stop_server
 }
@@ -390,37 +397,45 @@ run_idgate() { # label
   fi
 }
 
-run_envoy() {
+run_envoy() { # label
+  local l=${1:+$1:}
   if want envoy-1token || want envoy-rate; then
     start_server envoy "$OUT/envoy-cached.yaml"
-    want envoy-1token && measure envoy-1token envoy "$OUT/one-token.txt" "$CONNS"
-    want envoy-rate && fixed_rate envoy-rate envoy
+    want envoy-1token && measure "${l}envoy-1token" envoy "$OUT/one-token.txt" "$CONNS"
+    want envoy-rate && fixed_rate "${l}envoy-rate" envoy
     stop_server
   fi
   if want envoy-1000tokens; then
     start_server envoy "$OUT/envoy-cached.yaml"
-    measure envoy-1000tokens envoy "$OUT/1000-tokens.txt" "$CONNS"
+    measure "${l}envoy-1000tokens" envoy "$OUT/1000-tokens.txt" "$CONNS"
     stop_server
   fi
   if want envoy-1000tokens-nocache; then
     start_server envoy "$OUT/envoy-nocache.yaml"
-    measure envoy-1000tokens-nocache envoy "$OUT/1000-tokens.txt" "$CONNS"
+    measure "${l}envoy-1000tokens-nocache" envoy "$OUT/1000-tokens.txt" "$CONNS"
     stop_server
   fi
 }
 
-run_nginx
 if [[ -n ${BINS:-} ]]; then
+  run_nginx ""
   for round in $(seq "${ROUNDS:-1}"); do
     for bin in $BINS; do
       IDGATE=$bin
       run_idgate "$(basename "$bin")"
     done
   done
+  run_envoy ""
+elif (( ${ROUNDS:-1} > 1 )); then
+  # Rounds of every chosen variant, each round's rows named rN:…, so that
+  # each ratio compares runs minutes apart rather than the whole run apart
+  # (bench/ratios.py).
+  for round in $(seq "$ROUNDS"); do
+    run_nginx "r$round"; run_idgate "r$round"; run_envoy "r$round"
+  done
 else
-  run_idgate ""
+  run_nginx ""; run_idgate ""; run_envoy ""
 fi
-run_envoy
 
 # The token cache's cost per entry: RSS before and after CACHE_TOKENS
 # distinct tokens have been verified and cached (capacity above the count).
@@ -445,3 +460,5 @@ fi
 
 log "results: $RESULTS"
 column -t -s $'\t' "$RESULTS" >&2
+# The goals' ratios, round by round (OUT/ratios.txt).
+python3 "$BENCH/ratios.py" "$RESULTS" | tee "$OUT/ratios.txt" >&2

@@ -1,0 +1,98 @@
+#!/usr/bin/env python3
+"""The ratios the goals are stated in, read off bench/sidecar.sh's results.
+
+    bench/ratios.py target/bench/sidecar/results.tsv
+
+Each row is compared with the nginx row of its own round (a variant named
+`r2:idgate-1token` with `r2:nginx`), so that a host whose speed drifts
+between variants does not skew the ratio; rows without a round, or in a
+round without nginx, use the unlabelled nginx row. Throughput variants
+compare requests/s and CPU per request with `nginx` (`nginx-1000conn` for
+the 1,000-connection one), fixed-rate ones p50 and p99 latency with
+`nginx-rate`, and idgate's throughput variants also with Envoy's of the same
+kind. With several rounds, the median of each ratio follows.
+"""
+
+import csv
+import statistics
+import sys
+
+# idgate's variant -> Envoy's of the same kind
+ENVOY = {
+    "idgate-1token": "envoy-1token",
+    "idgate-1000tokens": "envoy-1000tokens",
+    "idgate-1000tokens-nocache": "envoy-1000tokens-nocache",
+    "idgate-rate": "envoy-rate",
+}
+
+
+def split(name):
+    label, _, base = name.rpartition(":")
+    return label, base
+
+
+def number(row, key):
+    try:
+        return float(row[key])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def ratio(a, b):
+    return a / b if a is not None and b else None
+
+
+def main(path):
+    with open(path, newline="") as f:
+        rows = [r for r in csv.DictReader(f, delimiter="\t") if number(r, "rps")]
+    by = {split(r["variant"]): r for r in rows}
+
+    def peer(label, base):
+        return by.get((label, base)) or by.get(("", base))
+
+    lines, medians = [], {}
+    for r in rows:
+        label, base = split(r["variant"])
+        if base.startswith("nginx"):
+            continue
+        found = []
+        if base.endswith("-rate"):
+            ref = peer(label, "nginx-rate")
+            if ref:
+                found.append(("p50 / nginx", ratio(number(r, "p50_us"), number(ref, "p50_us"))))
+                found.append(("p99 / nginx", ratio(number(r, "p99_us"), number(ref, "p99_us"))))
+        else:
+            ref = peer(label, "nginx-1000conn" if base.endswith("-1000conn") else "nginx")
+            if ref:
+                found.append(("req/s / nginx", ratio(number(r, "rps"), number(ref, "rps"))))
+                found.append(
+                    ("CPU/req / nginx", ratio(number(r, "cpu_us_per_req"), number(ref, "cpu_us_per_req")))
+                )
+        other = ENVOY.get(base)
+        envoy = other and peer(label, other)
+        if envoy:
+            if base.endswith("-rate"):
+                found.append(("p99 / envoy", ratio(number(r, "p99_us"), number(envoy, "p99_us"))))
+            else:
+                found.append(("req/s / envoy", ratio(number(r, "rps"), number(envoy, "rps"))))
+        found = [(k, v) for k, v in found if v is not None]
+        if not found:
+            continue
+        lines.append((r["variant"], found))
+        for k, v in found:
+            medians.setdefault((base, k), []).append(v)
+
+    width = max((len(v) for v, _ in lines), default=0)
+    for variant, found in lines:
+        print(f"{variant:<{width}}  " + "  ".join(f"{k} {v:.2f}" for k, v in found))
+    if any(len(v) > 1 for v in medians.values()):
+        print("medians over the rounds:")
+        for (base, k), v in medians.items():
+            print(f"  {base} {k}: {statistics.median(v):.2f} ({len(v)} rounds: "
+                  + " ".join(f"{x:.2f}" for x in v) + ")")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: bench/ratios.py RESULTS.tsv")
+    main(sys.argv[1])
