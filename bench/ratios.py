@@ -10,10 +10,12 @@ round without nginx, use the unlabelled nginx row. Throughput variants
 compare requests/s and CPU per request with `nginx` (`nginx-1000conn` for
 the 1,000-connection one), fixed-rate ones p50 and p99 latency with
 `nginx-rate`, and idgate's throughput variants also with Envoy's of the same
-kind. With several rounds, the median of each ratio follows.
+kind. With several rounds (ROUNDS without BINS), the median of each ratio
+follows; an A/B's rows (BINS) are listed one by one, never pooled.
 """
 
 import csv
+import re
 import statistics
 import sys
 
@@ -79,8 +81,10 @@ def main(path):
         if not found:
             continue
         lines.append((r["variant"], found))
-        for k, v in found:
-            medians.setdefault((base, k), []).append(v)
+        # Medians over rounds only: an A/B's rows (BINS) are two builds.
+        if re.fullmatch(r"r\d+", label):
+            for k, v in found:
+                medians.setdefault((base, k), []).append(v)
 
     width = max((len(v) for v, _ in lines), default=0)
     for variant, found in lines:
