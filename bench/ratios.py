@@ -58,25 +58,27 @@ def main(path):
         if base.startswith("nginx"):
             continue
         found = []
+
+        def against(ref, key):
+            return ratio(number(r, key), number(ref, key))
+
         if base.endswith("-rate"):
             ref = peer(label, "nginx-rate")
             if ref:
-                found.append(("p50 / nginx", ratio(number(r, "p50_us"), number(ref, "p50_us"))))
-                found.append(("p99 / nginx", ratio(number(r, "p99_us"), number(ref, "p99_us"))))
+                found.append(("p50 / nginx", against(ref, "p50_us")))
+                found.append(("p99 / nginx", against(ref, "p99_us")))
         else:
             ref = peer(label, "nginx-1000conn" if base.endswith("-1000conn") else "nginx")
             if ref:
-                found.append(("req/s / nginx", ratio(number(r, "rps"), number(ref, "rps"))))
-                found.append(
-                    ("CPU/req / nginx", ratio(number(r, "cpu_us_per_req"), number(ref, "cpu_us_per_req")))
-                )
+                found.append(("req/s / nginx", against(ref, "rps")))
+                found.append(("CPU/req / nginx", against(ref, "cpu_us_per_req")))
         other = ENVOY.get(base)
         envoy = other and peer(label, other)
         if envoy:
             if base.endswith("-rate"):
-                found.append(("p99 / envoy", ratio(number(r, "p99_us"), number(envoy, "p99_us"))))
+                found.append(("p99 / envoy", against(envoy, "p99_us")))
             else:
-                found.append(("req/s / envoy", ratio(number(r, "rps"), number(envoy, "rps"))))
+                found.append(("req/s / envoy", against(envoy, "rps")))
         found = [(k, v) for k, v in found if v is not None]
         if not found:
             continue
