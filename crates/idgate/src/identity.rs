@@ -7,6 +7,8 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
 
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 /// A verified identity. Cheap to clone (one `Arc`).
@@ -25,17 +27,18 @@ struct Inner {
     email_verified: bool,
     issued_at: u64,
     expires_at: u64,
-    /// Every string of the identity in one buffer (the verified-token cache
-    /// holds thousands of identities: one allocation rather than six), the
-    /// payload segment last, so that `x-idgate-claims` is a slice of it
-    /// rather than a copy per request.
+    /// The token's payload as JSON text, then any claim string that is not
+    /// verbatim in it (one with escapes), in one buffer: the verified-token
+    /// cache holds thousands of identities, and the claims the headers and
+    /// the policy read are slices of the payload rather than copies.
     text: Bytes,
+    /// The payload's length: it is `text[..json_len]`.
+    json_len: u32,
     issuer: Span,
     subject: Span,
     email: Option<Span>,
     hosted_domain: Option<Span>,
     audience: Span,
-    payload_b64: Span,
     // The claims map costs more memory than the rest of an identity, and
     // the verified-token cache holds thousands; most requests never look
     // at it, so it is parsed again from the payload on first use.
@@ -49,20 +52,63 @@ struct Span {
     end: u32,
 }
 
-/// Builds `Inner::text`.
-struct TextBuilder(Vec<u8>);
+/// Builds `Inner::text`: the payload's JSON first, then the strings that
+/// are not verbatim in it.
+struct TextBuilder {
+    text: Vec<u8>,
+    json_len: usize,
+}
+
+/// Tokens are capped far below 4 GiB; saturate rather than wrap.
+fn offset(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
 
 impl TextBuilder {
-    fn push(&mut self, s: &str) -> Span {
-        let start = self.0.len();
-        self.0.extend_from_slice(s.as_bytes());
-        // Tokens are capped far below 4 GiB; saturate rather than wrap.
-        let at = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    /// `value`'s place in the payload when `raw` (where that claim's JSON
+    /// string sits in the payload, unescaped) holds it; else a copy at the
+    /// end. The bytes are compared, so a span always holds `value`.
+    fn place(&mut self, raw: Option<(usize, usize)>, value: &str) -> Span {
+        let json = &self.text[..self.json_len];
+        let (start, end) = raw
+            .filter(|&(start, end)| json.get(start..end) == Some(value.as_bytes()))
+            .unwrap_or_else(|| {
+                let start = self.text.len();
+                self.text.extend_from_slice(value.as_bytes());
+                (start, self.text.len())
+            });
         Span {
-            start: at(start),
-            end: at(self.0.len()),
+            start: offset(start),
+            end: offset(end),
         }
     }
+}
+
+/// The JSON text of the claims an identity keeps, as slices of the payload.
+#[derive(Deserialize, Default)]
+struct RawClaims<'a> {
+    #[serde(borrow)]
+    iss: Option<&'a RawValue>,
+    #[serde(borrow)]
+    sub: Option<&'a RawValue>,
+    #[serde(borrow)]
+    email: Option<&'a RawValue>,
+    #[serde(borrow)]
+    hd: Option<&'a RawValue>,
+    #[serde(borrow)]
+    aud: Option<&'a RawValue>,
+}
+
+/// Where a JSON string without escapes has its characters in `json`, of
+/// which `raw` is a slice; `None` for any other value.
+fn unescaped_string(json: &[u8], raw: Option<&RawValue>) -> Option<(usize, usize)> {
+    let quoted = raw?.get().as_bytes();
+    let inner = quoted.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
+    if inner.contains(&b'\\') {
+        return None;
+    }
+    let start = (inner.as_ptr() as usize).checked_sub(json.as_ptr() as usize)?;
+    Some((start, start + inner.len()))
 }
 
 /// The issuer facts an identity carries: which configured issuer vouched for
@@ -131,13 +177,29 @@ impl Identity {
     /// Build an identity from claims that were already verified. The claims
     /// must include string `iss`, `sub` and `aud` and numeric `iat`/`exp`;
     /// missing ones read as empty or zero. `payload_b64` is the token's
-    /// payload segment, which must decode to `claims`; when empty, the
-    /// claims are encoded in its place.
+    /// payload segment, which must decode to `claims`; when empty (or not
+    /// canonical unpadded base64url), the claims are encoded in its place.
     pub fn from_verified_claims(
         tag: &IssuerTag,
         audience: String,
         claims: Map<String, Value>,
         payload_b64: String,
+    ) -> Identity {
+        let json = URL_SAFE_NO_PAD
+            .decode(&payload_b64)
+            .ok()
+            .filter(|j| !j.is_empty() && std::str::from_utf8(j).is_ok())
+            .unwrap_or_else(|| Value::Object(claims.clone()).to_string().into_bytes());
+        Identity::from_payload(tag, &audience, &claims, json)
+    }
+
+    /// The verifier's constructor: `json` is the payload segment decoded,
+    /// the text `claims` was parsed from (no second decoding).
+    pub(crate) fn from_payload(
+        tag: &IssuerTag,
+        audience: &str,
+        claims: &Map<String, Value>,
+        json: Vec<u8>,
     ) -> Identity {
         let str_claim = |k: &str| claims.get(k).and_then(Value::as_str);
         let num_claim = |k: &str| {
@@ -147,31 +209,21 @@ impl Identity {
                 .and_then(numeric_date)
                 .unwrap_or(0)
         };
-        let payload_b64 = if payload_b64.is_empty() {
-            URL_SAFE_NO_PAD.encode(Value::Object(claims.clone()).to_string())
-        } else {
-            payload_b64
+        // A second, borrowing parse finds where the kept claims sit; one
+        // that fails (JSON that is not `claims`'s) only means copies.
+        let [iss, sub, email, hd, aud] = {
+            let raw: RawClaims<'_> = serde_json::from_slice(&json).unwrap_or_default();
+            [raw.iss, raw.sub, raw.email, raw.hd, raw.aud].map(|r| unescaped_string(&json, r))
         };
-        let (issuer, subject, email, hd) = (
-            str_claim("iss").unwrap_or_default(),
-            str_claim("sub").unwrap_or_default(),
-            str_claim("email"),
-            str_claim("hd"),
-        );
-        let mut text = TextBuilder(Vec::with_capacity(
-            issuer.len()
-                + subject.len()
-                + email.map_or(0, str::len)
-                + hd.map_or(0, str::len)
-                + audience.len()
-                + payload_b64.len(),
-        ));
-        let issuer = text.push(issuer);
-        let subject = text.push(subject);
-        let email = email.map(|e| text.push(e));
-        let hosted_domain = hd.map(|h| text.push(h));
-        let audience = text.push(&audience);
-        let payload_b64 = text.push(&payload_b64);
+        let mut text = TextBuilder {
+            json_len: json.len(),
+            text: json,
+        };
+        let issuer = text.place(iss, str_claim("iss").unwrap_or_default());
+        let subject = text.place(sub, str_claim("sub").unwrap_or_default());
+        let email = str_claim("email").map(|e| text.place(email, e));
+        let hosted_domain = str_claim("hd").map(|h| text.place(hd, h));
+        let audience = text.place(aud, audience);
         Identity(Arc::new(Inner {
             issuer_name: tag.name.clone(),
             pool: tag.pool.clone(),
@@ -180,13 +232,13 @@ impl Identity {
             email_verified: claims.get("email_verified") == Some(&Value::Bool(true)),
             issued_at: num_claim("iat"),
             expires_at: num_claim("exp"),
-            text: Bytes::from(text.0),
+            json_len: offset(text.json_len),
+            text: Bytes::from(text.text),
             issuer,
             subject,
             email,
             hosted_domain,
             audience,
-            payload_b64,
             claims: OnceLock::new(),
         }))
     }
@@ -251,24 +303,33 @@ impl Identity {
     }
     /// Every claim of the token.
     pub fn claims(&self) -> &Map<String, Value> {
-        self.0.claims.get_or_init(|| {
-            URL_SAFE_NO_PAD
-                .decode(self.claims_b64())
-                .ok()
-                .and_then(|json| serde_json::from_slice(&json).ok())
-                .unwrap_or_default()
+        self.0
+            .claims
+            .get_or_init(|| serde_json::from_str(self.claims_json()).unwrap_or_default())
+    }
+    /// The token's payload: its claims as the issuer wrote them, JSON text.
+    pub fn claims_json(&self) -> &str {
+        self.text(Span {
+            start: 0,
+            end: self.0.json_len,
         })
     }
     /// The token's payload segment (base64url JSON), as sent upstream in
-    /// `x-idgate-claims`.
-    pub fn claims_b64(&self) -> &str {
-        self.text(self.0.payload_b64)
+    /// `x-idgate-claims`: encoded from [`Identity::claims_json`] on each
+    /// call, since the verifier accepts only canonical base64url and so
+    /// the encoding is the segment the token carried.
+    pub fn claims_b64(&self) -> String {
+        URL_SAFE_NO_PAD.encode(
+            self.0
+                .text
+                .get(..self.0.json_len as usize)
+                .unwrap_or_default(),
+        )
     }
 
-    /// [`Identity::claims_b64`] as shared bytes: a header value made from
-    /// it is not a copy.
+    /// [`Identity::claims_b64`] as bytes for a header value (no further copy).
     pub fn claims_b64_bytes(&self) -> Bytes {
-        self.bytes(self.0.payload_b64)
+        Bytes::from(self.claims_b64())
     }
 
     /// [`Identity::subject`] as shared bytes (not a copy).
@@ -431,6 +492,67 @@ mod tests {
         assert_eq!(unverified.email(), Some("b@x.com"));
         assert_eq!(unverified.verified_email_bytes(), None);
         assert_eq!(unverified.claims_b64_bytes(), unverified.claims_b64());
+    }
+
+    fn from_payload(claims: &str) -> Identity {
+        let Ok(Value::Object(m)) = serde_json::from_str(claims) else {
+            unreachable!()
+        };
+        Identity::from_verified_claims(
+            &google(),
+            "https://svc".into(),
+            m,
+            URL_SAFE_NO_PAD.encode(claims),
+        )
+    }
+
+    #[test]
+    fn kept_claims_are_slices_of_the_payload() {
+        let json = r#"{"aud":"https://svc","email":"a@p.iam.gserviceaccount.com","email_verified":true,"hd":"p.com","iss":"https://accounts.google.com","sub":"1"}"#;
+        let id = from_payload(json);
+        assert_eq!(id.claims_json(), json);
+        assert_eq!(id.claims_b64(), URL_SAFE_NO_PAD.encode(json));
+        assert_eq!(id.claims_b64_bytes(), id.claims_b64());
+        assert_eq!(id.issuer(), "https://accounts.google.com");
+        assert_eq!(id.subject(), "1");
+        assert_eq!(id.email(), Some("a@p.iam.gserviceaccount.com"));
+        assert_eq!(id.hosted_domain(), Some("p.com"));
+        assert_eq!(id.audience(), "https://svc");
+        assert_eq!(id.claims()["email_verified"], true);
+        // Nothing was copied: the payload is the whole text.
+        assert_eq!(id.0.text.len(), json.len());
+    }
+
+    #[test]
+    fn escaped_or_mismatched_claims_are_copied_as_decoded() {
+        // `\u0031` is "1": the payload spells it escaped, so the subject is
+        // a copy; the audience given is not in the payload at all.
+        let json = r#"{"sub":"\u0031x","email":"e\/f@x.com","iss":"i","aud":["https://svc"]}"#;
+        let id = from_payload(json);
+        assert_eq!(id.subject(), "1x");
+        assert_eq!(id.email(), Some("e/f@x.com"));
+        assert_eq!(id.issuer(), "i");
+        assert_eq!(id.audience(), "https://svc");
+        assert_eq!(id.claims_json(), json);
+        assert_eq!(id.0.text.len(), json.len() + "1xe/f@x.comhttps://svc".len());
+        // A payload that says something else than the claims: the claims
+        // win (the payload is only where they are looked for).
+        let Value::Object(m) = json!({"sub":"2","iss":"j"}) else {
+            unreachable!()
+        };
+        let id = Identity::from_verified_claims(
+            &google(),
+            "aud".into(),
+            m,
+            URL_SAFE_NO_PAD.encode(r#"{"sub":"3","iss":"j"}"#),
+        );
+        assert_eq!((id.subject(), id.issuer()), ("2", "j"));
+        // A segment that is not canonical base64url: the claims are encoded.
+        let Value::Object(m) = json!({"sub":"4"}) else {
+            unreachable!()
+        };
+        let id = Identity::from_verified_claims(&google(), "aud".into(), m, "%%".into());
+        assert_eq!(id.claims_json(), r#"{"sub":"4"}"#);
     }
 
     #[test]

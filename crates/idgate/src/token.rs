@@ -22,6 +22,8 @@ pub struct UnverifiedToken<'a> {
     pub header: Map<String, Value>,
     /// The decoded claims.
     pub claims: Map<String, Value>,
+    /// The payload segment decoded: the JSON text `claims` was parsed from.
+    pub payload_json: Vec<u8>,
 }
 
 impl<'a> UnverifiedToken<'a> {
@@ -36,7 +38,8 @@ impl<'a> UnverifiedToken<'a> {
             return Err(malformed("a JWS has three segments"));
         };
         let header = json_object(&b64(h, "header")?, "header")?;
-        let claims = json_object(&b64(p, "payload")?, "payload")?;
+        let payload_json = b64(p, "payload")?;
+        let claims = json_object(&payload_json, "payload")?;
         // The signature must decode too; its emptiness is judged after the
         // algorithm, so that `alg: none` reports as what it is.
         b64(s, "signature")?;
@@ -46,6 +49,7 @@ impl<'a> UnverifiedToken<'a> {
             signature_b64: s,
             header,
             claims,
+            payload_json,
         })
     }
 

@@ -668,7 +668,7 @@ impl Verifier {
             ));
         }
         let audience = match t.claims.get("aud") {
-            Some(Value::String(a)) if self.audiences.iter().any(|x| x == a) => a.clone(),
+            Some(Value::String(a)) if self.audiences.iter().any(|x| x == a) => a.as_str(),
             Some(Value::String(a)) if a == GCLOUD_AUDIENCE => {
                 return Err(Rejection::new(
                     Reason::AudienceMismatch,
@@ -699,8 +699,7 @@ impl Verifier {
             Some(Value::String(s)) if !s.is_empty() => {}
             _ => return Err(Rejection::new(Reason::MalformedToken, "token has no sub")),
         }
-        let payload_b64 = t.payload_b64.to_owned();
-        let identity = Identity::from_verified_claims(&issuer.tag, audience, t.claims, payload_b64);
+        let identity = Identity::from_payload(&issuer.tag, audience, &t.claims, t.payload_json);
         Ok((identity, issuer_idx, key))
     }
 }
