@@ -369,7 +369,7 @@ impl Identity {
     }
 
     /// The one place that decides how IAM names the caller.
-    fn principal_ref(&self) -> PrincipalRef<'_> {
+    pub(crate) fn principal_ref(&self) -> PrincipalRef<'_> {
         match (self.0.google, self.verified_email()) {
             (true, Some(e)) if is_service_account_email(e) => PrincipalRef::ServiceAccount(e),
             (true, Some(e)) => PrincipalRef::User(e),
@@ -379,7 +379,7 @@ impl Identity {
 }
 
 /// [`Principal`], borrowed.
-enum PrincipalRef<'a> {
+pub(crate) enum PrincipalRef<'a> {
     User(&'a str),
     ServiceAccount(&'a str),
     Subject(Option<&'a Arc<str>>, &'a str),

@@ -2,6 +2,7 @@
 //! up by, so a decision costs a few hash lookups whatever the policy's size,
 //! and conditions run only on the bindings that name the caller.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use super::error::BindingAt;
 use super::groups::Groups;
 use super::member::Member;
 use super::{Decision, Denial, Grant, RequestContext};
-use crate::identity::{Identity, Principal};
+use crate::identity::{Identity, PrincipalRef};
 use crate::reason::Reason;
 
 /// A compiled invoker policy: immutable, cheap to share (`Send + Sync`),
@@ -183,10 +184,9 @@ impl Policy {
     /// Unconditional bindings are tried before conditional ones, each group
     /// in file order; the first that admits the caller is the [`Grant`].
     pub fn decide(&self, identity: Option<&Identity>, ctx: &RequestContext<'_>) -> Decision {
-        let principal = identity.map(Identity::principal);
         let mut candidates: Vec<&Entry> = Vec::new();
         if let Some(id) = identity {
-            self.candidates(id, principal.as_ref(), &mut candidates);
+            self.candidates(id, &mut candidates);
         }
         candidates.extend(&self.all_users);
         // The sort is stable and candidates come most specific first, so a
@@ -218,33 +218,28 @@ impl Policy {
                 )),
             }
         }
-        Decision::Denied(deny(identity, principal, unmet))
+        Decision::Denied(deny(identity, unmet))
     }
 
     /// The entries that name `id`, most specific first: the hash lookups
     /// this whole module is built for.
-    fn candidates<'a>(
-        &'a self,
-        id: &Identity,
-        principal: Option<&Principal>,
-        out: &mut Vec<&'a Entry>,
-    ) {
+    fn candidates<'a>(&'a self, id: &Identity, out: &mut Vec<&'a Entry>) {
         if id.is_google() {
-            // principal() gives a user or service account only for a
+            // The principal is a user or service account only for a
             // verified email, and tells the two apart.
-            let (map, email) = match principal {
-                Some(Principal::User(e)) => (&self.users, Some(e)),
-                Some(Principal::ServiceAccount(e)) => (&self.service_accounts, Some(e)),
-                _ => (&self.users, None),
+            let (map, email) = match id.principal_ref() {
+                PrincipalRef::User(e) => (&self.users, Some(e)),
+                PrincipalRef::ServiceAccount(e) => (&self.service_accounts, Some(e)),
+                PrincipalRef::Subject(..) => (&self.users, None),
             };
-            if let Some(entries) = email.and_then(|e| map.get(&e.to_ascii_lowercase())) {
+            if let Some(entries) = email.and_then(|e| map.get(&*ascii_lowercase(e))) {
                 out.extend(entries);
             }
             // `hd` only: anyone can register a consumer account with an
             // email on any domain, but only Workspace sets `hd`.
             if let Some(entries) = id
                 .hosted_domain()
-                .and_then(|hd| self.domains.get(&hd.to_ascii_lowercase()))
+                .and_then(|hd| self.domains.get(&*ascii_lowercase(hd)))
             {
                 out.extend(entries);
             }
@@ -298,8 +293,18 @@ impl Policy {
     }
 }
 
-fn deny(identity: Option<&Identity>, principal: Option<Principal>, unmet: Vec<String>) -> Denial {
-    let principal = principal.map(|p| p.to_string());
+/// The policy's keys are lowercase; most emails and domains already are,
+/// and are looked up without a copy.
+fn ascii_lowercase(s: &str) -> Cow<'_, str> {
+    if s.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(s.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(s)
+    }
+}
+
+fn deny(identity: Option<&Identity>, unmet: Vec<String>) -> Denial {
+    let principal = identity.map(Identity::principal_string);
     let named = principal.as_deref().unwrap_or("allUsers");
     let mut detail = match identity.and_then(|id| id.email().filter(|_| !id.email_verified())) {
         Some(email) => format!(
