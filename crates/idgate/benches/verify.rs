@@ -1,6 +1,7 @@
 //! Verification cost: a verified-token cache hit, a miss (full parse +
 //! RS256 signature + claims), and beside them the bare RS256 verify of the
-//! crypto backend, which a miss can only add to.
+//! crypto backend, which a miss can only add to; and the per-request
+//! encoding of the identity's payload for `x-idgate-claims`.
 //!
 //! `cargo bench -p idgate --bench verify`
 
@@ -45,6 +46,14 @@ fn bench(c: &mut Criterion) {
     g.bench_function("token_cache_miss", |b| {
         b.to_async(&rt)
             .iter(|| async { black_box(uncached.verify(black_box(&token)).await.unwrap()) })
+    });
+
+    // What the sidecar pays per request for `x-idgate-claims`: the identity
+    // keeps the payload as JSON, and the header is its base64url.
+    let identity = rt.block_on(cached.verify(&token)).unwrap();
+    eprintln!("payload: {} bytes of JSON", identity.claims_json().len());
+    g.bench_function("claims_b64_header", |b| {
+        b.iter(|| black_box(black_box(&identity).claims_b64_bytes()))
     });
 
     // The backend alone: the same signature over the same bytes.
