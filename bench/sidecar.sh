@@ -60,8 +60,8 @@ RESULTS=${RESULTS:-$OUT/results.tsv}
 
 want() { [[ -z $ONLY ]] || [[ " $ONLY " == *" $1 "* ]]; }
 # Variants: nginx nginx-rate nginx-1000conn idgate-1token idgate-rate
-# idgate-1000tokens idgate-1000tokens-nocache idgate-1000conn envoy-1token
-# envoy-rate envoy-1000tokens envoy-1000tokens-nocache idgate-cache
+# idgate-1000tokens idgate-1000tokens-nocache idgate-public idgate-1000conn
+# envoy-1token envoy-rate envoy-1000tokens envoy-1000tokens-nocache idgate-cache
 
 trap cleanup EXIT
 
@@ -387,6 +387,14 @@ run_idgate() { # label
   if want idgate-1000tokens-nocache; then
     start_server idgate --token-cache-capacity 0
     measure "${l}idgate-1000tokens-nocache" idgate "$OUT/1000-tokens.txt" "$CONNS"
+    stop_server
+  fi
+  # The proxy alone: every path public, so no token is checked and no
+  # identity headers are added; the same requests (the token is still
+  # sent). What the sidecar's HTTP stack costs before any auth.
+  if want idgate-public; then
+    start_server idgate --public-path /
+    measure "${l}idgate-public" idgate "$OUT/one-token.txt" "$CONNS"
     stop_server
   fi
   if want idgate-1000conn; then
