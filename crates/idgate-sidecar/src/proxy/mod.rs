@@ -65,6 +65,12 @@ const WARM_IDLE: usize = 64;
 /// after the burst.
 const SPARE_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How often idle connections past their timeouts are closed: each look
+/// takes the pool's lock and reads only the expired and the first fresh
+/// one, so it can be often, and the spares close within a second of their
+/// timeout (their memory is released soon after: `crate::memory`).
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
 /// Forwards requests to one upstream. Cheap to clone.
 #[derive(Clone)]
 pub struct Proxy {
@@ -111,7 +117,7 @@ impl Proxy {
             Arc::new(idgate::SystemClock::new()),
         );
         if tokio::runtime::Handle::try_current().is_ok() {
-            http1.sweep_every(SPARE_IDLE_TIMEOUT / 2);
+            http1.sweep_every(SWEEP_EVERY);
         }
         let h2c = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(IDLE_TIMEOUT)
