@@ -31,12 +31,13 @@ start_upstream() {
 
 # start_server NAME [ARGS...]: the server under test (nginx, idgate, or
 # envoy with its config file as ARGS), pinned to SERVER_CPU at nice
-# SERVER_NICE (default 0). Sets SERVER_PID and SERVER_PORT once the server
-# answers TOKEN with 200.
+# SERVER_NICE (default 0), under the scheduling policy SERVER_SCHED (other,
+# the default, or batch: chrt's names). Sets SERVER_PID and SERVER_PORT
+# once the server answers TOKEN with 200.
 start_server() {
   local name=$1; shift
   local port
-  local pin=(taskset -c "$SERVER_CPU" nice -n "${SERVER_NICE:-0}")
+  local pin=(taskset -c "$SERVER_CPU" chrt "--${SERVER_SCHED:-other}" 0 nice -n "${SERVER_NICE:-0}")
   case $name in
     nginx)
       "${pin[@]}" nginx -p "$OUT/nginx-proxy" -c "$OUT/nginx-proxy/nginx.conf" -e "$OUT/nginx-proxy/error.log" &

@@ -7,6 +7,7 @@
 #   bench/sched.sh [idgate|nginx]     # default idgate; cached, one token
 #   SERVER_NICE=-5 bench/sched.sh     # an experiment: the server at another
 #                                     # nice level (root), to see the effect
+#   SERVER_SCHED=batch bench/sched.sh # the same, under SCHED_BATCH (chrt)
 #   TOP=40 IDGATE=build/idgate bench/sched.sh   # more symbols, another build
 #
 # Needs the files bench/sidecar.sh leaves in OUT (run it first, at least
