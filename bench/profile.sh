@@ -5,6 +5,8 @@
 # (zeroed after a warm-up). Prints Ir per request and the top functions.
 #
 #   bench/profile.sh [one-token|1000-tokens|1000-tokens-nocache]
+#   bench/profile.sh public           # one token, no auth (--public-path /):
+#                                     # what the HTTP stack costs alone
 #   bench/profile.sh heap-1000conn    # the heap with 1,000 connections
 #                                     # open (valgrind's massif): its peak
 #                                     # and where it was allocated
@@ -37,6 +39,7 @@ mkdir -p "$PROF"
 tool=(--tool=callgrind --callgrind-out-file="$PROF/callgrind.out")
 case $VARIANT in
   one-token) tokens=$OUT/one-token.txt extra=() ;;
+  public) tokens=$OUT/one-token.txt extra=(--public-path /) ;;
   1000-tokens) tokens=$OUT/1000-tokens.txt extra=() ;;
   1000-tokens-nocache) tokens=$OUT/1000-tokens.txt extra=(--token-cache-capacity 0) ;;
   heap-1000conn) tokens=$OUT/one-token.txt extra=()
