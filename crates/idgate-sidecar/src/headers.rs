@@ -100,67 +100,107 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 /// Idempotent. Run it before identity headers are added, so a client cannot
 /// name `x-idgate-principal` in `Connection` to have it dropped.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // Runs three times per proxied request; most requests carry none of
-    // these, and one pass over the names costs less than the removals.
-    if !headers.keys().any(is_hop_by_hop) {
+    // Runs three times per proxied request. Most requests carry none of
+    // these, and most responses only `Connection: keep-alive`: one pass over
+    // the names says which are present, and only those are touched.
+    let present = headers
+        .keys()
+        .fold(0u8, |mask, name| mask | hop_by_hop_bit(name));
+    if present == 0 {
         return;
     }
-    // Only the named headers that are present: usually `Connection` names
-    // just `keep-alive` or `close`, and there is nothing to remove.
-    let named: Vec<HeaderName> = headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|t| !(t.is_empty() || keep_upgrade && t.eq_ignore_ascii_case("upgrade")))
-        .filter(|t| headers.contains_key(*t))
-        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-        .collect();
-    for name in &named {
-        headers.remove(name);
+    if present & HOP_CONNECTION != 0 {
+        // Only the named headers that are present: usually `Connection`
+        // names just `keep-alive` or `close`, and there is nothing to remove.
+        let named: Vec<HeaderName> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|t| !(t.is_empty() || keep_upgrade && t.eq_ignore_ascii_case("upgrade")))
+            .filter(|t| headers.contains_key(*t))
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .collect();
+        for name in &named {
+            headers.remove(name);
+        }
+        headers.remove(CONNECTION);
     }
-    let te_trailers = headers
-        .get_all(TE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| {
-            t.split(';')
-                .next()
-                .is_some_and(|t| t.trim().eq_ignore_ascii_case("trailers"))
-        });
-    for name in [CONNECTION, TE, TRAILER, TRANSFER_ENCODING] {
-        headers.remove(name);
+    // After the named removals: `Connection: te` takes `TE: trailers` too.
+    let te_trailers = present & HOP_TE != 0
+        && headers
+            .get_all(TE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| {
+                t.split(';')
+                    .next()
+                    .is_some_and(|t| t.trim().eq_ignore_ascii_case("trailers"))
+            });
+    for (bit, name) in [
+        (HOP_TE, TE),
+        (HOP_TRAILER, TRAILER),
+        (HOP_TRANSFER_ENCODING, TRANSFER_ENCODING),
+        (HOP_KEEP_ALIVE, KEEP_ALIVE),
+    ] {
+        if present & bit != 0 {
+            headers.remove(name);
+        }
     }
-    headers.remove("keep-alive");
-    let proxy: Vec<HeaderName> = headers
-        .keys()
-        .filter(|n| n.as_str().starts_with("proxy-"))
-        .cloned()
-        .collect();
-    for name in proxy {
-        headers.remove(name);
+    if present & HOP_PROXY != 0 {
+        let proxy: Vec<HeaderName> = headers
+            .keys()
+            .filter(|n| n.as_str().starts_with("proxy-"))
+            .cloned()
+            .collect();
+        for name in proxy {
+            headers.remove(name);
+        }
     }
     if te_trailers {
         headers.insert(TE, HeaderValue::from_static("trailers"));
     }
-    if keep_upgrade && headers.contains_key(UPGRADE) {
-        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        headers.remove(UPGRADE);
+    if present & HOP_UPGRADE != 0 {
+        if keep_upgrade && headers.contains_key(UPGRADE) {
+            headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        } else {
+            headers.remove(UPGRADE);
+        }
     }
 }
 
-/// Whether `remove_hop_by_hop` has anything to do for a header of this name.
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    name == CONNECTION
-        || name == TE
-        || name == TRAILER
-        || name == TRANSFER_ENCODING
-        || name == UPGRADE
-        || name.as_str() == "keep-alive"
-        || name.as_str().starts_with("proxy-")
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+
+const HOP_CONNECTION: u8 = 1;
+const HOP_TE: u8 = 1 << 1;
+const HOP_TRAILER: u8 = 1 << 2;
+const HOP_TRANSFER_ENCODING: u8 = 1 << 3;
+const HOP_UPGRADE: u8 = 1 << 4;
+const HOP_KEEP_ALIVE: u8 = 1 << 5;
+const HOP_PROXY: u8 = 1 << 6;
+
+/// Which of `remove_hop_by_hop`'s cases a header of this name falls in;
+/// 0 for the headers it leaves alone.
+fn hop_by_hop_bit(name: &HeaderName) -> u8 {
+    if name == CONNECTION {
+        HOP_CONNECTION
+    } else if name == TE {
+        HOP_TE
+    } else if name == TRAILER {
+        HOP_TRAILER
+    } else if name == TRANSFER_ENCODING {
+        HOP_TRANSFER_ENCODING
+    } else if name == UPGRADE {
+        HOP_UPGRADE
+    } else if name == KEEP_ALIVE {
+        HOP_KEEP_ALIVE
+    } else if name.as_str().starts_with("proxy-") {
+        HOP_PROXY
+    } else {
+        0
+    }
 }
 
 /// Appends the client's address to `X-Forwarded-For`, and sets
@@ -391,6 +431,25 @@ mod tests {
         assert_eq!(h["te"], "trailers");
 
         let mut h = headers(&[("te", "gzip")]);
+        remove_hop_by_hop(&mut h, false);
+        assert!(h.is_empty());
+    }
+
+    #[test]
+    fn only_the_hop_by_hop_headers_present_are_touched() {
+        let mut h = headers(&[("connection", "keep-alive"), ("content-length", "5")]);
+        remove_hop_by_hop(&mut h, false);
+        assert_eq!(names(&h), ["content-length"]);
+
+        let mut h = headers(&[("connection", "te"), ("te", "trailers"), ("accept", "*/*")]);
+        remove_hop_by_hop(&mut h, false);
+        assert_eq!(names(&h), ["accept"], "TE named in Connection goes whole");
+
+        let mut h = headers(&[("upgrade", "websocket")]);
+        remove_hop_by_hop(&mut h, true);
+        assert_eq!(names(&h), ["connection", "upgrade"]);
+
+        let mut h = headers(&[("upgrade", "websocket"), ("keep-alive", "timeout=5")]);
         remove_hop_by_hop(&mut h, false);
         assert!(h.is_empty());
     }
