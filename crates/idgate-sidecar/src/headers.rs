@@ -344,14 +344,15 @@ fn strip_header_value(value: &HeaderValue) -> Option<HeaderValue> {
 }
 
 /// The header and payload of a compact JWS: three dot-separated parts, the
-/// first two non-empty.
+/// first two non-empty. Runs on every forwarded token; `memchr` finds the
+/// dots in a 1 KB token several times faster than `str::split`.
 fn jws_head(token: &str) -> Option<(&str, &str)> {
-    let mut parts = token.splitn(3, '.');
-    let (header, payload, signature) = (parts.next()?, parts.next()?, parts.next()?);
-    if header.is_empty() || payload.is_empty() || signature.contains('.') {
+    let mut dots = memchr::memchr_iter(b'.', token.as_bytes());
+    let (first, second) = (dots.next()?, dots.next()?);
+    if first == 0 || second == first + 1 || dots.next().is_some() {
         return None;
     }
-    Some((header, payload))
+    Some((&token[..first], &token[first + 1..second]))
 }
 
 /// Replaces a compact JWS's signature with [`SIGNATURE_REMOVED`], keeping
@@ -581,6 +582,14 @@ mod tests {
         assert!(strip_signature("a.b").is_none());
         assert!(strip_signature("a.b.c.d").is_none());
         assert!(strip_signature(".b.c").is_none());
+        assert!(strip_signature("a..c").is_none());
+        assert!(strip_signature("abc").is_none());
+        assert!(strip_signature("").is_none());
+        assert_eq!(
+            strip_signature("a.b.").as_deref(),
+            Some("a.b.SIGNATURE_REMOVED_BY_IDGATE"),
+            "an empty signature is still three parts"
+        );
     }
 
     #[test]
