@@ -15,7 +15,10 @@
 #                                     # site (needs python3)
 #
 # Needs the files bench/sidecar.sh leaves in OUT (tokens, nginx configs):
-# run that first, at least with ONLY=none. Loopback only; bounded in time.
+# run that first, at least with ONLY=none. Minted tokens last an hour: the
+# script stops with an error when the first one is refused, or when any
+# request of a measured run fails, rather than count the rejection path.
+# Loopback only; bounded in time.
 #
 # Callgrind counts user-space instructions only (no kernel), and under
 # valgrind aws-lc takes its AVX SHA-256 path instead of the SHA-NI one, so
@@ -60,11 +63,24 @@ valgrind "${tool[@]}" \
 vg=$!
 SERVER_PID=$vg # for lib.sh's cleanup
 token=$(head -n 1 "$tokens")
+code=
 for _ in $(seq 300); do
-  [[ $(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $token" "http://127.0.0.1:$P_IDGATE/") == 200 ]] && break
+  code=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $token" "http://127.0.0.1:$P_IDGATE/" || true)
+  [[ $code == 200 || $code == 401 || $code == 403 ]] && break
   sleep 0.2
 done
+# A refused token (the minted ones expire after an hour) would have the
+# counts below measure the rejection path instead.
+[[ $code == 200 ]] || { echo "the sidecar answered $code, not 200, to $tokens's first token: expired? Mint new ones with ONLY=none NO_BUILD=1 bench/sidecar.sh" >&2; exit 1; }
 run() { wrk -t 1 -c "${2:-10}" -d "${1}s" --timeout 10s -s "$ROOT/bench/wrk-tokens.lua" "http://127.0.0.1:$P_IDGATE/" -- "$tokens" | grep '^BENCH'; }
+# A measured run's line, refused if any request failed: per-request figures
+# must be of answered requests only.
+measured() {
+  local line
+  line=$(run "$@")
+  [[ $line == *" errors=0"* ]] || { echo "failed requests in the measured run: $line" >&2; return 1; }
+  echo "$line"
+}
 if [[ $VARIANT == heap-1000conn ]]; then
   conns=1000
   run "$SECS" "$conns"
@@ -87,7 +103,7 @@ fi
 if [[ $VARIANT == allocs ]]; then
   # dhat writes its profile when the process exits. Start-up's one-time
   # allocations fall under the half-a-block-per-request cut.
-  line=$(run "$SECS")
+  line=$(measured "$SECS")
   kill -TERM "$vg"; wait "$vg" || true
   SERVER_PID=
   python3 "$ROOT/bench/dhat-sites.py" "$PROF/dhat.out" "$(sed -n 's/.*requests=\([0-9]*\).*/\1/p' <<<"$line")"
@@ -95,7 +111,7 @@ if [[ $VARIANT == allocs ]]; then
 fi
 run 5 >/dev/null
 callgrind_control --zero "$vg" >/dev/null
-line=$(run "$SECS")
+line=$(measured "$SECS")
 callgrind_control --dump "$vg" >/dev/null
 reqs=$(sed -n 's/.*requests=\([0-9]*\).*/\1/p' <<<"$line")
 dump=$(ls -t "$PROF"/callgrind.out.* | head -n 1)
@@ -103,4 +119,4 @@ total=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(","
 echo "variant=$VARIANT requests=$reqs Ir_total=$total Ir_per_request=$(( total / reqs ))"
 callgrind_annotate --inclusive=yes --threshold=100 "$dump" 2>/dev/null |
   sed 's/([ 0-9.]*%)//' | awk -v r="$reqs" '/^ *[0-9,]+ / {n = $1; gsub(",", "", n); $1 = ""; printf "%8d Ir/req %s\n", n / r, $0}' |
-  grep -v -e 'tokio::runtime' -e 'std::sys' -e 'clone' -e 'start_thread' -e 'call_once' | head -n "${TOP:-45}" | cut -c1-170
+  grep -v -e 'tokio::runtime' -e 'std::sys' -e 'clone' -e 'start_thread' -e 'call_once' | awk -v n="${TOP:-45}" 'NR <= n' | cut -c1-170
