@@ -643,7 +643,7 @@ async fn a_bare_tower_service_gets_identity_and_admission_in_extensions() {
             let body = json!({
                 "principal": id.map(|i| i.principal().to_string()),
                 "header": admission.as_ref().and_then(|a| a.credential_header).map(CredentialHeader::name),
-                "member": admission.and_then(|a| a.grant).map(|g| g.member),
+                "member": admission.and_then(|a| a.grant).map(|g| g.member.to_string()),
             });
             Ok::<_, Infallible>(Response::new(http_body_util::Full::new(Bytes::from(
                 body.to_string(),

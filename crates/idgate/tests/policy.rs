@@ -436,7 +436,7 @@ mod policy {
         for (name, members, who, want) in &rows {
             let decision = policy(members).decide(who.as_ref(), &ctx());
             let ok = match (want, &decision) {
-                (Allow(m), Decision::Allowed(g)) => g.member == *m,
+                (Allow(m), Decision::Allowed(g)) => *g.member == **m,
                 (Deny(r), Decision::Denied(d)) => d.reason == *r,
                 _ => false,
             };
@@ -482,9 +482,9 @@ mod policy {
         else {
             panic!("alice denied")
         };
-        assert_eq!(g.role, "roles/run.invoker");
-        assert_eq!(g.member, "user:alice@corp.example.net");
-        assert_eq!(g.source, "--member");
+        assert_eq!(&*g.role, "roles/run.invoker");
+        assert_eq!(&*g.member, "user:alice@corp.example.net");
+        assert_eq!(&*g.source, "--member");
         assert_eq!(g.binding, 1);
         assert_eq!(g.condition, None);
         assert_eq!(
@@ -516,7 +516,7 @@ mod policy {
             Err(e) => panic!("{e}"),
         };
         let member = |who: Option<&Identity>| match p.decide(who, &ctx()) {
-            Decision::Allowed(g) => g.member,
+            Decision::Allowed(g) => g.member.to_string(),
             Decision::Denied(d) => panic!("{d}"),
         };
         let alice = google(

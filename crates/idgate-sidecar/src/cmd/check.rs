@@ -824,10 +824,10 @@ impl Report {
             "explanation": self.explanation,
             "principal": self.principal,
             "binding": self.grant.as_ref().map(|g| json!({
-                "role": g.role,
-                "member": g.member,
-                "condition": g.condition,
-                "source": g.source,
+                "role": &*g.role,
+                "member": &*g.member,
+                "condition": g.condition.as_deref(),
+                "source": &*g.source,
                 "index": g.binding,
             })),
             "request": {

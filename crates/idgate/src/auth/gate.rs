@@ -327,8 +327,8 @@ fn log_decision(e: &DecisionEvent<'_>) {
                 .map(|i| i.principal().to_string())
                 .as_deref()
                 .unwrap_or("anonymous"),
-            auth.role = a.grant.as_ref().map(|g| g.role.as_str()).unwrap_or(""),
-            auth.member = a.grant.as_ref().map(|g| g.member.as_str()).unwrap_or(""),
+            auth.role = a.grant.as_ref().map(|g| &*g.role).unwrap_or(""),
+            auth.member = a.grant.as_ref().map(|g| &*g.member).unwrap_or(""),
             http.method = e.method,
             http.path = e.path,
             elapsed_us = e.elapsed.as_micros() as u64,

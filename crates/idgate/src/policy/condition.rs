@@ -43,7 +43,7 @@ pub(super) fn env() -> &'static Arc<Env> {
 /// A compiled condition.
 pub(super) struct Condition {
     /// How decisions name it: the title, else the expression.
-    pub name: String,
+    pub name: Arc<str>,
     pub expression: String,
     program: Program,
 }
@@ -154,7 +154,7 @@ impl Condition {
             return Err(problems);
         }
         Ok(Condition {
-            name: spec.name().to_owned(),
+            name: spec.name().into(),
             expression: spec.expression.clone(),
             program,
         })

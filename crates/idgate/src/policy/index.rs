@@ -8,6 +8,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use serde_json::Value;
+use smallvec::SmallVec;
 
 use super::condition::{Condition, Outcome, request_context};
 use super::error::BindingAt;
@@ -34,9 +35,9 @@ pub struct Policy {
 }
 
 struct Binding {
-    source: String,
+    source: Arc<str>,
     index: usize,
-    role: String,
+    role: Arc<str>,
     condition: Option<Condition>,
 }
 
@@ -47,6 +48,9 @@ struct Entry {
     binding: usize,
     member: Arc<str>,
 }
+
+/// The entries that may admit one caller, in the order they are tried.
+type Candidates<'a> = SmallVec<[&'a Entry; 8]>;
 
 #[derive(Default)]
 struct PoolIndex {
@@ -91,9 +95,9 @@ impl Builder {
     pub fn add_binding(&mut self, at: &BindingAt, condition: Option<Condition>) -> usize {
         let id = self.policy.bindings.len();
         self.policy.bindings.push(Binding {
-            source: at.file.clone(),
+            source: at.file.as_str().into(),
             index: at.index,
-            role: at.role.clone(),
+            role: at.role.as_str().into(),
             condition,
         });
         id
@@ -184,7 +188,8 @@ impl Policy {
     /// Unconditional bindings are tried before conditional ones, each group
     /// in file order; the first that admits the caller is the [`Grant`].
     pub fn decide(&self, identity: Option<&Identity>, ctx: &RequestContext<'_>) -> Decision {
-        let mut candidates: Vec<&Entry> = Vec::new();
+        // On the stack for any caller named by up to eight entries.
+        let mut candidates: Candidates<'_> = SmallVec::new();
         if let Some(id) = identity {
             self.candidates(id, &mut candidates);
         }
@@ -223,7 +228,7 @@ impl Policy {
 
     /// The entries that name `id`, most specific first: the hash lookups
     /// this whole module is built for.
-    fn candidates<'a>(&'a self, id: &Identity, out: &mut Vec<&'a Entry>) {
+    fn candidates<'a>(&'a self, id: &Identity, out: &mut Candidates<'a>) {
         if id.is_google() {
             // The principal is a user or service account only for a
             // verified email, and tells the two apart.
@@ -269,11 +274,11 @@ impl Policy {
         &self.bindings[e.binding]
     }
 
-    fn grant(&self, e: &Entry, condition: Option<String>) -> Grant {
+    fn grant(&self, e: &Entry, condition: Option<Arc<str>>) -> Grant {
         let b = self.binding(e);
         Grant {
             role: b.role.clone(),
-            member: e.member.to_string(),
+            member: e.member.clone(),
             condition,
             source: b.source.clone(),
             binding: b.index,

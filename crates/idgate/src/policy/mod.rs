@@ -46,7 +46,7 @@
 //! let ctx = RequestContext { time: SystemTime::now(), method: "GET", host: "svc", path: "/" };
 //!
 //! match policy.decide(Some(&alice), &ctx) {
-//!     Decision::Allowed(grant) => assert_eq!(grant.member, "user:alice@example.com"),
+//!     Decision::Allowed(grant) => assert_eq!(&*grant.member, "user:alice@example.com"),
 //!     Decision::Denied(denial) => panic!("{denial}"),
 //! }
 //! let nobody = policy.decide(None, &ctx);
@@ -65,6 +65,7 @@ mod member;
 
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use condition::REQUEST_FIELDS;
@@ -207,18 +208,19 @@ impl Decision {
     }
 }
 
-/// The binding that allowed a request.
+/// The binding that allowed a request. Its text is shared with the policy
+/// (`Arc<str>`): a decision copies no strings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grant {
     /// The binding's role.
-    pub role: String,
+    pub role: Arc<str>,
     /// The member that admitted the caller, as written in the binding
     /// (`group:eng@example.com` when the caller is in that group).
-    pub member: String,
+    pub member: Arc<str>,
     /// The condition that held: its title, or its expression when untitled.
-    pub condition: Option<String>,
+    pub condition: Option<Arc<str>>,
     /// The file the binding is in, or [`MEMBER_FLAG_SOURCE`].
-    pub source: String,
+    pub source: Arc<str>,
     /// The binding's position in its file's `bindings` list (or of its
     /// `--member` flag), from 0.
     pub binding: usize,
@@ -242,7 +244,7 @@ pub struct Denial {
 impl fmt::Display for Grant {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "allowed by {} for {} (", self.role, self.member)?;
-        if self.source == MEMBER_FLAG_SOURCE {
+        if *self.source == *MEMBER_FLAG_SOURCE {
             write!(f, "{}[{}])", self.source, self.binding)?;
         } else {
             write!(f, "{}: bindings[{}])", self.source, self.binding)?;
