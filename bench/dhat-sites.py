@@ -20,6 +20,23 @@ PLUMBING = re.compile(
 )
 
 
+def name(frame):
+    """The function of a frame, without its address and source line."""
+    return re.sub(r"^0x[0-9A-F]+: | \(.*", "", frame)
+
+
+def plumbing(frame):
+    """Whether a frame only passes the allocation along. With line tables
+    (CARGO_PROFILE_RELEASE_DEBUG=line-tables-only), inlined frames are named
+    UnknownInlinedFun and std's allocation path appears by its short names
+    (`alloc`, `allocate`), so its source file in Rust's library/ tells it."""
+    return (
+        "UnknownInlinedFun" in frame
+        or " (library/" in frame
+        or PLUMBING.search(name(frame)) is not None
+    )
+
+
 def main(path, requests):
     profile = json.load(open(path))
     frames = profile["ftbl"]
@@ -28,8 +45,7 @@ def main(path, requests):
         per_request = site["tbk"] / requests
         if per_request < 0.5:
             continue
-        names = [re.sub(r"^0x[0-9A-F]+: | \(.*", "", frames[i]) for i in site["fs"]]
-        callers = [n for n in names[1:] if not PLUMBING.search(n)][:3]
+        callers = [name(frames[i]) for i in site["fs"][1:] if not plumbing(frames[i])][:3]
         rows.append((per_request, site["tb"] / max(site["tbk"], 1), callers))
     rows.sort(key=lambda r: -r[0])
     total = sum(r[0] for r in rows)

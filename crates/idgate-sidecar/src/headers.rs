@@ -252,7 +252,8 @@ struct IpText {
 }
 
 impl IpText {
-    /// `ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255` is 45 bytes.
+    /// RFC 5952 text, which `Display` writes, is at most 39 bytes; 45 with
+    /// an embedded IPv4 address (`INET6_ADDRSTRLEN` less its NUL).
     const MAX: usize = 45;
 
     fn new() -> IpText {
