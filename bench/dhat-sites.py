@@ -4,9 +4,9 @@
     dhat-sites.py DHAT_OUT REQUESTS
 
 Prints the sites that allocate at least half a block per request, most
-frequent first: blocks per request, their average size, and the first
-frames outside the allocator and std's containers, so each line names the
-code that asked for the memory.
+frequent first, each call stack on its own line: blocks per request, their
+average size, and the first frames outside the allocator and std's
+containers, so each line names the code that asked for the memory.
 """
 import json
 import re
@@ -48,9 +48,16 @@ def main(path, requests):
         callers = [name(frames[i]) for i in site["fs"][1:] if not plumbing(frames[i])][:3]
         rows.append((per_request, site["tb"] / max(site["tbk"], 1), callers))
     rows.sort(key=lambda r: -r[0])
-    total = sum(r[0] for r in rows)
-    bytes_total = sum(r[0] * r[1] for r in rows)
-    print(f"requests={requests:.0f} blocks_per_request={total:.1f} bytes_per_request={bytes_total:.0f}")
+    # One allocation site can appear as several call stacks (the first
+    # request on a connection, say), some under the cut: `all_` counts every
+    # block of the run, start-up included; `listed_` only the rows below.
+    all_blocks = sum(site["tbk"] for site in profile["pps"]) / requests
+    listed = sum(r[0] for r in rows)
+    bytes_listed = sum(r[0] * r[1] for r in rows)
+    print(
+        f"requests={requests:.0f} all_blocks_per_request={all_blocks:.1f}"
+        f" listed_blocks_per_request={listed:.1f} listed_bytes_per_request={bytes_listed:.0f}"
+    )
     for per_request, size, callers in rows[:40]:
         print(f"{per_request:5.2f} x {size:6.0f} B  " + " <- ".join(c[:70] for c in callers))
 
