@@ -6,8 +6,9 @@
 
 AUD=https://bench.idgate.test
 EMAIL=invoker@bench-project.iam.gserviceaccount.com
-P_UP=18081 P_JWKS=18082 P_NGINX=18080 P_IDGATE=18090 P_IDGATE_ADMIN=18091 P_ENVOY=18100 P_ENVOY_ADMIN=18101
+P_UP=18081 P_JWKS=18082 P_NGINX=18080 P_IDGATE=18090 P_IDGATE_ADMIN=18091 P_ENVOY=18100 P_ENVOY_ADMIN=18101 P_BARE=18110
 IDGATE=${IDGATE:-$ROOT/target/release/idgate}
+BARE_PROXY=${BARE_PROXY:-$ROOT/target/release/bare-proxy}
 ENVOY=$OUT/envoy-wheel/envoy/_bin/envoy
 SERVER_PID=
 UPSTREAM_PID=
@@ -29,8 +30,9 @@ start_upstream() {
   die "upstream did not start"
 }
 
-# start_server NAME [ARGS...]: the server under test (nginx, idgate, or
-# envoy with its config file as ARGS), pinned to SERVER_CPU at nice
+# start_server NAME [ARGS...]: the server under test (nginx, idgate,
+# envoy with its config file as ARGS, or bare: loadkit's bare-proxy, the
+# hyper floor), pinned to SERVER_CPU at nice
 # SERVER_NICE (default 0), under the scheduling policy SERVER_SCHED (other,
 # the default, or batch: chrt's names). Sets SERVER_PID and SERVER_PORT
 # once the server answers TOKEN with 200.
@@ -51,7 +53,10 @@ start_server() {
       "${pin[@]}" "$ENVOY" -c "$1" --concurrency 1 --disable-hot-restart -l error \
         --base-id $RANDOM 2>>"$OUT/envoy.log" &
       port=$P_ENVOY ;;
-    *) die "unknown server $name (nginx, idgate or envoy)" ;;
+    bare)
+      "${pin[@]}" "$BARE_PROXY" "127.0.0.1:$P_BARE" "127.0.0.1:$P_UP" 2>>"$OUT/bare-proxy.log" &
+      port=$P_BARE ;;
+    *) die "unknown server $name (nginx, idgate, envoy or bare)" ;;
   esac
   SERVER_PID=$!
   for _ in $(seq 100); do

@@ -30,8 +30,11 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=${OUT:-$ROOT/target/bench/sidecar}
 VARIANT=${1:-one-token}
 SECS=${SECS:-10}
-# Not pinned unless asked: valgrind runs the sidecar on one thread anyway.
-SERVER_CPU=${SERVER_CPU:-0-$(( $(nproc) - 1 ))}
+# The sidecar (under valgrind) and the upstream pinned to one core, as in
+# bench/sidecar.sh: idgate picks its runtime by the CPUs it may use, and on
+# one it is single-threaded. Unpinned, it would see every core and run the
+# multi-threaded runtime, which the load benchmark never measures.
+SERVER_CPU=${SERVER_CPU:-0}
 # The ports, audience, member, upstream and cleanup (the sidecar has its
 # own start line: under valgrind).
 # shellcheck source=bench/lib.sh
@@ -56,7 +59,7 @@ esac
 trap cleanup EXIT
 start_upstream
 rm -f "$PROF"/callgrind.out* "$PROF"/massif.out "$PROF"/dhat.out
-valgrind "${tool[@]}" \
+taskset -c "$SERVER_CPU" valgrind "${tool[@]}" \
   "$IDGATE" serve --listen "127.0.0.1:$P_IDGATE" --admin-listen "127.0.0.1:$P_IDGATE_ADMIN" \
   --upstream "http://127.0.0.1:$P_UP" --jwks-url "http://127.0.0.1:$P_JWKS/jwks.json" \
   --audience "$AUD" --member "serviceAccount:$EMAIL" "${extra[@]}" 2>"$PROF/valgrind.log" &

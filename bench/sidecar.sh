@@ -59,9 +59,10 @@ RESULTS=${RESULTS:-$OUT/results.tsv}
 . "$BENCH/lib.sh"
 
 want() { [[ -z $ONLY ]] || [[ " $ONLY " == *" $1 "* ]]; }
-# Variants: nginx nginx-rate nginx-1000conn idgate-1token idgate-rate
-# idgate-1000tokens idgate-1000tokens-nocache idgate-public idgate-1000conn
-# envoy-1token envoy-rate envoy-1000tokens envoy-1000tokens-nocache idgate-cache
+# Variants: nginx nginx-rate nginx-1000conn hyper-bare hyper-bare-rate
+# idgate-1token idgate-rate idgate-1000tokens idgate-1000tokens-nocache
+# idgate-public idgate-1000conn envoy-1token envoy-rate envoy-1000tokens
+# envoy-1000tokens-nocache idgate-cache
 
 trap cleanup EXIT
 
@@ -84,7 +85,7 @@ if [[ ! -x $ENVOY ]]; then
 fi
 
 if [[ -z ${NO_BUILD:-} ]]; then
-  log "building idgate and loadkit (release)"
+  log "building idgate, loadkit and bare-proxy (release)"
   (cd "$ROOT" && cargo build --release --quiet -p idgate-sidecar -p idgate-loadkit)
 fi
 
@@ -370,6 +371,19 @@ run_nginx() { # label
   stop_server
 }
 
+# The floor of the stack idgate is built on: loadkit's bare-proxy, hyper's
+# HTTP/1.1 server and client on tokio's single-threaded runtime and nothing
+# else (no auth, no header rewriting, no timeouts). What idgate's own code
+# costs is the distance from here, not from nginx.
+run_bare() { # label
+  local l=${1:+$1:}
+  want hyper-bare || want hyper-bare-rate || return 0
+  start_server bare
+  want hyper-bare && measure "${l}hyper-bare" bare "$OUT/one-token.txt" "$CONNS"
+  want hyper-bare-rate && fixed_rate "${l}hyper-bare-rate" bare
+  stop_server
+}
+
 run_idgate() { # label
   local l=${1:+$1:}
   if want idgate-1token || want idgate-rate; then
@@ -427,6 +441,7 @@ run_envoy() { # label
 
 if [[ -n ${BINS:-} ]]; then
   run_nginx ""
+  run_bare ""
   for round in $(seq "${ROUNDS:-1}"); do
     for bin in $BINS; do
       IDGATE=$bin
@@ -439,10 +454,10 @@ elif (( ${ROUNDS:-1} > 1 )); then
   # each ratio compares runs minutes apart rather than the whole run apart
   # (bench/ratios.py).
   for round in $(seq "$ROUNDS"); do
-    run_nginx "r$round"; run_idgate "r$round"; run_envoy "r$round"
+    run_nginx "r$round"; run_bare "r$round"; run_idgate "r$round"; run_envoy "r$round"
   done
 else
-  run_nginx ""; run_idgate ""; run_envoy ""
+  run_nginx ""; run_bare ""; run_idgate ""; run_envoy ""
 fi
 
 # The token cache's cost per entry: RSS before and after CACHE_TOKENS
