@@ -6,7 +6,9 @@
 #
 #   bench/profile.sh [one-token|1000-tokens|1000-tokens-nocache]
 #   bench/profile.sh public           # one token, no auth (--public-path /):
-#                                     # what the HTTP stack costs alone
+#                                     # idgate's proxy without the gate
+#   bench/profile.sh bare             # loadkit's bare-proxy instead of idgate:
+#                                     # what hyper and tokio cost alone
 #   bench/profile.sh heap-1000conn    # the heap with 1,000 connections
 #                                     # open (valgrind's massif): its peak
 #                                     # and where it was allocated
@@ -44,7 +46,7 @@ mkdir -p "$PROF"
 
 tool=(--tool=callgrind --callgrind-out-file="$PROF/callgrind.out")
 case $VARIANT in
-  one-token) tokens=$OUT/one-token.txt extra=() ;;
+  one-token|bare) tokens=$OUT/one-token.txt extra=() ;;
   public) tokens=$OUT/one-token.txt extra=(--public-path /) ;;
   1000-tokens) tokens=$OUT/1000-tokens.txt extra=() ;;
   1000-tokens-nocache) tokens=$OUT/1000-tokens.txt extra=(--token-cache-capacity 0) ;;
@@ -59,23 +61,29 @@ esac
 trap cleanup EXIT
 start_upstream
 rm -f "$PROF"/callgrind.out* "$PROF"/massif.out "$PROF"/dhat.out
-taskset -c "$SERVER_CPU" valgrind "${tool[@]}" \
-  "$IDGATE" serve --listen "127.0.0.1:$P_IDGATE" --admin-listen "127.0.0.1:$P_IDGATE_ADMIN" \
-  --upstream "http://127.0.0.1:$P_UP" --jwks-url "http://127.0.0.1:$P_JWKS/jwks.json" \
-  --audience "$AUD" --member "serviceAccount:$EMAIL" "${extra[@]}" 2>"$PROF/valgrind.log" &
+if [[ $VARIANT == bare ]]; then
+  port=$P_BARE
+  server=("$BARE_PROXY" "127.0.0.1:$P_BARE" "127.0.0.1:$P_UP")
+else
+  port=$P_IDGATE
+  server=("$IDGATE" serve --listen "127.0.0.1:$P_IDGATE" --admin-listen "127.0.0.1:$P_IDGATE_ADMIN"
+    --upstream "http://127.0.0.1:$P_UP" --jwks-url "http://127.0.0.1:$P_JWKS/jwks.json"
+    --audience "$AUD" --member "serviceAccount:$EMAIL" "${extra[@]}")
+fi
+taskset -c "$SERVER_CPU" valgrind "${tool[@]}" "${server[@]}" 2>"$PROF/valgrind.log" &
 vg=$!
 SERVER_PID=$vg # for lib.sh's cleanup
 token=$(head -n 1 "$tokens")
 code=
 for _ in $(seq 300); do
-  code=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $token" "http://127.0.0.1:$P_IDGATE/" || true)
+  code=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $token" "http://127.0.0.1:$port/" || true)
   [[ $code == 200 || $code == 401 || $code == 403 ]] && break
   sleep 0.2
 done
 # A refused token (the minted ones expire after an hour) would have the
 # counts below measure the rejection path instead.
 [[ $code == 200 ]] || { echo "the sidecar answered $code, not 200, to $tokens's first token: expired? Mint new ones with ONLY=none NO_BUILD=1 bench/sidecar.sh" >&2; exit 1; }
-run() { wrk -t 1 -c "${2:-10}" -d "${1}s" --timeout 10s -s "$ROOT/bench/wrk-tokens.lua" "http://127.0.0.1:$P_IDGATE/" -- "$tokens" | grep '^BENCH'; }
+run() { wrk -t 1 -c "${2:-10}" -d "${1}s" --timeout 10s -s "$ROOT/bench/wrk-tokens.lua" "http://127.0.0.1:$port/" -- "$tokens" | grep '^BENCH'; }
 # A measured run's line, refused if any request failed: per-request figures
 # must be of answered requests only.
 measured() {
