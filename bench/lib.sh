@@ -32,7 +32,7 @@ start_upstream() {
 
 # start_server NAME [ARGS...]: the server under test (nginx, idgate,
 # envoy with its config file as ARGS, or bare: loadkit's bare-proxy, the
-# hyper floor), pinned to SERVER_CPU at nice
+# hyper floor, with its gate's JWKS URL, audience and member as ARGS), pinned to SERVER_CPU at nice
 # SERVER_NICE (default 0), under the scheduling policy SERVER_SCHED (other,
 # the default, or batch: chrt's names). Sets SERVER_PID and SERVER_PORT
 # once the server answers TOKEN with 200.
@@ -54,7 +54,7 @@ start_server() {
         --base-id $RANDOM 2>>"$OUT/envoy.log" &
       port=$P_ENVOY ;;
     bare)
-      "${pin[@]}" "$BARE_PROXY" "127.0.0.1:$P_BARE" "127.0.0.1:$P_UP" 2>>"$OUT/bare-proxy.log" &
+      "${pin[@]}" "$BARE_PROXY" "127.0.0.1:$P_BARE" "127.0.0.1:$P_UP" "$@" 2>>"$OUT/bare-proxy.log" &
       port=$P_BARE ;;
     *) die "unknown server $name (nginx, idgate, envoy or bare)" ;;
   esac

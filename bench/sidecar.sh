@@ -60,7 +60,7 @@ RESULTS=${RESULTS:-$OUT/results.tsv}
 
 want() { [[ -z $ONLY ]] || [[ " $ONLY " == *" $1 "* ]]; }
 # Variants: nginx nginx-rate nginx-1000conn hyper-bare hyper-bare-rate
-# idgate-1token idgate-rate idgate-1000tokens idgate-1000tokens-nocache
+# hyper-bare-gate idgate-1token idgate-rate idgate-1000tokens idgate-1000tokens-nocache
 # idgate-public idgate-1000conn envoy-1token envoy-rate envoy-1000tokens
 # envoy-1000tokens-nocache idgate-cache
 
@@ -374,14 +374,22 @@ run_nginx() { # label
 # The floor of the stack idgate is built on: loadkit's bare-proxy, hyper's
 # HTTP/1.1 server and client on tokio's single-threaded runtime and nothing
 # else (no auth, no header rewriting, no timeouts). What idgate's own code
-# costs is the distance from here, not from nginx.
+# costs is the distance from here, not from nginx. hyper-bare-gate adds
+# idgate's gate (cached token, policy) and its identity headers and token
+# stripping, and nothing else: the floor of an authenticating proxy.
 run_bare() { # label
   local l=${1:+$1:}
-  want hyper-bare || want hyper-bare-rate || return 0
-  start_server bare
-  want hyper-bare && measure "${l}hyper-bare" bare "$OUT/one-token.txt" "$CONNS"
-  want hyper-bare-rate && fixed_rate "${l}hyper-bare-rate" bare
-  stop_server
+  if want hyper-bare || want hyper-bare-rate; then
+    start_server bare
+    want hyper-bare && measure "${l}hyper-bare" bare "$OUT/one-token.txt" "$CONNS"
+    want hyper-bare-rate && fixed_rate "${l}hyper-bare-rate" bare
+    stop_server
+  fi
+  if want hyper-bare-gate; then
+    start_server bare "http://127.0.0.1:$P_JWKS/jwks.json" "$AUD" "serviceAccount:$EMAIL"
+    measure "${l}hyper-bare-gate" bare "$OUT/one-token.txt" "$CONNS"
+    stop_server
+  fi
 }
 
 run_idgate() { # label
