@@ -10,6 +10,7 @@
 
 pub mod auth;
 pub mod clock;
+mod hot_tokens;
 pub mod identity;
 pub mod policy;
 pub mod reason;

@@ -11,6 +11,7 @@ use std::time::Duration;
 use jsonwebtoken::Algorithm;
 use serde_json::Value;
 
+use crate::hot_tokens::HotTokens;
 use crate::jwks::{JwksSettings, KeyCache, KeyCacheStatus, KeyMiss, VerifyingKey};
 use crate::token::UnverifiedToken;
 use crate::{Clock, Identity, IssuerTag, Reason, SystemClock};
@@ -134,6 +135,7 @@ pub struct ConfigError(pub Vec<String>);
 #[derive(Debug, Default)]
 struct Counters {
     cache_hits: AtomicU64,
+    hot_hits: AtomicU64,
     cache_misses: AtomicU64,
 }
 
@@ -143,6 +145,9 @@ struct Counters {
 pub struct VerifierStats {
     /// Verified-token cache hits.
     pub token_cache_hits: u64,
+    /// Of those, the hits served by the hot-token slots (the token compared
+    /// byte for byte with a copy, no hash computed).
+    pub token_cache_hot_hits: u64,
     /// Verified-token cache misses (signature checked).
     pub token_cache_misses: u64,
     /// Entries in the verified-token cache.
@@ -177,6 +182,8 @@ pub struct Verifier {
     max_lifetime: u64,
     max_token_bytes: usize,
     token_cache: Option<moka::sync::Cache<[u8; 32], CachedToken>>,
+    /// In front of `token_cache`, with it or not at all.
+    hot_tokens: Option<HotTokens<CachedToken>>,
     clock: Arc<dyn Clock>,
     counters: Counters,
 }
@@ -402,6 +409,7 @@ impl VerifierBuilder {
                 })
                 .build()
         });
+        let hot_tokens = token_cache.is_some().then(HotTokens::new);
         Ok(Verifier {
             issuers,
             by_iss,
@@ -411,6 +419,7 @@ impl VerifierBuilder {
             max_lifetime: self.max_lifetime.as_secs(),
             max_token_bytes: self.max_token_bytes,
             token_cache,
+            hot_tokens,
             clock,
             counters: Counters::default(),
         })
@@ -481,6 +490,7 @@ impl Verifier {
     pub fn stats(&self) -> VerifierStats {
         VerifierStats {
             token_cache_hits: self.counters.cache_hits.load(Ordering::Relaxed),
+            token_cache_hot_hits: self.counters.hot_hits.load(Ordering::Relaxed),
             token_cache_misses: self.counters.cache_misses.load(Ordering::Relaxed),
             token_cache_entries: self.token_cache.as_ref().map_or(0, |c| c.entry_count()),
             issuers: self.issuers.iter().map(|i| i.keys.status()).collect(),
@@ -500,16 +510,25 @@ impl Verifier {
             ));
         }
         let now = self.clock.unix_now().as_secs();
+        if let Some(hot) = &self.hot_tokens
+            && let Some(hit) = hot.get(token)
+        {
+            if self.still_good(&hit, now) {
+                self.counters.cache_hits.fetch_add(1, Ordering::Relaxed);
+                self.counters.hot_hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(hit.identity);
+            }
+            hot.forget(token);
+        }
         let digest = self.token_cache.as_ref().map(|_| token_digest(token));
         if let (Some(cache), Some(d)) = (&self.token_cache, &digest)
             && let Some(hit) = cache.get(d)
         {
-            // Same checks a miss makes that can change with time or
-            // rotation: expiry, and the signing key still published.
-            if now < hit.identity.expires_at().saturating_add(self.clock_skew)
-                && self.issuers[hit.issuer].keys.has_kid(&hit.key.kid)
-            {
+            if self.still_good(&hit, now) {
                 self.counters.cache_hits.fetch_add(1, Ordering::Relaxed);
+                if let Some(hot) = &self.hot_tokens {
+                    hot.offer(token, &hit);
+                }
                 return Ok(hit.identity);
             }
             cache.invalidate(d);
@@ -527,6 +546,13 @@ impl Verifier {
             );
         }
         Ok(identity)
+    }
+
+    /// What a cached verification must still pass, since it can change
+    /// with time or rotation: expiry, and the signing key still published.
+    fn still_good(&self, hit: &CachedToken, now: u64) -> bool {
+        now < hit.identity.expires_at().saturating_add(self.clock_skew)
+            && self.issuers[hit.issuer].keys.has_kid(&hit.key.kid)
     }
 
     async fn verify_uncached(

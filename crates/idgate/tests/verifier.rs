@@ -511,6 +511,8 @@ async fn a_dropped_key_stops_being_accepted_once_the_cache_refreshes() {
     let old = s.kit.mint(&s.claims());
     s.verifier.verify(&old).await.unwrap();
     s.verifier.verify(&old).await.unwrap(); // now in the verified-token cache
+    s.verifier.verify(&old).await.unwrap(); // and in a hot slot
+    assert_eq!(s.verifier.stats().token_cache_hot_hits, 1);
     s.kit.publish(TestKey::generate("key-2"));
     s.kit.activate("key-2");
     s.kit.drop_key("key-1");
@@ -616,16 +618,36 @@ async fn verified_token_cache() {
     s.verifier.verify(&t).await.unwrap();
     let st = s.verifier.stats();
     assert_eq!((st.token_cache_hits, st.token_cache_misses), (1, 1));
-    // A hit still checks expiry against the clock.
+    // Seen again, the token has a hot slot: compared byte for byte, not hashed.
+    let id = s.verifier.verify(&t).await.unwrap();
+    assert_eq!(id.email(), Some("alice@example.com"));
+    let st = s.verifier.stats();
+    assert_eq!((st.token_cache_hits, st.token_cache_hot_hits), (2, 1));
+    // Another payload of the same length under the hot token's signature
+    // lands in its slot (chosen by the last bytes) and must not borrow its
+    // verification.
+    let (head, rest) = t.split_once('.').unwrap();
+    let signature = rest.split_once('.').unwrap().1;
+    let forged_claims = s.with(|c| {
+        c.insert("email".into(), json!("mallo@example.com"));
+    });
+    let forged_payload = forged_claims.split('.').nth(1).unwrap();
+    let forged = format!("{head}.{forged_payload}.{signature}");
+    assert_eq!(forged.len(), t.len());
+    assert_eq!(s.reason(&forged).await, Reason::BadSignature);
+    assert_eq!(s.verifier.stats().token_cache_hot_hits, 1);
+    // A hit, hot or not, still checks expiry against the clock.
     s.clock.advance(Duration::from_secs(3600 + 30));
+    assert_eq!(s.reason(&t).await, Reason::Expired);
     assert_eq!(s.reason(&t).await, Reason::Expired);
 
     let off = setup_with(|b| b.token_cache_capacity(0)).await;
     let t = off.kit.mint(&off.claims());
-    off.verifier.verify(&t).await.unwrap();
-    off.verifier.verify(&t).await.unwrap();
+    for _ in 0..3 {
+        off.verifier.verify(&t).await.unwrap();
+    }
     let st = off.verifier.stats();
-    assert_eq!((st.token_cache_hits, st.token_cache_misses), (0, 2));
+    assert_eq!((st.token_cache_hits, st.token_cache_misses), (0, 3));
 }
 
 #[tokio::test]
