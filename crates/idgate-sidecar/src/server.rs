@@ -101,7 +101,7 @@ pub async fn serve(
     grace: Duration,
     http2_idle: Duration,
 ) -> Drained {
-    let (close_tx, close_rx) = tokio::sync::watch::channel(false);
+    let closing = Arc::new(Closing::default());
     let mut connections = JoinSet::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // With a timer, hyper enforces its limit on reading request heads: a
@@ -151,28 +151,34 @@ pub async fn serve(
             )
             .into_owned();
         while connections.try_join_next().is_some() {}
-        let mut close = close_rx.clone();
+        let closing = closing.clone();
         connections.spawn(async move {
             let mut conn = std::pin::pin!(conn);
             let mut idle = std::pin::pin!(streams.idle_for(http2_idle));
-            let mut closing = false;
+            // Created before the first look at the flag: a close after this
+            // point wakes it, polled or not.
+            let mut signal = std::pin::pin!(closing.notify.notified());
+            let mut registered: Option<Waker> = None;
+            let mut shutting = false;
             // Until the connection ends: a shutdown, or an HTTP/2 connection
             // left idle, closes it gracefully (in-flight requests finish;
             // idle HTTP/1.1 connections close at once; HTTP/2 gets GOAWAY).
-            let result = loop {
-                tokio::select! {
-                    r = conn.as_mut() => break r,
-                    _ = close.wait_for(|c| *c), if !closing => {
-                        closing = true;
+            let result = std::future::poll_fn(|cx| {
+                if !shutting {
+                    let closed = closing.flag.load(Ordering::Acquire)
+                        || closing.listen(signal.as_mut(), &mut registered, cx);
+                    if closed {
+                        shutting = true;
                         conn.as_mut().graceful_shutdown();
-                    }
-                    () = &mut idle, if !closing => {
+                    } else if idle.as_mut().poll(cx).is_ready() {
                         debug!(client = %peer, "idle HTTP/2 connection: sending GOAWAY");
-                        closing = true;
+                        shutting = true;
                         conn.as_mut().graceful_shutdown();
                     }
                 }
-            };
+                conn.as_mut().poll(cx)
+            })
+            .await;
             if let Err(e) = result {
                 debug!(error = %e, client = %peer, "connection ended with an error");
             }
@@ -188,7 +194,7 @@ pub async fn serve(
         "shutting down: no longer accepting, draining in-flight requests"
     );
     let drain = async {
-        let _ = close_tx.send(true);
+        closing.close();
         while connections.join_next().await.is_some() {}
     };
     match tokio::time::timeout(grace, drain).await {
@@ -207,6 +213,43 @@ pub async fn serve(
             connections.abort_all();
             Drained::TimedOut(open)
         }
+    }
+}
+
+/// Tells a server's connections to close gracefully.
+///
+/// A connection looks at the flag each time its task wakes, and registers
+/// its waker with `notify` once, again only if its task's waker changes. A
+/// `watch` receiver in a `select!`, as this was, re-registered on every
+/// wake of every connection, under the one lock all of a server's
+/// connections share: 855 instructions per proxied request
+/// (BENCHMARKS.md, "Where it stands, 2026-12-05"), and a lock the worker
+/// threads of a multi-threaded runtime contend for.
+#[derive(Default)]
+struct Closing {
+    flag: AtomicBool,
+    notify: Notify,
+}
+
+impl Closing {
+    fn close(&self) {
+        self.flag.store(true, Ordering::Release);
+        self.notify.notify_waiters();
+    }
+
+    /// Keeps `signal` registered with this task's waker; true when it has
+    /// fired.
+    fn listen(
+        &self,
+        signal: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>,
+        registered: &mut Option<Waker>,
+        cx: &mut Context<'_>,
+    ) -> bool {
+        if registered.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            return false;
+        }
+        *registered = Some(cx.waker().clone());
+        signal.poll(cx).is_ready()
     }
 }
 

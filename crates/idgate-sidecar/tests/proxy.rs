@@ -530,6 +530,47 @@ async fn shutdown_drains_in_flight_requests() {
     assert_eq!(within("shutdown", shutdown).await.unwrap(), Drained::Clean);
 }
 
+/// Connections idle in keep-alive when the shutdown starts are woken and
+/// closed at once: the drain does not wait out the grace period for them.
+#[tokio::test]
+async fn shutdown_closes_idle_keep_alive_connections_at_once() {
+    let up = upstream().await;
+    let s = settings(Some(&up.url()), |a| {
+        // Longer than `within` waits: a connection left open would show.
+        a.shutdown_grace = Some("60s".into());
+    });
+    let (sidecar, _) = sidecar(&s, no_gate()).await;
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        let mut conn = TcpStream::connect(sidecar.addr()).await.unwrap();
+        conn.write_all(b"GET /headers HTTP/1.1\r\nHost: idle.test\r\n\r\n")
+            .await
+            .unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8; 1];
+            within("the response head", conn.read_exact(&mut byte))
+                .await
+                .unwrap();
+            head.push(byte[0]);
+        }
+        assert!(
+            head.starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&head)
+        );
+        idle.push(conn);
+    }
+    assert_eq!(within("shutdown", sidecar.shutdown()).await, Drained::Clean);
+    for mut conn in idle {
+        // What is left of the body, then the end of the stream.
+        let mut rest = Vec::new();
+        within("the connection to close", conn.read_to_end(&mut rest))
+            .await
+            .unwrap();
+    }
+}
+
 #[tokio::test]
 async fn shutdown_gives_up_after_the_grace_period() {
     let up = upstream().await;
