@@ -79,7 +79,7 @@ pub fn build_app(settings: &Settings, gate: &dyn GateLayer, metrics: Arc<Metrics
             // future would be boxed twice.
             BoxCloneSyncService::new(tower::service_fn(move |req: Request<Body>| {
                 proxy
-                    .forward(admitted(req, forward))
+                    .forward_sanitized(admitted(req, forward))
                     .map(Ok::<_, Infallible>)
             }))
         }

@@ -206,33 +206,42 @@ fn hop_by_hop_bit(name: &HeaderName) -> u8 {
 /// (Cloud Run's, an ingress) that already set them right, while the sidecar
 /// itself only ever sees plain HTTP.
 pub fn set_forwarded(headers: &mut HeaderMap, client: Option<IpAddr>, host: Option<&str>) {
+    // One map lookup per header: an entry, not a look and then an insert.
     if let Some(ip) = client {
         let mut ip_buf = IpText::new();
         let ip = ip_buf.write(ip);
-        let priors = || {
-            headers
-                .get_all(&X_FORWARDED_FOR)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .map(str::trim)
-                .filter(|v| !v.is_empty())
-        };
-        // Sized exactly: one allocation, which `Bytes` then takes as is
-        // (a `Vec` with spare capacity would cost it a second one).
-        let len = priors().map(|p| p.len() + 2).sum::<usize>() + ip.len();
-        let mut value = Vec::with_capacity(len);
-        for prior in priors() {
-            value.extend_from_slice(prior.as_bytes());
-            value.extend_from_slice(b", ");
-        }
-        value.extend_from_slice(ip);
-        if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(value)) {
-            headers.insert(X_FORWARDED_FOR, v);
+        match headers.entry(X_FORWARDED_FOR) {
+            Entry::Vacant(slot) => {
+                if let Ok(v) = HeaderValue::from_bytes(ip) {
+                    slot.insert(v);
+                }
+            }
+            Entry::Occupied(mut lines) => {
+                let priors = || {
+                    lines
+                        .iter()
+                        .filter_map(|v| v.to_str().ok())
+                        .map(str::trim)
+                        .filter(|v| !v.is_empty())
+                };
+                // Sized exactly: one allocation, which `Bytes` then takes as
+                // is (a `Vec` with spare capacity would cost it a second one).
+                let len = priors().map(|p| p.len() + 2).sum::<usize>() + ip.len();
+                let mut value = Vec::with_capacity(len);
+                for prior in priors() {
+                    value.extend_from_slice(prior.as_bytes());
+                    value.extend_from_slice(b", ");
+                }
+                value.extend_from_slice(ip);
+                if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(value)) {
+                    lines.insert(v);
+                }
+            }
         }
     }
-    if !headers.contains_key(&X_FORWARDED_PROTO) {
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-    }
+    headers
+        .entry(X_FORWARDED_PROTO)
+        .or_insert_with(|| HeaderValue::from_static("http"));
     if !headers.contains_key(&X_FORWARDED_HOST) {
         let host = headers
             .get(HOST)
@@ -338,7 +347,7 @@ pub fn forward_token(
     carrier: Option<CredentialHeader>,
 ) {
     let Some(carrier) = carrier else { return };
-    let name = HeaderName::from_static(carrier.name());
+    let name = carrier.header_name();
     match mode {
         ForwardToken::Full => {}
         ForwardToken::None => {

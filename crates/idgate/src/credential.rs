@@ -1,7 +1,7 @@
 //! Step 1: find the credential in a request, as Cloud Run does.
 
-use http::HeaderMap;
 use http::header::AUTHORIZATION;
+use http::{HeaderMap, HeaderName};
 
 use crate::Reason;
 use crate::verifier::Rejection;
@@ -19,12 +19,25 @@ pub enum CredentialHeader {
     Authorization,
 }
 
+/// [`X_SERVERLESS_AUTHORIZATION`] as a header name, parsed once: a lookup by
+/// `&str` parses and checks the name on every request.
+const X_SERVERLESS_AUTHORIZATION_NAME: HeaderName =
+    HeaderName::from_static(X_SERVERLESS_AUTHORIZATION);
+
 impl CredentialHeader {
     /// The header's lowercase name.
     pub fn name(self) -> &'static str {
         match self {
             CredentialHeader::XServerlessAuthorization => X_SERVERLESS_AUTHORIZATION,
             CredentialHeader::Authorization => "authorization",
+        }
+    }
+
+    /// The header's name, for a `HeaderMap` (no parsing, no allocation).
+    pub fn header_name(self) -> HeaderName {
+        match self {
+            CredentialHeader::XServerlessAuthorization => X_SERVERLESS_AUTHORIZATION_NAME,
+            CredentialHeader::Authorization => AUTHORIZATION,
         }
     }
 }
@@ -52,17 +65,15 @@ pub fn extract(
     headers: &HeaderMap,
     max_token_bytes: usize,
 ) -> Result<Option<Credential<'_>>, Rejection> {
-    let (name, header) = if headers.contains_key(X_SERVERLESS_AUTHORIZATION) {
-        (
-            X_SERVERLESS_AUTHORIZATION,
-            CredentialHeader::XServerlessAuthorization,
-        )
+    let header = if headers.contains_key(X_SERVERLESS_AUTHORIZATION_NAME) {
+        CredentialHeader::XServerlessAuthorization
     } else if headers.contains_key(AUTHORIZATION) {
-        ("authorization", CredentialHeader::Authorization)
+        CredentialHeader::Authorization
     } else {
         return Ok(None);
     };
-    let mut values = headers.get_all(name).iter();
+    let name = header.name();
+    let mut values = headers.get_all(header.header_name()).iter();
     let Some(value) = values.next() else {
         return Ok(None);
     };

@@ -146,7 +146,17 @@ impl Proxy {
         &self,
         req: Request<Body>,
     ) -> impl Future<Output = Response<Body>> + Send + use<> {
-        self.inner.forward(req)
+        self.inner.forward(req, false)
+    }
+
+    /// [`Proxy::forward`] for a request whose hop-by-hop headers are gone
+    /// already (the app's first step removes them from every request), so
+    /// that the request is not scanned for them twice.
+    pub(crate) fn forward_sanitized(
+        &self,
+        req: Request<Body>,
+    ) -> impl Future<Output = Response<Body>> + Send + use<> {
+        self.inner.forward(req, true)
     }
 }
 
@@ -160,7 +170,7 @@ impl tower_service::Service<Request<Body>> for Proxy {
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
-        Box::pin(self.inner.forward(req).map(Ok))
+        Box::pin(self.inner.forward(req, false).map(Ok))
     }
 }
 
@@ -173,6 +183,7 @@ impl Inner {
     fn forward(
         self: &Arc<Self>,
         req: Request<Body>,
+        sanitized: bool,
     ) -> impl Future<Output = Response<Body>> + Send + use<> {
         let upgrade = is_upgrade_request(&req);
         let grpc = is_grpc(req.headers());
@@ -185,7 +196,9 @@ impl Inner {
         let client_ip = parts.extensions.get::<ClientAddr>().map(|a| a.0.ip());
         let h2 = parts.version == Version::HTTP_2;
 
-        remove_hop_by_hop(&mut parts.headers, upgrade);
+        if !sanitized {
+            remove_hop_by_hop(&mut parts.headers, upgrade);
+        }
         set_forwarded(
             &mut parts.headers,
             client_ip,
