@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 use http::request::Parts;
 
-use crate::auth::{GateRan, StatusCodes, denial_response};
+use crate::auth::{Admission, StatusCodes, denial_response};
 use crate::{Identity, Reason};
 
 fn missing_layer() -> Response {
@@ -27,7 +27,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Identity {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        if parts.extensions.get::<GateRan>().is_none() {
+        if parts.extensions.get::<Admission>().is_none() {
             return Err(missing_layer());
         }
         match parts.extensions.get::<Identity>() {
@@ -47,7 +47,7 @@ impl<S: Send + Sync> OptionalFromRequestParts<S> for Identity {
         parts: &mut Parts,
         _state: &S,
     ) -> Result<Option<Self>, Self::Rejection> {
-        if parts.extensions.get::<GateRan>().is_none() {
+        if parts.extensions.get::<Admission>().is_none() {
             return Err(missing_layer());
         }
         Ok(parts.extensions.get::<Identity>().cloned())

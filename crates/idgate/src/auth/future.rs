@@ -10,7 +10,6 @@ use tower_service::Service;
 use super::AuthBody;
 use super::gate::{Outcome, StatusCodes};
 use super::response::{denial_response, is_grpc};
-use super::service::GateRan;
 
 type Check<B> = BoxFuture<'static, (Outcome, Request<B>)>;
 
@@ -62,8 +61,12 @@ where
                     let (outcome, mut req) = ready!(check.as_mut().poll(cx));
                     match outcome {
                         Outcome::Allowed(admission) => {
+                            // The admission also tells the extractor that the
+                            // gate ran. Two entries, not three: with one more
+                            // already there (the sidecar puts the client's
+                            // address), a fourth makes the extensions' table
+                            // grow, a reallocation per request.
                             let ext = req.extensions_mut();
-                            ext.insert(GateRan);
                             if let Some(id) = &admission.identity {
                                 ext.insert(id.clone());
                             }

@@ -68,5 +68,3 @@ pub use gate::{
 pub use layer::AuthLayer;
 pub use response::{denial_response, grpc_status_for, is_grpc, status_for};
 pub use service::Auth;
-#[cfg(feature = "axum")]
-pub(crate) use service::GateRan;

@@ -26,11 +26,6 @@ impl<S> Auth<S> {
     }
 }
 
-/// Marks a request the gate has seen, so the extractor can tell "no
-/// identity" from "no layer".
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct GateRan;
-
 impl<S, B, ResBody> Service<Request<B>> for Auth<S>
 where
     S: Service<Request<B>, Response = Response<ResBody>> + Clone + Send + 'static,
