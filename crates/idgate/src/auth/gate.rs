@@ -6,7 +6,8 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 use http::HeaderMap;
 
 use crate::credential::{self, CredentialHeader};
-use crate::policy::{Decision, Grant, PolicyHandle, RequestContext};
+use crate::policy::{Decision, Grant, Policy, PolicyHandle, RequestContext};
+use crate::verifier::{CacheMiss, Lookup};
 use crate::{Identity, Reason, Rejection, Verifier};
 
 /// Which status codes denials get.
@@ -244,10 +245,41 @@ impl Gate {
 
     /// Decide about one request.
     pub async fn check(&self, req: RequestFacts<'_>) -> Outcome {
+        match self.check_now(req) {
+            Ok(outcome) => outcome,
+            Err(pending) => self.check_after_miss(req, pending).await,
+        }
+    }
+
+    /// The decision, when it can be made without waiting: everything but
+    /// a token the verified-token cache does not hold, which needs its
+    /// signature checked (and perhaps keys fetched first) by
+    /// [`Gate::check_after_miss`]. Reports the decision it makes (hooks,
+    /// log) as [`Gate::check`] does.
+    ///
+    /// The tower layer decides here, in `call`, for nearly every request:
+    /// no future to allocate, no copy of the inner service.
+    pub(crate) fn check_now(&self, req: RequestFacts<'_>) -> Result<Outcome, Pending> {
         let started = Instant::now();
-        let outcome = self.decide(&req).await;
+        let outcome = self.decide_now(&req, started)?;
+        self.report(&req, &outcome, started);
+        Ok(outcome)
+    }
+
+    /// The rest of [`Gate::check_now`]'s work, for the same request.
+    pub(crate) async fn check_after_miss(
+        &self,
+        req: RequestFacts<'_>,
+        pending: Pending,
+    ) -> Outcome {
+        let outcome = self.decide_after_miss(&req, pending).await;
+        self.report(&req, &outcome, pending.started);
+        outcome
+    }
+
+    fn report(&self, req: &RequestFacts<'_>, outcome: &Outcome, started: Instant) {
         let event = DecisionEvent {
-            outcome: &outcome,
+            outcome,
             elapsed: started.elapsed(),
             method: req.method,
             path: req.path,
@@ -256,64 +288,110 @@ impl Gate {
         for h in &self.hooks {
             h(&event);
         }
-        outcome
     }
 
-    async fn decide(&self, req: &RequestFacts<'_>) -> Outcome {
+    fn decide_now(&self, req: &RequestFacts<'_>, started: Instant) -> Result<Outcome, Pending> {
         if self.is_public(req.path) {
-            return Outcome::Allowed(Admission {
+            return Ok(Outcome::Allowed(Admission {
                 identity: None,
                 credential_header: None,
                 grant: None,
-            });
+            }));
         }
-        let ctx = RequestContext {
-            time: UNIX_EPOCH + self.verifier.clock().unix_now(),
-            method: req.method,
-            host: req.host,
-            path: req.path,
-        };
+        // One reading of the clock for the policy's `request.time` and the
+        // token's times.
+        let now = self.verifier.clock().unix_now();
+        let ctx = context(req, now);
         let policy = self.policy.current();
-        let anonymous = |rejection: Rejection| match policy.decide(None, &ctx) {
-            // allUsers needs no token, so a bad one does not stop the
-            // request; it just goes on without an identity.
-            Decision::Allowed(grant) => Outcome::Allowed(Admission {
-                identity: None,
-                credential_header: None,
-                grant: Some(grant),
-            }),
-            Decision::Denied(_) => Outcome::Denied(Refusal {
-                rejection,
-                principal: None,
-            }),
-        };
         let cred = match credential::extract(req.headers, self.verifier.max_token_bytes()) {
             Ok(Some(c)) => c,
             Ok(None) => {
-                return anonymous(Rejection::new(
-                    Reason::MissingToken,
-                    "no bearer token in the request",
-                ));
+                let rejection =
+                    Rejection::new(Reason::MissingToken, "no bearer token in the request");
+                return Ok(anonymous(&policy, &ctx, rejection));
             }
-            Err(rejection) => return anonymous(rejection),
+            Err(rejection) => return Ok(anonymous(&policy, &ctx, rejection)),
         };
-        let identity = match self.verifier.verify(cred.token).await {
-            Ok(id) => id,
-            Err(rejection) => return anonymous(rejection),
-        };
-        match policy.decide(Some(&identity), &ctx) {
-            Decision::Allowed(grant) => Outcome::Allowed(Admission {
-                identity: Some(identity),
-                credential_header: Some(cred.header),
-                grant: Some(grant),
-            }),
-            Decision::Denied(denial) => Outcome::Denied(Refusal {
-                rejection: Rejection::new(denial.reason, denial.detail),
-                principal: denial
-                    .principal
-                    .or_else(|| Some(identity.principal().to_string())),
-            }),
+        match self.verifier.lookup(cred.token, now.as_secs()) {
+            Lookup::Hit(identity) => Ok(admit(&policy, &ctx, identity, cred.header)),
+            Lookup::Refused(rejection) => Ok(anonymous(&policy, &ctx, rejection)),
+            Lookup::Miss(miss) => Err(Pending { miss, now, started }),
         }
+    }
+
+    async fn decide_after_miss(&self, req: &RequestFacts<'_>, pending: Pending) -> Outcome {
+        let ctx = context(req, pending.now);
+        let policy = self.policy.current();
+        // The same headers as in `decide_now`, which found a token in them.
+        let cred = match credential::extract(req.headers, self.verifier.max_token_bytes()) {
+            Ok(Some(c)) => c,
+            Ok(None) => {
+                let rejection =
+                    Rejection::new(Reason::MissingToken, "no bearer token in the request");
+                return anonymous(&policy, &ctx, rejection);
+            }
+            Err(rejection) => return anonymous(&policy, &ctx, rejection),
+        };
+        match self.verifier.verify_miss(cred.token, pending.miss).await {
+            Ok(identity) => admit(&policy, &ctx, identity, cred.header),
+            Err(rejection) => anonymous(&policy, &ctx, rejection),
+        }
+    }
+}
+
+/// A decision [`Gate::check_now`] could not make without waiting, and what
+/// it had worked out, for [`Gate::check_after_miss`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Pending {
+    miss: CacheMiss,
+    now: Duration,
+    started: Instant,
+}
+
+fn context<'a>(req: &RequestFacts<'a>, now: Duration) -> RequestContext<'a> {
+    RequestContext {
+        time: UNIX_EPOCH + now,
+        method: req.method,
+        host: req.host,
+        path: req.path,
+    }
+}
+
+/// The request goes on without an identity when `allUsers` lets it: a bad
+/// token does not stop it then. Otherwise refused for `rejection`.
+fn anonymous(policy: &Policy, ctx: &RequestContext<'_>, rejection: Rejection) -> Outcome {
+    match policy.decide(None, ctx) {
+        Decision::Allowed(grant) => Outcome::Allowed(Admission {
+            identity: None,
+            credential_header: None,
+            grant: Some(grant),
+        }),
+        Decision::Denied(_) => Outcome::Denied(Refusal {
+            rejection,
+            principal: None,
+        }),
+    }
+}
+
+/// The policy's answer for a verified caller.
+fn admit(
+    policy: &Policy,
+    ctx: &RequestContext<'_>,
+    identity: Identity,
+    header: CredentialHeader,
+) -> Outcome {
+    match policy.decide(Some(&identity), ctx) {
+        Decision::Allowed(grant) => Outcome::Allowed(Admission {
+            identity: Some(identity),
+            credential_header: Some(header),
+            grant: Some(grant),
+        }),
+        Decision::Denied(denial) => Outcome::Denied(Refusal {
+            rejection: Rejection::new(denial.reason, denial.detail),
+            principal: denial
+                .principal
+                .or_else(|| Some(identity.principal().to_string())),
+        }),
     }
 }
 

@@ -5,8 +5,25 @@ use http::{Request, Response};
 use tower_service::Service;
 
 use super::AuthBody;
-use super::future::ResponseFuture;
-use super::gate::{Gate, RequestFacts};
+use super::future::{ResponseFuture, admit};
+use super::gate::{Gate, Outcome, RequestFacts};
+use super::response::is_grpc;
+
+/// What the gate reads of a request.
+fn facts<B>(req: &Request<B>) -> RequestFacts<'_> {
+    let host = req
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))
+        .unwrap_or("");
+    RequestFacts {
+        headers: req.headers(),
+        method: req.method().as_str(),
+        host,
+        path: req.uri().path(),
+    }
+}
 
 /// The service [`AuthLayer`](super::AuthLayer) makes: `inner` behind the gate.
 #[derive(Debug, Clone)]
@@ -40,29 +57,32 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
-        // The clone is not ready; the service polled ready goes with this
-        // request, the clone stays for the next (tower's usual swap).
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let codes = self.gate.status_codes();
+        // Nearly every request is decided here and now (a token the cache
+        // holds, none, or a bad one): the service polled ready is called at
+        // once, with no future of the gate's to allocate.
+        let pending = match self.gate.check_now(facts(&req)) {
+            Ok(Outcome::Allowed(admission)) => {
+                admit(&mut req, admission);
+                return ResponseFuture::calling(self.inner.call(req), codes);
+            }
+            Ok(Outcome::Denied(refusal)) => {
+                let grpc = is_grpc(req.headers());
+                return ResponseFuture::refused(refusal, grpc, codes);
+            }
+            Err(pending) => pending,
+        };
+        // A token to verify. The clone is not ready; the service polled
+        // ready goes with this request, the clone stays for the next
+        // (tower's usual swap).
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         let gate = self.gate.clone();
         let check = Box::pin(async move {
-            let host = req
-                .headers()
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .or_else(|| req.uri().authority().map(|a| a.as_str()))
-                .unwrap_or("");
-            let outcome = gate
-                .check(RequestFacts {
-                    headers: req.headers(),
-                    method: req.method().as_str(),
-                    host,
-                    path: req.uri().path(),
-                })
-                .await;
+            let outcome = gate.check_after_miss(facts(&req), pending).await;
             (outcome, req)
         });
-        ResponseFuture::new(check, inner, self.gate.status_codes())
+        ResponseFuture::checking(check, inner, codes)
     }
 }
