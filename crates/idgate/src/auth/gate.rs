@@ -5,7 +5,7 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use http::HeaderMap;
 
-use crate::credential::{self, CredentialHeader};
+use crate::credential::{self, Credential, CredentialHeader};
 use crate::policy::{Decision, Grant, Policy, PolicyHandle, RequestContext};
 use crate::verifier::{CacheMiss, Lookup};
 use crate::{Identity, Reason, Rejection, Verifier};
@@ -303,13 +303,8 @@ impl Gate {
         let now = self.verifier.clock().unix_now();
         let ctx = context(req, now);
         let policy = self.policy.current();
-        let cred = match credential::extract(req.headers, self.verifier.max_token_bytes()) {
-            Ok(Some(c)) => c,
-            Ok(None) => {
-                let rejection =
-                    Rejection::new(Reason::MissingToken, "no bearer token in the request");
-                return Ok(anonymous(&policy, &ctx, rejection));
-            }
+        let cred = match self.credential(req) {
+            Ok(c) => c,
             Err(rejection) => return Ok(anonymous(&policy, &ctx, rejection)),
         };
         match self.verifier.lookup(cred.token, now.as_secs()) {
@@ -319,17 +314,18 @@ impl Gate {
         }
     }
 
+    /// The request's bearer token, or why there is none to verify.
+    fn credential<'a>(&self, req: &RequestFacts<'a>) -> Result<Credential<'a>, Rejection> {
+        credential::extract(req.headers, self.verifier.max_token_bytes())?
+            .ok_or_else(|| Rejection::new(Reason::MissingToken, "no bearer token in the request"))
+    }
+
     async fn decide_after_miss(&self, req: &RequestFacts<'_>, pending: Pending) -> Outcome {
         let ctx = context(req, pending.now);
         let policy = self.policy.current();
         // The same headers as in `decide_now`, which found a token in them.
-        let cred = match credential::extract(req.headers, self.verifier.max_token_bytes()) {
-            Ok(Some(c)) => c,
-            Ok(None) => {
-                let rejection =
-                    Rejection::new(Reason::MissingToken, "no bearer token in the request");
-                return anonymous(&policy, &ctx, rejection);
-            }
+        let cred = match self.credential(req) {
+            Ok(c) => c,
             Err(rejection) => return anonymous(&policy, &ctx, rejection),
         };
         match self.verifier.verify_miss(cred.token, pending.miss).await {
