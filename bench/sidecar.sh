@@ -60,7 +60,7 @@ RESULTS=${RESULTS:-$OUT/results.tsv}
 
 want() { [[ -z $ONLY ]] || [[ " $ONLY " == *" $1 "* ]]; }
 # Variants: nginx nginx-rate nginx-1000conn hyper-bare hyper-bare-rate
-# hyper-bare-gate idgate-1token idgate-rate idgate-1000tokens idgate-1000tokens-nocache
+# hyper-bare-gate hyper-bare-gate-rate idgate-1token idgate-rate idgate-1000tokens idgate-1000tokens-nocache
 # idgate-public idgate-1000conn envoy-1token envoy-rate envoy-1000tokens
 # envoy-1000tokens-nocache idgate-cache
 
@@ -385,9 +385,10 @@ run_bare() { # label
     want hyper-bare-rate && fixed_rate "${l}hyper-bare-rate" bare
     stop_server
   fi
-  if want hyper-bare-gate; then
+  if want hyper-bare-gate || want hyper-bare-gate-rate; then
     start_server bare "http://127.0.0.1:$P_JWKS/jwks.json" "$AUD" "serviceAccount:$EMAIL"
-    measure "${l}hyper-bare-gate" bare "$OUT/one-token.txt" "$CONNS"
+    want hyper-bare-gate && measure "${l}hyper-bare-gate" bare "$OUT/one-token.txt" "$CONNS"
+    want hyper-bare-gate-rate && fixed_rate "${l}hyper-bare-gate-rate" bare
     stop_server
   fi
 }
