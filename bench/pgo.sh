@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Builds `idgate` with profile-guided optimization (PGO): an instrumented
+# build serves the load benchmark's own traffic for a minute, and the
+# release build is then laid out and inlined by what that run executed.
+# Result: target/pgo/idgate (BENCHMARKS.md, "Profile-guided build").
+#
+#   bench/pgo.sh
+#   IDGATE=target/pgo/idgate NO_BUILD=1 bench/sidecar.sh      # measure it
+#   BINS="target/release/idgate target/pgo/idgate" ROUNDS=3 NO_BUILD=1 bench/sidecar.sh
+#
+# Needs what bench/sidecar.sh needs (nginx, wrk; it runs that script with
+# ONLY=none to mint tokens when there are none), and an llvm-profdata of
+# the same LLVM major version as rustc (`rustc -vV`): rustup's
+# `llvm-tools` component, or Debian's llvm-N package (llvm-22 for rustc
+# 1.95). The training traffic is the benchmark's (one token, 1,000 tokens,
+# the cache off, a public path; 50 connections and one), so on that
+# benchmark the PGO build shows its best case.
+# Loopback only; bounded in time (about 10 minutes, two release builds).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+OUT=${OUT:-$ROOT/target/bench/sidecar}
+PGO=${PGO:-$ROOT/target/pgo}
+SECS=${SECS:-4}
+SERVER_CPU=${SERVER_CPU:-0} CLIENT_CPU=${CLIENT_CPU:-1}
+
+# llvm-profdata for rustc's LLVM: a newer or older major reads or writes
+# another profile format.
+llvm=$(rustc -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
+host=$(rustc -vV | sed -n 's/^host: //p')
+profdata=
+for c in "$(rustc --print sysroot)/lib/rustlib/$host/bin/llvm-profdata" \
+  "llvm-profdata-$llvm" "/usr/lib/llvm-$llvm/bin/llvm-profdata" llvm-profdata; do
+  if command -v "$c" >/dev/null && "$c" --version 2>/dev/null | grep -q "LLVM version $llvm\."; then
+    profdata=$c; break
+  fi
+done
+[[ -n $profdata ]] || {
+  echo "no llvm-profdata for LLVM $llvm: rustup component add llvm-tools, or apt-get install llvm-$llvm" >&2
+  exit 1
+}
+
+[[ -f $OUT/one-token.txt ]] || ONLY=none "$ROOT/bench/sidecar.sh"
+
+build() { # target-dir rustflags
+  (cd "$ROOT" && RUSTFLAGS=$2 CARGO_TARGET_DIR=$1 cargo build --release --locked --quiet \
+    -p idgate-sidecar --bin idgate)
+}
+
+echo "[pgo] instrumented build ($PGO/gen)" >&2
+build "$PGO/gen" "-Cprofile-generate=$PGO/data"
+# Build scripts ran instrumented too and left their profiles here.
+rm -rf "$PGO/data"
+
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
+trap cleanup EXIT
+IDGATE=$PGO/gen/release/idgate
+TOKEN=$(head -n 1 "$OUT/one-token.txt")
+load() { # connections tokens-file
+  taskset -c "$CLIENT_CPU" wrk -t 1 -c "$1" -d "${SECS}s" -s "$ROOT/bench/wrk-tokens.lua" \
+    "http://127.0.0.1:$SERVER_PORT/" -- "$2" | grep '^BENCH' | sed "s|^|[pgo] $label: |" >&2
+}
+start_upstream
+for args in "" "--token-cache-capacity 0" "--public-path /"; do
+  label="idgate serve ${args:-(defaults)}"
+  # shellcheck disable=SC2086 # the flags are words
+  start_server idgate $args
+  load 50 "$OUT/one-token.txt"
+  load 50 "$OUT/1000-tokens.txt"
+  load 1 "$OUT/one-token.txt"
+  stop_server # SIGTERM: a clean exit writes the profile
+done
+cleanup
+trap - EXIT
+profiles=("$PGO"/data/*.profraw)
+[[ -e ${profiles[0]} ]] || { echo "the instrumented idgate wrote no profile in $PGO/data" >&2; exit 1; }
+"$profdata" merge -o "$PGO/idgate.profdata" "${profiles[@]}"
+
+echo "[pgo] optimized build ($PGO/use)" >&2
+build "$PGO/use" "-Cprofile-use=$PGO/idgate.profdata"
+install -m 0755 "$PGO/use/release/idgate" "$PGO/idgate"
+echo "[pgo] $PGO/idgate" >&2
