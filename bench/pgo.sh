@@ -57,18 +57,18 @@ rm -rf "$PGO/data"
 trap cleanup EXIT
 IDGATE=$PGO/gen/release/idgate
 TOKEN=$(head -n 1 "$OUT/one-token.txt")
-load() { # connections tokens-file
-  taskset -c "$CLIENT_CPU" wrk -t 1 -c "$1" -d "${SECS}s" -s "$ROOT/bench/wrk-tokens.lua" \
-    "http://127.0.0.1:$SERVER_PORT/" -- "$2" | grep '^BENCH' | sed "s|^|[pgo] $label: |" >&2
+load() { # label connections tokens-file
+  taskset -c "$CLIENT_CPU" wrk -t 1 -c "$2" -d "${SECS}s" -s "$ROOT/bench/wrk-tokens.lua" \
+    "http://127.0.0.1:$SERVER_PORT/" -- "$3" | grep '^BENCH' | sed "s|^|[pgo] $1: |" >&2
 }
 start_upstream
 for args in "" "--token-cache-capacity 0" "--public-path /"; do
   label="idgate serve ${args:-(defaults)}"
   # shellcheck disable=SC2086 # the flags are words
   start_server idgate $args
-  load 50 "$OUT/one-token.txt"
-  load 50 "$OUT/1000-tokens.txt"
-  load 1 "$OUT/one-token.txt"
+  load "$label" 50 "$OUT/one-token.txt"
+  load "$label" 50 "$OUT/1000-tokens.txt"
+  load "$label" 1 "$OUT/one-token.txt"
   stop_server # SIGTERM: a clean exit writes the profile
 done
 cleanup
@@ -76,8 +76,12 @@ trap - EXIT
 profiles=("$PGO"/data/*.profraw)
 [[ -e ${profiles[0]} ]] || { echo "the instrumented idgate wrote no profile in $PGO/data" >&2; exit 1; }
 "$profdata" merge -o "$PGO/idgate.profdata" "${profiles[@]}"
+# Cargo rebuilds when the flags change, not when the file they name does:
+# the profile goes by its hash, so a new one makes a new build.
+used=$PGO/idgate-$(sha256sum "$PGO/idgate.profdata" | cut -c1-16).profdata
+cp "$PGO/idgate.profdata" "$used"
 
 echo "[pgo] optimized build ($PGO/use)" >&2
-build "$PGO/use" "-Cprofile-use=$PGO/idgate.profdata"
+build "$PGO/use" "-Cprofile-use=$used"
 install -m 0755 "$PGO/use/release/idgate" "$PGO/idgate"
 echo "[pgo] $PGO/idgate" >&2
