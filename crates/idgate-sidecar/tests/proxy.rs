@@ -546,19 +546,8 @@ async fn shutdown_closes_idle_keep_alive_connections_at_once() {
         conn.write_all(b"GET /headers HTTP/1.1\r\nHost: idle.test\r\n\r\n")
             .await
             .unwrap();
-        let mut head = Vec::new();
-        while !head.ends_with(b"\r\n\r\n") {
-            let mut byte = [0u8; 1];
-            within("the response head", conn.read_exact(&mut byte))
-                .await
-                .unwrap();
-            head.push(byte[0]);
-        }
-        assert!(
-            head.starts_with(b"HTTP/1.1 200"),
-            "{}",
-            String::from_utf8_lossy(&head)
-        );
+        let head = read_head(&mut conn).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
         idle.push(conn);
     }
     assert_eq!(within("shutdown", sidecar.shutdown()).await, Drained::Clean);

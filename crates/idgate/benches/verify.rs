@@ -1,8 +1,9 @@
 //! Verification cost: a verified-token cache hit (the same token again,
 //! from its hot slot; and one of 1,000 tokens in rotation, from the hashed
-//! cache), a miss (full parse + RS256 signature + claims), and beside them the bare RS256 verify of the
-//! crypto backend, which a miss can only add to; and the per-request
-//! encoding of the identity's payload for `x-idgate-claims`.
+//! cache), a miss (full parse + RS256 signature + claims), and beside them
+//! the bare RS256 verify of the crypto backend, which a miss can only add
+//! to; and the per-request encoding of the identity's payload for
+//! `x-idgate-claims`.
 //!
 //! `cargo bench -p idgate --bench verify`
 

@@ -308,7 +308,7 @@ impl Gate {
             Err(rejection) => return Ok(anonymous(&policy, &ctx, rejection)),
         };
         match self.verifier.lookup(cred.token, now.as_secs()) {
-            Lookup::Hit(identity) => Ok(admit(&policy, &ctx, identity, cred.header)),
+            Lookup::Hit(identity) => Ok(verified(&policy, &ctx, identity, cred.header)),
             Lookup::Refused(rejection) => Ok(anonymous(&policy, &ctx, rejection)),
             Lookup::Miss(miss) => Err(Pending { miss, now, started }),
         }
@@ -329,7 +329,7 @@ impl Gate {
             Err(rejection) => return anonymous(&policy, &ctx, rejection),
         };
         match self.verifier.verify_miss(cred.token, pending.miss).await {
-            Ok(identity) => admit(&policy, &ctx, identity, cred.header),
+            Ok(identity) => verified(&policy, &ctx, identity, cred.header),
             Err(rejection) => anonymous(&policy, &ctx, rejection),
         }
     }
@@ -370,7 +370,7 @@ fn anonymous(policy: &Policy, ctx: &RequestContext<'_>, rejection: Rejection) ->
 }
 
 /// The policy's answer for a verified caller.
-fn admit(
+fn verified(
     policy: &Policy,
     ctx: &RequestContext<'_>,
     identity: Identity,
