@@ -8,13 +8,16 @@
 #   IDGATE=target/pgo/idgate NO_BUILD=1 bench/sidecar.sh      # measure it
 #   BINS="target/release/idgate target/pgo/idgate" ROUNDS=3 NO_BUILD=1 bench/sidecar.sh
 #
-# Needs what bench/sidecar.sh needs (nginx, wrk; it runs that script with
-# ONLY=none to mint tokens when there are none), and an llvm-profdata of
-# the same LLVM major version as rustc (`rustc -vV`): rustup's
-# `llvm-tools` component, or Debian's llvm-N package (llvm-22 for rustc
-# 1.95). The training traffic is the benchmark's (one token, 1,000 tokens,
-# the cache off, a public path; 50 connections and one), so on that
-# benchmark the PGO build shows its best case.
+# Needs nginx and wrk (Debian packages), curl and taskset, and an
+# llvm-profdata of the same LLVM major version as rustc (`rustc -vV`):
+# rustup's `llvm-tools` component, or Debian's llvm-N package (llvm-22 for
+# rustc 1.95). Nothing else: it mints its own tokens (bench/sidecar.sh with
+# ONLY=none, which fetches nothing), so the image build runs it too
+# (deploy/docker/Dockerfile). The training traffic is the benchmark's (one
+# token, 1,000 tokens, the cache off, a public path; 50 connections and
+# one), so on that benchmark the PGO build shows its best case.
+# The server and upstream go on one CPU and wrk on another, of those this
+# process may use; with only one (a container build), all three share it.
 # Loopback only; bounded in time (about 10 minutes, two release builds).
 set -euo pipefail
 
@@ -22,7 +25,17 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=${OUT:-$ROOT/target/bench/sidecar}
 PGO=${PGO:-$ROOT/target/pgo}
 SECS=${SECS:-4}
-SERVER_CPU=${SERVER_CPU:-0} CLIENT_CPU=${CLIENT_CPU:-1}
+# The CPUs this process may use ("0-3,6" in taskset's list).
+cpus=()
+for part in $(taskset -cp $$ | sed 's/.*: //; s/,/ /g'); do
+  if [[ $part == *-* ]]; then
+    mapfile -t -O "${#cpus[@]}" cpus < <(seq "${part%-*}" "${part#*-}")
+  else
+    cpus+=("$part")
+  fi
+done
+SERVER_CPU=${SERVER_CPU:-${cpus[0]}} CLIENT_CPU=${CLIENT_CPU:-${cpus[1]:-${cpus[0]}}}
+export SERVER_CPU CLIENT_CPU
 
 # llvm-profdata for rustc's LLVM: a newer or older major reads or writes
 # another profile format.
@@ -40,16 +53,21 @@ done
   exit 1
 }
 
-[[ -f $OUT/one-token.txt ]] || ONLY=none "$ROOT/bench/sidecar.sh"
-
-build() { # target-dir rustflags
+build() { # target-dir rustflags package binary
   (cd "$ROOT" && RUSTFLAGS=$2 CARGO_TARGET_DIR=$1 cargo build --release --locked --quiet \
-    -p idgate-sidecar --bin idgate)
+    -p "$3" --bin "$4")
 }
 
 echo "[pgo] instrumented build ($PGO/gen)" >&2
-build "$PGO/gen" "-Cprofile-generate=$PGO/data"
-# Build scripts ran instrumented too and left their profiles here.
+build "$PGO/gen" "-Cprofile-generate=$PGO/data" idgate-sidecar idgate
+# loadkit mints the tokens. Built apart, so idgate's dependencies are
+# built with idgate's features alone, as in the optimized build; in the
+# same target directory, so what the two share is built once.
+build "$PGO/gen" "-Cprofile-generate=$PGO/data" idgate-loadkit loadkit
+# Tokens and the upstream's config, minted afresh unless under 20 minutes
+# old (they live an hour).
+NO_BUILD=1 ONLY=none CACHE_TOKENS=1000 LOADKIT=$PGO/gen/release/loadkit "$ROOT/bench/sidecar.sh"
+# Build scripts and loadkit ran instrumented too and left their profiles here.
 rm -rf "$PGO/data"
 
 # shellcheck source=bench/lib.sh
@@ -82,6 +100,6 @@ used=$PGO/idgate-$(sha256sum "$PGO/idgate.profdata" | cut -c1-16).profdata
 cp "$PGO/idgate.profdata" "$used"
 
 echo "[pgo] optimized build ($PGO/use)" >&2
-build "$PGO/use" "-Cprofile-use=$used"
+build "$PGO/use" "-Cprofile-use=$used" idgate-sidecar idgate
 install -m 0755 "$PGO/use/release/idgate" "$PGO/idgate"
 echo "[pgo] $PGO/idgate" >&2

