@@ -46,6 +46,8 @@ pub struct VerifierSnapshot {
     pub token_cache_hits: u64,
     /// Verified-token cache misses so far.
     pub token_cache_misses: u64,
+    /// The hits that a hot-token slot answered (no hash, no map lookup).
+    pub token_cache_hot_hits: u64,
     /// One entry per configured issuer.
     pub issuers: Vec<IssuerSnapshot>,
 }
@@ -68,6 +70,7 @@ impl From<&idgate::VerifierStats> for VerifierSnapshot {
         VerifierSnapshot {
             token_cache_hits: s.token_cache_hits,
             token_cache_misses: s.token_cache_misses,
+            token_cache_hot_hits: s.token_cache_hot_hits,
             issuers: s
                 .issuers
                 .iter()
@@ -255,6 +258,13 @@ impl Collector for VerifierCollector {
             None,
             misses.metric_type(),
         )?)?;
+        let hot = ConstCounter::new(s.token_cache_hot_hits);
+        hot.encode(encoder.encode_descriptor(
+            "token_cache_hot_hits",
+            "Verified-token cache hits answered by a hot-token slot (included in the hits)",
+            None,
+            hot.metric_type(),
+        )?)?;
 
         let mut fetches = encoder.encode_descriptor(
             "jwks_fetches",
@@ -339,6 +349,7 @@ mod tests {
             VerifierSnapshot {
                 token_cache_hits: 10 * n,
                 token_cache_misses: 2,
+                token_cache_hot_hits: 7,
                 issuers: vec![
                     IssuerSnapshot {
                         issuer: "google".into(),
@@ -356,6 +367,10 @@ mod tests {
         let text = m.encode();
         assert!(text.contains("idgate_token_cache_hits_total 10"), "{text}");
         assert!(text.contains("idgate_token_cache_misses_total 2"));
+        assert!(
+            text.contains("idgate_token_cache_hot_hits_total 7"),
+            "{text}"
+        );
         assert!(text.contains("idgate_jwks_fetches_total{issuer=\"google\",result=\"ok\"} 3"));
         assert!(text.contains("idgate_jwks_fetches_total{issuer=\"google\",result=\"error\"} 1"));
         assert!(text.contains("idgate_jwks_fetches_total{issuer=\"dev\",result=\"ok\"} 0"));

@@ -146,6 +146,20 @@ async fn allows_denies_forwards_identity_and_counts() {
         assert!(text.contains(line), "missing {line} in\n{text}");
     }
     assert!(text.contains("idgate_jwks_key_set_age_seconds{issuer=\"google\"}"));
+    // Alice again, twice: a hit in the hashed cache, which gives her token
+    // a hot slot, then a hit in that slot.
+    for _ in 0..2 {
+        let (status, _, _) = send(&c, get_req(&url, &[("authorization", &bearer(&alice))])).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let text = metrics.encode();
+    for line in [
+        "idgate_token_cache_hits_total 2",
+        "idgate_token_cache_hot_hits_total 1",
+        "idgate_token_cache_misses_total 2",
+    ] {
+        assert!(text.contains(line), "missing {line} in\n{text}");
+    }
     let (status, _, body) = send(
         &c,
         get_req(&format!("http://{}/metrics", sidecar.admin_addr()), &[]),
