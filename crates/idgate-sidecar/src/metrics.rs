@@ -244,27 +244,31 @@ impl Collector for VerifierCollector {
         };
         let s = stats();
 
-        let hits = ConstCounter::new(s.token_cache_hits);
-        hits.encode(encoder.encode_descriptor(
-            "token_cache_hits",
-            "Verified-token cache hits",
-            None,
-            hits.metric_type(),
-        )?)?;
-        let misses = ConstCounter::new(s.token_cache_misses);
-        misses.encode(encoder.encode_descriptor(
-            "token_cache_misses",
-            "Verified-token cache misses (signature checked)",
-            None,
-            misses.metric_type(),
-        )?)?;
-        let hot = ConstCounter::new(s.token_cache_hot_hits);
-        hot.encode(encoder.encode_descriptor(
-            "token_cache_hot_hits",
-            "Verified-token cache hits answered by a hot-token slot (included in the hits)",
-            None,
-            hot.metric_type(),
-        )?)?;
+        for (name, help, value) in [
+            (
+                "token_cache_hits",
+                "Verified-token cache hits",
+                s.token_cache_hits,
+            ),
+            (
+                "token_cache_misses",
+                "Verified-token cache misses (signature checked)",
+                s.token_cache_misses,
+            ),
+            (
+                "token_cache_hot_hits",
+                "Verified-token cache hits answered by a hot-token slot (included in the hits)",
+                s.token_cache_hot_hits,
+            ),
+        ] {
+            let counter = ConstCounter::new(value);
+            counter.encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                counter.metric_type(),
+            )?)?;
+        }
 
         let mut fetches = encoder.encode_descriptor(
             "jwks_fetches",
