@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds `idgate` with profile-guided optimization (PGO): an instrumented
-# build serves the load benchmark's own traffic for a minute, and the
+# build serves the load benchmark's own traffic for 36 s, and the
 # release build is then laid out and inlined by what that run executed.
 # Result: target/pgo/idgate (BENCHMARKS.md, "Profile-guided build").
 #
@@ -35,7 +35,6 @@ for part in $(taskset -cp $$ | sed 's/.*: //; s/,/ /g'); do
   fi
 done
 SERVER_CPU=${SERVER_CPU:-${cpus[0]}} CLIENT_CPU=${CLIENT_CPU:-${cpus[1]:-${cpus[0]}}}
-export SERVER_CPU CLIENT_CPU
 
 # llvm-profdata for rustc's LLVM: a newer or older major reads or writes
 # another profile format.

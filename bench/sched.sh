@@ -9,6 +9,7 @@
 #                                     # nice level (root), to see the effect
 #   SERVER_SCHED=batch bench/sched.sh # the same, under SCHED_BATCH (chrt)
 #   TOP=40 IDGATE=build/idgate bench/sched.sh   # more symbols, another build
+#   TOKENS=target/bench/sidecar/1000-tokens.txt bench/sched.sh   # tokens in rotation
 #
 # Needs the files bench/sidecar.sh leaves in OUT (run it first, at least
 # with ONLY=none), the release binary, wrk, and perf (Debian linux-perf)
@@ -23,7 +24,7 @@ OUT=${OUT:-$ROOT/target/bench/sidecar}
 SERVER=${1:-idgate}
 SECS=${SECS:-10}
 SERVER_CPU=${SERVER_CPU:-0} CLIENT_CPU=${CLIENT_CPU:-1}
-tokens=$OUT/one-token.txt
+tokens=${TOKENS:-$OUT/one-token.txt}
 [[ -f $tokens ]] || { echo "run bench/sidecar.sh first (no $tokens)" >&2; exit 1; }
 TOKEN=$(head -n 1 "$tokens")
 # shellcheck source=bench/lib.sh

