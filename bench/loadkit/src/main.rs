@@ -9,7 +9,9 @@
 //! - `loadkit cache-cost --count N`: verifies N distinct tokens through a
 //!   real `idgate::Verifier` (keys from a testkit issuer on loopback) and
 //!   prints the heap bytes and allocations the verified-token cache holds
-//!   per entry, counted by a global allocator wrapper.
+//!   per entry, counted by a global allocator wrapper; then verifies them
+//!   all again (cache hits) and prints what that added: the hot slots'
+//!   token copies and moka's frequency sketch.
 //!
 //! Run `cargo run --release -p idgate-loadkit -- help`.
 
@@ -167,26 +169,42 @@ fn cache_cost(count: usize, audience: &str, email: &str) -> anyhow::Result<()> {
                     verifier.verify(t).await?;
                 }
                 let after = live();
+                // Every token again: each is a hit and is offered a hot
+                // slot, so every slot ends up holding a copy of a token,
+                // and moka sizes its frequency sketch for the capacity:
+                // the rest of what a cache in use holds.
+                for t in tokens {
+                    verifier.verify(t).await?;
+                }
+                let full = live();
                 let stats = verifier.stats();
                 drop(verifier);
-                anyhow::Ok((after.0 - before.0, after.1 - before.1, stats))
+                anyhow::Ok((
+                    after.0 - before.0,
+                    after.1 - before.1,
+                    full.0 - after.0,
+                    stats,
+                ))
             }
         };
-        let (bytes_on, allocs_on, stats) = run(count as u64 * 2).await?;
+        let (bytes_on, allocs_on, slots, stats) = run(count as u64 * 2).await?;
         // The same work with the cache off: whatever is still live then
         // (key-cache bookkeeping, runtime) is not the cache's.
-        let (bytes_off, allocs_off, _) = run(0).await?;
+        let (bytes_off, allocs_off, _, _) = run(0).await?;
         let n = (count - 1) as f64;
         let bytes = (bytes_on - bytes_off) as f64 / n;
         let allocs = (allocs_on - allocs_off) as f64 / n;
         println!(
-            "token_bytes={} entries={} misses={} heap_bytes_per_entry={bytes:.0} allocs_per_entry={allocs:.2} \
-             heap_bytes_per_entry_with_malloc_overhead~{:.0}",
+            "token_bytes={} entries={} misses={} hot_hits={} heap_bytes_per_entry={bytes:.0} allocs_per_entry={allocs:.2} \
+             heap_bytes_per_entry_with_malloc_overhead~{:.0} after_hits_heap_bytes={slots} \
+             heap_bytes_per_entry_after_hits={:.0}",
             tokens[0].len(),
             stats.token_cache_entries,
             stats.token_cache_misses,
+            stats.token_cache_hot_hits,
             // glibc: 8 bytes of header per chunk, sizes rounded up to 16.
             bytes + allocs * 16.0,
+            bytes + slots as f64 / n,
         );
         Ok(())
     })
