@@ -16,13 +16,6 @@
 //! - The comparison takes the same time however many bytes match
 //!   (`aws_lc_rs::constant_time`): a slot holds another caller's bearer
 //!   token, and timing must not tell a prober how close a guess came.
-//! - Beside each slot, in one small array, a tag: the token's last eight
-//!   bytes, mixed. A lookup whose tag differs stops there, without reading
-//!   the token the slot holds (cold in memory: with many callers, most
-//!   lookups land on another caller's slot). The tag compares as one word,
-//!   so its timing tells only whether all eight bytes matched, which a
-//!   prober can bring about only by guessing 64 bits of a signature; and a
-//!   tag that matches still needs the whole token to match.
 //! - A token gets a slot on its second sighting (a hit in the hashed
 //!   cache): an empty slot at once; an occupied one when its token has not
 //!   been hit since the last offer (a second chance) and then only on one
@@ -33,17 +26,13 @@
 
 use std::cell::Cell;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use arc_swap::ArcSwapOption;
 
-/// Slots: a power of two. A slot costs 16 bytes when empty and a token's
-/// copy plus 64 bytes when full: 818 bytes for the benchmark's 754-byte
-/// token, so 0.4 MiB for all of them, 42 bytes per entry of the default
-/// 10,000-entry cache (`loadkit cache-cost`, BENCHMARKS.md). Twice as many
-/// would answer more of 1,000 callers in rotation, and put a full default
-/// cache over 1 KiB per entry.
-const SLOTS: usize = 512;
+/// Slots: a power of two. A slot costs a pointer when empty and a token's
+/// copy (under 1 KiB for Google's) plus a shared entry when full.
+const SLOTS: usize = 256;
 
 /// An occupied slot without a recent hit is given to a new token on one
 /// offer in this many (per thread).
@@ -51,20 +40,8 @@ const REPLACE_ONE_IN: u32 = 8;
 
 /// The hot-token slots, holding a `V` for each token.
 pub(crate) struct HotTokens<V> {
-    slots: Box<[Slot<V>]>,
+    slots: Box<[ArcSwapOption<Hot<V>>]>,
 }
-
-struct Slot<V> {
-    /// The held token's [`tag`], or [`EMPTY`]. Set after `hot` and read
-    /// before it; the two are not updated as one, so a lookup racing an
-    /// offer may miss or compare with the other token, never hit wrongly:
-    /// a hit is decided by the whole token.
-    tag: AtomicU64,
-    hot: ArcSwapOption<Hot<V>>,
-}
-
-/// No token has this tag ([`tag`] sets the lowest bit).
-const EMPTY: u64 = 0;
 
 struct Hot<V> {
     token: Box<str>,
@@ -80,34 +57,25 @@ thread_local! {
 impl<V: Clone> HotTokens<V> {
     pub(crate) fn new() -> Self {
         HotTokens {
-            slots: (0..SLOTS)
-                .map(|_| Slot {
-                    tag: AtomicU64::new(EMPTY),
-                    hot: ArcSwapOption::const_empty(),
-                })
-                .collect(),
+            slots: (0..SLOTS).map(|_| ArcSwapOption::const_empty()).collect(),
         }
     }
 
-    /// The slot of a token and its tag, both from its last eight bytes (a
-    /// signature's, for a JWS: spread evenly). Anyone may pick the slot
-    /// their token lands in; that gains nothing, since a hit needs the
-    /// whole token.
-    fn slot(&self, token: &str) -> (&Slot<V>, u64) {
-        let t = tag(token);
-        (
-            &self.slots[(t >> (64 - SLOTS.trailing_zeros())) as usize],
-            t,
-        )
+    /// The slot of a token, from its last eight bytes (a signature's, for
+    /// a JWS: spread evenly). Anyone may pick the slot their token lands
+    /// in; that gains nothing, since a hit needs the whole token.
+    fn slot(&self, token: &str) -> &ArcSwapOption<Hot<V>> {
+        let bytes = token.as_bytes();
+        let mut tail = [0u8; 8];
+        let n = bytes.len().min(8);
+        tail[..n].copy_from_slice(&bytes[bytes.len() - n..]);
+        let mixed = u64::from_le_bytes(tail).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        &self.slots[(mixed >> (64 - SLOTS.trailing_zeros())) as usize]
     }
 
     /// The value held for exactly this token.
     pub(crate) fn get(&self, token: &str) -> Option<V> {
-        let (slot, tag) = self.slot(token);
-        if slot.tag.load(Ordering::Acquire) != tag {
-            return None;
-        }
-        let guard = slot.hot.load();
+        let guard = self.slot(token).load();
         let hot = guard.as_ref()?;
         if !same(&hot.token, token) {
             return None;
@@ -120,8 +88,8 @@ impl<V: Clone> HotTokens<V> {
 
     /// Offers a token seen again (a hit in the hashed cache) for a slot.
     pub(crate) fn offer(&self, token: &str, value: &V) {
-        let (slot, tag) = self.slot(token);
-        if let Some(hot) = slot.hot.load().as_ref() {
+        let slot = self.slot(token);
+        if let Some(hot) = slot.load().as_ref() {
             if hot.used.swap(false, Ordering::Relaxed) {
                 return;
             }
@@ -134,38 +102,24 @@ impl<V: Clone> HotTokens<V> {
                 return;
             }
         }
-        slot.hot.store(Some(Arc::new(Hot {
+        slot.store(Some(Arc::new(Hot {
             token: token.into(),
             value: value.clone(),
             used: AtomicBool::new(false),
         })));
-        slot.tag.store(tag, Ordering::Release);
     }
 
     /// Empties the slot if it holds this token (its entry failed a check).
     pub(crate) fn forget(&self, token: &str) {
-        let (slot, _) = self.slot(token);
+        let slot = self.slot(token);
         let holds = slot
-            .hot
             .load()
             .as_ref()
             .is_some_and(|hot| same(&hot.token, token));
         if holds {
-            slot.tag.store(EMPTY, Ordering::Release);
-            slot.hot.store(None);
+            slot.store(None);
         }
     }
-}
-
-/// A token's last eight bytes, mixed (a bijection), with the lowest bit
-/// then set so that no tag is [`EMPTY`]: two different tails share a tag
-/// only in pairs, and the whole token decides a hit anyway.
-fn tag(token: &str) -> u64 {
-    let bytes = token.as_bytes();
-    let mut tail = [0u8; 8];
-    let n = bytes.len().min(8);
-    tail[..n].copy_from_slice(&bytes[bytes.len() - n..]);
-    u64::from_le_bytes(tail).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1
 }
 
 /// Whether two tokens are the same, in a time that depends on their lengths
@@ -208,27 +162,6 @@ mod tests {
         }
         assert_eq!(hot.get(b), Some('b'));
         assert_eq!(hot.get(a), None);
-    }
-
-    #[test]
-    fn a_tag_left_by_a_race_cannot_make_a_hit() {
-        // Two offers to one slot can leave the tag of one token beside the
-        // other token: lookups of either then miss, and an offer mends it.
-        let hot = HotTokens::new();
-        let (a, b) = ("first.x.SAMETAIL", "second.y.OTHRTAIL");
-        hot.offer(a, &'a');
-        let (slot, _) = hot.slot(a);
-        slot.hot.store(Some(Arc::new(Hot {
-            token: b.into(),
-            value: 'b',
-            used: AtomicBool::new(false),
-        })));
-        assert_eq!(hot.get(a), None);
-        assert_eq!(hot.get(b), None);
-        for _ in 0..=REPLACE_ONE_IN {
-            hot.offer(a, &'a');
-        }
-        assert_eq!(hot.get(a), Some('a'));
     }
 
     #[test]
