@@ -579,6 +579,7 @@ fn check_discovers_the_issuers_keys() {
             &issuer.url(),
             "--audience",
             AUD,
+            "--issuer-trust-emails",
             "--member",
             "allAuthenticatedUsers",
         ],

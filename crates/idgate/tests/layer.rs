@@ -465,6 +465,12 @@ async fn public_paths_need_no_token_and_carry_no_identity() {
     // The prefix matches whole segments only.
     let a = f.get("/publicity", &[]).await;
     a.assert_refused(401, "unauthenticated", Reason::MissingToken, "");
+    // A path that an upstream could read as another one is never public:
+    // a servlet container reads `/public/..;/whoami` as `/whoami`.
+    for path in ["/public/..;/whoami", "/public//whoami", "/public/%77hoami"] {
+        let a = f.get(path, &[]).await;
+        a.assert_refused(401, "unauthenticated", Reason::MissingToken, "");
+    }
     // Public paths do not even look at a token.
     assert_eq!(f.kit.jwks_fetches(), 0);
 }

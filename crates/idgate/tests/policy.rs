@@ -295,10 +295,10 @@ mod policy {
                 allow("allAuthenticatedUsers"),
             ),
             (
-                "allAuthenticatedUsers: a pool identity",
+                "allAuthenticatedUsers: not a pool identity (IAM: Google accounts only)",
                 vec!["allAuthenticatedUsers"],
                 Some(pooled(POOL, json!({"sub": "x"}))),
-                allow("allAuthenticatedUsers"),
+                Deny(Reason::NotAllowed),
             ),
             // deleted:
             (
@@ -340,6 +340,19 @@ mod policy {
                 vec![&principal],
                 Some(pooled(OTHER_POOL, json!({"sub": repo_sub}))),
                 Deny(Reason::NotAllowed),
+            ),
+            (
+                "principal: an issuer whose emails are trusted too, email unverified",
+                vec![&principal],
+                Some(identity(
+                    IssuerTag {
+                        name: "dev".into(),
+                        google: true,
+                        pool: Some(POOL.into()),
+                    },
+                    json!({"sub": repo_sub, "email": "a@b.c", "email_verified": false}),
+                )),
+                allow(&principal),
             ),
             (
                 "principal: same subject, Google",

@@ -225,13 +225,9 @@ impl Gate {
 
     /// Whether `path` is under a public prefix.
     pub fn is_public(&self, path: &str) -> bool {
-        // A path with dot segments or encoded slashes could be read
-        // differently upstream; it is never public.
-        if path.contains("/../")
-            || path.ends_with("/..")
-            || path.contains("/./")
-            || path.contains('%')
-        {
+        // A path the upstream could read as another one (dot segments,
+        // `..;`, `//`, escapes) is never public.
+        if path.contains('%') || crate::policy::ambiguous_path(path).is_some() {
             return false;
         }
         self.public_paths.iter().any(|p| {

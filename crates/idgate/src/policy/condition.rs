@@ -46,6 +46,9 @@ pub(super) struct Condition {
     pub name: Arc<str>,
     pub expression: String,
     program: Program,
+    /// Whether it reads `request.path`: then it does not hold for a path
+    /// that an upstream could read as another ([`ambiguous_path`]).
+    reads_path: bool,
 }
 
 impl std::fmt::Debug for Condition {
@@ -123,9 +126,11 @@ impl Condition {
             bound: Vec::new(),
             problems: &mut problems,
             functions: HashSet::new(),
+            reads_path: false,
         };
         checker.walk(program.expression());
         let functions = std::mem::take(&mut checker.functions);
+        let reads_path = checker.reads_path;
         let probe = Context::with_env(env.clone());
         for (name, member) in functions {
             if !function_exists(&probe, &name, member) {
@@ -157,11 +162,20 @@ impl Condition {
             name: spec.name().into(),
             expression: spec.expression.clone(),
             program,
+            reads_path,
         })
     }
 
-    /// Evaluates the condition in a context made by [`request_context`].
-    pub fn evaluate(&self, context: &Context<'_, '_>) -> Outcome {
+    /// Evaluates the condition in a context made by [`request_context`]
+    /// for a request to `path`.
+    pub fn evaluate(&self, context: &Context<'_, '_>, path: &str) -> Outcome {
+        if self.reads_path
+            && let Some(why) = ambiguous_path(path)
+        {
+            return Outcome::Failed(format!(
+                "request.path {path:?} {why}, so an upstream may read it as another path"
+            ));
+        }
         match self.program.execute(context) {
             Ok(Value::Bool(true)) => Outcome::True,
             Ok(Value::Bool(false)) => Outcome::False,
@@ -183,6 +197,43 @@ pub(super) fn request_context(ctx: &RequestContext<'_>) -> Context<'static, 'sta
     let mut context = Context::with_env(env().clone());
     context.add_variable_from_value("request", request);
     context
+}
+
+/// Why `path` could name a different resource once an upstream decodes or
+/// normalises it, if it could: a condition on `request.path` (and a public
+/// path) must not hold for `/x/../admin`, `/x/..;/admin`, `//admin` or
+/// `/%61dmin` because the text does not start with `/admin`, when the
+/// upstream serves `/admin` for each. Escapes of other bytes (`%20`,
+/// UTF-8) stay allowed.
+pub fn ambiguous_path(path: &str) -> Option<&'static str> {
+    let bytes = path.as_bytes();
+    if bytes.contains(&b'\\') {
+        return Some("holds a backslash");
+    }
+    let mut segments = path.split('/').skip(1).peekable();
+    while let Some(segment) = segments.next() {
+        // Servlet containers drop a segment's `;parameters`, so `..;x` is
+        // `..` to them.
+        match segment.split(';').next().unwrap_or_default() {
+            "." | ".." => return Some("has a dot segment"),
+            "" if segments.peek().is_some() => return Some("has an empty segment (//)"),
+            _ => {}
+        }
+    }
+    let mut i = 0;
+    while let Some(at) = bytes[i..].iter().position(|&b| b == b'%') {
+        let at = i + at;
+        let hex = |b: Option<&u8>| b.and_then(|b| (*b as char).to_digit(16));
+        let (Some(hi), Some(lo)) = (hex(bytes.get(at + 1)), hex(bytes.get(at + 2))) else {
+            return Some("has a malformed percent-escape");
+        };
+        let decoded = (hi * 16 + lo) as u8;
+        if decoded.is_ascii_alphanumeric() || b"-._~/\\%".contains(&decoded) {
+            return Some("percent-encodes a character that decodes to another path");
+        }
+        i = at + 3;
+    }
+    None
 }
 
 /// Whether `name` is a function of the standard environment, called the
@@ -213,6 +264,7 @@ struct Checker<'a> {
     bound: Vec<&'a str>,
     problems: &'a mut Vec<String>,
     functions: HashSet<(String, bool)>,
+    reads_path: bool,
 }
 
 impl<'a> Checker<'a> {
@@ -241,6 +293,7 @@ impl<'a> Checker<'a> {
                     && root == "request"
                     && !self.bound.contains(&"request")
                 {
+                    self.reads_path |= sel.field == "path";
                     if !REQUEST_FIELDS.contains(&sel.field.as_str()) {
                         self.problem(format!(
                             "unknown field request.{} (a condition may use request.{})",
@@ -511,16 +564,85 @@ mod tests {
             Err(e) => panic!("{e:?}"),
         };
         let eval = |secs: u64, method: &str| {
-            c.evaluate(&request_context(&RequestContext {
-                time: UNIX_EPOCH + Duration::from_secs(secs),
-                method,
-                host: "h",
-                path: "/",
-            }))
+            c.evaluate(
+                &request_context(&RequestContext {
+                    time: UNIX_EPOCH + Duration::from_secs(secs),
+                    method,
+                    host: "h",
+                    path: "/",
+                }),
+                "/",
+            )
         };
         // 2030-01-01T00:00:00Z is 1893456000.
         assert_eq!(eval(1_893_455_999, "GET"), Outcome::True);
         assert_eq!(eval(1_893_456_000, "GET"), Outcome::False);
         assert_eq!(eval(1_893_455_999, "POST"), Outcome::False);
+    }
+    #[test]
+    fn ambiguous_paths() {
+        let ambiguous = [
+            "/x/../admin",
+            "/x/..",
+            "/./admin",
+            "/x/.",
+            "/x/..;/admin",
+            "/x/..;jsessionid=1/admin",
+            "//admin",
+            "/a//b",
+            "/%61dmin",
+            "/x/%2e%2e/admin",
+            "/x/%2E./admin",
+            "/x%2Fy",
+            "/x%5cy",
+            "/x%2561dmin",
+            "/x\\..\\admin",
+            "/x%zz",
+            "/x%4",
+        ];
+        for p in ambiguous {
+            assert!(ambiguous_path(p).is_some(), "{p}");
+        }
+        let plain = [
+            "/",
+            "/admin",
+            "/a/b/",
+            "/a%20b",
+            "/caf%C3%A9",
+            "/x;jsessionid=1/y",
+            "/...",
+            "/.well-known/openid-configuration",
+            "*",
+        ];
+        for p in plain {
+            assert_eq!(ambiguous_path(p), None, "{p}");
+        }
+    }
+
+    #[test]
+    fn a_condition_on_the_path_does_not_hold_for_an_ambiguous_one() {
+        let eval = |c: &Condition, path: &str| {
+            c.evaluate(
+                &request_context(&RequestContext {
+                    time: UNIX_EPOCH,
+                    method: "GET",
+                    host: "h",
+                    path,
+                }),
+                path,
+            )
+        };
+        let outside_admin = compile(r#"!request.path.startsWith("/admin")"#).unwrap();
+        assert_eq!(eval(&outside_admin, "/reports/1"), Outcome::True);
+        assert_eq!(eval(&outside_admin, "/admin"), Outcome::False);
+        for sneaky in ["/x/../admin", "//admin", "/%61dmin", "/x/..;/admin"] {
+            match eval(&outside_admin, sneaky) {
+                Outcome::Failed(why) => assert!(why.contains("request.path"), "{why}"),
+                other => panic!("{sneaky}: {other:?}"),
+            }
+        }
+        // A condition that does not read the path is not affected.
+        let get_only = compile(r#"request.method == "GET""#).unwrap();
+        assert_eq!(eval(&get_only, "/x/../admin"), Outcome::True);
     }
 }

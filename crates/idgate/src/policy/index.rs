@@ -209,7 +209,7 @@ impl Policy {
                 return Decision::Allowed(self.grant(entry, None));
             };
             let context = context.get_or_insert_with(|| request_context(ctx));
-            match condition.evaluate(context) {
+            match condition.evaluate(context, ctx.path) {
                 Outcome::True => {
                     return Decision::Allowed(self.grant(entry, Some(condition.name.clone())));
                 }
@@ -248,7 +248,10 @@ impl Policy {
             {
                 out.extend(entries);
             }
-        } else if let Some(pool) = id.pool().and_then(|p| self.pools.get(p)) {
+        }
+        // An issuer's pool names its callers whether or not their emails
+        // are also trusted (`--issuer-trust-emails`).
+        if let Some(pool) = id.pool().and_then(|p| self.pools.get(p)) {
             if let Some(entries) = pool.subjects.get(id.subject()) {
                 out.extend(entries);
             }
@@ -267,7 +270,13 @@ impl Policy {
             }
             out.extend(&pool.all);
         }
-        out.extend(&self.all_authenticated);
+        // IAM's `allAuthenticatedUsers` is anyone signed in with a Google
+        // account or a service account: not every workflow an extra issuer
+        // (a CI provider) signs for, which may set any audience it likes.
+        // `principalSet://POOL/*` admits a whole pool.
+        if id.is_google() {
+            out.extend(&self.all_authenticated);
+        }
     }
 
     fn binding(&self, e: &Entry) -> &Binding {

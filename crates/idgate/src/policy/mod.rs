@@ -14,7 +14,7 @@
 //! | `group:EMAIL` | the users and service accounts of the group in the groups file (ID tokens carry no groups) |
 //! | `domain:DOMAIN` | a Google identity whose `hd` claim is DOMAIN; never the email's domain |
 //! | `allUsers` | anyone, even with no token |
-//! | `allAuthenticatedUsers` | any verified identity |
+//! | `allAuthenticatedUsers` | any verified Google identity (or one of an issuer whose emails are trusted as Google's); not an extra issuer's pool identities |
 //! | `deleted:…` | no one |
 //! | `principal://POOL/subject/S` | an identity of the pool's issuer whose `sub` is S |
 //! | `principalSet://POOL/attribute.NAME/VALUE` | … whose claim NAME is VALUE, or a list holding it |
@@ -27,7 +27,10 @@
 //!
 //! Conditions are CEL, compiled by the `cel` crate, over `request.time`,
 //! `request.path`, `request.host` and `request.method`. One that fails when
-//! evaluated, or gives something other than a bool, does not hold. An
+//! evaluated, or gives something other than a bool, does not hold; so does
+//! one that reads `request.path` when the path could reach the upstream as
+//! another path (dot segments, `..;`, `//`, a backslash, an escaped
+//! letter, digit, `.`, `/` or `%`: [`ambiguous_path`]). An
 //! expression may be at most 4 KiB long and 32 levels deep, so that no
 //! policy file can exhaust a thread's stack.
 //!
@@ -68,7 +71,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-pub use condition::REQUEST_FIELDS;
+pub use condition::{REQUEST_FIELDS, ambiguous_path};
 pub use error::{BindingAt, MEMBER_FLAG_SOURCE, PolicyError, PolicyErrors};
 pub use handle::PolicyHandle;
 pub use index::Policy;
