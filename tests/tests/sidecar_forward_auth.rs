@@ -174,6 +174,17 @@ async fn nginx_auth_request_in_front_of_an_upstream() {
         .await
         .expect("bad token");
     assert_eq!(res.status(), 401, "a bad token");
+    // nginx passes the client's own headers on to the subrequest: an
+    // X-Forwarded-Uri naming a public path must not have that path judged
+    // instead. idgate refuses the subrequest (400), which nginx answers
+    // with a 500.
+    let res = c
+        .get(format!("{base}/app/items"))
+        .header("x-forwarded-uri", "/public/logo.svg")
+        .send()
+        .await
+        .expect("forged x-forwarded-uri");
+    assert_eq!(res.status(), 500, "a client's X-Forwarded-Uri");
     assert_eq!(
         up.hits(),
         hits,

@@ -113,6 +113,22 @@ impl Service<Request<Body>> for Sanitize {
     }
 
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+        // Two `Host`s: a condition would read one and the upstream perhaps
+        // the other. RFC 9112 §3.2 says 400.
+        if req
+            .headers()
+            .get_all(http::header::HOST)
+            .iter()
+            .nth(1)
+            .is_some()
+        {
+            let refusal = crate::proxy::json_error(
+                http::StatusCode::BAD_REQUEST,
+                "bad_request",
+                "repeated_host",
+            );
+            return Box::pin(std::future::ready(Ok(refusal)));
+        }
         // Hop-by-hop first: a client could otherwise name an identity
         // header in `Connection` to have the one we set removed downstream.
         let upgrade = is_upgrade_request(&req);
@@ -121,6 +137,7 @@ impl Service<Request<Body>> for Sanitize {
         if self.forward_auth
             && let Err(e) = forward_auth::rewrite(&mut req)
         {
+            tracing::warn!(error = %e, "forward-auth subrequest refused");
             return Box::pin(std::future::ready(Ok(e.response())));
         }
         // Everything above is synchronous, so the service polled ready is

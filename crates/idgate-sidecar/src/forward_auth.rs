@@ -7,16 +7,19 @@
 //! conditions on `request.path` and `request.host`), so before it runs the
 //! subrequest is rewritten from what the front proxy says:
 //!
-//! | what   | read from, first found wins                               |
+//! | what   | read from                                                 |
 //! |--------|-----------------------------------------------------------|
-//! | method | `X-Forwarded-Method`, `X-Original-Method`, the request's   |
-//! | URI    | `X-Forwarded-Uri`, `X-Original-URI`, the request's         |
-//! | host   | `X-Forwarded-Host`, the request's `Host`                   |
+//! | method | `X-Forwarded-Method` or `X-Original-Method`, else the request's |
+//! | URI    | `X-Forwarded-Uri` or `X-Original-URI`, else the request's  |
+//! | host   | `X-Forwarded-Host`, else the request's `Host`              |
 //!
 //! Traefik sets the `X-Forwarded-*` ones itself. With nginx, set them in the
 //! auth location (`proxy_set_header X-Original-URI $request_uri;`,
-//! `proxy_set_header X-Original-Method $request_method;`); the front proxy
-//! must overwrite, not pass through, whatever the client sent.
+//! `proxy_set_header X-Original-Method $request_method;`). A front proxy
+//! passes on the client's other headers, so a client could add the pair the
+//! proxy does not set (`X-Forwarded-Uri: /public/x` through nginx) to have
+//! another request judged: when both of a pair are present and differ, the
+//! subrequest is refused (400 `conflicting_forwarded_headers`).
 
 use http::header::HOST;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
@@ -48,6 +51,10 @@ pub enum ForwardedError {
     /// Two values of one header: ambiguous, so refused.
     #[error("{0} appears more than once")]
     Repeated(&'static str),
+    /// Both headers of a pair, saying different things: one of them came
+    /// from the client.
+    #[error("{0} and {1} disagree")]
+    Conflict(&'static str, &'static str),
     /// Not a method.
     #[error("{0} is not an HTTP method")]
     Method(&'static str),
@@ -61,6 +68,7 @@ impl ForwardedError {
     pub fn response(&self) -> Response<Body> {
         let reason = match self {
             ForwardedError::Repeated(_) => "repeated_forwarded_header",
+            ForwardedError::Conflict(..) => "conflicting_forwarded_headers",
             ForwardedError::Method(_) => "invalid_forwarded_method",
             ForwardedError::Uri(_) => "invalid_forwarded_uri",
         };
@@ -68,32 +76,39 @@ impl ForwardedError {
     }
 }
 
-fn first<'a>(
+fn single<'a>(
     headers: &'a HeaderMap,
-    names: &[(&'static str, &HeaderName)],
+    (label, name): (&'static str, &HeaderName),
 ) -> Result<Option<(&'static str, &'a HeaderValue)>, ForwardedError> {
-    for (label, name) in names {
-        let mut values = headers.get_all(*name).iter();
-        if let Some(v) = values.next() {
-            if values.next().is_some() {
-                return Err(ForwardedError::Repeated(label));
-            }
-            return Ok(Some((label, v)));
-        }
+    let mut values = headers.get_all(name).iter();
+    match (values.next(), values.next()) {
+        (Some(_), Some(_)) => Err(ForwardedError::Repeated(label)),
+        (v, _) => Ok(v.map(|v| (label, v))),
     }
-    Ok(None)
+}
+
+/// The value of one header of a pair; both may be present only when they
+/// agree.
+fn one_of<'a>(
+    headers: &'a HeaderMap,
+    a: (&'static str, &HeaderName),
+    b: (&'static str, &HeaderName),
+) -> Result<Option<(&'static str, &'a HeaderValue)>, ForwardedError> {
+    match (single(headers, a)?, single(headers, b)?) {
+        (Some((la, va)), Some((lb, vb))) if va != vb => Err(ForwardedError::Conflict(la, lb)),
+        (Some(v), _) | (None, Some(v)) => Ok(Some(v)),
+        (None, None) => Ok(None),
+    }
 }
 
 /// Reads the original request from a subrequest's headers, falling back to
 /// the subrequest's own method, URI and host.
 pub fn original_request<B>(req: &Request<B>) -> Result<OriginalRequest, ForwardedError> {
     let h = req.headers();
-    let method = match first(
+    let method = match one_of(
         h,
-        &[
-            ("X-Forwarded-Method", &X_FORWARDED_METHOD),
-            ("X-Original-Method", &X_ORIGINAL_METHOD),
-        ],
+        ("X-Forwarded-Method", &X_FORWARDED_METHOD),
+        ("X-Original-Method", &X_ORIGINAL_METHOD),
     )? {
         Some((label, v)) => Method::from_bytes(v.as_bytes())
             .ok()
@@ -101,12 +116,10 @@ pub fn original_request<B>(req: &Request<B>) -> Result<OriginalRequest, Forwarde
             .ok_or(ForwardedError::Method(label))?,
         None => req.method().clone(),
     };
-    let uri = match first(
+    let uri = match one_of(
         h,
-        &[
-            ("X-Forwarded-Uri", &X_FORWARDED_URI),
-            ("X-Original-URI", &X_ORIGINAL_URI),
-        ],
+        ("X-Forwarded-Uri", &X_FORWARDED_URI),
+        ("X-Original-URI", &X_ORIGINAL_URI),
     )? {
         Some((label, v)) => origin_form(v.as_bytes()).ok_or(ForwardedError::Uri(label))?,
         None => req
@@ -115,7 +128,7 @@ pub fn original_request<B>(req: &Request<B>) -> Result<OriginalRequest, Forwarde
             .and_then(|pq| Uri::try_from(pq.as_str()).ok())
             .unwrap_or_else(|| Uri::from_static("/")),
     };
-    let host = match first(h, &[("X-Forwarded-Host", &X_FORWARDED_HOST)])? {
+    let host = match single(h, ("X-Forwarded-Host", &X_FORWARDED_HOST))? {
         Some((_, v)) => Some(v.clone()),
         None => h.get(HOST).cloned().or_else(|| {
             req.uri()
@@ -189,12 +202,26 @@ mod tests {
     }
 
     #[test]
-    fn forwarded_beats_original_and_falls_back_to_the_request() {
+    fn the_two_families_must_agree_and_fall_back_to_the_request() {
+        // Through nginx, a client adds the header nginx does not set.
         let r = req(&[
-            ("x-original-uri", "/nginx"),
-            ("x-forwarded-uri", "/traefik"),
+            ("x-original-uri", "/admin"),
+            ("x-forwarded-uri", "/public/x"),
         ]);
-        assert_eq!(original_request(&r).unwrap().uri, "/traefik");
+        assert_eq!(
+            original_request(&r).unwrap_err(),
+            ForwardedError::Conflict("X-Forwarded-Uri", "X-Original-URI")
+        );
+        let r = req(&[
+            ("x-original-method", "DELETE"),
+            ("x-forwarded-method", "GET"),
+        ]);
+        assert!(matches!(
+            original_request(&r),
+            Err(ForwardedError::Conflict(..))
+        ));
+        let r = req(&[("x-original-uri", "/same"), ("x-forwarded-uri", "/same")]);
+        assert_eq!(original_request(&r).unwrap().uri, "/same");
         let o = original_request(&req(&[])).unwrap();
         assert_eq!((o.method, o.uri), (Method::GET, Uri::from_static("/auth")));
         let r = req(&[("x-forwarded-uri", "https://app.example.com/p?q")]);

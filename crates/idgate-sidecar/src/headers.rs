@@ -75,11 +75,23 @@ impl IdentityStrip {
     }
 }
 
-/// Whether a request asks to switch protocols (WebSocket and the like).
-/// Only HTTP/1.1 has `Upgrade`.
+/// Whether a request asks to switch to WebSocket, the one protocol the
+/// proxy tunnels. Only HTTP/1.1 has `Upgrade`.
+///
+/// After a 101 the proxy copies bytes both ways and sees no more requests,
+/// so any other protocol is refused by dropping `Upgrade` (the upstream
+/// answers the request as it is): an upstream that accepted `h2c` would
+/// otherwise take any number of HTTP/2 requests, with any headers, on a
+/// connection the gate checked once.
 pub fn is_upgrade_request<B>(req: &Request<B>) -> bool {
+    let mut protocols = list_elements(req.headers(), UPGRADE).peekable();
     req.version() == Version::HTTP_11
-        && req.headers().contains_key(UPGRADE)
+        && protocols.peek().is_some()
+        && protocols.all(|p| {
+            p.split('/')
+                .next()
+                .is_some_and(|name| name.eq_ignore_ascii_case("websocket"))
+        })
         && connection_has(req.headers(), "upgrade")
 }
 
@@ -101,8 +113,9 @@ fn list_elements(headers: &HeaderMap, name: HeaderName) -> impl Iterator<Item = 
 
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1): `Connection` and every
 /// header it names, `Keep-Alive`, `Proxy-*`, `Trailer`, `Transfer-Encoding`,
-/// `TE` (except `trailers`, which gRPC needs), and `Upgrade` unless
-/// `keep_upgrade`, in which case `Connection: upgrade` is kept too.
+/// `TE` (except `trailers`, which gRPC needs), `HTTP2-Settings` (h2c's
+/// upgrade), and `Upgrade` unless `keep_upgrade`, in which case
+/// `Connection: upgrade` is kept too.
 ///
 /// Idempotent. Run it before identity headers are added, so a client cannot
 /// name `x-idgate-principal` in `Connection` to have it dropped.
@@ -141,6 +154,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         (HOP_TRAILER, TRAILER),
         (HOP_TRANSFER_ENCODING, TRANSFER_ENCODING),
         (HOP_KEEP_ALIVE, KEEP_ALIVE),
+        (HOP_HTTP2_SETTINGS, HTTP2_SETTINGS),
     ] {
         if present & bit != 0 {
             headers.remove(name);
@@ -169,6 +183,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 }
 
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
 const HOP_CONNECTION: u8 = 1;
 const HOP_TE: u8 = 1 << 1;
@@ -177,6 +192,7 @@ const HOP_TRANSFER_ENCODING: u8 = 1 << 3;
 const HOP_UPGRADE: u8 = 1 << 4;
 const HOP_KEEP_ALIVE: u8 = 1 << 5;
 const HOP_PROXY: u8 = 1 << 6;
+const HOP_HTTP2_SETTINGS: u8 = 1 << 7;
 
 /// Which of `remove_hop_by_hop`'s cases a header of this name falls in;
 /// 0 for the headers it leaves alone.
@@ -193,6 +209,8 @@ fn hop_by_hop_bit(name: &HeaderName) -> u8 {
         HOP_UPGRADE
     } else if name == KEEP_ALIVE {
         HOP_KEEP_ALIVE
+    } else if name == HTTP2_SETTINGS {
+        HOP_HTTP2_SETTINGS
     } else if name.as_str().starts_with("proxy-") {
         HOP_PROXY
     } else {
@@ -532,6 +550,21 @@ mod tests {
             .body(())
             .unwrap();
         assert!(!is_upgrade_request(&req));
+        // Only WebSocket is tunnelled: h2c would carry unchecked requests.
+        for upgrade in ["h2c", "websocket, h2c", "TLS/1.2", ""] {
+            let req = Request::builder()
+                .header("connection", "Upgrade")
+                .header("upgrade", upgrade)
+                .body(())
+                .unwrap();
+            assert!(!is_upgrade_request(&req), "{upgrade:?}");
+        }
+        let req = Request::builder()
+            .header("connection", "Upgrade")
+            .header("upgrade", "WebSocket")
+            .body(())
+            .unwrap();
+        assert!(is_upgrade_request(&req));
     }
 
     #[test]

@@ -236,6 +236,7 @@ async fn hop_by_hop_headers_are_removed_both_ways() {
                 ("te", "trailers"),
                 ("trailer", "x-checksum"),
                 ("upgrade", "h2c"),
+                ("http2-settings", "AAMAAABkAAQAoAAAAAIAAAAA"),
                 ("x-kept", "1"),
             ],
         ),
@@ -249,6 +250,7 @@ async fn hop_by_hop_headers_are_removed_both_ways() {
         "proxy-connection",
         "trailer",
         "upgrade",
+        "http2-settings",
     ] {
         assert!(
             header_values(&echo, name).is_empty(),
@@ -361,6 +363,46 @@ async fn h2c_requests_go_upstream_as_h2c() {
 }
 
 #[tokio::test]
+async fn h2c_request_trailers_are_not_passed_on() {
+    // A client's trailers could carry identity headers past every header
+    // rule; gRPC sends none, so none go upstream.
+    let up = upstream().await;
+    let s = settings(Some(&up.url()), |_| {});
+    let (sidecar, _) = sidecar(&s, no_gate()).await;
+    let with_trailers = |base: String| {
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert(
+            "x-idgate-principal",
+            "user:boss@example.com".parse().unwrap(),
+        );
+        let frames = futures_util::stream::iter([
+            Ok::<_, std::convert::Infallible>(http_body::Frame::data(Bytes::from_static(b"x"))),
+            Ok(http_body::Frame::trailers(trailers)),
+        ]);
+        http::Request::post(format!("{base}/trailers"))
+            .body(idgate_sidecar::Body::new(http_body_util::StreamBody::new(
+                frames,
+            )))
+            .unwrap()
+    };
+    let (status, _, body) = send(&h2c_client(), with_trailers(up.url())).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        body,
+        Bytes::from_static(br#"["x-idgate-principal"]"#),
+        "sent directly"
+    );
+    let (status, _, body) = send(
+        &h2c_client(),
+        with_trailers(format!("http://{}", sidecar.addr())),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, Bytes::from_static(b"[]"), "through the proxy");
+    sidecar.shutdown().await;
+}
+
+#[tokio::test]
 async fn unreachable_upstream_is_502() {
     let dead = refused_addr().await;
     let s = settings(Some(&format!("http://{dead}")), |_| {});
@@ -451,6 +493,64 @@ async fn read_head(conn: &mut TcpStream) -> String {
         head.push(byte[0]);
     }
     String::from_utf8(head).unwrap()
+}
+
+#[tokio::test]
+async fn only_websocket_upgrades_are_passed_on() {
+    // An upstream that took `Upgrade: h2c` would get a tunnel of HTTP/2
+    // requests the gate never sees: the proxy drops the upgrade, and the
+    // upstream answers the request as a plain one.
+    let up = upstream().await;
+    let s = settings(Some(&up.url()), |_| {});
+    let (sidecar, _) = sidecar(&s, no_gate()).await;
+    let mut conn = TcpStream::connect(sidecar.addr()).await.unwrap();
+    conn.write_all(
+        b"GET /headers HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+          Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let head = read_head(&mut conn).await.to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    let mut body = vec![0u8; content_length(&head)];
+    within("the echo", conn.read_exact(&mut body))
+        .await
+        .unwrap();
+    let echo = echoed(&Bytes::from(body));
+    for name in ["upgrade", "http2-settings"] {
+        assert!(
+            header_values(&echo, name).is_empty(),
+            "{name} was forwarded: {echo}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn two_host_headers_are_refused() {
+    let up = upstream().await;
+    let s = settings(Some(&up.url()), |_| {});
+    let (sidecar, _) = sidecar(&s, no_gate()).await;
+    let mut conn = TcpStream::connect(sidecar.addr()).await.unwrap();
+    conn.write_all(b"GET /headers HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(&mut conn).await.to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 400"), "{head}");
+    // idgate's answer, not the upstream's.
+    let mut body = vec![0u8; content_length(&head)];
+    within("the body", conn.read_exact(&mut body))
+        .await
+        .unwrap();
+    assert_eq!(echoed(&Bytes::from(body))["reason"], "repeated_host");
+}
+
+fn content_length(head: &str) -> usize {
+    head.lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .expect("a content-length")
+        .trim()
+        .parse()
+        .unwrap()
 }
 
 #[tokio::test]

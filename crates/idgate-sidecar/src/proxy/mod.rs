@@ -30,6 +30,7 @@ use futures_util::FutureExt;
 use futures_util::future::Either;
 use http::uri::{PathAndQuery, Scheme};
 use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::BodyExt as _;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -224,6 +225,15 @@ impl Inner {
                 parts.headers.insert(http::header::HOST, host);
             }
         }
+        // HTTP/2 carries request trailers through to the upstream, where
+        // a client's `x-idgate-principal` there would pass every header
+        // rule; gRPC sends none. (HTTP/1.1 sends none upstream: the
+        // `Trailer` header that would announce them is hop-by-hop.)
+        let body = if h2 {
+            Body::new(body.map_frame(without_trailers))
+        } else {
+            body
+        };
         let mut out = Request::new(body);
         *out.method_mut() = parts.method;
         *out.uri_mut() = uri;
@@ -357,6 +367,15 @@ async fn tunnel(client: OnUpgrade, upstream: OnUpgrade) {
             "upgraded connection closed"
         ),
         Err(e) => debug!(error = %e, "upgraded connection ended with an error"),
+    }
+}
+
+/// A request body's frames, its trailers emptied out.
+fn without_trailers(frame: http_body::Frame<bytes::Bytes>) -> http_body::Frame<bytes::Bytes> {
+    if frame.is_trailers() {
+        http_body::Frame::data(bytes::Bytes::new())
+    } else {
+        frame
     }
 }
 

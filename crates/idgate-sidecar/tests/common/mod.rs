@@ -127,6 +127,16 @@ async fn stream_up(State(s): State<Arc<UpstreamState>>, req: Request) -> impl In
     total.to_string()
 }
 
+/// The names of the request's trailers, as a JSON list.
+async fn trailers(req: Request) -> String {
+    let collected = req.into_body().collect().await.unwrap();
+    let names: Vec<String> = collected
+        .trailers()
+        .map(|t| t.keys().map(|k| k.as_str().to_owned()).collect())
+        .unwrap_or_default();
+    serde_json::to_string(&names).unwrap()
+}
+
 async fn hold(State(s): State<Arc<UpstreamState>>) -> &'static str {
     s.started.notify_one();
     s.release_hold.notified().await;
@@ -177,6 +187,7 @@ pub async fn upstream() -> Upstream {
         .route("/base/headers", any(echo_headers))
         .route("/stream-down", get(stream_down))
         .route("/stream-up", any(stream_up))
+        .route("/trailers", any(trailers))
         .route("/hold", get(hold))
         .route("/slow", get(slow))
         .route("/hop", get(hop))
