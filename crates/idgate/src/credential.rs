@@ -42,13 +42,23 @@ impl CredentialHeader {
     }
 }
 
-/// A bearer token and where it came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A bearer token and where it came from. Its `Debug` shows the token's
+/// length, never the token: a `?credential` in a log line must not leak it.
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Credential<'a> {
     /// The token text, without scheme or surrounding whitespace.
     pub token: &'a str,
     /// The header that carried it.
     pub header: CredentialHeader,
+}
+
+impl std::fmt::Debug for Credential<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credential")
+            .field("token_bytes", &self.token.len())
+            .field("header", &self.header)
+            .finish()
+    }
 }
 
 /// Find the bearer token in `headers`.
@@ -173,6 +183,15 @@ mod tests {
 
     fn reason(r: Result<Option<Credential<'_>>, Rejection>) -> Reason {
         r.unwrap_err().reason
+    }
+
+    #[test]
+    fn debug_never_shows_the_token() {
+        let h = headers(&[("authorization", "Bearer abc.def.ghi")]);
+        let c = extract(&h, 1024).unwrap().unwrap();
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("abc.def.ghi"), "{debug}");
+        assert!(debug.contains("token_bytes: 11"), "{debug}");
     }
 
     #[test]

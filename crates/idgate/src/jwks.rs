@@ -85,6 +85,7 @@ pub struct VerifyingKey {
     pub alg: Option<Algorithm>,
 }
 
+#[derive(PartialEq, Eq)]
 enum Material {
     /// Big-endian modulus and exponent, no leading zeros.
     Rsa { n: Vec<u8>, e: Vec<u8> },
@@ -123,6 +124,11 @@ const ALGORITHMS: [(Algorithm, Params); 8] = [
     (Algorithm::ES256, Params::Ec(&sig::ECDSA_P256_SHA256_FIXED)),
     (Algorithm::ES384, Params::Ec(&sig::ECDSA_P384_SHA384_FIXED)),
 ];
+
+/// Whether a key of this cache can verify `alg` at all.
+pub(crate) fn supports(alg: Algorithm) -> bool {
+    ALGORITHMS.iter().any(|(a, _)| *a == alg)
+}
 
 /// aws-lc's parameters, typed as each kind of key is parsed with them.
 #[derive(Clone, Copy)]
@@ -361,15 +367,16 @@ impl KeyCache {
         }
     }
 
-    /// Whether `kid` is in the current set (for verified-token cache hits,
-    /// so a dropped key stops admitting tokens it once verified).
-    pub(crate) fn has_kid(&self, kid: &str) -> bool {
+    /// Whether `key` is still in the current set, under its `kid` and with
+    /// the same material (for verified-token cache hits, so a dropped key,
+    /// or a `kid` republished with another key, stops admitting tokens the
+    /// old key verified). A refresh keeps the very `Arc` of a key that did
+    /// not change, so this is a pointer comparison.
+    pub(crate) fn holds(&self, key: &Arc<VerifyingKey>) -> bool {
         let now = self.0.clock.monotonic();
-        self.0
-            .current
-            .load()
-            .as_ref()
-            .is_some_and(|s| self.0.usable(s, now) && s.keys.contains_key(kid))
+        self.0.current.load().as_ref().is_some_and(|s| {
+            self.0.usable(s, now) && s.keys.get(&*key.kid).is_some_and(|k| Arc::ptr_eq(k, key))
+        })
     }
 
     /// Fetch now unless a fetch is running (then wait for it).
@@ -487,7 +494,19 @@ impl Inner {
         let mut st = self.lock();
         st.inflight = None;
         match result {
-            Ok(set) => {
+            Ok(mut set) => {
+                // An unchanged key keeps its `Arc` (and the aws-lc key parsed
+                // from it): cached verifications it made stay good.
+                if let Some(old) = self.current.load().as_ref() {
+                    for (kid, key) in set.keys.iter_mut() {
+                        if let Some(prev) = old.keys.get(kid)
+                            && prev.material == key.material
+                            && prev.alg == key.alg
+                        {
+                            *key = prev.clone();
+                        }
+                    }
+                }
                 tracing::debug!(jwks.issuer = %self.issuer, jwks.keys = set.keys.len(), "jwks refreshed");
                 self.current.store(Some(Arc::new(set)));
                 self.fetches_ok.fetch_add(1, Ordering::Relaxed);

@@ -9,8 +9,10 @@ use crate::strict_json::{DUPLICATE_KEY, StrictValue};
 use crate::verifier::Rejection;
 
 /// A token whose segments decode and whose header and claims are JSON
-/// objects without duplicate members. Nothing in it is verified yet.
-#[derive(Debug, Clone)]
+/// objects without duplicate members. Nothing in it is verified yet. Its
+/// `Debug` shows the header and the claims' names, never the segments
+/// (together they are the token).
+#[derive(Clone)]
 pub struct UnverifiedToken<'a> {
     /// `header.payload`, the bytes the signature covers.
     pub signing_input: &'a str,
@@ -24,6 +26,16 @@ pub struct UnverifiedToken<'a> {
     pub claims: Map<String, Value>,
     /// The payload segment decoded: the JSON text `claims` was parsed from.
     pub payload_json: Vec<u8>,
+}
+
+impl std::fmt::Debug for UnverifiedToken<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UnverifiedToken")
+            .field("header", &self.header)
+            .field("claim_names", &self.claims.keys().collect::<Vec<_>>())
+            .field("signature_b64_bytes", &self.signature_b64.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl<'a> UnverifiedToken<'a> {
@@ -106,6 +118,11 @@ mod tests {
         let u = UnverifiedToken::parse(&t).unwrap();
         assert_eq!(u.header_str("alg"), Some("RS256"));
         assert_eq!(u.signing_input, &t[..t.rfind('.').unwrap()]);
+        // No segment of the token in its Debug, so none in a log line.
+        let debug = format!("{u:?}");
+        for segment in t.split('.') {
+            assert!(!debug.contains(segment), "{debug}");
+        }
     }
 
     #[test]

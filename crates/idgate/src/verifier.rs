@@ -371,6 +371,12 @@ impl VerifierBuilder {
                     "issuer {:?}: {a:?} is a shared-secret algorithm; only public-key algorithms can be checked against a JWKS",
                     cfg.name
                 ));
+            } else if let Some(a) = cfg.algorithms.iter().find(|a| !crate::jwks::supports(**a)) {
+                // Accepted here, it would fail every token at the key.
+                problems.push(format!(
+                    "issuer {:?}: {a:?} is not supported (RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384)",
+                    cfg.name
+                ));
             }
             match reqwest::Url::parse(&cfg.jwks_url) {
                 Ok(u) if matches!(u.scheme(), "https" | "http") => {}
@@ -594,7 +600,7 @@ impl Verifier {
     /// with time or rotation: expiry, and the signing key still published.
     fn still_good(&self, hit: &CachedToken, now: u64) -> bool {
         now < hit.identity.expires_at().saturating_add(self.clock_skew)
-            && self.issuers[hit.issuer].keys.has_kid(&hit.key.kid)
+            && self.issuers[hit.issuer].keys.holds(&hit.key)
     }
 
     async fn verify_uncached(

@@ -524,6 +524,28 @@ async fn a_dropped_key_stops_being_accepted_once_the_cache_refreshes() {
 }
 
 #[tokio::test]
+async fn a_kid_republished_with_another_key_stops_admitting_what_the_old_one_verified() {
+    let s = setup().await;
+    let old = s.kit.mint(&s.claims());
+    s.verifier.verify(&old).await.unwrap();
+    s.verifier.verify(&old).await.unwrap(); // now in the verified-token cache
+    s.verifier.verify(&old).await.unwrap(); // and in a hot slot
+    // A refresh that finds the same key keeps what it verified.
+    let misses = s.verifier.stats().token_cache_misses;
+    s.verifier.refresh_keys().await;
+    s.verifier.verify(&old).await.unwrap();
+    assert_eq!(s.verifier.stats().token_cache_misses, misses);
+    // The same kid with another key: the old key's tokens are checked
+    // again, against the key now published, and fail.
+    s.kit.publish(TestKey::generate("key-1"));
+    s.kit.activate("key-1");
+    s.verifier.refresh_keys().await;
+    assert_eq!(s.reason(&old).await, Reason::BadSignature);
+    assert_eq!(s.verifier.stats().token_cache_misses, misses + 1);
+    s.verifier.verify(&s.kit.mint(&s.claims())).await.unwrap();
+}
+
+#[tokio::test]
 async fn failing_or_hanging_endpoints_leave_cached_keys_serving() {
     let s = setup_with(|b| {
         let mut j = JwksSettings::default();
@@ -658,6 +680,10 @@ async fn configuration_problems_are_all_listed() {
                 .with_algorithms([idgate::Algorithm::HS256]),
         )
         .issuer(IssuerConfig::new("a", "https://a", "https://a/jwks"))
+        .issuer(
+            IssuerConfig::new("ed", "https://ed", "https://ed/jwks")
+                .with_algorithms([idgate::Algorithm::EdDSA]),
+        )
         .clock_skew(Duration::from_secs(600))
         .build()
         .unwrap_err();
@@ -668,6 +694,7 @@ async fn configuration_problems_are_all_listed() {
         "used twice",
         "configured twice",
         "shared-secret",
+        "EdDSA is not supported",
         "not an http",
     ] {
         assert!(text.contains(needle), "{needle} missing from: {text}");
