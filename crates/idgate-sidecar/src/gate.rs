@@ -20,7 +20,7 @@ use std::time::Duration;
 use idgate::auth::{AuthLayer, Gate, GateConfigError};
 use idgate::policy::{PolicyErrors, PolicyHandle, PolicySources};
 use idgate::{IssuerConfig, JwksSettings, Verifier, VerifierBuilder};
-use tracing::{info, warn};
+use tracing::warn;
 
 use crate::admin::ReadyCheck;
 use crate::app::GateLayer;
@@ -54,15 +54,6 @@ pub enum GateError {
     /// (for example a clock skew over its 5 min maximum).
     #[error("verifier settings")]
     Verifier(#[source] idgate::ConfigError),
-    /// An issuer's discovery document could not be used.
-    #[error("discovery for issuer {issuer}")]
-    Discovery {
-        /// The issuer.
-        issuer: String,
-        /// Why.
-        #[source]
-        source: DiscoveryError,
-    },
     /// The policy files or members do not load.
     #[error("policy")]
     Policy(#[source] PolicyErrors),
@@ -71,35 +62,14 @@ pub enum GateError {
     Gate(#[source] GateConfigError),
 }
 
-/// Why an issuer's discovery document was refused.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum DiscoveryError {
-    /// Fetching failed (network, status, body).
-    #[error("cannot fetch {url}")]
-    Fetch {
-        /// The discovery URL.
-        url: String,
-        /// Why.
-        #[source]
-        source: reqwest::Error,
-    },
-    /// The document names another issuer (OpenID Connect Discovery §4.3).
-    #[error("the document says its issuer is {found:?}")]
-    IssuerMismatch {
-        /// What it said.
-        found: String,
-    },
-    /// No usable `jwks_uri`.
-    #[error("the document has no http(s) jwks_uri")]
-    NoJwksUri,
-}
+pub use idgate::jwks::DiscoveryError;
 
-/// The verifier's settings, with each discovery issuer's JWKS URL supplied
-/// by `jwks_url_for`.
+/// The verifier's settings. A discovery issuer's JWKS URL is
+/// `jwks_url_for`'s when it knows one, else read from its discovery
+/// document when its keys are first fetched.
 pub fn verifier_builder(
     settings: &Settings,
-    jwks_url_for: impl Fn(&str) -> String,
+    jwks_url_for: impl Fn(&str) -> Option<String>,
 ) -> VerifierBuilder {
     let v = &settings.verifier;
     let mut jwks = JwksSettings::default();
@@ -122,12 +92,19 @@ pub fn verifier_builder(
         .jwks(jwks);
     for issuer in &v.issuers {
         let url = match &issuer.keys {
-            KeySource::JwksUrl(url) => url.clone(),
+            KeySource::JwksUrl(url) => Some(url.clone()),
             KeySource::Discovery => jwks_url_for(&issuer.issuer),
         };
         // The issuer URL doubles as its metrics label: unique, and bounded
         // by the configuration.
-        let mut cfg = IssuerConfig::new(&issuer.issuer, &issuer.issuer, url);
+        let mut cfg = IssuerConfig::new(
+            &issuer.issuer,
+            &issuer.issuer,
+            url.clone().unwrap_or_default(),
+        );
+        if url.is_none() {
+            cfg = cfg.with_discovery();
+        }
         // Fail closed: another issuer's emails mean nothing to IAM (anyone
         // it signs for could claim any address), so they name
         // `user:`/`serviceAccount:` members only when the operator says the
@@ -141,41 +118,8 @@ pub fn verifier_builder(
     builder
 }
 
-fn discovery_url(issuer: &str) -> String {
-    format!(
-        "{}/.well-known/openid-configuration",
-        issuer.trim_end_matches('/')
-    )
-}
-
 /// Reads an issuer's JWKS URL from its discovery document.
-pub async fn discover(client: &reqwest::Client, issuer: &str) -> Result<String, DiscoveryError> {
-    #[derive(serde::Deserialize)]
-    struct Doc {
-        issuer: String,
-        jwks_uri: Option<String>,
-    }
-    let url = discovery_url(issuer);
-    let fetch = |source| DiscoveryError::Fetch {
-        url: url.clone(),
-        source,
-    };
-    let doc: Doc = client
-        .get(&url)
-        .send()
-        .await
-        .and_then(reqwest::Response::error_for_status)
-        .map_err(fetch)?
-        .json()
-        .await
-        .map_err(fetch)?;
-    if doc.issuer != issuer {
-        return Err(DiscoveryError::IssuerMismatch { found: doc.issuer });
-    }
-    doc.jwks_uri
-        .filter(|u| u.starts_with("https://") || u.starts_with("http://"))
-        .ok_or(DiscoveryError::NoJwksUri)
-}
+pub use idgate::jwks::discover_jwks_url as discover;
 
 fn policy_sources(settings: &Settings) -> PolicySources {
     PolicySources {
@@ -213,11 +157,10 @@ fn gate_over(
 
 /// What `--check-config` checks beyond the settings, without the network:
 /// the verifier's rules, the policy (files parsed, members and conditions
-/// checked) and the gate's. Discovery issuers are checked with their
-/// discovery URL standing in for the JWKS URL. Returns the policy's
-/// warnings.
+/// checked) and the gate's. Discovery issuers are not fetched. Returns the
+/// policy's warnings.
 pub fn check(settings: &Settings) -> Result<Vec<String>, GateError> {
-    let verifier = verifier_builder(settings, discovery_url)
+    let verifier = verifier_builder(settings, |_| None)
         .build()
         .map_err(GateError::Verifier)?;
     let (_, _, warnings) = gate_over(settings, Arc::new(verifier), None)?;
@@ -230,50 +173,16 @@ pub fn check(settings: &Settings) -> Result<Vec<String>, GateError> {
 /// can only be answered 503.
 pub const KEY_WARMUP: Duration = Duration::from_secs(10);
 
-/// Builds the gate for `serve`: discovery (a few tries), the verifier with
-/// its metrics and readiness hooks, the policy, the auth layer; then waits
-/// up to [`KEY_WARMUP`] for the first keys. Needs a tokio runtime.
+/// Builds the gate for `serve`: the verifier with its metrics and
+/// readiness hooks, the policy, the auth layer; then waits up to
+/// [`KEY_WARMUP`] for the first keys (discovery included). Needs a tokio
+/// runtime.
 pub async fn build(settings: &Settings, metrics: &Arc<Metrics>) -> Result<GateParts, GateError> {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
+    // Discovery issuers find their JWKS URL at their first key fetch: an
+    // issuer that is down now delays its own keys, not the sidecar.
+    let verifier = verifier_builder(settings, |_| None)
         .build()
-        .map_err(|source| GateError::Discovery {
-            issuer: String::new(),
-            source: DiscoveryError::Fetch {
-                url: String::new(),
-                source,
-            },
-        })?;
-    let mut discovered = std::collections::HashMap::new();
-    for issuer in &settings.verifier.issuers {
-        if issuer.keys != KeySource::Discovery {
-            continue;
-        }
-        let mut delay = Duration::from_millis(500);
-        let url = loop {
-            match discover(&client, &issuer.issuer).await {
-                Ok(url) => break url,
-                Err(e) if delay <= Duration::from_secs(2) => {
-                    warn!(issuer = %issuer.issuer, error = %crate::ErrorChain(&e), "discovery failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
-                }
-                Err(source) => {
-                    return Err(GateError::Discovery {
-                        issuer: issuer.issuer.clone(),
-                        source,
-                    });
-                }
-            }
-        };
-        info!(issuer = %issuer.issuer, jwks.url = %url, "discovered JWKS URL");
-        discovered.insert(issuer.issuer.clone(), url);
-    }
-    let verifier = verifier_builder(settings, |iss| {
-        discovered.get(iss).cloned().unwrap_or_default()
-    })
-    .build()
-    .map_err(GateError::Verifier)?;
+        .map_err(GateError::Verifier)?;
     let verifier = Arc::new(verifier);
     let (gate, policy, warnings) = gate_over(settings, verifier.clone(), Some(metrics.clone()))?;
 

@@ -12,7 +12,9 @@ use idgate_sidecar::config::Settings;
 use idgate_sidecar::gate;
 use idgate_sidecar::metrics::Metrics;
 use idgate_sidecar::serve::{Running, Wiring, start};
-use idgate_testkit::{Issuer, google_claims, now_unix};
+use idgate_testkit::{
+    Issuer, IssuerOptions, TestKey, default_header, google_claims, mint, now_unix,
+};
 
 const AUD: &str = "https://svc.example";
 
@@ -219,6 +221,57 @@ async fn allows_denies_forwards_identity_and_counts() {
         }
     })
     .await;
+    sidecar.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_issuer_down_at_startup_delays_its_keys_not_the_sidecar() {
+    // Nothing listens there yet: discovery fails. The sidecar starts
+    // anyway, not ready, answering 503, and heals when the issuer is up.
+    let addr = refused_addr().await;
+    let up = upstream().await;
+    let s = settings(Some(&up.url()), |a| {
+        a.member = vec!["user:alice@example.com".into()];
+        a.issuer = vec![format!("http://{addr}")];
+        a.issuer_trust_emails = Some("true".into());
+        // Trust only the test issuer: no test reaches Google.
+        a.google_issuer = Some("false".into());
+    });
+    let (sidecar, _) = start_with_gate(&s).await;
+    let readyz = format!("http://{}/readyz", sidecar.admin_addr());
+    let (status, _, _) = send(&client(), get_req(&readyz, &[])).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    // A token for that issuer (any key: there are none to check it with).
+    let key = TestKey::generate("early");
+    let claims = google_claims(
+        &format!("http://{addr}"),
+        "alice@example.com",
+        AUD,
+        now_unix(),
+    );
+    let early = mint(&key, &default_header(&key), &claims);
+    let url = format!("http://{}/headers", sidecar.addr());
+    let req = |token: &str| get_req(&url, &[("authorization", &bearer(token))]);
+    let (status, _, body) = send(&client(), req(&early)).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(echoed(&body)["reason"], "keys_unavailable");
+
+    let issuer = Issuer::start_with(IssuerOptions {
+        listen: addr,
+        ..IssuerOptions::default()
+    })
+    .await
+    .unwrap();
+    let token = issuer.token("alice@example.com", AUD);
+    // The key cache retries with backoff (1 s, then 2 s, …).
+    eventually("ready once the issuer is up", || async {
+        let (status, _, _) = send(&client(), get_req(&readyz, &[])).await;
+        (status == StatusCode::OK).then_some(())
+    })
+    .await;
+    assert_eq!(issuer.discovery_fetches(), 1);
+    let (status, _, body) = send(&client(), req(&token)).await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
     sidecar.shutdown().await;
 }
 

@@ -588,7 +588,7 @@ fn check_discovers_the_issuers_keys() {
     )
     .expect_code(0)
     .expect_stdout(&format!("in the key set from {}", issuer.jwks_url()))
-    .expect_stdout("subject:")
+    .expect_stdout("principal   pass  user:alice@example.com")
     .expect_stdout("ALLOWED  roles/run.invoker for allAuthenticatedUsers");
 }
 

@@ -286,7 +286,7 @@ pub(crate) struct KeyCache(Arc<Inner>);
 
 struct Inner {
     issuer: Arc<str>,
-    url: String,
+    source: KeySource,
     settings: JwksSettings,
     client: reqwest::Client,
     clock: Arc<dyn Clock>,
@@ -294,6 +294,111 @@ struct Inner {
     state: Mutex<FetchState>,
     fetches_ok: AtomicU64,
     fetches_failed: AtomicU64,
+}
+
+/// Where an issuer's key set is.
+pub(crate) enum KeySource {
+    /// At this URL.
+    Url(String),
+    /// At the `jwks_uri` of the issuer's discovery document, read at the
+    /// first fetch that needs it (and at every one until a read succeeds:
+    /// an issuer down at startup delays its keys, not the process).
+    Discovery {
+        issuer: String,
+        found: std::sync::OnceLock<String>,
+    },
+}
+
+impl KeySource {
+    /// The key set's URL, or the discovery document's while it is not
+    /// known: for logs.
+    fn describe(&self) -> String {
+        match self {
+            KeySource::Url(url) => url.clone(),
+            KeySource::Discovery { issuer, found } => match found.get() {
+                Some(url) => url.clone(),
+                None => discovery_url(issuer),
+            },
+        }
+    }
+}
+
+/// An issuer's OpenID Connect discovery document's URL.
+pub fn discovery_url(issuer: &str) -> String {
+    format!(
+        "{}/.well-known/openid-configuration",
+        issuer.trim_end_matches('/')
+    )
+}
+
+/// Why an issuer's discovery document was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DiscoveryError {
+    /// Fetching failed (network, status, body).
+    #[error("cannot fetch {url}")]
+    Fetch {
+        /// The discovery URL.
+        url: String,
+        /// Why.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The answer is not a discovery document.
+    #[error("{url} is not a discovery document")]
+    Document {
+        /// The discovery URL.
+        url: String,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The document names another issuer (OpenID Connect Discovery §4.3).
+    #[error("the document says its issuer is {found:?}")]
+    IssuerMismatch {
+        /// What it said.
+        found: String,
+    },
+    /// No usable `jwks_uri`.
+    #[error("the document has no http(s) jwks_uri")]
+    NoJwksUri,
+}
+
+/// Reads an issuer's JWKS URL from its discovery document, whose `issuer`
+/// must be `issuer` exactly.
+pub async fn discover_jwks_url(
+    client: &reqwest::Client,
+    issuer: &str,
+) -> Result<String, DiscoveryError> {
+    #[derive(serde::Deserialize)]
+    struct Doc {
+        issuer: String,
+        jwks_uri: Option<String>,
+    }
+    let url = discovery_url(issuer);
+    let fetch = |source| DiscoveryError::Fetch {
+        url: url.clone(),
+        source,
+    };
+    let body = client
+        .get(&url)
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .map_err(fetch)?
+        .bytes()
+        .await
+        .map_err(fetch)?;
+    let doc: Doc = serde_json::from_slice(&body).map_err(|source| DiscoveryError::Document {
+        url: url.clone(),
+        source,
+    })?;
+    if doc.issuer != issuer {
+        return Err(DiscoveryError::IssuerMismatch { found: doc.issuer });
+    }
+    doc.jwks_uri
+        .filter(|u| u.starts_with("https://") || u.starts_with("http://"))
+        .ok_or(DiscoveryError::NoJwksUri)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -307,14 +412,14 @@ enum Trigger {
 impl KeyCache {
     pub(crate) fn new(
         issuer: Arc<str>,
-        url: String,
+        source: KeySource,
         settings: JwksSettings,
         client: reqwest::Client,
         clock: Arc<dyn Clock>,
     ) -> Self {
         KeyCache(Arc::new(Inner {
             issuer,
-            url,
+            source,
             settings,
             client,
             clock,
@@ -527,7 +632,7 @@ impl Inner {
                 let serving = self.current.load().is_some();
                 tracing::warn!(
                     jwks.issuer = %self.issuer,
-                    jwks.url = %self.url,
+                    jwks.url = %self.source.describe(),
                     jwks.failures = st.failures,
                     jwks.retry_in_ms = backoff.as_millis() as u64,
                     jwks.serving_cached = serving,
@@ -539,11 +644,37 @@ impl Inner {
         }
     }
 
+    /// The key set's URL, reading the discovery document if need be.
+    async fn jwks_url(&self) -> Result<&str, String> {
+        match &self.source {
+            KeySource::Url(url) => Ok(url),
+            KeySource::Discovery { issuer, found } => {
+                if let Some(url) = found.get() {
+                    return Ok(url);
+                }
+                let discovery = discover_jwks_url(&self.client, issuer);
+                let url = tokio::time::timeout(self.settings.fetch_timeout, discovery)
+                    .await
+                    .map_err(|_| {
+                        format!(
+                            "discovery: no answer from {} within {:?}",
+                            discovery_url(issuer),
+                            self.settings.fetch_timeout
+                        )
+                    })?
+                    .map_err(|e| format!("discovery: {}", error_chain(&e)))?;
+                tracing::info!(jwks.issuer = %self.issuer, jwks.url = %url, "discovered JWKS URL");
+                Ok(found.get_or_init(|| url))
+            }
+        }
+    }
+
     async fn fetch(&self) -> Result<KeySet, String> {
         let s = &self.settings;
+        let url = self.jwks_url().await?;
         let mut resp = self
             .client
-            .get(&self.url)
+            .get(url)
             .timeout(s.fetch_timeout)
             .send()
             .await
@@ -719,7 +850,7 @@ mod tests {
         let clock = Arc::new(crate::clock::ManualClock::starting_now());
         let c = KeyCache::new(
             "https://issuer.test".into(),
-            "http://127.0.0.1:9/jwks.json".into(),
+            KeySource::Url("http://127.0.0.1:9/jwks.json".into()),
             JwksSettings::default(),
             reqwest::Client::new(),
             clock.clone(),

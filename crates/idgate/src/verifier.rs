@@ -12,7 +12,7 @@ use jsonwebtoken::Algorithm;
 use serde_json::Value;
 
 use crate::hot_tokens::HotTokens;
-use crate::jwks::{JwksSettings, KeyCache, KeyCacheStatus, KeyMiss, VerifyingKey};
+use crate::jwks::{JwksSettings, KeyCache, KeyCacheStatus, KeyMiss, KeySource, VerifyingKey};
 use crate::token::UnverifiedToken;
 use crate::{Clock, Identity, IssuerTag, Reason, SystemClock};
 
@@ -61,8 +61,15 @@ pub struct IssuerConfig {
     pub name: String,
     /// The `iss` values this issuer signs with.
     pub issuers: Vec<String>,
-    /// Where its JWK Set is.
+    /// Where its JWK Set is (unused with `discovery`).
     pub jwks_url: String,
+    /// Read the JWK Set's URL from the issuer's discovery document
+    /// (`ISSUER/.well-known/openid-configuration`, whose `issuer` must be
+    /// the first of `issuers`) at the first key fetch, and at each one
+    /// until a read succeeds, with the fetches' backoff: an issuer down at
+    /// startup leaves its keys unavailable (and readiness false) rather
+    /// than failing the build.
+    pub discovery: bool,
     /// The algorithms it may use. Google: RS256 only.
     pub algorithms: Vec<Algorithm>,
     /// Google issuer: emails name `user:`/`serviceAccount:` principals.
@@ -79,6 +86,7 @@ impl IssuerConfig {
             name: "google".into(),
             issuers: GOOGLE_ISSUERS.iter().map(|s| s.to_string()).collect(),
             jwks_url: GOOGLE_CERTS_URL.into(),
+            discovery: false,
             algorithms: vec![Algorithm::RS256],
             google: true,
             pool: None,
@@ -95,6 +103,7 @@ impl IssuerConfig {
             name: name.into(),
             issuers: vec![issuer.into()],
             jwks_url: jwks_url.into(),
+            discovery: false,
             algorithms: vec![Algorithm::RS256],
             google: false,
             pool: None,
@@ -104,6 +113,14 @@ impl IssuerConfig {
     /// Fetch keys from another URL (a test issuer, a mirror).
     pub fn with_jwks_url(mut self, url: impl Into<String>) -> Self {
         self.jwks_url = url.into();
+        self.discovery = false;
+        self
+    }
+
+    /// Find the keys through the issuer's discovery document (see
+    /// [`IssuerConfig::discovery`]).
+    pub fn with_discovery(mut self) -> Self {
+        self.discovery = true;
         self
     }
 
@@ -378,11 +395,19 @@ impl VerifierBuilder {
                     cfg.name
                 ));
             }
-            match reqwest::Url::parse(&cfg.jwks_url) {
+            let url = match (cfg.discovery, cfg.issuers.first()) {
+                (true, Some(iss)) => crate::jwks::discovery_url(iss),
+                _ => cfg.jwks_url.clone(),
+            };
+            match reqwest::Url::parse(&url) {
                 Ok(u) if matches!(u.scheme(), "https" | "http") => {}
+                _ if cfg.discovery => problems.push(format!(
+                    "issuer {:?}: its discovery URL {url:?} is not an http(s) URL",
+                    cfg.name
+                )),
                 _ => problems.push(format!(
-                    "issuer {:?}: jwks url {:?} is not an http(s) URL",
-                    cfg.name, cfg.jwks_url
+                    "issuer {:?}: jwks url {url:?} is not an http(s) URL",
+                    cfg.name
                 )),
             }
         }
@@ -407,6 +432,13 @@ impl VerifierBuilder {
                         all_algorithms.push(*a);
                     }
                 }
+                let source = match cfg.issuers.first() {
+                    Some(iss) if cfg.discovery => KeySource::Discovery {
+                        issuer: iss.clone(),
+                        found: std::sync::OnceLock::new(),
+                    },
+                    _ => KeySource::Url(cfg.jwks_url),
+                };
                 let name: Arc<str> = cfg.name.into();
                 Issuer {
                     tag: IssuerTag {
@@ -417,7 +449,7 @@ impl VerifierBuilder {
                     algorithms: cfg.algorithms,
                     keys: KeyCache::new(
                         name,
-                        cfg.jwks_url,
+                        source,
                         self.jwks.clone(),
                         client.clone(),
                         clock.clone(),

@@ -390,11 +390,8 @@ pub async fn examine(
         }
     }
     let verifier = gate::verifier_builder(settings, |i| match (&iss, &discovered) {
-        (Some(t), Some(url)) if t == i => url.clone(),
-        _ => format!(
-            "{}/.well-known/openid-configuration",
-            i.trim_end_matches('/')
-        ),
+        (Some(t), Some(url)) if t == i => Some(url.clone()),
+        _ => None,
     })
     .max_lifetime(MAX_LIFETIME)
     .build()

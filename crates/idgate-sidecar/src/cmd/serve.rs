@@ -67,17 +67,12 @@ pub fn run(args: ServeArgs, env: &dyn Env) -> anyhow::Result<ExitCode> {
         let metrics = Arc::new(Metrics::new());
         let parts = match gate::build(&settings, &metrics).await {
             Ok(p) => p,
-            Err(
-                e @ (gate::GateError::Policy(_)
-                | gate::GateError::Verifier(_)
-                | gate::GateError::Gate(_)),
-            ) => {
+            Err(e) => {
                 // Settings problems found only by the library: same exit as
                 // the others, before any port is bound.
                 eprintln!("idgate: {}", describe(&e));
                 return Ok(ExitCode::from(super::EXIT_USAGE));
             }
-            Err(e) => return Err(anyhow::Error::new(e).context("cannot build the auth gate")),
         };
         for w in &parts.warnings {
             warn!("{w}");
@@ -124,7 +119,6 @@ fn describe(e: &gate::GateError) -> String {
             errors.0.iter().map(|p| format!("verifier: {p}")).collect()
         }
         gate::GateError::Gate(errors) => errors.0.iter().map(|p| format!("gate: {p}")).collect(),
-        other => vec![crate::ErrorChain(other).to_string()],
     };
     let n = lines.len();
     format!(
