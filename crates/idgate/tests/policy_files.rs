@@ -253,6 +253,54 @@ mod policy {
     }
 
     #[test]
+    fn a_project_policy_with_members_no_token_can_name_loads_with_warnings() {
+        // Real project policies give roles/editor to CI pools idgate has no
+        // reason to know, GKE Kubernetes service accounts, and a project's
+        // service accounts by number: none can match, none may refuse the
+        // policy.
+        let dir = tempdir();
+        let text = r#"{"bindings":[{"role":"roles/editor","members":[
+            "principalSet://iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/github/attribute.repository/o/r",
+            "serviceAccount:my-project.svc.id.goog[ci/runner]",
+            "principalSet://cloudresourcemanager.googleapis.com/projects/1/type/ServiceAccount",
+            "user:owner@corp.example.net"]}],"version":1}"#;
+        let path = write(&dir, "project.json", text);
+        let l = load(&PolicySources {
+            files: vec![path],
+            ..PolicySources::default()
+        });
+        let never: Vec<&String> = l
+            .warnings
+            .iter()
+            .filter(|w| w.contains("never matches"))
+            .collect();
+        assert_eq!(never.len(), 3, "{:?}", l.warnings);
+        let ctx = RequestContext::from_clock(&ManualClock::starting_now(), "GET", "h", "/");
+        let owner = verified("owner@corp.example.net");
+        assert!(l.policy.decide(Some(&owner), &ctx).is_allowed());
+        // Written as --member flags, for idgate, they are mistakes.
+        let e = load_err(&PolicySources {
+            members: vec!["serviceAccount:my-project.svc.id.goog[ci/runner]".into()],
+            ..PolicySources::default()
+        });
+        assert!(e.to_string().contains("not an email"), "{e}");
+    }
+
+    #[test]
+    fn a_file_called_member_is_a_file() {
+        // Its bindings must not pass for --member flags' (any role).
+        let text =
+            br#"{"bindings":[{"role":"roles/viewer","members":["user:alice@corp.example.net"]}]}"#;
+        let l = match Policy::load_document(&PolicySources::default(), "--member", text) {
+            Ok(l) => l,
+            Err(e) => panic!("{e}"),
+        };
+        let ctx = RequestContext::from_clock(&ManualClock::starting_now(), "GET", "h", "/");
+        let alice = verified("alice@corp.example.net");
+        assert!(!l.policy.decide(Some(&alice), &ctx).is_allowed());
+    }
+
+    #[test]
     fn format_by_extension_or_content() {
         let dir = tempdir();
         let yaml_text = "bindings:\n- members:\n  - user:alice@corp.example.net\n  role: roles/run.invoker\netag: BwYQ8b9r5sE=\nversion: 1\n";

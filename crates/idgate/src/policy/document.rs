@@ -116,11 +116,22 @@ fn parse_tree(text: &str, format: Option<Format>) -> Result<Value, String> {
 /// (`auditConfigs`, …) are tolerated; anything inside a binding is checked
 /// strictly, one error per problem.
 pub(super) fn read_policy(path: &Path, errors: &mut Vec<PolicyError>) -> PolicyDocument {
-    let file = path.display().to_string();
+    let file = file_label(path.display().to_string());
     let Some(tree) = read_tree(path, errors) else {
         return PolicyDocument::default();
     };
     policy_from_tree(&file, tree, errors)
+}
+
+/// How a file's bindings name it: its path as given, unless that reads as
+/// the name of the `--member` flags' bindings (a file called `--member`),
+/// which must not pass for them and skip the role check.
+fn file_label(name: String) -> String {
+    if name == MEMBER_FLAG_SOURCE {
+        format!("./{name}")
+    } else {
+        name
+    }
 }
 
 /// [`read_policy`] for a document already in memory, named `name` (whose
@@ -138,7 +149,7 @@ pub(super) fn policy_from_bytes(
         return PolicyDocument::default();
     };
     match tree_from_text(Path::new(name), name.to_owned(), text, errors) {
-        Some(tree) => policy_from_tree(name, tree, errors),
+        Some(tree) => policy_from_tree(&file_label(name.to_owned()), tree, errors),
         None => PolicyDocument::default(),
     }
 }

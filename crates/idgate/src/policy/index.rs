@@ -125,7 +125,7 @@ impl Builder {
             Member::Domain(d) => p.domains.entry(d).or_default().push(entry),
             Member::AllUsers => p.all_users.push(entry),
             Member::AllAuthenticatedUsers => p.all_authenticated.push(entry),
-            Member::Deleted => {}
+            Member::Deleted | Member::Unmatchable => {}
             Member::Principal { pool, subject } => p
                 .pools
                 .entry(pool)

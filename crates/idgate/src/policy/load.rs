@@ -9,7 +9,7 @@ use super::document::{BindingSpec, member_flag_bindings, policy_from_bytes, read
 use super::error::{MEMBER_FLAG_SOURCE, PolicyError, PolicyErrors};
 use super::groups::{self, Groups};
 use super::index::Builder;
-use super::member::{Member, parse_member};
+use super::member::{Member, parse_file_member, parse_member};
 use super::{DEFAULT_INVOKER_ROLES, Loaded, PolicySources};
 
 /// A policy document held in memory rather than in a file: its name (whose
@@ -93,7 +93,7 @@ fn compile_binding(
 ) {
     let at = spec.at;
     // A `--member` flag means "may invoke", whatever roles are configured.
-    if at.file != MEMBER_FLAG_SOURCE && !roles.contains(&at.role) {
+    if !(at.file == MEMBER_FLAG_SOURCE || roles.contains(&at.role)) {
         // Version 1 reads of a conditional policy rename the role, so the
         // binding silently stops granting: worth more than a debug line.
         if at.role.contains("_withcond_") {
@@ -124,8 +124,14 @@ fn compile_binding(
             }
         });
     let mut members: Vec<(&str, Member)> = Vec::with_capacity(spec.members.len());
+    let from_flag = at.file == MEMBER_FLAG_SOURCE;
     for raw in &spec.members {
-        match parse_member(raw, pools) {
+        let parsed = if from_flag {
+            parse_member(raw, pools)
+        } else {
+            parse_file_member(raw, pools)
+        };
+        match parsed {
             Ok(parsed) => {
                 if let Some(w) = parsed.warning {
                     warnings.push(format!("{at}: member {raw:?} {w}"));

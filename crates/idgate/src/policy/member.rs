@@ -15,6 +15,10 @@ pub(super) enum Member {
     /// `deleted:…`: IAM keeps these until the binding is edited; they never
     /// match, not even a new account that reuses the email.
     Deleted,
+    /// A member IAM accepts that no ID token idgate verifies can name (a
+    /// GKE Kubernetes service account, another pool, a pool group, a
+    /// project's service accounts by number): in a policy file only.
+    Unmatchable,
     Principal {
         pool: String,
         subject: String,
@@ -117,6 +121,79 @@ pub(super) fn parse_member(raw: &str, pools: &[String]) -> Result<Parsed, String
         )),
         _ => Err(format!("unknown member type {kind:?}")),
     }
+}
+
+/// Parses a member of a policy file. The file is a policy IAM accepted
+/// (a project's holds members for every role, from every pool), so a
+/// member of a kind IAM knows that no ID token idgate verifies can name is
+/// a warning that it never matches rather than an error that refuses the
+/// whole policy. Typos and unknown kinds are still errors; `--member`
+/// flags, written for idgate, use [`parse_member`].
+pub(super) fn parse_file_member(raw: &str, pools: &[String]) -> Result<Parsed, String> {
+    let error = match parse_member(raw, pools) {
+        Ok(parsed) => return Ok(parsed),
+        Err(e) => e,
+    };
+    let never = |why: String| {
+        Ok(Parsed {
+            member: Member::Unmatchable,
+            warning: Some(why),
+        })
+    };
+    if let Some(ksa) = raw.strip_prefix("serviceAccount:")
+        && let Some((project, rest)) = ksa.split_once(".svc.id.goog[")
+        && let Some(name) = rest.strip_suffix(']')
+        && !project.is_empty()
+        && name
+            .split_once('/')
+            .is_some_and(|(ns, sa)| !ns.is_empty() && !sa.is_empty())
+    {
+        return never(
+            "is a Kubernetes service account (GKE Workload Identity), which has no ID token \
+             of its own: it never matches"
+                .into(),
+        );
+    }
+    if let Some(rest) = raw.strip_prefix("principalSet://cloudresourcemanager.googleapis.com/")
+        && let [kind, number, "type", "ServiceAccount"] = rest.split('/').collect::<Vec<_>>()[..]
+        && matches!(kind, "projects" | "folders" | "organizations")
+        && !number.is_empty()
+        && number.bytes().all(|b| b.is_ascii_digit())
+    {
+        return never(
+            "names service accounts by project, folder or organization number, which an ID \
+             token does not carry: it never matches (name the service accounts instead)"
+                .into(),
+        );
+    }
+    let pooled = raw
+        .strip_prefix("principal://")
+        .or_else(|| raw.strip_prefix("principalSet://"));
+    if let Some(rest) = pooled {
+        if let Some((pool, group)) = rest.split_once("/group/")
+            && !pool.is_empty()
+            && !group.is_empty()
+        {
+            return never(
+                "names a pool group, which ID tokens do not carry: it never matches".into(),
+            );
+        }
+        // Well formed for its own pool, which is not configured.
+        let pool = ["/subject/", "/attribute.", "/*"]
+            .iter()
+            .filter_map(|m| rest.find(m))
+            .min()
+            .map(|at| &rest[..at]);
+        if let Some(pool) = pool
+            && !pools.iter().any(|p| p == pool)
+            && parse_member(raw, &[pool.to_owned()]).is_ok()
+        {
+            return never(format!(
+                "is of pool {pool:?}, which no --issuer-pool names: it never matches"
+            ));
+        }
+    }
+    Err(error)
 }
 
 /// Parses a member of a group in the groups file: users, service accounts
@@ -366,6 +443,41 @@ mod tests {
         assert_eq!(w("serviceAccount:alice@example.com"), Ok(true));
         assert_eq!(w("deleted:user:a@b.c?uid=1"), Ok(true));
         assert_eq!(w("user:alice@example.com"), Ok(false));
+    }
+
+    #[test]
+    fn unmatchable_members_of_a_file_warn_and_of_a_flag_fail() {
+        let unmatchable = [
+            "serviceAccount:my-project.svc.id.goog[ci/runner]",
+            "principalSet://cloudresourcemanager.googleapis.com/projects/123/type/ServiceAccount",
+            "principalSet://iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/gh/attribute.repository/o/r",
+            "principal://iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/gh/subject/x",
+            "principalSet://iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/gh/*",
+            "principalSet://iam.googleapis.com/locations/global/workforcePools/staff/group/eng",
+        ];
+        for raw in unmatchable {
+            let parsed = parse_file_member(raw, &[POOL.to_owned()]).unwrap();
+            assert_eq!(parsed.member, Member::Unmatchable, "{raw}");
+            assert!(parsed.warning.unwrap().contains("never matches"), "{raw}");
+            assert!(parse_member(raw, &[POOL.to_owned()]).is_err(), "{raw}");
+        }
+        // Still errors in a file: malformed, or of no kind IAM has.
+        for raw in [
+            "serviceAccount:my-project.svc.id.goog[runner]",
+            "principalSet://cloudresourcemanager.googleapis.com/projects/abc/type/ServiceAccount",
+            "principal://iam.googleapis.com/x/subject/",
+            "principalSet://pool/attribute.x",
+            "robot:x",
+            "allusers",
+        ] {
+            assert!(parse_file_member(raw, &[POOL.to_owned()]).is_err(), "{raw}");
+        }
+        // A configured pool's members parse as themselves.
+        let own = format!("principal://{POOL}/subject/x");
+        assert!(matches!(
+            parse_file_member(&own, &[POOL.to_owned()]).unwrap().member,
+            Member::Principal { .. }
+        ));
     }
 
     #[test]

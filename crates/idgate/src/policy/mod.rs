@@ -21,9 +21,12 @@
 //! | `principalSet://POOL/*` | any identity of the pool's issuer |
 //!
 //! Emails and domains compare ASCII-case-insensitively, with no Unicode
-//! folding and no `+tag` or dot stripping. Anything else is a configuration
-//! error, reported with its file, binding and member; a policy with errors is
-//! never used.
+//! folding and no `+tag` or dot stripping. A policy file's members that IAM
+//! knows but no verified ID token can name (a GKE Kubernetes service
+//! account, a pool no issuer maps to, a pool group, a project's service
+//! accounts by number) never match, with a warning. Anything else is a
+//! configuration error, reported with its file, binding and member; a policy
+//! with errors is never used.
 //!
 //! Conditions are CEL, compiled by the `cel` crate, over `request.time`,
 //! `request.path`, `request.host` and `request.method`. One that fails when
