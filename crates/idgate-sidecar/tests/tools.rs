@@ -457,6 +457,17 @@ fn check_denies_with_the_reason_code() {
         .expect_stdout("is not a configured issuer")
         .expect_stdout("DENIED   unknown_issuer");
 
+    // Google's iss, with Google not trusted: not described as configured.
+    let mut claims = issuer.claims(ALICE, AUD);
+    claims["iss"] = json!("https://accounts.google.com");
+    let googley = issuer.mint(&claims);
+    check(dir.path(), &issuer, &googley, &["--google-issuer", "false"])
+        .expect_code(1)
+        .expect_stdout("issuer      FAIL")
+        .expect_no_stdout("Google (keys from")
+        .expect_stdout(&format!("(configured: {})", issuer.url()))
+        .expect_stdout("DENIED   unknown_issuer");
+
     // Not a token at all.
     check(dir.path(), &issuer, "not-a-token", &[])
         .expect_code(1)

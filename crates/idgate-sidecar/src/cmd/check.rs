@@ -258,7 +258,7 @@ fn key_url(settings: &Settings, issuer_name: &str, discovered: Option<&str>) -> 
 /// The configured issuer an `iss` names: its name (the verifier's label)
 /// and a description.
 fn configured_issuer(settings: &Settings, iss: &str) -> Option<(String, String)> {
-    if GOOGLE_ISSUERS.contains(&iss) {
+    if settings.verifier.google && GOOGLE_ISSUERS.contains(&iss) {
         let keys = key_url(settings, "google", None);
         return Some(("google".into(), format!("Google (keys from {keys})")));
     }
@@ -283,10 +283,19 @@ fn configured_issuer(settings: &Settings, iss: &str) -> Option<(String, String)>
 }
 
 fn issuer_names(settings: &Settings) -> String {
-    std::iter::once("Google (https://accounts.google.com, accounts.google.com)".to_owned())
+    let google = settings
+        .verifier
+        .google
+        .then(|| "Google (https://accounts.google.com, accounts.google.com)".to_owned());
+    let names: Vec<String> = google
+        .into_iter()
         .chain(settings.verifier.issuers.iter().map(|i| i.issuer.clone()))
-        .collect::<Vec<_>>()
-        .join(", ")
+        .collect();
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names.join(", ")
+    }
 }
 
 /// Which step a verifier rejection belongs to.

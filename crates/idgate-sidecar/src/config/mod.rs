@@ -399,13 +399,16 @@ fn resolve(
         value(&mut src, "--admin-listen", parse::address),
         defaults::ADMIN_LISTEN.parse().ok(),
     );
+    // The same port on overlapping addresses: one of the two binds fails
+    // (0.0.0.0:9090 takes 127.0.0.1:9090 too).
     if let (Some(l), Some(a)) = (listen, admin_listen)
-        && l == a
+        && l.port() == a.port()
         && l.port() != 0
+        && (l.ip() == a.ip() || l.ip().is_unspecified() || a.ip().is_unspecified())
     {
         src.errors.push(ConfigError::Conflict {
             origin: src.origin("--admin-listen").unwrap_or(Origin::Default),
-            message: format!("same address as --listen ({l})"),
+            message: format!("{a} overlaps --listen ({l}): same port"),
         });
     }
 
@@ -628,11 +631,17 @@ fn resolve(
         }
         policy.files = files;
     }
-    if let Some((mut files, origin)) = src.paths("--groups")
-        && let Some(path) = files.pop()
-    {
-        check_readable(&mut src.errors, &origin, &path);
-        policy.groups_file = Some(path);
+    if let Some((mut files, origin)) = src.paths("--groups") {
+        if files.len() > 1 {
+            // A TOML list: one groups file only, not the last one silently.
+            src.errors.push(ConfigError::Conflict {
+                origin: origin.clone(),
+                message: format!("one groups file only, {} given", files.len()),
+            });
+        } else if let Some(path) = files.pop() {
+            check_readable(&mut src.errors, &origin, &path);
+            policy.groups_file = Some(path);
+        }
     }
     let mut member_syntax_ok = true;
     let members_origin = src.origin("--member");

@@ -256,6 +256,13 @@ fn relative_paths_in_the_file_are_from_its_directory() {
     assert_eq!(s.policy.files, [f.dir.path().join("policy.json")]);
     assert_eq!(s.policy.groups_file, Some(f.dir.path().join("groups.yaml")));
     assert_eq!(s.policy.watched_files().len(), 2);
+
+    // One groups file: a list is an error, not its last entry.
+    let f = config_file(
+        "audience = \"a\"\nupstream = \"http://u:1\"\nmember = [\"allUsers\"]\ngroups = [\"g1.yaml\", \"g2.yaml\"]\n",
+    );
+    let e = load_err(&["--config", f.path.to_str().unwrap()], &[]);
+    assert!(e.contains("one groups file only, 2 given"), "{e}");
 }
 
 #[test]
@@ -380,7 +387,10 @@ fn conflicts() {
         ],
         &[],
     );
-    assert!(e.contains("default: same address as --listen"), "{e}");
+    assert!(
+        e.contains("default: 127.0.0.1:9090 overlaps --listen (127.0.0.1:9090)"),
+        "{e}"
+    );
     assert!(
         e.contains("--jwks-min-ttl: 2h is longer than the maximum TTL 1h"),
         "{e}"
@@ -389,6 +399,19 @@ fn conflicts() {
         e.contains("--request-timeout: must be greater than zero"),
         "{e}"
     );
+    // The wildcard takes the port on every address, loopback included.
+    let mut flags = MINIMAL.to_vec();
+    flags.extend(["--listen", "0.0.0.0:9090"]);
+    let e = load_err(&flags, &[]);
+    assert!(e.contains("overlaps --listen (0.0.0.0:9090)"), "{e}");
+    let mut flags = MINIMAL.to_vec();
+    flags.extend([
+        "--listen",
+        "127.0.0.1:9090",
+        "--admin-listen",
+        "127.0.0.2:9090",
+    ]);
+    load_ok(&flags, &[]);
 }
 
 #[test]
