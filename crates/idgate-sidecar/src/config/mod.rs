@@ -513,6 +513,19 @@ fn resolve(
         }
         b
     });
+    if google {
+        for iss in &issuers.0 {
+            if idgate::verifier::GOOGLE_ISSUERS.contains(&iss.trim_end_matches('/')) {
+                src.errors.push(ConfigError::Conflict {
+                    origin: issuers.1.clone(),
+                    message: format!(
+                        "{iss} is Google's issuer, trusted already (--google-issuer false to \
+                         trust only the --issuer list)"
+                    ),
+                });
+            }
+        }
+    }
     let mut extra_issuers = extra_issuers;
     let trust_emails =
         value(&mut src, "--issuer-trust-emails", parse::boolean).map(|(b, origin)| {
@@ -595,6 +608,12 @@ fn resolve(
         value(&mut src, "--max-token-bytes", parse::positive),
         Some(defaults::MAX_TOKEN_BYTES as u64),
     );
+    if max_token_bytes.is_some_and(|n| n < 64) {
+        src.errors.push(ConfigError::Conflict {
+            origin: src.origin("--max-token-bytes").unwrap_or(Origin::Default),
+            message: "under 64 bytes, too small for any JWT".into(),
+        });
+    }
     let token_cache_capacity = or_default(
         value(&mut src, "--token-cache-capacity", parse::count),
         Some(defaults::TOKEN_CACHE_CAPACITY),

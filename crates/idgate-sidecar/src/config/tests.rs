@@ -399,6 +399,20 @@ fn conflicts() {
         e.contains("--request-timeout: must be greater than zero"),
         "{e}"
     );
+    // What the verifier would refuse is reported with the rest.
+    let mut flags = MINIMAL.to_vec();
+    flags.extend([
+        "--max-token-bytes",
+        "10",
+        "--issuer",
+        "https://accounts.google.com",
+        "--listen",
+        "nope",
+    ]);
+    let e = load_err(&flags, &[]);
+    assert!(e.contains("too small for any JWT"), "{e}");
+    assert!(e.contains("is Google's issuer, trusted already"), "{e}");
+    assert!(e.contains("--listen"), "{e}");
     // The wildcard takes the port on every address, loopback included.
     let mut flags = MINIMAL.to_vec();
     flags.extend(["--listen", "0.0.0.0:9090"]);
