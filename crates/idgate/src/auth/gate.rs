@@ -225,18 +225,16 @@ impl Gate {
 
     /// Whether `path` is under a public prefix.
     pub fn is_public(&self, path: &str) -> bool {
-        // A path the upstream could read as another one (dot segments,
-        // `..;`, `//`, escapes) is never public.
-        if path.contains('%') || crate::policy::ambiguous_path(path).is_some() {
-            return false;
-        }
-        self.public_paths.iter().any(|p| {
+        let under_a_prefix = self.public_paths.iter().any(|p| {
             p == "/"
                 || path == p
                 || (path.len() > p.len()
                     && path.starts_with(p.as_str())
                     && path.as_bytes()[p.len()] == b'/')
-        })
+        });
+        // A path the upstream could read as another one (dot segments,
+        // `..;`, `//`, escapes) is never public.
+        under_a_prefix && !path.contains('%') && crate::policy::ambiguous_path(path).is_none()
     }
 
     /// Decide about one request.
