@@ -56,7 +56,7 @@ pub struct Running {
 pub async fn start(settings: &Settings, wiring: Wiring) -> anyhow::Result<Running> {
     let listener = TcpListener::bind(settings.listen)
         .await
-        .with_context(|| format!("cannot listen on {} (--listen)", settings.listen))?;
+        .with_context(|| format!("cannot listen on {} (--listen, or $PORT)", settings.listen))?;
     let admin_listener = TcpListener::bind(settings.admin_listen)
         .await
         .with_context(|| {
