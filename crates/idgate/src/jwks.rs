@@ -438,14 +438,17 @@ impl KeyCache {
         let mut snap = inner.current.load_full();
         match &snap {
             Some(s) if now < s.refresh_at => {}
-            Some(_) => {
+            Some(s) if inner.usable(s, now) => {
                 // Due, or past expiry while fetches fail: refresh behind the
                 // request's back and keep serving what we have (until
-                // `stale_if_error` runs out). Only a cold cache makes a
-                // request wait on the network.
+                // `stale_if_error` runs out). Only a cache with nothing
+                // usable makes a request wait on the network.
                 drop(inner.start(Trigger::Scheduled));
             }
-            None => {
+            _ => {
+                // Cold, or stale past `stale_if_error`: wait for the fetch
+                // (the running one, or a new one unless backing off), so
+                // the first request after the issuer heals is served.
                 if let Some(f) = inner.start(Trigger::Scheduled) {
                     f.await;
                 }

@@ -581,6 +581,12 @@ async fn failing_or_hanging_endpoints_leave_cached_keys_serving() {
         Reason::KeysUnavailable
     );
     assert!(!s.verifier.is_ready());
+    // Once the issuer heals (and the backoff has run out), the first
+    // request waits for the fetch, as with a cold cache, and is served.
+    s.kit.set_failure(Failure::None);
+    s.clock.advance(Duration::from_secs(120));
+    s.verifier.verify(&s.kit.mint(&s.claims())).await.unwrap();
+    assert!(s.verifier.is_ready());
 }
 
 #[tokio::test]
