@@ -17,20 +17,20 @@ use crate::metrics::Metrics;
 /// every issuer).
 pub type ReadyCheck = Arc<dyn Fn() -> bool + Send + Sync>;
 
-/// Readiness as `/readyz` reports it: the check, asked each time (keys
-/// usable for every issuer: a failed refresh keeps old keys usable for
-/// `--jwks-stale-if-error`, and only past that do requests get 503 and the
-/// sidecar stop being ready), and not ready once shutdown begins (so load
+/// Readiness as `/readyz` reports it: it flips to ready once, the first
+/// time the check passes, and back only when shutdown begins (so load
 /// balancers stop sending while in-flight requests drain).
 #[derive(Clone)]
 pub struct Readiness {
     check: ReadyCheck,
+    ready: Arc<AtomicBool>,
     draining: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Readiness {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Readiness")
+            .field("ready", &self.ready.load(Ordering::Relaxed))
             .field("draining", &self.draining.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
@@ -41,13 +41,24 @@ impl Readiness {
     pub fn new(check: ReadyCheck) -> Readiness {
         Readiness {
             check,
+            ready: Arc::new(AtomicBool::new(false)),
             draining: Arc::new(AtomicBool::new(false)),
         }
     }
 
     /// Whether to answer `/readyz` with 200.
     pub fn is_ready(&self) -> bool {
-        !self.draining.load(Ordering::Acquire) && (self.check)()
+        if self.draining.load(Ordering::Acquire) {
+            return false;
+        }
+        if self.ready.load(Ordering::Acquire) {
+            return true;
+        }
+        let now = (self.check)();
+        if now {
+            self.ready.store(true, Ordering::Release);
+        }
+        now
     }
 
     /// Shutdown has begun: not ready from now on.
@@ -92,21 +103,30 @@ async fn metrics_text(State(s): State<AdminState>) -> impl IntoResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicUsize;
 
     #[test]
-    fn readiness_follows_the_check_then_drains() {
-        let keys_usable = Arc::new(AtomicBool::new(false));
-        let k = keys_usable.clone();
-        let r = Readiness::new(Arc::new(move || k.load(Ordering::Relaxed)));
+    fn readiness_latches_then_drains() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let keys_loaded = Arc::new(AtomicBool::new(false));
+        let (c, k) = (calls.clone(), keys_loaded.clone());
+        let r = Readiness::new(Arc::new(move || {
+            c.fetch_add(1, Ordering::Relaxed);
+            k.load(Ordering::Relaxed)
+        }));
         assert!(!r.is_ready());
-        keys_usable.store(true, Ordering::Relaxed);
+        keys_loaded.store(true, Ordering::Relaxed);
         assert!(r.is_ready());
-        // Keys past their stale-if-error window: every request gets 503,
-        // and the sidecar says so.
-        keys_usable.store(false, Ordering::Relaxed);
-        assert!(!r.is_ready());
-        keys_usable.store(true, Ordering::Relaxed);
-        assert!(r.is_ready());
+        keys_loaded.store(false, Ordering::Relaxed);
+        assert!(
+            r.is_ready(),
+            "flips once: a later failed refresh keeps old keys serving"
+        );
+        assert_eq!(
+            calls.load(Ordering::Relaxed),
+            2,
+            "the check is not called once ready"
+        );
         r.start_draining();
         assert!(!r.is_ready());
     }
