@@ -227,7 +227,8 @@ mod policy {
         assert_eq!(json.policy.binding_count(), 3 + 2);
         assert_eq!(yaml.policy.binding_count(), 3 + 2);
         assert_eq!(json.policy.member_count(), 5 + 1 + 1 + 2 + 1);
-        // The deleted member is worth a warning; nothing in other roles is.
+        // The deleted member is worth a warning, and so is the condition
+        // that excludes a path; nothing in other roles is.
         assert_eq!(
             json.warnings,
             yaml.warnings
@@ -240,7 +241,14 @@ mod policy {
             "{:?}",
             json.warnings
         );
-        assert_eq!(json.warnings.len(), 1, "{:?}", json.warnings);
+        assert!(
+            json.warnings
+                .iter()
+                .any(|w| w.contains("negates a test of request.path")),
+            "{:?}",
+            json.warnings
+        );
+        assert_eq!(json.warnings.len(), 2, "{:?}", json.warnings);
 
         // A grant names the file it came from.
         let Decision::Allowed(g) = json

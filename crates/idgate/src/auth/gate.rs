@@ -233,7 +233,7 @@ impl Gate {
                     && path.as_bytes()[p.len()] == b'/')
         });
         // A path the upstream could read as another one (dot segments,
-        // `..;`, `//`, escapes) is never public.
+        // `;parameters`, `//`, escapes) is never public.
         under_a_prefix && !path.contains('%') && crate::policy::ambiguous_path(path).is_none()
     }
 

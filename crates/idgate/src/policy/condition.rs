@@ -49,6 +49,8 @@ pub(super) struct Condition {
     /// Whether it reads `request.path`: then it does not hold for a path
     /// that an upstream could read as another ([`ambiguous_path`]).
     reads_path: bool,
+    /// Said at load: the expression negates a test of the path.
+    pub warning: Option<String>,
 }
 
 impl std::fmt::Debug for Condition {
@@ -127,10 +129,19 @@ impl Condition {
             problems: &mut problems,
             functions: HashSet::new(),
             reads_path: false,
+            negated: 0,
+            negates_path: false,
         };
         checker.walk(program.expression());
         let functions = std::mem::take(&mut checker.functions);
         let reads_path = checker.reads_path;
+        let warning = checker.negates_path.then(|| {
+            "negates a test of request.path: an upstream that ignores letter case or a \
+             trailing slash (Express, ASP.NET, older Spring) serves an excluded path under \
+             spellings the test does not exclude (/ADMIN, /admin/); prefer a list of the \
+             paths that may be called"
+                .to_owned()
+        });
         let probe = Context::with_env(env.clone());
         for (name, member) in functions {
             if !function_exists(&probe, &name, member) {
@@ -163,6 +174,7 @@ impl Condition {
             expression: spec.expression.clone(),
             program,
             reads_path,
+            warning,
         })
     }
 
@@ -201,20 +213,25 @@ pub(super) fn request_context(ctx: &RequestContext<'_>) -> Context<'static, 'sta
 
 /// Why `path` could name a different resource once an upstream decodes or
 /// normalises it, if it could: a condition on `request.path` (and a public
-/// path) must not hold for `/x/../admin`, `/x/..;/admin`, `//admin` or
+/// path) must not hold for `/x/../admin`, `/admin;x`, `//admin` or
 /// `/%61dmin` because the text does not start with `/admin`, when the
 /// upstream serves `/admin` for each. Escapes of other bytes (`%20`,
-/// UTF-8) stay allowed.
+/// UTF-8) stay allowed. Letter case and a trailing slash are not judged
+/// here (a case-sensitive upstream tells `/Admin` from `/admin`): a
+/// condition that negates a path test is warned about at load instead.
 pub fn ambiguous_path(path: &str) -> Option<&'static str> {
     let bytes = path.as_bytes();
     if bytes.contains(&b'\\') {
         return Some("holds a backslash");
     }
+    // Servlet containers drop a segment's `;parameters`: `/admin;x` is
+    // `/admin` to them, and `..;` is `..`.
+    if bytes.contains(&b';') {
+        return Some("has a ;parameter");
+    }
     let mut segments = path.split('/').skip(1).peekable();
     while let Some(segment) = segments.next() {
-        // Servlet containers drop a segment's `;parameters`, so `..;x` is
-        // `..` to them.
-        match segment.split(';').next().unwrap_or_default() {
+        match segment {
             "." | ".." => return Some("has a dot segment"),
             "" if segments.peek().is_some() => return Some("has an empty segment (//)"),
             _ => {}
@@ -265,6 +282,9 @@ struct Checker<'a> {
     problems: &'a mut Vec<String>,
     functions: HashSet<(String, bool)>,
     reads_path: bool,
+    /// How many `!_` / `_!=_` the walk is inside.
+    negated: usize,
+    negates_path: bool,
 }
 
 impl<'a> Checker<'a> {
@@ -294,6 +314,7 @@ impl<'a> Checker<'a> {
                     && !self.bound.contains(&"request")
                 {
                     self.reads_path |= sel.field == "path";
+                    self.negates_path |= sel.field == "path" && self.negated > 0;
                     if !REQUEST_FIELDS.contains(&sel.field.as_str()) {
                         self.problem(format!(
                             "unknown field request.{} (a condition may use request.{})",
@@ -316,12 +337,15 @@ impl<'a> Checker<'a> {
                     self.functions
                         .insert((call.func_name.clone(), call.target.is_some()));
                 }
+                let negation = matches!(call.func_name.as_str(), "!_" | "_!=_");
+                self.negated += usize::from(negation);
                 if let Some(t) = &call.target {
                     self.walk(t);
                 }
                 for a in &call.args {
                     self.walk(a);
                 }
+                self.negated -= usize::from(negation);
             }
             Expr::Comprehension(c) => {
                 self.walk(&c.iter_range);
@@ -588,6 +612,9 @@ mod tests {
             "/x/.",
             "/x/..;/admin",
             "/x/..;jsessionid=1/admin",
+            "/admin;x",
+            "/admin;/users",
+            "/x;jsessionid=1/y",
             "//admin",
             "/a//b",
             "/%61dmin",
@@ -609,7 +636,6 @@ mod tests {
             "/a/b/",
             "/a%20b",
             "/caf%C3%A9",
-            "/x;jsessionid=1/y",
             "/...",
             "/.well-known/openid-configuration",
             "*",
@@ -644,5 +670,19 @@ mod tests {
         // A condition that does not read the path is not affected.
         let get_only = compile(r#"request.method == "GET""#).unwrap();
         assert_eq!(eval(&get_only, "/x/../admin"), Outcome::True);
+    }
+
+    #[test]
+    fn negated_path_tests_are_warned_about() {
+        let warned = |expr: &str| compile(expr).unwrap().warning.is_some();
+        assert!(warned(r#"!request.path.startsWith("/admin")"#));
+        assert!(warned(r#"request.path != "/admin""#));
+        assert!(warned(
+            r#"request.method == "GET" && !(request.path in ["/a", "/b"])"#
+        ));
+        assert!(!warned(r#"request.path.startsWith("/reports/")"#));
+        assert!(!warned(
+            r#"request.method != "POST" && request.path.startsWith("/r/")"#
+        ));
     }
 }

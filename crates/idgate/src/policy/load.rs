@@ -113,7 +113,12 @@ fn compile_binding(
         .condition
         .as_ref()
         .and_then(|c| match Condition::compile(c) {
-            Ok(compiled) => Some(compiled),
+            Ok(compiled) => {
+                if let Some(w) = &compiled.warning {
+                    warnings.push(format!("{at}: condition {:?} {w}", compiled.name));
+                }
+                Some(compiled)
+            }
             Err(problems) => {
                 errors.extend(problems.into_iter().map(|message| PolicyError::Condition {
                     at: at.clone(),

@@ -32,7 +32,7 @@
 //! `request.path`, `request.host` and `request.method`. One that fails when
 //! evaluated, or gives something other than a bool, does not hold; so does
 //! one that reads `request.path` when the path could reach the upstream as
-//! another path (dot segments, `..;`, `//`, a backslash, an escaped
+//! another path (dot segments, a `;parameter`, `//`, a backslash, an escaped
 //! letter, digit, `.`, `/` or `%`: [`ambiguous_path`]). An
 //! expression may be at most 4 KiB long and 32 levels deep, so that no
 //! policy file can exhaust a thread's stack.
