@@ -169,31 +169,36 @@ pub(super) fn parse_file_member(raw: &str, pools: &[String]) -> Result<Parsed, S
     let pooled = raw
         .strip_prefix("principal://")
         .or_else(|| raw.strip_prefix("principalSet://"));
-    if let Some(rest) = pooled {
-        if let Some((pool, group)) = rest.split_once("/group/")
-            && !pool.is_empty()
-            && !group.is_empty()
-        {
-            return never(
-                "names a pool group, which ID tokens do not carry: it never matches".into(),
-            );
-        }
-        // Well formed for its own pool, which is not configured.
-        let pool = ["/subject/", "/attribute.", "/*"]
-            .iter()
-            .filter_map(|m| rest.find(m))
-            .min()
-            .map(|at| &rest[..at]);
-        if let Some(pool) = pool
-            && !pools.iter().any(|p| p == pool)
-            && parse_member(raw, &[pool.to_owned()]).is_ok()
-        {
+    if let Some((pool, tail)) = pooled.and_then(pool_and_tail) {
+        if !pools.iter().any(|p| p == pool) {
             return never(format!(
                 "is of pool {pool:?}, which no --issuer-pool names: it never matches"
             ));
         }
+        // Sets of a configured pool that ID tokens cannot show membership
+        // of (Google groups, GKE namespaces and clusters).
+        if ["group/", "namespace/", "kubernetes.cluster/"]
+            .iter()
+            .any(|kind| tail.starts_with(kind))
+        {
+            return never(format!(
+                "names a set of pool {pool:?} that ID tokens do not show membership of: \
+                 it never matches"
+            ));
+        }
     }
     Err(error)
+}
+
+/// A workload or workforce identity pool's path at the start of `rest`
+/// (`…/workloadIdentityPools/P`, `…/workforcePools/P`), and what follows it.
+fn pool_and_tail(rest: &str) -> Option<(&str, &str)> {
+    let at = ["/workloadIdentityPools/", "/workforcePools/"]
+        .iter()
+        .find_map(|m| rest.find(m).map(|i| i + m.len()))?;
+    let end = at + rest[at..].find('/')?;
+    let (pool, tail) = (&rest[..end], &rest[end + 1..]);
+    (end > at && !tail.is_empty()).then_some((pool, tail))
 }
 
 /// Parses a member of a group in the groups file: users, service accounts
@@ -454,6 +459,9 @@ mod tests {
             "principal://iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/gh/subject/x",
             "principalSet://iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/gh/*",
             "principalSet://iam.googleapis.com/locations/global/workforcePools/staff/group/eng",
+            "principalSet://iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p.svc.id.goog/namespace/ci",
+            "principalSet://iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p.svc.id.goog/kubernetes.cluster/https://container.googleapis.com/v1/projects/p/locations/l/clusters/c",
+            "principalSet://iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p/group/g",
         ];
         for raw in unmatchable {
             let parsed = parse_file_member(raw, &[POOL.to_owned()]).unwrap();
@@ -467,6 +475,8 @@ mod tests {
             "principalSet://cloudresourcemanager.googleapis.com/projects/abc/type/ServiceAccount",
             "principal://iam.googleapis.com/x/subject/",
             "principalSet://pool/attribute.x",
+            "principal://iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p/subject/",
+            "principalSet://iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p/everyone",
             "robot:x",
             "allusers",
         ] {
