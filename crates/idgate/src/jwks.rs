@@ -344,6 +344,12 @@ pub enum DiscoveryError {
         #[source]
         source: reqwest::Error,
     },
+    /// The answer is over 1 MiB.
+    #[error("{url} answered over 1 MiB")]
+    TooLarge {
+        /// The discovery URL.
+        url: String,
+    },
     /// The answer is not a discovery document.
     #[error("{url} is not a discovery document")]
     Document {
@@ -364,6 +370,9 @@ pub enum DiscoveryError {
     NoJwksUri,
 }
 
+/// The largest discovery document read.
+const MAX_DISCOVERY_BYTES: usize = 1 << 20;
+
 /// Reads an issuer's JWKS URL from its discovery document, whose `issuer`
 /// must be `issuer` exactly.
 pub async fn discover_jwks_url(
@@ -380,15 +389,20 @@ pub async fn discover_jwks_url(
         url: url.clone(),
         source,
     };
-    let body = client
+    let mut resp = client
         .get(&url)
         .send()
         .await
         .and_then(reqwest::Response::error_for_status)
-        .map_err(fetch)?
-        .bytes()
-        .await
         .map_err(fetch)?;
+    // A discovery document is a few KiB; 1 MiB, as for a key set, is plenty.
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(fetch)? {
+        if body.len() + chunk.len() > MAX_DISCOVERY_BYTES {
+            return Err(DiscoveryError::TooLarge { url });
+        }
+        body.extend_from_slice(&chunk);
+    }
     let doc: Doc = serde_json::from_slice(&body).map_err(|source| DiscoveryError::Document {
         url: url.clone(),
         source,
