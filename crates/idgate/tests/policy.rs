@@ -59,6 +59,29 @@ mod policy {
         }
     }
 
+    #[test]
+    fn all_authenticated_users_with_pools_configured_is_explained_at_load() {
+        let warnings = |pools: Vec<String>| {
+            let sources = PolicySources {
+                members: vec!["allAuthenticatedUsers".into()],
+                pools,
+                ..PolicySources::default()
+            };
+            match Policy::load(&sources) {
+                Ok(l) => l.warnings,
+                Err(e) => panic!("{e}"),
+            }
+        };
+        let with_pool = warnings(vec![POOL.into()]);
+        assert!(
+            with_pool
+                .iter()
+                .any(|w| w.contains("Google identities only")),
+            "{with_pool:?}"
+        );
+        assert!(warnings(Vec::new()).is_empty());
+    }
+
     fn ctx() -> RequestContext<'static> {
         let clock = ManualClock::new(Duration::from_secs(1_800_000_000));
         RequestContext::from_clock(&clock, "GET", "svc.example.com", "/")

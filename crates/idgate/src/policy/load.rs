@@ -141,6 +141,13 @@ fn compile_binding(
                 if let Some(w) = parsed.warning {
                     warnings.push(format!("{at}: member {raw:?} {w}"));
                 }
+                if parsed.member == Member::AllAuthenticatedUsers && !pools.is_empty() {
+                    warnings.push(format!(
+                        "{at}: member \"allAuthenticatedUsers\" admits Google identities only, \
+                         as in IAM, not the callers of --issuer-pool issuers: name them with \
+                         principalSet://POOL/* if they are meant"
+                    ));
+                }
                 members.push((raw, parsed.member));
             }
             Err(message) => errors.push(PolicyError::Member {
