@@ -185,6 +185,14 @@ async fn nginx_auth_request_in_front_of_an_upstream() {
         .await
         .expect("forged x-forwarded-uri");
     assert_eq!(res.status(), 500, "a client's X-Forwarded-Uri");
+    // Nor a gRPC content type: its refusal must stay a 401 to nginx.
+    let res = c
+        .get(format!("{base}/app/items"))
+        .header("content-type", "application/grpc")
+        .send()
+        .await
+        .expect("grpc content type");
+    assert_eq!(res.status(), 401, "a client's gRPC content type");
     assert_eq!(
         up.hits(),
         hits,
@@ -193,16 +201,16 @@ async fn nginx_auth_request_in_front_of_an_upstream() {
 
     // idgate judged the original request, not the subrequest's /.
     // (Log lines are read from a pipe: wait for them rather than assume.)
-    let denials: Vec<Value> = eventually("3 denials in the log", Duration::from_secs(10), || {
+    let denials: Vec<Value> = eventually("4 denials in the log", Duration::from_secs(10), || {
         let denials: Vec<Value> = idgate
             .json_logs()
             .into_iter()
             .filter(|v| v["message"] == "request denied")
             .collect();
-        std::future::ready((denials.len() >= 3).then_some(denials))
+        std::future::ready((denials.len() >= 4).then_some(denials))
     })
     .await;
-    assert_eq!(denials.len(), 3, "{denials:?}");
+    assert_eq!(denials.len(), 4, "{denials:?}");
     assert!(
         denials.iter().all(|v| v["http.path"] == "/app/items"),
         "{denials:?}"

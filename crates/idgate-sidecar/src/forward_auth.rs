@@ -21,7 +21,7 @@
 //! another request judged: when both of a pair are present and differ, the
 //! subrequest is refused (400 `conflicting_forwarded_headers`).
 
-use http::header::HOST;
+use http::header::{CONTENT_TYPE, HOST};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
 
 use crate::Body;
@@ -150,7 +150,14 @@ fn origin_form(bytes: &[u8]) -> Option<Uri> {
 }
 
 /// Makes the subrequest look like the original request, for the gate.
+///
+/// Its `Content-Type` goes: the answer is for the front proxy, which reads
+/// only its HTTP status, and a client's `application/grpc` (passed on by
+/// nginx and Traefik) would otherwise get refusals in gRPC's trailers-only
+/// form, HTTP 200 with the error in `grpc-status`, which the proxy takes
+/// for "allowed".
 pub fn rewrite<B>(req: &mut Request<B>) -> Result<(), ForwardedError> {
+    req.headers_mut().remove(CONTENT_TYPE);
     let original = original_request(req)?;
     *req.method_mut() = original.method;
     *req.uri_mut() = original.uri;
@@ -255,7 +262,10 @@ mod tests {
             ("x-forwarded-uri", "/x"),
             ("x-forwarded-host", "app"),
         ]);
+        r.headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
         rewrite(&mut r).unwrap();
+        assert!(!r.headers().contains_key(CONTENT_TYPE));
         assert_eq!(r.method(), Method::PUT);
         assert_eq!(r.uri(), "/x");
         assert_eq!(r.headers()["host"], "app");

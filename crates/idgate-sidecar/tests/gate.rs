@@ -407,6 +407,21 @@ async fn forward_auth_judges_the_original_request() {
 
     let (status, _, _) = send(&c, get_req(&auth, &[("x-original-uri", "/private")])).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // A client's gRPC content type must not turn the refusal into gRPC's
+    // trailers-only form (HTTP 200), which the front proxy reads as allowed.
+    for token in [None, Some("a.b.c")] {
+        let mut headers = vec![
+            ("x-original-uri", "/private".to_owned()),
+            ("content-type", "application/grpc".to_owned()),
+        ];
+        if let Some(t) = token {
+            headers.push(("authorization", bearer(t)));
+        }
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let (status, headers, _) = send(&c, get_req(&auth, &headers)).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{token:?}");
+        assert!(!headers.contains_key("grpc-status"), "{token:?}");
+    }
 
     let (status, _, body) = send(&c, get_req(&auth, &[("x-forwarded-uri", "private")])).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);

@@ -31,12 +31,15 @@ pub fn status_for(reason: Reason, codes: StatusCodes) -> StatusCode {
 }
 
 /// The gRPC status code a reason gets: 16 UNAUTHENTICATED, 7
-/// PERMISSION_DENIED, 14 UNAVAILABLE.
-pub fn grpc_status_for(reason: Reason) -> u8 {
-    match reason.class() {
-        DenialClass::Unauthenticated => 16,
-        DenialClass::Forbidden => 7,
-        DenialClass::Unavailable => 14,
+/// PERMISSION_DENIED, 14 UNAVAILABLE. Under [`StatusCodes::CloudRun`] a
+/// missing token is 7, as a gRPC client reads the HTTP 403 Cloud Run
+/// answers it with.
+pub fn grpc_status_for(reason: Reason, codes: StatusCodes) -> u8 {
+    match (reason.class(), codes, reason) {
+        (_, StatusCodes::CloudRun, Reason::MissingToken) => 7,
+        (DenialClass::Unauthenticated, ..) => 16,
+        (DenialClass::Forbidden, ..) => 7,
+        (DenialClass::Unavailable, ..) => 14,
     }
 }
 
@@ -51,7 +54,7 @@ pub fn denial_response(reason: Reason, grpc: bool, codes: StatusCodes) -> Respon
         h.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
         h.insert(
             "grpc-status",
-            HeaderValue::from(u16::from(grpc_status_for(reason))),
+            HeaderValue::from(u16::from(grpc_status_for(reason, codes))),
         );
         h.insert("grpc-message", HeaderValue::from_static(reason.as_str()));
         r
@@ -104,6 +107,11 @@ mod tests {
         let cr = StatusCodes::CloudRun;
         assert_eq!(status_for(MissingToken, rfc), StatusCode::UNAUTHORIZED);
         assert_eq!(status_for(MissingToken, cr), StatusCode::FORBIDDEN);
+        assert_eq!(grpc_status_for(MissingToken, rfc), 16);
+        assert_eq!(grpc_status_for(MissingToken, cr), 7);
+        assert_eq!(grpc_status_for(Expired, cr), 16);
+        assert_eq!(grpc_status_for(NotAllowed, rfc), 7);
+        assert_eq!(grpc_status_for(KeysUnavailable, cr), 14);
         assert_eq!(status_for(Expired, cr), StatusCode::UNAUTHORIZED);
         assert_eq!(status_for(NotAllowed, rfc), StatusCode::FORBIDDEN);
         assert_eq!(status_for(EmailUnverified, rfc), StatusCode::FORBIDDEN);
