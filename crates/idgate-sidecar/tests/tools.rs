@@ -469,10 +469,17 @@ fn check_denies_with_the_reason_code() {
         .expect_stdout("DENIED   unknown_issuer");
 
     // Not a token at all.
-    check(dir.path(), &issuer, "not-a-token", &[])
-        .expect_code(1)
+    let run = check(dir.path(), &issuer, "not-a-token", &[]);
+    run.expect_code(1)
         .expect_stdout("credential  FAIL")
         .expect_stdout("DENIED   malformed_token");
+    // Each step once, the policy's included.
+    let policy_lines = run
+        .stdout()
+        .lines()
+        .filter(|l| l.starts_with("policy "))
+        .count();
+    assert_eq!(policy_lines, 1, "{}", run.stdout());
 }
 
 #[test]
@@ -667,7 +674,17 @@ fn check_follows_public_paths_and_all_users() {
 #[test]
 fn demo_once_gets_every_expected_answer() {
     let dir = tempfile::tempdir().unwrap();
-    let run = idgate(dir.path(), &["demo", "--once"], &[], None);
+    // A proxy in the environment must not matter: everything is on
+    // loopback (nothing listens on port 9).
+    let run = idgate(
+        dir.path(),
+        &["demo", "--once"],
+        &[
+            ("HTTP_PROXY", "http://127.0.0.1:9"),
+            ("http_proxy", "http://127.0.0.1:9"),
+        ],
+        None,
+    );
     run.expect_code(0)
         .expect_stdout("200  allowed")
         .expect_stdout("401  audience_mismatch")

@@ -362,6 +362,36 @@ fn dev_source_with_an_explicit_audience_in_x_serverless_authorization() {
 }
 
 #[test]
+fn a_clients_own_serverless_authorization_does_not_outrank_the_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = Issuer::start_blocking();
+    let upstream = echo_upstream();
+    let token = issuer.token(SA, &format!("http://{upstream}"));
+    let proxy = spawn(
+        dir.path(),
+        &[
+            "proxy",
+            "--target",
+            &format!("http://{upstream}"),
+            "--listen",
+            "127.0.0.1:0",
+            "--token-source",
+            &format!("token:{token}"),
+        ],
+        &[],
+    );
+    let url = proxy_url(&proxy);
+    let res = http()
+        .get(format!("{url}/x"))
+        .header("x-serverless-authorization", "Bearer client-own")
+        .send()
+        .unwrap();
+    let echo: Value = res.json().unwrap();
+    assert_eq!(bearer(&echo, "authorization"), token);
+    assert!(echo["x-serverless-authorization"].is_null(), "{echo}");
+}
+
+#[test]
 fn gcloud_source_runs_gcloud_with_the_audience() {
     let dir = tempfile::tempdir().unwrap();
     let issuer = Issuer::start_blocking();
@@ -663,10 +693,37 @@ async fn refresh_runs_in_the_background_when_due_on_a_manual_clock() {
     let err = cache.token().await.unwrap_err();
     assert!(err.to_string().contains("told to fail"), "{err}");
 
-    // The source recovers: a fresh token.
+    // The source recovers: once the failure's backoff has passed, a fresh
+    // token.
     source.failing.store(false, Ordering::SeqCst);
+    clock.advance(Duration::from_secs(2));
     let t3 = cache.token().await.unwrap();
     assert!(n(&t3) > 2);
+}
+
+#[tokio::test]
+async fn a_failing_source_is_not_asked_once_per_request() {
+    let (source, _release, cache) = counted(true);
+    let clock = source.clock.clone();
+    source.failing.store(true, Ordering::SeqCst);
+    assert!(cache.token().await.is_err());
+    assert_eq!(source.fetches.load(Ordering::SeqCst), 1);
+    // Within the backoff (1 s after the first failure) requests get the
+    // last error, and the source is left alone.
+    for _ in 0..20 {
+        let err = cache.token().await.unwrap_err();
+        assert!(err.to_string().contains("told to fail"), "{err}");
+    }
+    assert_eq!(source.fetches.load(Ordering::SeqCst), 1);
+    // Past it, one request tries again (and fails: 2 s of backoff now).
+    clock.advance(Duration::from_millis(1_100));
+    assert!(cache.token().await.is_err());
+    assert!(cache.token().await.is_err());
+    assert_eq!(source.fetches.load(Ordering::SeqCst), 2);
+    source.failing.store(false, Ordering::SeqCst);
+    clock.advance(Duration::from_millis(2_100));
+    assert!(cache.token().await.is_ok());
+    assert_eq!(source.fetches.load(Ordering::SeqCst), 3);
 }
 
 #[tokio::test]

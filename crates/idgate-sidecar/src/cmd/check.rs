@@ -489,8 +489,9 @@ pub async fn examine(
     push("credential", with_failure("credential", seen));
 
     let Ok(t) = &parsed else {
-        // Nothing else can be read from a token that does not parse.
-        for name in &STEPS[1..] {
+        // Nothing else can be read from a token that does not parse; the
+        // policy step is `finish`'s.
+        for name in &STEPS[1..STEPS.len() - 1] {
             push(name, "not reached".into());
         }
         return Ok(finish(

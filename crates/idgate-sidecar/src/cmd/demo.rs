@@ -122,8 +122,10 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let (running, audience) = sidecar(&issuer, upstream).await?;
     let service = format!("http://{}", running.addr());
 
+    // Everything is on loopback: never through `HTTP(S)_PROXY`.
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
+        .no_proxy()
         .build()
         .context("cannot build an HTTP client")?;
     let mut answers = Vec::new();

@@ -241,6 +241,12 @@ impl Forwarder {
                 "the token source gave a token that cannot be a header value",
             );
         };
+        // In `Authorization`, the token must not lose to a client's own
+        // `X-Serverless-Authorization`, which Cloud Run (and `idgate serve`)
+        // read first.
+        if self.header == header::AUTHORIZATION {
+            headers.remove("x-serverless-authorization");
+        }
         headers.insert(self.header.clone(), value);
         let empty = body.is_end_stream() || body.size_hint().exact() == Some(0);
         let mut builder = self.client.request(parts.method, &url).headers(headers);

@@ -337,10 +337,19 @@ impl TokenSource {
         email: Option<&str>,
         env: &dyn Env,
     ) -> Result<TokenSource, ResolveError> {
-        let client = || {
-            reqwest::Client::builder()
+        // `local`: the dev issuer and the metadata server are never reached
+        // through `HTTP(S)_PROXY` (the proxy would see the token, and a
+        // metadata server refuses proxied requests, as Google's own clients
+        // know); Google's token endpoint (`key:`) may need the proxy.
+        // Neither follows redirects: a token endpoint has no business
+        // sending the request, and its assertion, elsewhere.
+        let client = |local: bool| {
+            let builder = reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
                 .connect_timeout(Duration::from_secs(10))
+                .redirect(reqwest::redirect::Policy::none());
+            let builder = if local { builder.no_proxy() } else { builder };
+            builder
                 .build()
                 .map_err(|e| ResolveError::Usage(format!("cannot build an HTTP client: {e}")))
         };
@@ -355,7 +364,7 @@ impl TokenSource {
                         )
                     })?
                     .to_owned(),
-                client: client()?,
+                client: client(true)?,
             },
             SourceSpec::Metadata => TokenSource::Metadata {
                 host: env
@@ -363,11 +372,11 @@ impl TokenSource {
                     .map(|h| h.trim().to_owned())
                     .filter(|h| !h.is_empty())
                     .unwrap_or_else(|| METADATA_HOST.to_owned()),
-                client: client()?,
+                client: client(true)?,
             },
             SourceSpec::Key(path) => TokenSource::Key {
                 key: ServiceAccountKey::load(path).map_err(ResolveError::Source)?,
-                client: client()?,
+                client: client(false)?,
             },
             SourceSpec::Gcloud => TokenSource::Gcloud,
             SourceSpec::Token(t) => TokenSource::Token(FixedToken(t.clone())),
@@ -593,6 +602,11 @@ struct State {
     current: Option<Current>,
     inflight: Option<Fetch>,
     failures: u32,
+    /// After a failure, requests start no fetch before this (Unix time):
+    /// 1 s, doubling to 30 s, as the background refresher waits.
+    retry_at: Duration,
+    /// The last failure, answered to requests until `retry_at`.
+    last_error: Option<Arc<SourceError>>,
 }
 
 struct Inner {
@@ -639,6 +653,8 @@ impl TokenCache {
                 current: None,
                 inflight: None,
                 failures: 0,
+                retry_at: Duration::ZERO,
+                last_error: None,
             }),
         }))
     }
@@ -659,7 +675,9 @@ impl TokenCache {
 
     /// A token that is not past its usable time. Starts a background
     /// refresh when the current one is due; waits for a fetch only when
-    /// there is no usable token.
+    /// there is no usable token. After a failure, no request starts a
+    /// fetch until the backoff has passed (a failing source is not asked
+    /// once per request): the last error answers meanwhile.
     pub async fn token(&self) -> Result<Arc<str>, TokenError> {
         let now = self.0.clock.unix_now();
         let current = self.lock().current.clone();
@@ -667,11 +685,14 @@ impl TokenCache {
             && c.timing.usable(now)
         {
             if now >= c.timing.refresh_at {
-                drop(self.fetch());
+                drop(self.fetch_unless_backing_off(now));
             }
             return Ok(c.token);
         }
-        let fresh = self.fetch().await.map_err(TokenError)?;
+        let fresh = match self.fetch_unless_backing_off(now) {
+            Ok(fetch) => fetch.await.map_err(TokenError)?,
+            Err(last) => return Err(TokenError(last)),
+        };
         if fresh.timing.usable(self.0.clock.unix_now()) {
             Ok(fresh.token)
         } else {
@@ -697,6 +718,21 @@ impl TokenCache {
         self.fetch().await.map(|c| c.timing).map_err(TokenError)
     }
 
+    /// The running fetch, or a new one unless a failure's backoff is still
+    /// running (then the failure).
+    fn fetch_unless_backing_off(&self, now: Duration) -> Result<Fetch, Arc<SourceError>> {
+        {
+            let st = self.lock();
+            if st.inflight.is_none()
+                && now < st.retry_at
+                && let Some(last) = &st.last_error
+            {
+                return Err(last.clone());
+            }
+        }
+        Ok(self.fetch())
+    }
+
     /// The running fetch, or a new one. It runs on its own task, so a
     /// request that gives up waiting does not cancel it.
     fn fetch(&self) -> Fetch {
@@ -718,11 +754,18 @@ impl TokenCache {
                     };
                     st.current = Some(current.clone());
                     st.failures = 0;
+                    st.retry_at = Duration::ZERO;
+                    st.last_error = None;
                     Ok(current)
                 }
                 Err(e) => {
                     st.failures = st.failures.saturating_add(1);
-                    Err(Arc::new(e))
+                    let backoff = Duration::from_secs(1 << st.failures.min(6).saturating_sub(1))
+                        .min(Duration::from_secs(30));
+                    st.retry_at = this.0.clock.unix_now() + backoff;
+                    let e = Arc::new(e);
+                    st.last_error = Some(e.clone());
+                    Err(e)
                 }
             }
         }
