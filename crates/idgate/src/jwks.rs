@@ -459,10 +459,21 @@ impl KeyCache {
                 // usable makes a request wait on the network.
                 drop(inner.start(Trigger::Scheduled));
             }
-            _ => {
-                // Cold, or stale past `stale_if_error`: wait for the fetch
-                // (the running one, or a new one unless backing off), so
-                // the first request after the issuer heals is served.
+            Some(_) => {
+                // Stale past `stale_if_error`: the request that starts a
+                // fetch (once the backoff allows one) waits for it, so the
+                // first after the issuer heals is served; the others are
+                // answered at once rather than pile up on a dead issuer.
+                let running = inner.lock().inflight.is_some();
+                if let Some(f) = inner.start(Trigger::Scheduled)
+                    && !running
+                {
+                    f.await;
+                }
+                snap = inner.current.load_full();
+            }
+            None => {
+                // Cold: wait for the fetch, the running one or a new one.
                 if let Some(f) = inner.start(Trigger::Scheduled) {
                     f.await;
                 }

@@ -602,7 +602,8 @@ struct State {
     current: Option<Current>,
     inflight: Option<Fetch>,
     failures: u32,
-    /// After a failure, requests start no fetch before this (Unix time):
+    /// After a failure, requests start no fetch before this (the clock's
+    /// monotonic time, so a wall clock stepped back cannot stretch it):
     /// 1 s, doubling to 30 s, as the background refresher waits.
     retry_at: Duration,
     /// The last failure, answered to requests until `retry_at`.
@@ -685,11 +686,11 @@ impl TokenCache {
             && c.timing.usable(now)
         {
             if now >= c.timing.refresh_at {
-                drop(self.fetch_unless_backing_off(now));
+                drop(self.fetch_unless_backing_off());
             }
             return Ok(c.token);
         }
-        let fresh = match self.fetch_unless_backing_off(now) {
+        let fresh = match self.fetch_unless_backing_off() {
             Ok(fetch) => fetch.await.map_err(TokenError)?,
             Err(last) => return Err(TokenError(last)),
         };
@@ -720,8 +721,9 @@ impl TokenCache {
 
     /// The running fetch, or a new one unless a failure's backoff is still
     /// running (then the failure).
-    fn fetch_unless_backing_off(&self, now: Duration) -> Result<Fetch, Arc<SourceError>> {
+    fn fetch_unless_backing_off(&self) -> Result<Fetch, Arc<SourceError>> {
         {
+            let now = self.0.clock.monotonic();
             let st = self.lock();
             if st.inflight.is_none()
                 && now < st.retry_at
@@ -762,7 +764,7 @@ impl TokenCache {
                     st.failures = st.failures.saturating_add(1);
                     let backoff = Duration::from_secs(1 << st.failures.min(6).saturating_sub(1))
                         .min(Duration::from_secs(30));
-                    st.retry_at = this.0.clock.unix_now() + backoff;
+                    st.retry_at = this.0.clock.monotonic() + backoff;
                     let e = Arc::new(e);
                     st.last_error = Some(e.clone());
                     Err(e)

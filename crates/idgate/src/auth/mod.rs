@@ -66,5 +66,5 @@ pub use gate::{
     StatusCodes,
 };
 pub use layer::AuthLayer;
-pub use response::{denial_response, grpc_status_for, is_grpc, status_for};
+pub use response::{denial_response, grpc_status_for, grpc_status_with, is_grpc, status_for};
 pub use service::Auth;

@@ -31,10 +31,16 @@ pub fn status_for(reason: Reason, codes: StatusCodes) -> StatusCode {
 }
 
 /// The gRPC status code a reason gets: 16 UNAUTHENTICATED, 7
-/// PERMISSION_DENIED, 14 UNAVAILABLE. Under [`StatusCodes::CloudRun`] a
+/// PERMISSION_DENIED, 14 UNAVAILABLE ([`grpc_status_with`] under
+/// [`StatusCodes::Rfc6750`]).
+pub fn grpc_status_for(reason: Reason) -> u8 {
+    grpc_status_with(reason, StatusCodes::Rfc6750)
+}
+
+/// [`grpc_status_for`] under `codes`: with [`StatusCodes::CloudRun`] a
 /// missing token is 7, as a gRPC client reads the HTTP 403 Cloud Run
 /// answers it with.
-pub fn grpc_status_for(reason: Reason, codes: StatusCodes) -> u8 {
+pub fn grpc_status_with(reason: Reason, codes: StatusCodes) -> u8 {
     match (reason.class(), codes, reason) {
         (_, StatusCodes::CloudRun, Reason::MissingToken) => 7,
         (DenialClass::Unauthenticated, ..) => 16,
@@ -54,7 +60,7 @@ pub fn denial_response(reason: Reason, grpc: bool, codes: StatusCodes) -> Respon
         h.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
         h.insert(
             "grpc-status",
-            HeaderValue::from(u16::from(grpc_status_for(reason, codes))),
+            HeaderValue::from(u16::from(grpc_status_with(reason, codes))),
         );
         h.insert("grpc-message", HeaderValue::from_static(reason.as_str()));
         r
@@ -107,11 +113,11 @@ mod tests {
         let cr = StatusCodes::CloudRun;
         assert_eq!(status_for(MissingToken, rfc), StatusCode::UNAUTHORIZED);
         assert_eq!(status_for(MissingToken, cr), StatusCode::FORBIDDEN);
-        assert_eq!(grpc_status_for(MissingToken, rfc), 16);
-        assert_eq!(grpc_status_for(MissingToken, cr), 7);
-        assert_eq!(grpc_status_for(Expired, cr), 16);
-        assert_eq!(grpc_status_for(NotAllowed, rfc), 7);
-        assert_eq!(grpc_status_for(KeysUnavailable, cr), 14);
+        assert_eq!(grpc_status_for(MissingToken), 16);
+        assert_eq!(grpc_status_with(MissingToken, cr), 7);
+        assert_eq!(grpc_status_with(Expired, cr), 16);
+        assert_eq!(grpc_status_for(NotAllowed), 7);
+        assert_eq!(grpc_status_with(KeysUnavailable, cr), 14);
         assert_eq!(status_for(Expired, cr), StatusCode::UNAUTHORIZED);
         assert_eq!(status_for(NotAllowed, rfc), StatusCode::FORBIDDEN);
         assert_eq!(status_for(EmailUnverified, rfc), StatusCode::FORBIDDEN);

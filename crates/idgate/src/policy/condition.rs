@@ -314,7 +314,7 @@ impl<'a> Checker<'a> {
                     && !self.bound.contains(&"request")
                 {
                     self.reads_path |= sel.field == "path";
-                    self.negates_path |= sel.field == "path" && self.negated > 0;
+                    self.negates_path |= sel.field == "path" && self.negated % 2 == 1;
                     if !REQUEST_FIELDS.contains(&sel.field.as_str()) {
                         self.problem(format!(
                             "unknown field request.{} (a condition may use request.{})",
@@ -337,15 +337,20 @@ impl<'a> Checker<'a> {
                     self.functions
                         .insert((call.func_name.clone(), call.target.is_some()));
                 }
-                let negation = matches!(call.func_name.as_str(), "!_" | "_!=_");
-                self.negated += usize::from(negation);
+                let negation = usize::from(negates(call));
+                // A ternary's else branch holds when its condition does not.
+                let ternary = call.func_name == "_?_:_";
+                self.negated += negation;
                 if let Some(t) = &call.target {
                     self.walk(t);
                 }
-                for a in &call.args {
+                for (i, a) in call.args.iter().enumerate() {
+                    let flip = usize::from(ternary && i == 0);
+                    self.negated += flip;
                     self.walk(a);
+                    self.negated -= flip;
                 }
-                self.negated -= usize::from(negation);
+                self.negated -= negation;
             }
             Expr::Comprehension(c) => {
                 self.walk(&c.iter_range);
@@ -387,6 +392,23 @@ impl<'a> Checker<'a> {
         if !self.problems.contains(&p) {
             self.problems.push(p);
         }
+    }
+}
+
+/// Whether a call negates what its arguments say: `!x`, `x != y` (but not
+/// `x != ""` nor `x != false`), `x == false`.
+fn negates(call: &cel::common::ast::CallExpr) -> bool {
+    let literal = |want: &Value| {
+        call.args.iter().any(|a| {
+            matches!(a.expr, Expr::Literal(_))
+                && Context::with_env(env().clone()).resolve(a).ok().as_ref() == Some(want)
+        })
+    };
+    match call.func_name.as_str() {
+        "!_" => true,
+        "_!=_" => !(literal(&Value::Bool(false)) || literal(&Value::from(""))),
+        "_==_" => literal(&Value::Bool(false)),
+        _ => false,
     }
 }
 
@@ -684,5 +706,15 @@ mod tests {
         assert!(!warned(
             r#"request.method != "POST" && request.path.startsWith("/r/")"#
         ));
+        assert!(warned(r#"request.path.startsWith("/admin") == false"#));
+        assert!(warned(r#"false == request.path.startsWith("/admin")"#));
+        assert!(warned(
+            r#"request.path.startsWith("/admin") ? false : true"#
+        ));
+        assert!(!warned(
+            r#"request.path != "" && request.path.startsWith("/r/")"#
+        ));
+        assert!(!warned(r#"!(!request.path.startsWith("/reports/"))"#));
+        assert!(!warned(r#"request.path.startsWith("/r/") != false"#));
     }
 }

@@ -166,24 +166,26 @@ pub(super) fn parse_file_member(raw: &str, pools: &[String]) -> Result<Parsed, S
                 .into(),
         );
     }
-    let pooled = raw
-        .strip_prefix("principal://")
-        .or_else(|| raw.strip_prefix("principalSet://"));
+    let set = raw.strip_prefix("principalSet://");
+    let pooled = set.or_else(|| raw.strip_prefix("principal://"));
     if let Some((pool, tail)) = pooled.and_then(pool_and_tail) {
-        if !pools.iter().any(|p| p == pool) {
-            return never(format!(
-                "is of pool {pool:?}, which no --issuer-pool names: it never matches"
-            ));
-        }
-        // Sets of a configured pool that ID tokens cannot show membership
-        // of (Google groups, GKE namespaces and clusters).
-        if ["group/", "namespace/", "kubernetes.cluster/"]
-            .iter()
-            .any(|kind| tail.starts_with(kind))
-        {
+        // Sets that ID tokens cannot show membership of (Google groups, GKE
+        // namespaces and clusters), whatever the pool.
+        let unshowable = set.is_some()
+            && ["group/", "namespace/", "kubernetes.cluster/"]
+                .iter()
+                .any(|kind| tail.len() > kind.len() && tail.starts_with(kind));
+        if unshowable {
             return never(format!(
                 "names a set of pool {pool:?} that ID tokens do not show membership of: \
                  it never matches"
+            ));
+        }
+        // Well formed for its own pool, which is not configured. A typo in
+        // it is still an error.
+        if !pools.iter().any(|p| p == pool) && parse_member(raw, &[pool.to_owned()]).is_ok() {
+            return never(format!(
+                "is of pool {pool:?}, which no --issuer-pool names: it never matches"
             ));
         }
     }
@@ -477,6 +479,10 @@ mod tests {
             "principalSet://pool/attribute.x",
             "principal://iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p/subject/",
             "principalSet://iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p/everyone",
+            "principalSet://iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/gh/everyone",
+            "principal://iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/gh/subject/",
+            "principal://iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/gh/group/g",
+            "principalSet://iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/gh/group/",
             "robot:x",
             "allusers",
         ] {
