@@ -43,7 +43,16 @@ fn proxy_url(proxy: &Spawned) -> String {
 
 /// GET through the proxy; the upstream's echo.
 fn through(proxy: &str, path: &str) -> Value {
-    let res = http().get(format!("{proxy}{path}")).send().unwrap();
+    through_with(proxy, path, &[])
+}
+
+/// [`through`], the client sending `headers`.
+fn through_with(proxy: &str, path: &str, headers: &[(&str, &str)]) -> Value {
+    let mut req = http().get(format!("{proxy}{path}"));
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let res = req.send().unwrap();
     assert_eq!(res.status(), 200, "{:?}", res.text());
     res.json().unwrap()
 }
@@ -55,6 +64,33 @@ fn bearer(echo: &Value, header: &str) -> String {
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or_else(|| panic!("no bearer token in {header}: {echo}"))
         .to_owned()
+}
+
+/// `idgate proxy` on a free loopback port in front of `upstream`, tokens
+/// from `source`, with `extra` flags.
+fn proxy_to(
+    dir: &std::path::Path,
+    upstream: impl std::fmt::Display,
+    source: &str,
+    extra: &[&str],
+) -> Spawned {
+    let target = format!("http://{upstream}");
+    let mut args = proxy_args(&target, source);
+    args.extend(extra);
+    spawn(dir, &args, &[])
+}
+
+/// `idgate proxy`'s arguments for `target` on a free loopback port.
+fn proxy_args<'a>(target: &'a str, source: &'a str) -> Vec<&'a str> {
+    vec![
+        "proxy",
+        "--target",
+        target,
+        "--listen",
+        "127.0.0.1:0",
+        "--token-source",
+        source,
+    ]
 }
 
 /// A fake metadata server: what it saw and how it answers.
@@ -275,19 +311,7 @@ fn key_file_source_exchanges_a_signed_assertion() {
     )
     .unwrap();
     let upstream = echo_upstream();
-    let proxy = spawn(
-        dir.path(),
-        &[
-            "proxy",
-            "--target",
-            &format!("http://{upstream}"),
-            "--listen",
-            "127.0.0.1:0",
-            "--token-source",
-            "key:sa.json",
-        ],
-        &[],
-    );
+    let proxy = proxy_to(dir.path(), upstream, "key:sa.json", &[]);
     let url = proxy_url(&proxy);
     let echo = through(&url, "/");
     assert!(
@@ -329,31 +353,20 @@ fn dev_source_with_an_explicit_audience_in_x_serverless_authorization() {
     let dir = tempfile::tempdir().unwrap();
     let issuer = Issuer::start_blocking();
     let upstream = echo_upstream();
-    let proxy = spawn(
+    let proxy = proxy_to(
         dir.path(),
+        upstream,
+        &format!("dev:{}", issuer.url()),
         &[
-            "proxy",
-            "--target",
-            &format!("http://{upstream}"),
-            "--listen",
-            "127.0.0.1:0",
-            "--token-source",
-            &format!("dev:{}", issuer.url()),
             "--email",
             "alice@example.com",
             "--audience",
             "https://svc-abc-uc.a.run.app",
             "--serverless-authorization",
         ],
-        &[],
     );
     let url = proxy_url(&proxy);
-    let res = http()
-        .get(format!("{url}/x"))
-        .header("authorization", "Basic YXBwOmtleQ==")
-        .send()
-        .unwrap();
-    let echo: Value = res.json().unwrap();
+    let echo = through_with(&url, "/x", &[("authorization", "Basic YXBwOmtleQ==")]);
     assert_eq!(echo["authorization"], "Basic YXBwOmtleQ==", "{echo}");
     let c = claims(&bearer(&echo, "x-serverless-authorization"));
     assert_eq!(c["email"], "alice@example.com");
@@ -367,26 +380,13 @@ fn a_clients_own_serverless_authorization_does_not_outrank_the_token() {
     let issuer = Issuer::start_blocking();
     let upstream = echo_upstream();
     let token = issuer.token(SA, &format!("http://{upstream}"));
-    let proxy = spawn(
-        dir.path(),
-        &[
-            "proxy",
-            "--target",
-            &format!("http://{upstream}"),
-            "--listen",
-            "127.0.0.1:0",
-            "--token-source",
-            &format!("token:{token}"),
-        ],
-        &[],
-    );
+    let proxy = proxy_to(dir.path(), upstream, &format!("token:{token}"), &[]);
     let url = proxy_url(&proxy);
-    let res = http()
-        .get(format!("{url}/x"))
-        .header("x-serverless-authorization", "Bearer client-own")
-        .send()
-        .unwrap();
-    let echo: Value = res.json().unwrap();
+    let echo = through_with(
+        &url,
+        "/x",
+        &[("x-serverless-authorization", "Bearer client-own")],
+    );
     assert_eq!(bearer(&echo, "authorization"), token);
     assert!(echo["x-serverless-authorization"].is_null(), "{echo}");
 }
@@ -467,20 +467,7 @@ fn a_failing_source_stops_startup_with_its_cause() {
     let upstream = echo_upstream();
     let target = format!("http://{upstream}");
     let proxy = |source: &str, extra: &[(&str, &str)]| {
-        idgate(
-            dir.path(),
-            &[
-                "proxy",
-                "--target",
-                &target,
-                "--listen",
-                "127.0.0.1:0",
-                "--token-source",
-                source,
-            ],
-            extra,
-            None,
-        )
+        idgate(dir.path(), &proxy_args(&target, source), extra, None)
     };
     let run = proxy("metadata", &[("GCE_METADATA_HOST", &md.to_string())]);
     run.expect_code(1)
