@@ -178,18 +178,17 @@ async fn nginx_auth_request_in_front_of_an_upstream() {
     // X-Forwarded-Uri naming a public path must not have that path judged
     // instead. idgate refuses the subrequest (400), which nginx answers
     // with a 500.
-    let res = c
-        .get(format!("{base}/app/items"))
-        .header("x-forwarded-uri", "/public/logo.svg")
-        .send()
+    let with_header = |name: &str, value: &str| {
+        c.get(format!("{base}/app/items"))
+            .header(name, value)
+            .send()
+    };
+    let res = with_header("x-forwarded-uri", "/public/logo.svg")
         .await
         .expect("forged x-forwarded-uri");
     assert_eq!(res.status(), 500, "a client's X-Forwarded-Uri");
     // Nor a gRPC content type: its refusal must stay a 401 to nginx.
-    let res = c
-        .get(format!("{base}/app/items"))
-        .header("content-type", "application/grpc")
-        .send()
+    let res = with_header("content-type", "application/grpc")
         .await
         .expect("grpc content type");
     assert_eq!(res.status(), 401, "a client's gRPC content type");

@@ -62,8 +62,6 @@ pub enum GateError {
     Gate(#[source] GateConfigError),
 }
 
-pub use idgate::jwks::DiscoveryError;
-
 /// The verifier's settings. A discovery issuer's JWKS URL is
 /// `jwks_url_for`'s when it knows one, else read from its discovery
 /// document when its keys are first fetched.
@@ -97,14 +95,11 @@ pub fn verifier_builder(
         };
         // The issuer URL doubles as its metrics label: unique, and bounded
         // by the configuration.
-        let mut cfg = IssuerConfig::new(
-            &issuer.issuer,
-            &issuer.issuer,
-            url.clone().unwrap_or_default(),
-        );
-        if url.is_none() {
-            cfg = cfg.with_discovery();
-        }
+        let cfg = IssuerConfig::new(&issuer.issuer, &issuer.issuer, "");
+        let mut cfg = match url {
+            Some(url) => cfg.with_jwks_url(url),
+            None => cfg.with_discovery(),
+        };
         // Fail closed: another issuer's emails mean nothing to IAM (anyone
         // it signs for could claim any address), so they name
         // `user:`/`serviceAccount:` members only when the operator says the
@@ -117,9 +112,6 @@ pub fn verifier_builder(
     }
     builder
 }
-
-/// Reads an issuer's JWKS URL from its discovery document.
-pub use idgate::jwks::discover_jwks_url as discover;
 
 fn policy_sources(settings: &Settings) -> PolicySources {
     PolicySources {

@@ -503,20 +503,14 @@ async fn only_websocket_upgrades_are_passed_on() {
     let up = upstream().await;
     let s = settings(Some(&up.url()), |_| {});
     let (sidecar, _) = sidecar(&s, no_gate()).await;
-    let mut conn = TcpStream::connect(sidecar.addr()).await.unwrap();
-    conn.write_all(
+    let (head, body) = raw_exchange(
+        sidecar.addr(),
         b"GET /headers HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\n\
           Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n",
     )
-    .await
-    .unwrap();
-    let head = read_head(&mut conn).await.to_ascii_lowercase();
+    .await;
     assert!(head.starts_with("http/1.1 200"), "{head}");
-    let mut body = vec![0u8; content_length(&head)];
-    within("the echo", conn.read_exact(&mut body))
-        .await
-        .unwrap();
-    let echo = echoed(&Bytes::from(body));
+    let echo = echoed(&body);
     for name in ["upgrade", "http2-settings"] {
         assert!(
             header_values(&echo, name).is_empty(),
@@ -530,27 +524,34 @@ async fn two_host_headers_are_refused() {
     let up = upstream().await;
     let s = settings(Some(&up.url()), |_| {});
     let (sidecar, _) = sidecar(&s, no_gate()).await;
-    let mut conn = TcpStream::connect(sidecar.addr()).await.unwrap();
-    conn.write_all(b"GET /headers HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\n\r\n")
-        .await
-        .unwrap();
-    let head = read_head(&mut conn).await.to_ascii_lowercase();
+    let (head, body) = raw_exchange(
+        sidecar.addr(),
+        b"GET /headers HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\n\r\n",
+    )
+    .await;
     assert!(head.starts_with("http/1.1 400"), "{head}");
     // idgate's answer, not the upstream's.
-    let mut body = vec![0u8; content_length(&head)];
-    within("the body", conn.read_exact(&mut body))
-        .await
-        .unwrap();
-    assert_eq!(echoed(&Bytes::from(body))["reason"], "repeated_host");
+    assert_eq!(echoed(&body)["reason"], "repeated_host");
 }
 
-fn content_length(head: &str) -> usize {
-    head.lines()
+/// Sends `request` as written on a new connection; the answer's head (in
+/// lower case) and its `Content-Length` body.
+async fn raw_exchange(addr: std::net::SocketAddr, request: &[u8]) -> (String, Bytes) {
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    conn.write_all(request).await.unwrap();
+    let head = read_head(&mut conn).await.to_ascii_lowercase();
+    let len: usize = head
+        .lines()
         .find_map(|l| l.strip_prefix("content-length:"))
         .expect("a content-length")
         .trim()
         .parse()
-        .unwrap()
+        .unwrap();
+    let mut body = vec![0u8; len];
+    within("the body", conn.read_exact(&mut body))
+        .await
+        .unwrap();
+    (head, Bytes::from(body))
 }
 
 #[tokio::test]

@@ -125,9 +125,9 @@ const ALGORITHMS: [(Algorithm, Params); 8] = [
     (Algorithm::ES384, Params::Ec(&sig::ECDSA_P384_SHA384_FIXED)),
 ];
 
-/// Whether a key of this cache can verify `alg` at all.
-pub(crate) fn supports(alg: Algorithm) -> bool {
-    ALGORITHMS.iter().any(|(a, _)| *a == alg)
+/// The algorithms a key of this cache can verify.
+pub(crate) fn supported_algorithms() -> impl Iterator<Item = Algorithm> {
+    ALGORITHMS.iter().map(|(a, _)| *a)
 }
 
 /// aws-lc's parameters, typed as each kind of key is parsed with them.
@@ -464,10 +464,7 @@ impl KeyCache {
                 // fetch (once the backoff allows one) waits for it, so the
                 // first after the issuer heals is served; the others are
                 // answered at once rather than pile up on a dead issuer.
-                let running = inner.lock().inflight.is_some();
-                if let Some(f) = inner.start(Trigger::Scheduled)
-                    && !running
-                {
+                if let Some(f) = inner.start_new(Trigger::Scheduled) {
                     f.await;
                 }
                 snap = inner.current.load_full();
@@ -579,10 +576,19 @@ impl Inner {
 
     /// Start a fetch or join the running one; `None` when rules say no.
     fn start(self: &Arc<Self>, trigger: Trigger) -> Option<FetchFuture> {
+        self.start_or(trigger, true)
+    }
+
+    /// Start a fetch; `None` when one is running or rules say no.
+    fn start_new(self: &Arc<Self>, trigger: Trigger) -> Option<FetchFuture> {
+        self.start_or(trigger, false)
+    }
+
+    fn start_or(self: &Arc<Self>, trigger: Trigger, join: bool) -> Option<FetchFuture> {
         let now = self.clock.monotonic();
         let mut st = self.lock();
         if let Some(f) = &st.inflight {
-            return Some(f.clone());
+            return join.then(|| f.clone());
         }
         // A fetch may have finished between the caller's look at `current`
         // and this lock (`finish` stores under it): fresh keys, nothing due.

@@ -388,11 +388,19 @@ impl VerifierBuilder {
                     "issuer {:?}: {a:?} is a shared-secret algorithm; only public-key algorithms can be checked against a JWKS",
                     cfg.name
                 ));
-            } else if let Some(a) = cfg.algorithms.iter().find(|a| !crate::jwks::supports(**a)) {
+            } else if let Some(a) = cfg
+                .algorithms
+                .iter()
+                .find(|a| !crate::jwks::supported_algorithms().any(|s| s == **a))
+            {
                 // Accepted here, it would fail every token at the key.
+                let supported: Vec<String> = crate::jwks::supported_algorithms()
+                    .map(|s| format!("{s:?}"))
+                    .collect();
                 problems.push(format!(
-                    "issuer {:?}: {a:?} is not supported (RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384)",
-                    cfg.name
+                    "issuer {:?}: {a:?} is not supported ({})",
+                    cfg.name,
+                    supported.join(", ")
                 ));
             }
             let url = match (cfg.discovery, cfg.issuers.first()) {

@@ -393,7 +393,7 @@ pub async fn examine(
             .timeout(Duration::from_secs(5))
             .build()
             .map_err(|e| format!("cannot build an HTTP client: {e}"))?;
-        match gate::discover(&client, iss).await {
+        match idgate::jwks::discover_jwks_url(&client, iss).await {
             Ok(url) => discovered = Some(url),
             Err(e) => discovery_error = Some(crate::ErrorChain(&e).to_string()),
         }

@@ -643,6 +643,13 @@ impl fmt::Display for TokenError {
 
 impl std::error::Error for TokenError {}
 
+/// How long to wait after `misses` failed attempts in a row (at least
+/// one): 1 s, doubling to 30 s. The background refresher and requests
+/// keep the same schedule.
+fn retry_delay(misses: u32) -> Duration {
+    Duration::from_secs(1 << (misses.clamp(1, 6) - 1)).min(Duration::from_secs(30))
+}
+
 impl TokenCache {
     /// A cache with no token yet; the first [`TokenCache::token`] fetches.
     pub fn new(source: Box<dyn FetchToken>, audience: String, clock: Arc<dyn Clock>) -> Self {
@@ -762,9 +769,7 @@ impl TokenCache {
                 }
                 Err(e) => {
                     st.failures = st.failures.saturating_add(1);
-                    let backoff = Duration::from_secs(1 << st.failures.min(6).saturating_sub(1))
-                        .min(Duration::from_secs(30));
-                    st.retry_at = this.0.clock.monotonic() + backoff;
+                    st.retry_at = this.0.clock.monotonic() + retry_delay(st.failures);
                     let e = Arc::new(e);
                     st.last_error = Some(e.clone());
                     Err(e)
@@ -785,7 +790,8 @@ impl TokenCache {
     pub fn spawn_refresher(&self) -> tokio::task::JoinHandle<()> {
         let this = self.clone();
         tokio::spawn(async move {
-            let mut backoff = Duration::from_secs(1);
+            // Failed or fruitless attempts in a row.
+            let mut misses = 0;
             loop {
                 let now = this.0.clock.unix_now();
                 let wait = match this.timing() {
@@ -803,16 +809,16 @@ impl TokenCache {
                         let left = t
                             .usable_until
                             .map(|u| u.saturating_sub(this.0.clock.unix_now()).as_secs());
+                        misses += 1;
                         warn!(
                             token.usable_for = %left.map_or("ever".into(), when::short),
-                            retry_in = %when::short(backoff.as_secs()),
+                            retry_in = %when::short(retry_delay(misses).as_secs()),
                             "the token source gave no fresher token"
                         );
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                        tokio::time::sleep(retry_delay(misses)).await;
                     }
                     Ok(t) => {
-                        backoff = Duration::from_secs(1);
+                        misses = 0;
                         let now = this.0.clock.unix_now().as_secs();
                         match t.expires_at {
                             Some(exp) => info!(
@@ -839,8 +845,8 @@ impl TokenCache {
                                 "token source failed; requests get 502 until it recovers"
                             ),
                         }
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                        misses += 1;
+                        tokio::time::sleep(retry_delay(misses)).await;
                     }
                 }
             }

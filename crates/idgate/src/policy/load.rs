@@ -92,8 +92,9 @@ fn compile_binding(
     warnings: &mut Vec<String>,
 ) {
     let at = spec.at;
+    let from_flag = at.file == MEMBER_FLAG_SOURCE;
     // A `--member` flag means "may invoke", whatever roles are configured.
-    if !(at.file == MEMBER_FLAG_SOURCE || roles.contains(&at.role)) {
+    if !from_flag && !roles.contains(&at.role) {
         // Version 1 reads of a conditional policy rename the role, so the
         // binding silently stops granting: worth more than a debug line.
         if at.role.contains("_withcond_") {
@@ -129,7 +130,6 @@ fn compile_binding(
             }
         });
     let mut members: Vec<(&str, Member)> = Vec::with_capacity(spec.members.len());
-    let from_flag = at.file == MEMBER_FLAG_SOURCE;
     for raw in &spec.members {
         let parsed = if from_flag {
             parse_member(raw, pools)
