@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 use http::request::Parts;
 
-use crate::auth::{Admission, StatusCodes, denial_response};
+use crate::auth::{Admission, denial_response, is_grpc};
 use crate::{Identity, Reason};
 
 fn missing_layer() -> Response {
@@ -27,15 +27,19 @@ impl<S: Send + Sync> FromRequestParts<S> for Identity {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        if parts.extensions.get::<Admission>().is_none() {
+        let Some(admission) = parts.extensions.get::<Admission>() else {
             return Err(missing_layer());
-        }
+        };
         match parts.extensions.get::<Identity>() {
             Some(id) => Ok(id.clone()),
-            None => Err(
-                denial_response(Reason::MissingToken, false, StatusCodes::Rfc6750)
-                    .map(axum::body::Body::from),
-            ),
+            // Let in without an identity (`allUsers`, a public path): refused
+            // here as the gate refuses, with the reason its token got.
+            None => Err(denial_response(
+                admission.anonymous_reason.unwrap_or(Reason::MissingToken),
+                is_grpc(&parts.headers),
+                admission.status_codes,
+            )
+            .map(axum::body::Body::from)),
         }
     }
 }

@@ -487,10 +487,29 @@ async fn all_users_lets_anyone_in_without_an_identity() {
     // A good one still tells the handler who is calling.
     let a = f.get_with_token("/maybe", &f.token(ALICE)).await;
     assert_eq!(a.json(), json!({"principal": "user:alice@example.com"}));
-    // A handler that needs an identity still refuses an anonymous caller.
+    // A handler that needs an identity still refuses an anonymous caller,
+    // with the reason its token got.
     f.get("/whoami", &[])
         .await
         .assert_refused(401, "unauthenticated", Reason::MissingToken, "");
+    f.get_with_token("/whoami", "not-a-jwt")
+        .await
+        .assert_invalid_token(Reason::MalformedToken, "not-a-jwt");
+}
+
+/// The extractor's refusal follows the gate's status codes: under Cloud
+/// Run's, a caller without a token gets 403, as from the gate itself.
+#[tokio::test]
+async fn the_extractor_answers_with_the_gates_status_codes() {
+    let f = start(&["allUsers"], StatusCodes::CloudRun).await;
+    f.get("/whoami", &[])
+        .await
+        .assert_refused(403, "unauthenticated", Reason::MissingToken, "");
+    f.get_with_token("/whoami", "not-a-jwt")
+        .await
+        .assert_invalid_token(Reason::MalformedToken, "not-a-jwt");
+    let a = f.get_with_token("/whoami", &f.token(ALICE)).await;
+    assert_eq!(a.status, StatusCode::OK, "{a:?}");
 }
 
 #[tokio::test]

@@ -34,6 +34,14 @@ pub struct Admission {
     pub credential_header: Option<CredentialHeader>,
     /// The binding that allowed the request (`None` on a public path).
     pub grant: Option<Grant>,
+    /// Why there is no identity when a binding let the request in without
+    /// one (`allUsers`): [`Reason::MissingToken`], or why its token was
+    /// refused. `None` with an identity, and on a public path (where no
+    /// token is looked at).
+    pub anonymous_reason: Option<Reason>,
+    /// The gate's status codes, for an answer given further on (the
+    /// [`Identity`] extractor's refusal of an anonymous caller).
+    pub status_codes: StatusCodes,
 }
 
 /// Why the gate refused a request.
@@ -290,6 +298,8 @@ impl Gate {
                 identity: None,
                 credential_header: None,
                 grant: None,
+                anonymous_reason: None,
+                status_codes: self.status_codes,
             }));
         }
         // One reading of the clock for the policy's `request.time` and the
@@ -299,11 +309,11 @@ impl Gate {
         let policy = self.policy.current();
         let cred = match self.credential(req) {
             Ok(c) => c,
-            Err(rejection) => return Ok(anonymous(&policy, &ctx, rejection)),
+            Err(rejection) => return Ok(self.anonymous(&policy, &ctx, rejection)),
         };
         match self.verifier.lookup(cred.token, now.as_secs()) {
-            Lookup::Hit(identity) => Ok(verified(&policy, &ctx, identity, cred.header)),
-            Lookup::Refused(rejection) => Ok(anonymous(&policy, &ctx, rejection)),
+            Lookup::Hit(identity) => Ok(self.verified(&policy, &ctx, identity, cred.header)),
+            Lookup::Refused(rejection) => Ok(self.anonymous(&policy, &ctx, rejection)),
             Lookup::Miss(miss) => Err(Pending { miss, now, started }),
         }
     }
@@ -320,11 +330,11 @@ impl Gate {
         // The same headers as in `decide_now`, which found a token in them.
         let cred = match self.credential(req) {
             Ok(c) => c,
-            Err(rejection) => return anonymous(&policy, &ctx, rejection),
+            Err(rejection) => return self.anonymous(&policy, &ctx, rejection),
         };
         match self.verifier.verify_miss(cred.token, pending.miss).await {
-            Ok(identity) => verified(&policy, &ctx, identity, cred.header),
-            Err(rejection) => anonymous(&policy, &ctx, rejection),
+            Ok(identity) => self.verified(&policy, &ctx, identity, cred.header),
+            Err(rejection) => self.anonymous(&policy, &ctx, rejection),
         }
     }
 }
@@ -347,41 +357,53 @@ fn context<'a>(req: &RequestFacts<'a>, now: Duration) -> RequestContext<'a> {
     }
 }
 
-/// The request goes on without an identity when `allUsers` lets it: a bad
-/// token does not stop it then. Otherwise refused for `rejection`.
-fn anonymous(policy: &Policy, ctx: &RequestContext<'_>, rejection: Rejection) -> Outcome {
-    match policy.decide(None, ctx) {
-        Decision::Allowed(grant) => Outcome::Allowed(Admission {
-            identity: None,
-            credential_header: None,
-            grant: Some(grant),
-        }),
-        Decision::Denied(_) => Outcome::Denied(Refusal {
-            rejection,
-            principal: None,
-        }),
+impl Gate {
+    /// The request goes on without an identity when `allUsers` lets it: a bad
+    /// token does not stop it then. Otherwise refused for `rejection`.
+    fn anonymous(
+        &self,
+        policy: &Policy,
+        ctx: &RequestContext<'_>,
+        rejection: Rejection,
+    ) -> Outcome {
+        match policy.decide(None, ctx) {
+            Decision::Allowed(grant) => Outcome::Allowed(Admission {
+                identity: None,
+                credential_header: None,
+                grant: Some(grant),
+                anonymous_reason: Some(rejection.reason),
+                status_codes: self.status_codes,
+            }),
+            Decision::Denied(_) => Outcome::Denied(Refusal {
+                rejection,
+                principal: None,
+            }),
+        }
     }
-}
 
-/// The policy's answer for a verified caller.
-fn verified(
-    policy: &Policy,
-    ctx: &RequestContext<'_>,
-    identity: Identity,
-    header: CredentialHeader,
-) -> Outcome {
-    match policy.decide(Some(&identity), ctx) {
-        Decision::Allowed(grant) => Outcome::Allowed(Admission {
-            identity: Some(identity),
-            credential_header: Some(header),
-            grant: Some(grant),
-        }),
-        Decision::Denied(denial) => Outcome::Denied(Refusal {
-            rejection: Rejection::new(denial.reason, denial.detail),
-            principal: denial
-                .principal
-                .or_else(|| Some(identity.principal().to_string())),
-        }),
+    /// The policy's answer for a verified caller.
+    fn verified(
+        &self,
+        policy: &Policy,
+        ctx: &RequestContext<'_>,
+        identity: Identity,
+        header: CredentialHeader,
+    ) -> Outcome {
+        match policy.decide(Some(&identity), ctx) {
+            Decision::Allowed(grant) => Outcome::Allowed(Admission {
+                identity: Some(identity),
+                credential_header: Some(header),
+                grant: Some(grant),
+                anonymous_reason: None,
+                status_codes: self.status_codes,
+            }),
+            Decision::Denied(denial) => Outcome::Denied(Refusal {
+                rejection: Rejection::new(denial.reason, denial.detail),
+                principal: denial
+                    .principal
+                    .or_else(|| Some(identity.principal().to_string())),
+            }),
+        }
     }
 }
 
