@@ -195,19 +195,83 @@ struct MintRequest {
 
 async fn token_get(
     State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
     query: Result<Query<MintRequest>, QueryRejection>,
 ) -> Response {
+    if let Some(refusal) = foreign_host(&shared, &headers) {
+        return refusal;
+    }
     match query {
         Ok(Query(request)) => mint_response(&shared, request),
         Err(rejection) => bad_request(&format!("invalid token request: {}", rejection.body_text())),
     }
 }
 
-async fn token_post(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+async fn token_post(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Some(refusal) = foreign_host(&shared, &headers) {
+        return refusal;
+    }
     match serde_json::from_slice::<MintRequest>(&body) {
         Ok(request) => mint_response(&shared, request),
         Err(err) => bad_request(&format!("invalid token request: {err}")),
     }
+}
+
+/// Mints only for a request that names this issuer by a name no web page
+/// can point elsewhere: an IP address, `localhost` (or a name under it), or
+/// the issuer URL's own host. A page on another site could otherwise rebind
+/// its name to 127.0.0.1 and read the tokens it mints for itself
+/// (DNS rebinding); a `Host` it names is its own. The refusal, for any
+/// other name.
+fn foreign_host(shared: &Shared, headers: &HeaderMap) -> Option<Response> {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(hostname);
+    let allowed = host.is_some_and(|h| {
+        let lower = h.to_ascii_lowercase();
+        lower == "localhost"
+            || lower.ends_with(".localhost")
+            || h.parse::<std::net::IpAddr>().is_ok()
+            || url_hostname(shared.url()).is_some_and(|own| own.eq_ignore_ascii_case(h))
+    });
+    if allowed {
+        return None;
+    }
+    Some(
+        (
+            StatusCode::FORBIDDEN,
+            format!(
+                "the mint endpoint answers requests that name it by an IP address, localhost or \
+             the issuer URL's host ({}); this one named {:?}\n",
+                shared.url(),
+                host.unwrap_or("nothing"),
+            ),
+        )
+            .into_response(),
+    )
+}
+
+/// The host of an authority (`host:port`, `[v6]:port`), without the port.
+fn hostname(authority: &str) -> &str {
+    match authority.strip_prefix('[') {
+        Some(rest) => rest.split_once(']').map_or(authority, |(v6, _)| v6),
+        None => authority.split_once(':').map_or(authority, |(h, _)| h),
+    }
+}
+
+/// The host of an `http(s)://` URL.
+fn url_hostname(url: &str) -> Option<&str> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))?;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
+    Some(hostname(authority))
 }
 
 fn mint_response(shared: &Shared, request: MintRequest) -> Response {

@@ -176,3 +176,62 @@ async fn bad_post_requests_are_400() {
     let url = format!("{}?email=a@b.c&audience=aud", issuer.token_url());
     assert_eq!(client.get(&url).send().await.unwrap().status(), 200);
 }
+
+/// A web page that rebinds its own name to 127.0.0.1 sends its own name in
+/// `Host`: the mint endpoint refuses it, and answers any name no page can
+/// point elsewhere (an IP address, localhost, the issuer URL's host).
+#[tokio::test]
+async fn mints_only_for_a_host_no_web_page_can_rebind() {
+    let issuer = Issuer::start_with(idgate_testkit::IssuerOptions {
+        issuer_url: Some("http://dev-issuer.internal:8900".into()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let port = issuer.addr().port();
+    let url = format!("http://{}/token?email=a@b.c&audience=aud", issuer.addr());
+    let client = client();
+    let status = |host: String| {
+        let request = client.get(&url).header("host", host);
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    for host in [
+        format!("127.0.0.1:{port}"),
+        format!("[::1]:{port}"),
+        format!("localhost:{port}"),
+        format!("LocalHost:{port}"),
+        format!("idgate.localhost:{port}"),
+        "dev-issuer.internal:8900".to_string(),
+        "192.0.2.7".to_string(),
+    ] {
+        assert_eq!(status(host.clone()).await, 200, "Host: {host}");
+    }
+    for host in [
+        format!("attacker.example:{port}"),
+        format!("localhost.attacker.example:{port}"),
+        format!("127.0.0.1.attacker.example:{port}"),
+        "dev-issuer.internal.attacker.example:8900".to_string(),
+    ] {
+        assert_eq!(status(host.clone()).await, 403, "Host: {host}");
+    }
+    // POST too; discovery and the JWKS are public, whatever the Host.
+    let refused = client
+        .post(format!("http://{}/token", issuer.addr()))
+        .header("host", "attacker.example")
+        .header("content-type", "application/json")
+        .body(r#"{"email":"a@b.c","audience":"aud"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+    let body = refused.text().await.unwrap();
+    assert!(body.contains("\"attacker.example\""), "{body}");
+    assert!(!body.contains("eyJ"), "{body}");
+    let jwks = client
+        .get(format!("http://{}/jwks", issuer.addr()))
+        .header("host", "attacker.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(jwks.status(), 200);
+}
