@@ -45,7 +45,13 @@ http {{
         location / {{
             auth_request /_idgate;
             auth_request_set $idgate_principal $upstream_http_x_idgate_principal;
+            auth_request_set $idgate_email $upstream_http_x_idgate_email;
+            auth_request_set $idgate_sub $upstream_http_x_idgate_sub;
+            auth_request_set $idgate_claims $upstream_http_x_idgate_claims;
             proxy_set_header X-Idgate-Principal $idgate_principal;
+            proxy_set_header X-Idgate-Email $idgate_email;
+            proxy_set_header X-Idgate-Sub $idgate_sub;
+            proxy_set_header X-Idgate-Claims $idgate_claims;
             proxy_pass http://{upstream};
         }}
         location = /_idgate {{
@@ -131,7 +137,8 @@ async fn nginx_auth_request_in_front_of_an_upstream() {
     let send = |path: &str, token: Option<String>| {
         let mut req = c
             .get(format!("{base}{path}"))
-            .header("x-idgate-principal", "user:boss@example.com");
+            .header("x-idgate-principal", "user:boss@example.com")
+            .header("x-idgate-email", "boss@example.com");
         if let Some(t) = token {
             req = req.header("authorization", bearer(&t));
         }
@@ -151,18 +158,23 @@ async fn nginx_auth_request_in_front_of_an_upstream() {
         ["user:alice@example.com"],
         "the principal idgate vouched for, never the client's"
     );
+    assert_eq!(
+        header_values(&echo, "x-idgate-email"),
+        ["alice@example.com"],
+        "every identity header is idgate's"
+    );
 
     // A public path: idgate allows it without a token; nginx's header
     // rule sends an empty principal, never the client's.
     let res = send("/public/logo.svg", None).await.expect("public");
     assert_eq!(res.status(), 200);
     let echo: Value = res.json().await.expect("the upstream's echo");
-    assert!(
-        header_values(&echo, "x-idgate-principal")
-            .iter()
-            .all(String::is_empty),
-        "{echo}"
-    );
+    for name in ["x-idgate-principal", "x-idgate-email"] {
+        assert!(
+            header_values(&echo, name).iter().all(String::is_empty),
+            "{name}: {echo}"
+        );
+    }
 
     let hits = up.hits();
     let res = send("/app/items", None).await.expect("no token");

@@ -129,6 +129,18 @@ impl Service<Request<Body>> for Sanitize {
             );
             return Box::pin(std::future::ready(Ok(refusal)));
         }
+        // The gate judges the path the upstream gets: a target without one
+        // (authority-form `GET host:port` or `CONNECT`, `OPTIONS *`) would
+        // be judged as another path than the upstream's `/`. idgate tunnels
+        // no CONNECT.
+        if !req.uri().path().starts_with('/') {
+            let refusal = crate::proxy::json_error(
+                http::StatusCode::BAD_REQUEST,
+                "bad_request",
+                "invalid_uri",
+            );
+            return Box::pin(std::future::ready(Ok(refusal)));
+        }
         // Hop-by-hop first: a client could otherwise name an identity
         // header in `Connection` to have the one we set removed downstream.
         let upgrade = is_upgrade_request(&req);
@@ -160,10 +172,11 @@ fn carrier(req: &Request<Body>) -> Option<CredentialHeader> {
 /// Step 3, proxy mode.
 fn admitted(mut req: Request<Body>, forward: ForwardToken) -> Request<Body> {
     let carrier = carrier(&req);
-    if let Some(identity) = req.extensions().get::<Identity>().cloned() {
-        set_identity(req.headers_mut(), &identity);
+    let identity = req.extensions().get::<Identity>().cloned();
+    if let Some(identity) = &identity {
+        set_identity(req.headers_mut(), identity);
     }
-    forward_token(req.headers_mut(), forward, carrier);
+    forward_token(req.headers_mut(), forward, carrier, identity.is_some());
     req
 }
 

@@ -33,6 +33,16 @@ const X_FORWARDED_URI: HeaderName = HeaderName::from_static("x-forwarded-uri");
 const X_ORIGINAL_URI: HeaderName = HeaderName::from_static("x-original-uri");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
+/// The headers the original request is read from: `--strip-header` must not
+/// remove them in forward-auth mode, or the subrequest itself is judged.
+pub const REQUEST_HEADERS: [&str; 5] = [
+    "x-forwarded-method",
+    "x-original-method",
+    "x-forwarded-uri",
+    "x-original-uri",
+    "x-forwarded-host",
+];
+
 /// The request the front proxy is asking about.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OriginalRequest {

@@ -56,7 +56,21 @@ impl IdentityStrip {
     }
 
     /// Whether `name` (lower case) is an identity header to strip.
+    ///
+    /// A name with `_` is judged by its form with `-`: servers that turn
+    /// header names into CGI-style variables (WSGI, Rack, PHP) read
+    /// `x_idgate_email` as `X-Idgate-Email`, and some let it win. For the
+    /// same reason `x_serverless_authorization` goes, so that the app reads
+    /// the token header idgate handled, not a second one beside it.
     pub fn matches(&self, name: &str) -> bool {
+        if name.contains('_') {
+            let dashed = name.replace('_', "-");
+            return self.matches_dashed(&dashed) || dashed == X_SERVERLESS_AUTHORIZATION.as_str();
+        }
+        self.matches_dashed(name)
+    }
+
+    fn matches_dashed(&self, name: &str) -> bool {
         STRIPPED_PREFIXES.iter().any(|p| name.starts_with(p))
             || STRIPPED_NAMES.contains(&name)
             || self.extra.iter().any(|p| p.matches(name))
@@ -359,10 +373,17 @@ pub fn credential_header_by_rule(headers: &HeaderMap) -> Option<CredentialHeader
 /// token. The other credential header is left alone: with a token in
 /// `X-Serverless-Authorization`, `Authorization` belongs to the app's own
 /// scheme, which is why Cloud Run reads the former first.
+///
+/// `verified` says whether the gate verified the token in that header. Under
+/// `stripped`, a bearer JWT it did not verify (a public path, `allUsers`) is
+/// removed, not stripped: with its signature replaced it would look like a
+/// token idgate verified, and an app that reads the caller from a stripped
+/// token, as apps behind Cloud Run do, would believe it.
 pub fn forward_token(
     headers: &mut HeaderMap,
     mode: ForwardToken,
     carrier: Option<CredentialHeader>,
+    verified: bool,
 ) {
     let Some(carrier) = carrier else { return };
     let name = carrier.header_name();
@@ -372,26 +393,39 @@ pub fn forward_token(
             headers.remove(&name);
         }
         ForwardToken::Stripped => {
-            if let Entry::Occupied(mut values) = headers.entry(name) {
-                for v in values.iter_mut() {
-                    if let Some(stripped) = strip_header_value(v) {
-                        *v = stripped;
-                    }
+            let Entry::Occupied(mut values) = headers.entry(name) else {
+                return;
+            };
+            if !verified {
+                if values.iter().any(|v| bearer_jws(v).is_some()) {
+                    values.remove();
+                }
+                return;
+            }
+            for v in values.iter_mut() {
+                if let Some(stripped) = strip_header_value(v) {
+                    *v = stripped;
                 }
             }
         }
     }
 }
 
-/// `Bearer h.p.s` becomes `Bearer h.p.SIGNATURE_REMOVED_BY_IDGATE`; anything
-/// that is not a bearer JWT gives `None`.
-fn strip_header_value(value: &HeaderValue) -> Option<HeaderValue> {
+/// The header and payload of the compact JWS in `Bearer h.p.s`; `None` for
+/// anything else.
+fn bearer_jws(value: &HeaderValue) -> Option<(&str, &str)> {
     let text = value.to_str().ok()?.trim();
     let (scheme, token) = text.split_once([' ', '\t'])?;
     if !scheme.eq_ignore_ascii_case("bearer") {
         return None;
     }
-    let (header, payload) = jws_head(token.trim())?;
+    jws_head(token.trim())
+}
+
+/// `Bearer h.p.s` becomes `Bearer h.p.SIGNATURE_REMOVED_BY_IDGATE`; anything
+/// that is not a bearer JWT gives `None`.
+fn strip_header_value(value: &HeaderValue) -> Option<HeaderValue> {
+    let (header, payload) = bearer_jws(value)?;
     let mut out = Vec::with_capacity(
         "Bearer ".len() + header.len() + payload.len() + 2 + SIGNATURE_REMOVED.len(),
     );
@@ -461,13 +495,23 @@ mod tests {
             ("authorization", "Bearer t"),
             ("x-forwarded-for", "1.2.3.4"),
             ("accept", "*/*"),
+            // What CGI-style servers read as the names above.
+            ("x_idgate_email", "boss@example.com"),
+            ("X_Goog_Authenticated_User_Email", "boss"),
+            ("x-forwarded_user", "boss"),
+            ("x_my_role", "admin"),
+            ("x_serverless_authorization", "Bearer forged"),
+            ("x_request_id", "kept"),
         ]);
         let extra = vec![
             HeaderPattern::Exact(HeaderName::from_static("x-user")),
             HeaderPattern::Prefix("x-my-".into()),
         ];
         IdentityStrip::new(extra).strip(&mut h);
-        assert_eq!(names(&h), ["accept", "authorization", "x-forwarded-for"]);
+        assert_eq!(
+            names(&h),
+            ["accept", "authorization", "x-forwarded-for", "x_request_id"]
+        );
     }
 
     #[test]
@@ -688,7 +732,7 @@ mod tests {
         assert_eq!(carrier, Some(CredentialHeader::XServerlessAuthorization));
 
         let mut h = both();
-        forward_token(&mut h, ForwardToken::Stripped, carrier);
+        forward_token(&mut h, ForwardToken::Stripped, carrier, true);
         assert_eq!(
             h["x-serverless-authorization"],
             "Bearer aGVhZA.cGF5.SIGNATURE_REMOVED_BY_IDGATE"
@@ -699,17 +743,17 @@ mod tests {
         );
 
         let mut h = both();
-        forward_token(&mut h, ForwardToken::None, carrier);
+        forward_token(&mut h, ForwardToken::None, carrier, true);
         assert!(!h.contains_key("x-serverless-authorization"));
         assert!(h.contains_key("authorization"));
 
         let mut h = both();
-        forward_token(&mut h, ForwardToken::Full, carrier);
+        forward_token(&mut h, ForwardToken::Full, carrier, true);
         assert_eq!(h, both());
 
         let mut h = headers(&[("authorization", "Bearer aGVhZA.cGF5.c2ln")]);
         let carrier = credential_header_by_rule(&h);
-        forward_token(&mut h, ForwardToken::Stripped, carrier);
+        forward_token(&mut h, ForwardToken::Stripped, carrier, true);
         assert_eq!(
             h["authorization"],
             "Bearer aGVhZA.cGF5.SIGNATURE_REMOVED_BY_IDGATE"
@@ -720,10 +764,36 @@ mod tests {
             &mut h,
             ForwardToken::Stripped,
             Some(CredentialHeader::Authorization),
+            false,
         );
         assert_eq!(
             h["authorization"], "Basic dXNlcjpwYXNz",
             "not a token: untouched"
         );
+    }
+
+    /// A token the gate did not verify (public path, `allUsers`) must not
+    /// come out looking like one it did.
+    #[test]
+    fn an_unverified_token_is_never_stripped() {
+        let forged = || headers(&[("authorization", "Bearer aGVhZA.cGF5.c2ln")]);
+        let carrier = credential_header_by_rule(&forged());
+
+        let mut h = forged();
+        forward_token(&mut h, ForwardToken::Stripped, carrier, false);
+        assert!(h.is_empty(), "{h:?}");
+
+        let mut h = forged();
+        forward_token(&mut h, ForwardToken::None, carrier, false);
+        assert!(h.is_empty(), "{h:?}");
+
+        let mut h = forged();
+        forward_token(&mut h, ForwardToken::Full, carrier, false);
+        assert_eq!(h, forged(), "full: as the client sent it");
+
+        // Not a JWT: the app's own credential, untouched.
+        let mut h = headers(&[("authorization", "Bearer sk_live_123")]);
+        forward_token(&mut h, ForwardToken::Stripped, carrier, false);
+        assert_eq!(h["authorization"], "Bearer sk_live_123");
     }
 }

@@ -224,6 +224,64 @@ async fn allows_denies_forwards_identity_and_counts() {
     sidecar.shutdown().await;
 }
 
+/// Under `--forward-token stripped`, a token the gate did not verify (a
+/// public path, an `allUsers` binding) never reaches the upstream with its
+/// signature replaced: that would make a forged token look like a verified
+/// one to an app that reads the caller from it. A verified one still does.
+#[tokio::test]
+async fn only_a_verified_token_reaches_the_upstream_stripped() {
+    let issuer = Issuer::start().await;
+    let up = upstream().await;
+    let s = settings(Some(&up.url()), |a| {
+        a.member = vec!["allUsers".into()];
+        a.public_path = vec!["/base".into()];
+        a.jwks_url = vec![issuer.jwks_url()];
+    });
+    let (sidecar, _) = start_with_gate(&s).await;
+    let c = client();
+    // Signed by nobody, claiming to be the boss.
+    let forged = format!(
+        "{}.{}.AAAA",
+        "eyJhbGciOiJSUzI1NiIsImtpZCI6ImtleS0xIn0", "eyJlbWFpbCI6ImJvc3NAZXhhbXBsZS5jb20ifQ"
+    );
+    // A public path, then an allUsers one.
+    for path in ["/base/headers", "/headers"] {
+        let url = format!("http://{}{path}", sidecar.addr());
+        let (status, _, body) =
+            send(&c, get_req(&url, &[("authorization", &bearer(&forged))])).await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+        let echo = echoed(&body);
+        assert!(
+            header_values(&echo, "authorization").is_empty(),
+            "{path}: an unverified token reached the upstream: {echo}"
+        );
+        assert!(
+            header_values(&echo, "x-idgate-principal").is_empty(),
+            "{path}"
+        );
+    }
+    // The app's own non-JWT credential on a public path is its business.
+    let url = format!("http://{}/base/headers", sidecar.addr());
+    let (_, _, body) = send(&c, get_req(&url, &[("authorization", "Bearer sk_live_1")])).await;
+    assert_eq!(
+        header_values(&echoed(&body), "authorization"),
+        ["Bearer sk_live_1"]
+    );
+    // A verified token on an allUsers route goes on stripped.
+    let alice = google_token(&issuer, "alice@example.com");
+    let url = format!("http://{}/headers", sidecar.addr());
+    let (_, _, body) = send(&c, get_req(&url, &[("authorization", &bearer(&alice))])).await;
+    let echo = echoed(&body);
+    let sent = header_values(&echo, "authorization");
+    assert_eq!(sent.len(), 1, "{echo}");
+    assert!(sent[0].ends_with(".SIGNATURE_REMOVED_BY_IDGATE"), "{echo}");
+    assert_eq!(
+        header_values(&echo, "x-idgate-principal"),
+        ["user:alice@example.com"]
+    );
+    sidecar.shutdown().await;
+}
+
 #[tokio::test]
 async fn an_issuer_down_at_startup_delays_its_keys_not_the_sidecar() {
     // Nothing listens there yet: discovery fails. The sidecar starts

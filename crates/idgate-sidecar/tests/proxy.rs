@@ -85,6 +85,9 @@ async fn forged_identity_headers_never_reach_the_upstream() {
         ("x-auth-request-email", "boss@example.com"),
         ("x-user", "boss"),
         ("x-my-role", "admin"),
+        // Read as X-Idgate-Email by CGI-style servers.
+        ("x_idgate_email", "boss@example.com"),
+        ("x_serverless_authorization", "Bearer a.b.c"),
         ("x-innocent", "kept"),
     ];
     let url = format!("http://{}/headers", sidecar.addr());
@@ -532,6 +535,35 @@ async fn two_host_headers_are_refused() {
     assert!(head.starts_with("http/1.1 400"), "{head}");
     // idgate's answer, not the upstream's.
     assert_eq!(echoed(&body)["reason"], "repeated_host");
+}
+
+/// The gate judges the path the upstream gets, so a request target without
+/// one (authority-form, `*`) is refused before the gate: `GET host:port`
+/// would be judged as the path "" and reach the upstream as `/`.
+#[tokio::test]
+async fn a_request_target_without_a_path_is_refused() {
+    let up = upstream().await;
+    let s = settings(Some(&up.url()), |_| {});
+    let (sidecar, _) = sidecar(&s, no_gate()).await;
+    for request in [
+        &b"GET example.com:80 HTTP/1.1\r\nHost: example.com\r\n\r\n"[..],
+        b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
+    ] {
+        let shown = String::from_utf8_lossy(request);
+        let (head, body) = raw_exchange(sidecar.addr(), request).await;
+        assert!(head.starts_with("http/1.1 400"), "{shown}: {head}");
+        // idgate's answer, not the upstream's.
+        assert_eq!(echoed(&body)["reason"], "invalid_uri", "{shown}");
+    }
+    // Absolute-form has a path: judged and forwarded as that path.
+    let (head, body) = raw_exchange(
+        sidecar.addr(),
+        b"GET http://x/headers?q HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert_eq!(echoed(&body)["uri"], "/headers?q");
 }
 
 /// Sends `request` as written on a new connection; the answer's head (in

@@ -131,6 +131,7 @@ async fn connection(
                             req.headers_mut(),
                             ForwardToken::Stripped,
                             admission.credential_header,
+                            admission.identity.is_some(),
                         );
                     }
                     Outcome::Denied(refusal) => {

@@ -720,6 +720,20 @@ fn resolve(
 
     let public_paths = each(&mut src, "--public-path", parse::public_path);
     let strip_headers = each(&mut src, "--strip-header", parse::header_pattern);
+    if mode == Some(Mode::ForwardAuth) {
+        for pattern in &strip_headers {
+            let read = crate::forward_auth::REQUEST_HEADERS;
+            if let Some(header) = read.iter().find(|h| pattern.matches(h)) {
+                src.errors.push(ConfigError::Conflict {
+                    origin: src.origin("--strip-header").unwrap_or(Origin::Default),
+                    message: format!(
+                        "{pattern} would remove {header}, which forward-auth reads the original \
+                         request from (the subrequest's own path would be judged instead)"
+                    ),
+                });
+            }
+        }
+    }
 
     // Load the policy as the gate will, so its problems are listed with
     // every other one, in the same run.

@@ -437,6 +437,37 @@ fn misspelt_variables_are_warned_about() {
     );
 }
 
+/// Forward-auth reads the original request from headers `--strip-header`
+/// runs before: stripping them would have the subrequest's own path judged.
+#[test]
+fn forward_auth_refuses_to_strip_the_headers_it_reads() {
+    let e = load_err(
+        &[
+            "--mode",
+            "forward-auth",
+            "--audience",
+            "a",
+            "--member",
+            "allUsers",
+            "--strip-header",
+            "x-forwarded-*",
+            "--strip-header",
+            "X-Original-URI",
+        ],
+        &[],
+    );
+    for expected in [
+        "--strip-header: x-forwarded-* would remove x-forwarded-method",
+        "--strip-header: x-original-uri would remove x-original-uri",
+    ] {
+        assert!(e.contains(expected), "missing {expected:?} in:\n{e}");
+    }
+    // A proxy may strip them: it reads none of them.
+    let mut flags = MINIMAL.to_vec();
+    flags.extend(["--strip-header", "x-forwarded-*"]);
+    load_ok(&flags, &[]);
+}
+
 #[test]
 fn strip_headers_and_public_paths_parse() {
     let mut flags = MINIMAL.to_vec();
