@@ -114,31 +114,31 @@ impl Service<Request<Body>> for Sanitize {
 
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         // Two `Host`s: a condition would read one and the upstream perhaps
-        // the other. RFC 9112 §3.2 says 400.
-        if req
+        // the other. RFC 9112 §3.2 says 400. And the gate judges the path
+        // the upstream gets: a target without one (authority-form
+        // `GET host:port` or `CONNECT`, `OPTIONS *`) would be judged as
+        // another path than the upstream's `/`. idgate tunnels no CONNECT.
+        let refused = if req
             .headers()
             .get_all(http::header::HOST)
             .iter()
             .nth(1)
             .is_some()
         {
-            let refusal = crate::proxy::json_error(
-                http::StatusCode::BAD_REQUEST,
-                "bad_request",
-                "repeated_host",
+            Some("repeated_host")
+        } else if !req.uri().path().starts_with('/') {
+            Some("invalid_uri")
+        } else {
+            None
+        };
+        if let Some(reason) = refused {
+            tracing::info!(
+                http.reason = reason,
+                http.method = %req.method(),
+                "request refused before the gate"
             );
-            return Box::pin(std::future::ready(Ok(refusal)));
-        }
-        // The gate judges the path the upstream gets: a target without one
-        // (authority-form `GET host:port` or `CONNECT`, `OPTIONS *`) would
-        // be judged as another path than the upstream's `/`. idgate tunnels
-        // no CONNECT.
-        if !req.uri().path().starts_with('/') {
-            let refusal = crate::proxy::json_error(
-                http::StatusCode::BAD_REQUEST,
-                "bad_request",
-                "invalid_uri",
-            );
+            let refusal =
+                crate::proxy::json_error(http::StatusCode::BAD_REQUEST, "bad_request", reason);
             return Box::pin(std::future::ready(Ok(refusal)));
         }
         // Hop-by-hop first: a client could otherwise name an identity

@@ -35,12 +35,12 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 
 /// The headers the original request is read from: `--strip-header` must not
 /// remove them in forward-auth mode, or the subrequest itself is judged.
-pub const REQUEST_HEADERS: [&str; 5] = [
-    "x-forwarded-method",
-    "x-original-method",
-    "x-forwarded-uri",
-    "x-original-uri",
-    "x-forwarded-host",
+pub const REQUEST_HEADERS: [HeaderName; 5] = [
+    X_FORWARDED_METHOD,
+    X_ORIGINAL_METHOD,
+    X_FORWARDED_URI,
+    X_ORIGINAL_URI,
+    X_FORWARDED_HOST,
 ];
 
 /// The request the front proxy is asking about.

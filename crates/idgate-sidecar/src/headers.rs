@@ -397,7 +397,7 @@ pub fn forward_token(
                 return;
             };
             if !verified {
-                if values.iter().any(|v| bearer_jws(v).is_some()) {
+                if values.iter().any(looks_like_a_jwt) {
                     values.remove();
                 }
                 return;
@@ -409,6 +409,18 @@ pub fn forward_token(
             }
         }
     }
+}
+
+/// Whether a credential could be read as a JWT by someone: a bearer token
+/// with a dot in it, judged on the bytes (a stray non-ASCII byte, or a
+/// fourth segment, does not stop a lenient decoder from reading the claims).
+fn looks_like_a_jwt(value: &HeaderValue) -> bool {
+    let bytes = value.as_bytes().trim_ascii();
+    let Some(space) = memchr::memchr2(b' ', b'\t', bytes) else {
+        return false;
+    };
+    bytes[..space].eq_ignore_ascii_case(b"bearer")
+        && memchr::memchr(b'.', &bytes[space..]).is_some()
 }
 
 /// The header and payload of the compact JWS in `Bearer h.p.s`; `None` for
@@ -795,5 +807,17 @@ mod tests {
         let mut h = headers(&[("authorization", "Bearer sk_live_123")]);
         forward_token(&mut h, ForwardToken::Stripped, carrier, false);
         assert_eq!(h["authorization"], "Bearer sk_live_123");
+
+        // Nor a near-JWT a lenient decoder would still read.
+        for odd in [
+            &b"bearer aGVhZA.cGF5.c2ln\xff"[..],
+            b"Bearer\ta.b.c.d",
+            b"BEARER a.b",
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert("authorization", HeaderValue::from_bytes(odd).unwrap());
+            forward_token(&mut h, ForwardToken::Stripped, carrier, false);
+            assert!(h.is_empty(), "{odd:?} went on");
+        }
     }
 }

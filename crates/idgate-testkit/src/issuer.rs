@@ -84,6 +84,8 @@ struct KeyRing {
 /// State shared between the [`Issuer`] handle and its server task.
 pub(crate) struct Shared {
     url: String,
+    /// The issuer URL's host, as the mint endpoint compares `Host` with it.
+    host_name: Option<String>,
     keys: Mutex<KeyRing>,
     cache_control: Mutex<Option<String>>,
     age: Mutex<Option<u64>>,
@@ -103,6 +105,10 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Shared {
     pub(crate) fn url(&self) -> &str {
         &self.url
+    }
+
+    pub(crate) fn host_name(&self) -> Option<&str> {
+        self.host_name.as_deref()
     }
 
     pub(crate) fn jwks(&self) -> Value {
@@ -479,6 +485,7 @@ async fn prepare(opts: IssuerOptions) -> Result<(Arc<Shared>, TcpListener, Socke
         None => format!("http://{addr}"),
     };
     let shared = Arc::new(Shared {
+        host_name: crate::server::url_host_name(&url),
         url,
         keys: Mutex::new(KeyRing { published, active }),
         cache_control: Mutex::new(Some(DEFAULT_CACHE_CONTROL.to_owned())),

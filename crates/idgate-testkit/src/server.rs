@@ -10,7 +10,8 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::uri::Authority;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bytes::Bytes;
@@ -228,50 +229,41 @@ async fn token_post(
 /// (DNS rebinding); a `Host` it names is its own. The refusal, for any
 /// other name.
 fn foreign_host(shared: &Shared, headers: &HeaderMap) -> Option<Response> {
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(hostname);
-    let allowed = host.is_some_and(|h| {
-        let lower = h.to_ascii_lowercase();
-        lower == "localhost"
-            || lower.ends_with(".localhost")
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    let allowed = host.and_then(host_name).is_some_and(|h| {
+        h == "localhost"
+            || h.ends_with(".localhost")
             || h.parse::<std::net::IpAddr>().is_ok()
-            || url_hostname(shared.url()).is_some_and(|own| own.eq_ignore_ascii_case(h))
+            || shared.host_name() == Some(h.as_str())
     });
     if allowed {
         return None;
     }
-    Some(
-        (
-            StatusCode::FORBIDDEN,
-            format!(
-                "the mint endpoint answers requests that name it by an IP address, localhost or \
-             the issuer URL's host ({}); this one named {:?}\n",
-                shared.url(),
-                host.unwrap_or("nothing"),
-            ),
-        )
-            .into_response(),
-    )
+    let message = format!(
+        "the mint endpoint answers requests that name it by an IP address, localhost or the \
+         issuer URL's host ({}); this one named {:?}\n",
+        shared.url(),
+        host.unwrap_or("nothing"),
+    );
+    Some((StatusCode::FORBIDDEN, message).into_response())
 }
 
-/// The host of an authority (`host:port`, `[v6]:port`), without the port.
-fn hostname(authority: &str) -> &str {
-    match authority.strip_prefix('[') {
-        Some(rest) => rest.split_once(']').map_or(authority, |(v6, _)| v6),
-        None => authority.split_once(':').map_or(authority, |(h, _)| h),
-    }
+/// The host an authority (`host:port`, `[v6]:port`) names, as compared:
+/// lower case, without brackets, port or a trailing dot.
+pub(crate) fn host_name(authority: &str) -> Option<String> {
+    let authority: Authority = authority.parse().ok()?;
+    let host = authority.host();
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    Some(host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase())
 }
 
-/// The host of an `http(s)://` URL.
-fn url_hostname(url: &str) -> Option<&str> {
-    let rest = url
-        .strip_prefix("http://")
-        .or_else(|| url.strip_prefix("https://"))?;
-    let authority = rest.split(['/', '?', '#']).next()?;
-    let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
-    Some(hostname(authority))
+/// [`host_name`] of an URL's authority.
+pub(crate) fn url_host_name(url: &str) -> Option<String> {
+    let uri: Uri = url.parse().ok()?;
+    host_name(uri.authority()?.as_str())
 }
 
 fn mint_response(shared: &Shared, request: MintRequest) -> Response {

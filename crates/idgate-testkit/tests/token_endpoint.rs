@@ -201,7 +201,9 @@ async fn mints_only_for_a_host_no_web_page_can_rebind() {
         format!("localhost:{port}"),
         format!("LocalHost:{port}"),
         format!("idgate.localhost:{port}"),
+        format!("localhost.:{port}"),
         "dev-issuer.internal:8900".to_string(),
+        "Dev-Issuer.Internal.".to_string(),
         "192.0.2.7".to_string(),
     ] {
         assert_eq!(status(host.clone()).await, 200, "Host: {host}");

@@ -510,6 +510,13 @@ async fn the_extractor_answers_with_the_gates_status_codes() {
         .assert_invalid_token(Reason::MalformedToken, "not-a-jwt");
     let a = f.get_with_token("/whoami", &f.token(ALICE)).await;
     assert_eq!(a.status, StatusCode::OK, "{a:?}");
+    // A gRPC caller gets a gRPC status: 7, as Cloud Run's 403 reads.
+    let a = f
+        .get("/whoami", &[("content-type", "application/grpc")])
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{a:?}");
+    assert_eq!(a.headers["grpc-status"], "7", "{a:?}");
+    assert_eq!(a.headers["grpc-message"], "missing_token", "{a:?}");
 }
 
 #[tokio::test]

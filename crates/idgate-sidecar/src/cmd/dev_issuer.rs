@@ -34,6 +34,8 @@ pub struct DevIssuerArgs {
 
     /// The issuer URL: the `iss` of its tokens and the base of its
     /// discovery and JWKS URLs [default: http://ADDR, the bound address].
+    /// Its host is also a name the mint endpoint answers to, besides IP
+    /// addresses and localhost (others get 403: DNS rebinding).
     #[arg(long, value_name = "URL")]
     pub issuer_url: Option<String>,
 }

@@ -723,7 +723,7 @@ fn resolve(
     if mode == Some(Mode::ForwardAuth) {
         for pattern in &strip_headers {
             let read = crate::forward_auth::REQUEST_HEADERS;
-            if let Some(header) = read.iter().find(|h| pattern.matches(h)) {
+            if let Some(header) = read.iter().find(|h| pattern.matches(h.as_str())) {
                 src.errors.push(ConfigError::Conflict {
                     origin: src.origin("--strip-header").unwrap_or(Origin::Default),
                     message: format!(

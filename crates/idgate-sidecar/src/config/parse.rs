@@ -134,9 +134,11 @@ pub(crate) fn member(s: &str) -> Result<(), ValueError> {
 
 /// `x-user` (exact) or `x-user-*` (prefix), case-insensitive. A pattern that
 /// would remove the credential is refused: stripping runs before the gate,
-/// so every request would look unauthenticated.
+/// so every request would look unauthenticated. Kept with `-` for `_`, the
+/// form the strip compares names in (`x_user` also removes `x-user`, and
+/// the other way round).
 pub(crate) fn header_pattern(s: &str) -> Result<HeaderPattern, ValueError> {
-    let lower = s.trim().to_ascii_lowercase();
+    let lower = s.trim().to_ascii_lowercase().replace('_', "-");
     let (stem, prefix) = match lower.strip_suffix('*') {
         Some(stem) => (stem.to_owned(), true),
         None => (lower, false),

@@ -482,6 +482,20 @@ fn strip_headers_and_public_paths_parse() {
     let s = load_ok(&flags, &[]).settings;
     assert_eq!(s.strip_headers.len(), 2);
     assert!(s.strip_headers[1].matches("x-my-thing"));
+    // `_` and `-` are one: the strip compares names with `-`.
+    let mut flags = MINIMAL.to_vec();
+    flags.extend([
+        "--strip-header",
+        "X_Remote_User",
+        "--strip-header",
+        "x_my_*",
+    ]);
+    let dashed = load_ok(&flags, &[]).settings;
+    let strip = crate::headers::IdentityStrip::new(dashed.strip_headers);
+    for name in ["x-remote-user", "x_remote_user", "x-my-role", "x_my_role"] {
+        assert!(strip.matches(name), "{name}");
+    }
+    assert!(!strip.matches("x-remote-users"));
     assert_eq!(s.public_paths, ["/healthz"]);
     let f = config_file(
         "audience = \"a\"\nupstream = \"http://u:1\"\nstrip_header = [\"x-a\", \"x-b\"]\nmax_token_bytes = 4096\n",
