@@ -131,17 +131,28 @@ impl Condition {
             reads_path: false,
             negated: 0,
             negates_path: false,
+            negates_host: false,
         };
         checker.walk(program.expression());
         let functions = std::mem::take(&mut checker.functions);
         let reads_path = checker.reads_path;
-        let warning = checker.negates_path.then(|| {
+        let path = checker.negates_path.then_some(
             "negates a test of request.path: an upstream that ignores letter case or a \
              trailing slash (Express, ASP.NET, older Spring) serves an excluded path under \
              spellings the test does not exclude (/ADMIN, /admin/); prefer a list of the \
-             paths that may be called"
-                .to_owned()
-        });
+             paths that may be called",
+        );
+        let host = checker.negates_host.then_some(
+            "negates a test of request.host: it is the client's Host as written, so \
+             ADMIN.example.com, admin.example.com. or admin.example.com:443 pass a test that \
+             excludes admin.example.com, while servers route them to it; prefer a list of \
+             the hosts that may be called",
+        );
+        let warning = match (path, host) {
+            (None, None) => None,
+            (Some(w), None) | (None, Some(w)) => Some(w.to_owned()),
+            (Some(p), Some(h)) => Some(format!("{p}; it also {h}")),
+        };
         let probe = Context::with_env(env.clone());
         for (name, member) in functions {
             if !function_exists(&probe, &name, member) {
@@ -285,6 +296,7 @@ struct Checker<'a> {
     /// How many `!_` / `_!=_` the walk is inside.
     negated: usize,
     negates_path: bool,
+    negates_host: bool,
 }
 
 impl<'a> Checker<'a> {
@@ -315,6 +327,7 @@ impl<'a> Checker<'a> {
                 {
                     self.reads_path |= sel.field == "path";
                     self.negates_path |= sel.field == "path" && self.negated % 2 == 1;
+                    self.negates_host |= sel.field == "host" && self.negated % 2 == 1;
                     if !REQUEST_FIELDS.contains(&sel.field.as_str()) {
                         self.problem(format!(
                             "unknown field request.{} (a condition may use request.{})",
@@ -716,5 +729,20 @@ mod tests {
         ));
         assert!(!warned(r#"!(!request.path.startsWith("/reports/"))"#));
         assert!(!warned(r#"request.path.startsWith("/r/") != false"#));
+    }
+
+    #[test]
+    fn negated_host_tests_are_warned_about() {
+        let warning = |expr: &str| compile(expr).unwrap().warning;
+        let w = warning(r#"request.host != "admin.example.com""#).unwrap();
+        assert!(w.starts_with("negates a test of request.host"), "{w}");
+        assert!(warning(r#"request.host == "api.example.com""#).is_none());
+        let both =
+            warning(r#"!request.host.endsWith(".internal") && !request.path.startsWith("/admin")"#)
+                .unwrap();
+        assert!(
+            both.contains("request.path") && both.contains("request.host"),
+            "{both}"
+        );
     }
 }

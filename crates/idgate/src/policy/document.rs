@@ -291,8 +291,13 @@ fn binding_from_tree(
                 }
             }
             "condition" => match value {
-                // Protobuf JSON reads null as "not set".
-                Value::Null => {}
+                // Protobuf JSON would read null as "not set", but gcloud
+                // never writes it: a `condition:` whose expression was
+                // deleted or commented out would grant without it.
+                Value::Null => fail(
+                    "condition",
+                    "is empty; remove the line for a binding without a condition".into(),
+                ),
                 Value::Object(c) => condition = condition_from_tree(c, &mut fail),
                 other => fail(
                     "condition",
@@ -469,5 +474,22 @@ mod tests {
             );
         }
         assert_eq!(lines.len(), expected.len(), "{lines:#?}");
+    }
+
+    /// A `condition:` emptied by hand (its expression deleted or commented
+    /// out) reads as null: refused, not taken as no condition at all.
+    #[test]
+    fn an_empty_condition_is_refused() {
+        let text = "bindings:\n- role: roles/run.invoker\n  members: [allUsers]\n  condition:\n  #  expression: request.path.startsWith(\"/public/\")\n";
+        let tree = parse_tree(text, Some(Format::Yaml)).unwrap();
+        let mut errors = Vec::new();
+        let doc = policy_from_tree("p.yaml", tree, &mut errors);
+        assert!(doc.bindings.is_empty());
+        let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert_eq!(lines.len(), 1, "{lines:#?}");
+        assert!(
+            lines[0].starts_with("p.yaml: bindings[0] (roles/run.invoker): condition: is empty"),
+            "{lines:#?}"
+        );
     }
 }
