@@ -368,6 +368,46 @@ pub enum DiscoveryError {
     /// No usable `jwks_uri`.
     #[error("the document has no http(s) jwks_uri")]
     NoJwksUri,
+    /// An `https://` issuer whose document points at keys over plain HTTP,
+    /// where anyone on the path could swap them.
+    #[error("the https issuer's jwks_uri {url:?} is plain http")]
+    InsecureJwksUri {
+        /// The `jwks_uri` it gave.
+        url: String,
+    },
+}
+
+/// How key and discovery fetches follow redirects: at most five, and never
+/// from `https` to anything else, where anyone on the path could answer
+/// with keys of their own. Another host is fine (Google's keys are not on
+/// accounts.google.com).
+pub fn redirect_policy() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        if is_downgrade(attempt.previous(), attempt.url()) {
+            attempt.error("a redirect from https to plain http")
+        } else if attempt.previous().len() > 5 {
+            attempt.error("more than five redirects")
+        } else {
+            attempt.follow()
+        }
+    })
+}
+
+/// Whether a redirect to `to` leaves https, after `previous`.
+fn is_downgrade(previous: &[reqwest::Url], to: &reqwest::Url) -> bool {
+    to.scheme() != "https" && previous.iter().any(|u| u.scheme() == "https")
+}
+
+/// The discovery document's `jwks_uri`, if keys may be fetched from it: an
+/// http(s) URL, and https when the issuer is.
+fn usable_jwks_uri(issuer: &str, jwks_uri: Option<String>) -> Result<String, DiscoveryError> {
+    let url = jwks_uri
+        .filter(|u| u.starts_with("https://") || u.starts_with("http://"))
+        .ok_or(DiscoveryError::NoJwksUri)?;
+    if issuer.starts_with("https://") && !url.starts_with("https://") {
+        return Err(DiscoveryError::InsecureJwksUri { url });
+    }
+    Ok(url)
 }
 
 /// The largest discovery document read.
@@ -410,9 +450,7 @@ pub async fn discover_jwks_url(
     if doc.issuer != issuer {
         return Err(DiscoveryError::IssuerMismatch { found: doc.issuer });
     }
-    doc.jwks_uri
-        .filter(|u| u.starts_with("https://") || u.starts_with("http://"))
-        .ok_or(DiscoveryError::NoJwksUri)
+    usable_jwks_uri(issuer, doc.jwks_uri)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -802,7 +840,15 @@ pub fn parse_jwks(body: &[u8]) -> Result<HashMap<String, Arc<VerifyingKey>>, Str
         let Some(kid) = field("kid").filter(|k| !k.is_empty()) else {
             continue;
         };
-        if field("use").is_some_and(|u| u != "sig") {
+        // A key for something else than checking signatures (RFC 7517
+        // §4.2-4.3): `use` other than "sig" (or not a string), `key_ops`
+        // without "verify".
+        let other_use = jwk.get("use").is_some_and(|u| u.as_str() != Some("sig"));
+        let other_ops = jwk.get("key_ops").is_some_and(|ops| {
+            !ops.as_array()
+                .is_some_and(|ops| ops.iter().any(|op| op.as_str() == Some("verify")))
+        });
+        if other_use || other_ops {
             continue;
         }
         let alg = match field("alg") {
@@ -854,6 +900,40 @@ mod tests {
             );
         }
         h
+    }
+
+    /// Keys are never fetched over plain http once https was asked for:
+    /// anyone on the path could answer with keys of their own.
+    #[test]
+    fn keys_never_leave_https() {
+        let url = |u: &str| reqwest::Url::parse(u).unwrap();
+        let https = [url("https://idp.example/jwks")];
+        assert!(is_downgrade(&https, &url("http://idp.example/jwks")));
+        assert!(!is_downgrade(&https, &url("https://keys.example/jwks")));
+        assert!(!is_downgrade(
+            &[url("http://127.0.0.1:1/jwks")],
+            &url("http://127.0.0.1:2/")
+        ));
+
+        let found = |iss: &str, uri: Option<&str>| usable_jwks_uri(iss, uri.map(str::to_owned));
+        assert!(matches!(
+            found("https://idp.example", Some("http://idp.example/jwks")),
+            Err(DiscoveryError::InsecureJwksUri { .. })
+        ));
+        assert_eq!(
+            found("https://idp.example", Some("https://keys.example/jwks")).unwrap(),
+            "https://keys.example/jwks"
+        );
+        // A plain-http issuer (a dev issuer on loopback) keeps http keys.
+        assert!(found("http://127.0.0.1:8900", Some("http://127.0.0.1:8900/jwks")).is_ok());
+        assert!(matches!(
+            found("https://idp.example", Some("ftp://idp.example/jwks")),
+            Err(DiscoveryError::NoJwksUri)
+        ));
+        assert!(matches!(
+            found("https://idp.example", None),
+            Err(DiscoveryError::NoJwksUri)
+        ));
     }
 
     #[test]
@@ -910,5 +990,33 @@ mod tests {
         assert!(parse_jwks(br#"{"nokeys":1}"#).is_err());
         let only_unknown = br#"{"keys":[{"kty":"OKP","kid":"a","crv":"Ed25519","x":"AA"}]}"#;
         assert!(parse_jwks(only_unknown).is_err());
+    }
+
+    /// Only keys meant for checking signatures: `use` "sig" or absent,
+    /// `key_ops` with "verify" or absent.
+    #[test]
+    fn jwks_parsing_keeps_only_signature_keys() {
+        let base = idgate_testkit::TestKey::generate("k").jwk();
+        let with = |kid: &str, extra: serde_json::Value| {
+            let mut jwk = base.clone();
+            jwk["kid"] = kid.into();
+            for (k, v) in extra.as_object().unwrap() {
+                jwk[k] = v.clone();
+            }
+            jwk
+        };
+        let set = serde_json::json!({"keys": [
+            with("plain", serde_json::json!({})),
+            with("sig", serde_json::json!({"use": "sig"})),
+            with("verify", serde_json::json!({"key_ops": ["sign", "verify"]})),
+            with("enc", serde_json::json!({"use": "enc"})),
+            with("use-number", serde_json::json!({"use": 1})),
+            with("encrypt", serde_json::json!({"key_ops": ["encrypt", "wrapKey"]})),
+            with("ops-string", serde_json::json!({"key_ops": "verify"})),
+        ]});
+        let keys = parse_jwks(set.to_string().as_bytes()).unwrap();
+        let mut kids: Vec<&str> = keys.keys().map(String::as_str).collect();
+        kids.sort_unstable();
+        assert_eq!(kids, ["plain", "sig", "verify"]);
     }
 }

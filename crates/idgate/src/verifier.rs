@@ -427,6 +427,7 @@ impl VerifierBuilder {
             Some(c) => c,
             None => reqwest::Client::builder()
                 .no_proxy()
+                .redirect(crate::jwks::redirect_policy())
                 .user_agent(concat!("idgate/", env!("CARGO_PKG_VERSION")))
                 .build()
                 .map_err(|e| ConfigError(vec![format!("http client: {e}")]))?,

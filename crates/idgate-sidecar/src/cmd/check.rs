@@ -391,6 +391,7 @@ pub async fn examine(
     {
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
+            .redirect(idgate::jwks::redirect_policy())
             .build()
             .map_err(|e| format!("cannot build an HTTP client: {e}"))?;
         match idgate::jwks::discover_jwks_url(&client, iss).await {
