@@ -128,6 +128,15 @@ impl Service<Request<Body>> for Sanitize {
             Some("repeated_host")
         } else if !req.uri().path().starts_with('/') {
             Some("invalid_uri")
+        } else if req
+            .method()
+            .as_str()
+            .bytes()
+            .any(|b| b.is_ascii_lowercase())
+        {
+            // Methods are case-sensitive: `delete` is not `DELETE` to a
+            // condition, but frameworks that upper-case it route it as one.
+            Some("invalid_method")
         } else {
             None
         };

@@ -541,7 +541,7 @@ async fn two_host_headers_are_refused() {
 /// one (authority-form, `*`) is refused before the gate: `GET host:port`
 /// would be judged as the path "" and reach the upstream as `/`.
 #[tokio::test]
-async fn a_request_target_without_a_path_is_refused() {
+async fn a_request_target_without_a_path_or_a_lower_case_method_is_refused() {
     let up = upstream().await;
     let s = settings(Some(&up.url()), |_| {});
     let (sidecar, _) = sidecar(&s, no_gate()).await;
@@ -556,6 +556,15 @@ async fn a_request_target_without_a_path_is_refused() {
         // idgate's answer, not the upstream's.
         assert_eq!(echoed(&body)["reason"], "invalid_uri", "{shown}");
     }
+    // A method in lower case: a condition on `request.method` reads it as
+    // written, frameworks that upper-case it as the standard one.
+    let (head, body) = raw_exchange(
+        sidecar.addr(),
+        b"delete /headers HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .await;
+    assert!(head.starts_with("http/1.1 400"), "{head}");
+    assert_eq!(echoed(&body)["reason"], "invalid_method");
     // Absolute-form has a path: judged and forwarded as that path.
     let (head, body) = raw_exchange(
         sidecar.addr(),
