@@ -27,8 +27,8 @@ use crate::Body;
 use crate::config::{ForwardToken, Mode, Settings};
 use crate::forward_auth;
 use crate::headers::{
-    IdentityStrip, credential_header_by_rule, forward_token, is_upgrade_request, remove_hop_by_hop,
-    set_identity,
+    IdentityStrip, credential_header_by_rule, forward_token, is_upgrade_request,
+    method_is_canonical, remove_hop_by_hop, set_identity,
 };
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
@@ -118,6 +118,8 @@ impl Service<Request<Body>> for Sanitize {
         // the upstream gets: a target without one (authority-form
         // `GET host:port` or `CONNECT`, `OPTIONS *`) would be judged as
         // another path than the upstream's `/`. idgate tunnels no CONNECT.
+        // Nor may a method be read one way by a condition and another by
+        // the upstream (`delete`).
         let refused = if req
             .headers()
             .get_all(http::header::HOST)
@@ -128,14 +130,7 @@ impl Service<Request<Body>> for Sanitize {
             Some("repeated_host")
         } else if !req.uri().path().starts_with('/') {
             Some("invalid_uri")
-        } else if req
-            .method()
-            .as_str()
-            .bytes()
-            .any(|b| b.is_ascii_lowercase())
-        {
-            // Methods are case-sensitive: `delete` is not `DELETE` to a
-            // condition, but frameworks that upper-case it route it as one.
+        } else if !method_is_canonical(req.method()) {
             Some("invalid_method")
         } else {
             None

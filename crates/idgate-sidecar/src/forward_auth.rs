@@ -122,7 +122,7 @@ pub fn original_request<B>(req: &Request<B>) -> Result<OriginalRequest, Forwarde
     )? {
         Some((label, v)) => Method::from_bytes(v.as_bytes())
             .ok()
-            .filter(|m| m.as_str().bytes().all(|b| b.is_ascii_uppercase()))
+            .filter(crate::headers::method_is_canonical)
             .ok_or(ForwardedError::Method(label))?,
         None => req.method().clone(),
     };
@@ -259,6 +259,9 @@ mod tests {
             original_request(&r),
             Err(ForwardedError::Method(_))
         ));
+        // The same rule as a direct request's: extension methods pass.
+        let r = req(&[("x-forwarded-method", "VERSION-CONTROL")]);
+        assert_eq!(original_request(&r).unwrap().method, "VERSION-CONTROL");
         assert_eq!(
             ForwardedError::Uri("x").response().status(),
             StatusCode::BAD_REQUEST

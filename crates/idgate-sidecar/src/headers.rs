@@ -89,6 +89,14 @@ impl IdentityStrip {
     }
 }
 
+/// Whether a method may be judged as written: no lower-case letter. Methods
+/// are case-sensitive, so a condition reads `delete` as something other
+/// than `DELETE`, while frameworks that upper-case it (Werkzeug, Rack) run
+/// it as `DELETE`. Extension methods (`M-SEARCH`, `VERSION-CONTROL`) pass.
+pub fn method_is_canonical(method: &http::Method) -> bool {
+    !method.as_str().bytes().any(|b| b.is_ascii_lowercase())
+}
+
 /// Whether a request asks to switch to WebSocket, the one protocol the
 /// proxy tunnels. Only HTTP/1.1 has `Upgrade`.
 ///

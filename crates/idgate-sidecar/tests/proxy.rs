@@ -539,7 +539,8 @@ async fn two_host_headers_are_refused() {
 
 /// The gate judges the path the upstream gets, so a request target without
 /// one (authority-form, `*`) is refused before the gate: `GET host:port`
-/// would be judged as the path "" and reach the upstream as `/`.
+/// would be judged as the path "" and reach the upstream as `/`. So is a
+/// method a condition and the upstream could read differently (`delete`).
 #[tokio::test]
 async fn a_request_target_without_a_path_or_a_lower_case_method_is_refused() {
     let up = upstream().await;

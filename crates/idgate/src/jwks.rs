@@ -843,8 +843,10 @@ pub fn parse_jwks(body: &[u8]) -> Result<HashMap<String, Arc<VerifyingKey>>, Str
         // A key for something else than checking signatures (RFC 7517
         // §4.2-4.3): `use` other than "sig" (or not a string), `key_ops`
         // without "verify".
-        let other_use = jwk.get("use").is_some_and(|u| u.as_str() != Some("sig"));
-        let other_ops = jwk.get("key_ops").is_some_and(|ops| {
+        // null, as serializers write an unset option, is absent.
+        let set = |k: &str| jwk.get(k).filter(|v| !v.is_null());
+        let other_use = set("use").is_some_and(|u| u.as_str() != Some("sig"));
+        let other_ops = set("key_ops").is_some_and(|ops| {
             !ops.as_array()
                 .is_some_and(|ops| ops.iter().any(|op| op.as_str() == Some("verify")))
         });
@@ -1009,6 +1011,7 @@ mod tests {
             with("plain", serde_json::json!({})),
             with("sig", serde_json::json!({"use": "sig"})),
             with("verify", serde_json::json!({"key_ops": ["sign", "verify"]})),
+            with("nulls", serde_json::json!({"use": null, "key_ops": null})),
             with("enc", serde_json::json!({"use": "enc"})),
             with("use-number", serde_json::json!({"use": 1})),
             with("encrypt", serde_json::json!({"key_ops": ["encrypt", "wrapKey"]})),
@@ -1017,6 +1020,6 @@ mod tests {
         let keys = parse_jwks(set.to_string().as_bytes()).unwrap();
         let mut kids: Vec<&str> = keys.keys().map(String::as_str).collect();
         kids.sort_unstable();
-        assert_eq!(kids, ["plain", "sig", "verify"]);
+        assert_eq!(kids, ["nulls", "plain", "sig", "verify"]);
     }
 }

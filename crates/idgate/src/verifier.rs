@@ -317,7 +317,9 @@ impl VerifierBuilder {
         self.clock = Some(clock);
         self
     }
-    /// The HTTP client for key fetches (default: rustls, no proxy from env).
+    /// The HTTP client for key fetches (default: rustls, no proxy from env,
+    /// [`redirect_policy`](crate::jwks::redirect_policy)). Give yours that
+    /// redirect policy too: reqwest's own follows https to plain http.
     pub fn http_client(mut self, client: reqwest::Client) -> Self {
         self.client = Some(client);
         self

@@ -717,3 +717,76 @@ async fn wait_for(mut cond: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// A server on loopback that answers `/r/N` with a redirect to `/r/N-1`,
+/// and `/r/0` with one to `to`.
+async fn redirector(to: String) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let to = to.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&head);
+                let path = head.split(' ').nth(1).unwrap_or("/");
+                let n: u32 = path
+                    .strip_prefix("/r/")
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0);
+                let location = if n == 0 { to } else { format!("/r/{}", n - 1) };
+                let answer = format!(
+                    "HTTP/1.1 302 Found\r\nLocation: {location}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+                let _ = conn.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
+/// Key fetches follow at most five redirects (and, not testable on plain
+/// http here, never one from https to http: `jwks::redirect_policy`).
+#[tokio::test]
+async fn key_fetches_follow_five_redirects_and_no_more() {
+    let kit = Issuer::start().await;
+    let hops = redirector(kit.jwks_url()).await;
+    for (start, loads) in [(4, true), (5, false)] {
+        // `/r/N` is N + 1 redirects away from the keys.
+        let url = format!("http://{hops}/r/{start}");
+        let clock = Arc::new(ManualClock::starting_now());
+        let verifier = Verifier::builder()
+            .issuer(IssuerConfig::new("test", kit.url(), &url))
+            .audience(AUD)
+            .clock(clock.clone())
+            .build()
+            .unwrap();
+        let mut claims = kit.claims("alice@example.com", AUD);
+        claims["iat"] = json!(clock_now(&clock));
+        claims["exp"] = json!(clock_now(&clock) + 3600);
+        let result = verifier.verify(&kit.mint(&claims)).await;
+        if loads {
+            assert!(result.is_ok(), "{} redirects: {result:?}", start + 1);
+        } else {
+            assert_eq!(
+                result.unwrap_err().reason,
+                Reason::KeysUnavailable,
+                "{} redirects",
+                start + 1
+            );
+        }
+    }
+}
+
+fn clock_now(clock: &ManualClock) -> u64 {
+    use idgate::Clock;
+    clock.unix_now().as_secs()
+}
