@@ -27,6 +27,7 @@ pub struct Serve {
     env: Vec<(String, String)>,
     dir: TempDir,
     cpus: Option<String>,
+    open_files: Option<u64>,
 }
 
 impl Default for Serve {
@@ -43,6 +44,7 @@ impl Serve {
             env: Vec::new(),
             dir: tempfile::tempdir().expect("create a temporary directory"),
             cpus: None,
+            open_files: None,
         }
     }
 
@@ -113,6 +115,26 @@ impl Serve {
         self
     }
 
+    /// Starts it with this soft limit on open files (`prlimit
+    /// --nofile=N:`), as container runtimes start processes at 1,024.
+    pub fn open_files_soft_limit(mut self, n: u64) -> Serve {
+        self.open_files = Some(n);
+        self
+    }
+
+    /// The commands it runs under (`taskset`, `prlimit`), each of which
+    /// execs the next.
+    fn wrappers(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        if let Some(list) = &self.cpus {
+            w.extend(["taskset".to_owned(), "-c".to_owned(), list.clone()]);
+        }
+        if let Some(n) = self.open_files {
+            w.extend(["prlimit".to_owned(), format!("--nofile={n}:")]);
+        }
+        w
+    }
+
     /// The directory it runs in (relative paths in flags resolve here).
     pub fn dir(&self) -> &Path {
         self.dir.path()
@@ -126,12 +148,9 @@ impl Serve {
             .map(|(k, v)| format!("{k}={}", shell_word(v)))
             .collect();
         let args: Vec<String> = self.args.iter().map(|a| shell_word(a)).collect();
-        let taskset = self
-            .cpus
-            .as_ref()
-            .map_or(String::new(), |c| format!("taskset -c {c} "));
+        let wrappers: String = self.wrappers().iter().map(|w| format!("{w} ")).collect();
         format!(
-            "(cd {} && env -i {} {taskset}{} {})",
+            "(cd {} && env -i {} {wrappers}{} {})",
             self.dir.path().display(),
             env.join(" "),
             idgate_bin().display(),
@@ -140,10 +159,11 @@ impl Serve {
     }
 
     fn command(&self) -> Command {
-        let mut cmd = match &self.cpus {
-            Some(list) => {
-                let mut c = Command::new("taskset");
-                c.args(["-c", list]).arg(idgate_bin());
+        let wrappers = self.wrappers();
+        let mut cmd = match wrappers.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(idgate_bin());
                 c
             }
             None => Command::new(idgate_bin()),

@@ -258,3 +258,26 @@ async fn startup_while_the_key_endpoint_is_down_recovers_without_a_restart() {
             .is_some_and(|n| n >= 1.0)
     );
 }
+
+/// Started with a soft limit of 256 open files, `serve` raises it to the
+/// hard limit: every client and upstream connection is a descriptor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_raises_its_open_files_limit_to_the_hard_one() {
+    let kit = Issuer::start().await;
+    let up = Upstream::start().await;
+    let sidecar = Serve::proxy(&up.url(), &kit)
+        .args(["--member", "allUsers"])
+        .open_files_soft_limit(256)
+        .start()
+        .await;
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", sidecar.pid()))
+        .expect("/proc/PID/limits");
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("a Max open files line");
+    // "Max open files  SOFT  HARD  files"
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(fields[3], fields[4], "soft is not hard: {line}");
+    assert_ne!(fields[3], "256", "{line}");
+}

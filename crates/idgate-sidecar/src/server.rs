@@ -108,10 +108,13 @@ pub async fn serve(
     // client that trickles headers cannot hold a connection forever. It
     // starts only once the first bytes have told HTTP/1.1 from h2c, so the
     // wait for those has the same deadline (`FirstByteDeadline`).
+    // The head is read into a buffer of at most MAX_HEAD_BYTES (hyper's
+    // default, about 400 KiB, would let each slow client hold that much).
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_HEAD_BYTES);
     // HTTP/2: a peer that stops answering pings is gone (its connection
     // closes even with streams open); one that keeps no stream open for
     // HTTP2_IDLE_TIMEOUT gets a GOAWAY (`Streams::idle_for`). HTTP/1.1
@@ -382,6 +385,11 @@ impl http_body::Body for TrackedBody {
 /// How long a client may take to send a whole request head, the first
 /// byte included (see [`FirstByteDeadline`]).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The largest HTTP/1.1 request head read, in bytes: 431 above it. Room for
+/// a 16 KiB token beside the cookies and headers browsers and front ends
+/// add (nginx allows 32 KiB by default, Cloud Run 64 KiB).
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 
 /// A connection whose first read must bring something (bytes or the end)
 /// within a deadline, else it fails with `TimedOut` and hyper drops it.

@@ -576,6 +576,31 @@ async fn a_request_target_without_a_path_or_a_lower_case_method_is_refused() {
     assert_eq!(echoed(&body)["uri"], "/headers?q");
 }
 
+/// A request head over 64 KiB is refused (431) rather than buffered: each
+/// slow client could otherwise hold hyper's default of about 400 KiB.
+#[tokio::test]
+async fn a_request_head_over_64_kib_is_refused() {
+    let up = upstream().await;
+    let s = settings(Some(&up.url()), |_| {});
+    let (sidecar, _) = sidecar(&s, no_gate()).await;
+    let head = |kib: usize| {
+        let filler = "a".repeat(1024);
+        let mut r = String::from("GET /headers HTTP/1.1\r\nHost: x\r\n");
+        for i in 0..kib {
+            r.push_str(&format!("x-filler-{i}: {filler}\r\n"));
+        }
+        r.push_str("\r\n");
+        r
+    };
+    let (answer, _) = raw_exchange(sidecar.addr(), head(40).as_bytes()).await;
+    assert!(answer.starts_with("http/1.1 200"), "40 KiB: {answer}");
+    let mut conn = TcpStream::connect(sidecar.addr()).await.unwrap();
+    // The server may answer and close before the whole head is written.
+    let _ = conn.write_all(head(80).as_bytes()).await;
+    let answer = read_head(&mut conn).await.to_ascii_lowercase();
+    assert!(answer.starts_with("http/1.1 431"), "80 KiB: {answer}");
+}
+
 /// Sends `request` as written on a new connection; the answer's head (in
 /// lower case) and its `Content-Length` body.
 async fn raw_exchange(addr: std::net::SocketAddr, request: &[u8]) -> (String, Bytes) {

@@ -58,6 +58,7 @@ pub fn run(args: ServeArgs, env: &dyn Env) -> anyhow::Result<ExitCode> {
         warn!("{w}");
     }
 
+    raise_open_files_limit();
     let runtime = runtime().context("cannot start the async runtime")?;
     runtime.block_on(async move {
         // Before anything can be slow or bound: a SIGTERM during startup
@@ -126,6 +127,17 @@ fn describe(e: &gate::GateError) -> String {
         if n == 1 { "" } else { "s" },
         lines.join("\n  ")
     )
+}
+
+/// Raises the soft limit on open files to the hard one. Every connection,
+/// client or upstream, is a descriptor, and container runtimes often start
+/// processes at 1,024: a few hundred stalled clients would otherwise leave
+/// none for upstream connections, key fetches or the admin probes.
+fn raise_open_files_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::info!(open_files_limit = limit, "open files limit"),
+        Err(e) => warn!(error = %e, "cannot raise the open files limit"),
+    }
 }
 
 /// One worker thread per CPU this process may use (affinity and cgroup

@@ -407,7 +407,25 @@ impl Gate {
     }
 }
 
+/// The longest path or detail a log line carries, in bytes: both can come
+/// from the client (a 64 KiB path, an `iss` or `kid` of its choosing), and a
+/// refusal is logged at INFO, so a line must not cost as much as a request.
+const LOGGED_FIELD_MAX: usize = 512;
+
+/// `s` cut to at most `max` bytes, at a character boundary.
+fn clipped(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 fn log_decision(e: &DecisionEvent<'_>) {
+    let path = clipped(e.path, LOGGED_FIELD_MAX);
     match e.outcome {
         Outcome::Allowed(a) => tracing::debug!(
             auth.decision = "allowed",
@@ -420,19 +438,34 @@ fn log_decision(e: &DecisionEvent<'_>) {
             auth.role = a.grant.as_ref().map(|g| &*g.role).unwrap_or(""),
             auth.member = a.grant.as_ref().map(|g| &*g.member).unwrap_or(""),
             http.method = e.method,
-            http.path = e.path,
+            http.path = path,
             elapsed_us = e.elapsed.as_micros() as u64,
             "request allowed"
         ),
         Outcome::Denied(d) => tracing::info!(
             auth.decision = "denied",
             auth.reason = d.rejection.reason.as_str(),
-            auth.detail = %d.rejection.detail,
+            auth.detail = clipped(&d.rejection.detail, LOGGED_FIELD_MAX),
             auth.principal = d.principal.as_deref().unwrap_or(""),
             http.method = e.method,
-            http.path = e.path,
+            http.path = path,
             elapsed_us = e.elapsed.as_micros() as u64,
             "request denied"
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::clipped;
+
+    #[test]
+    fn logged_fields_are_clipped_at_a_character_boundary() {
+        assert_eq!(clipped("/short", 512), "/short");
+        let long = "/".repeat(70_000);
+        assert_eq!(clipped(&long, 512).len(), 512);
+        // "é" is two bytes: a cut inside it backs off to before it.
+        assert_eq!(clipped("aé", 2), "a");
+        assert_eq!(clipped("aé", 3), "aé");
     }
 }
