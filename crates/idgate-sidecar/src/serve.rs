@@ -102,7 +102,7 @@ pub async fn start(settings: &Settings, wiring: Wiring) -> anyhow::Result<Runnin
                 let _ = admin_stopped.wait_for(|s| *s).await;
             },
             std::time::Duration::from_secs(1),
-            server::HTTP2_IDLE_TIMEOUT,
+            server::IdleLimits::DEFAULT,
         ));
         let drained = server::serve(
             "gate",
@@ -112,7 +112,7 @@ pub async fn start(settings: &Settings, wiring: Wiring) -> anyhow::Result<Runnin
                 let _ = stopped.wait_for(|s| *s).await;
             },
             grace,
-            server::HTTP2_IDLE_TIMEOUT,
+            server::IdleLimits::DEFAULT,
         )
         .await;
         let _ = admin_stop.send(true);

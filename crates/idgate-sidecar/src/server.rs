@@ -99,7 +99,7 @@ pub async fn serve(
     service: HttpService,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
-    http2_idle: Duration,
+    limits: IdleLimits,
 ) -> Drained {
     let closing = Arc::new(Closing::default());
     let mut connections = JoinSet::new();
@@ -107,7 +107,7 @@ pub async fn serve(
     // With a timer, hyper enforces its limit on reading request heads: a
     // client that trickles headers cannot hold a connection forever. It
     // starts only once the first bytes have told HTTP/1.1 from h2c, so the
-    // wait for those has the same deadline (`FirstByteDeadline`).
+    // wait for those has the same deadline (`ClientIo`).
     // The head is read into a buffer of at most MAX_HEAD_BYTES (hyper's
     // default, about 400 KiB, would let each slow client hold that much).
     builder
@@ -149,7 +149,11 @@ pub async fn serve(
         };
         let conn = builder
             .serve_connection_with_upgrades(
-                TokioIo::new(FirstByteDeadline::new(stream, HEADER_READ_TIMEOUT)),
+                TokioIo::new(ClientIo::new(
+                    stream,
+                    HEADER_READ_TIMEOUT,
+                    limits.write_stall,
+                )),
                 hyper_svc,
             )
             .into_owned();
@@ -157,7 +161,7 @@ pub async fn serve(
         let closing = closing.clone();
         connections.spawn(async move {
             let mut conn = std::pin::pin!(conn);
-            let mut idle = std::pin::pin!(streams.idle_for(http2_idle));
+            let mut idle = std::pin::pin!(streams.idle_for(limits.http2_idle));
             // Created before the first look at the flag: a close after this
             // point wakes it, polled or not.
             let mut signal = std::pin::pin!(closing.notify.notified());
@@ -259,6 +263,30 @@ impl Closing {
 /// An HTTP/2 connection with no stream open this long is closed (GOAWAY):
 /// what `serve` passes to [`serve`].
 pub const HTTP2_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// How long a client connection may sit without progress, beyond the
+/// header read timeout.
+#[derive(Debug, Clone, Copy)]
+pub struct IdleLimits {
+    /// An HTTP/2 connection with no stream open gets a GOAWAY after this.
+    pub http2_idle: Duration,
+    /// A response write the client takes nothing of for this long ends the
+    /// connection (see `ClientIo`).
+    pub write_stall: Duration,
+}
+
+impl IdleLimits {
+    /// What `serve` and `proxy` use.
+    pub const DEFAULT: IdleLimits = IdleLimits {
+        http2_idle: HTTP2_IDLE_TIMEOUT,
+        write_stall: WRITE_STALL_TIMEOUT,
+    };
+}
+
+/// How long a client may leave a response unread before its connection is
+/// closed: long enough for a slow mobile link, short enough that stalled
+/// clients do not pile up.
+pub const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often an HTTP/2 peer is pinged, and how long it has to answer.
 const HTTP2_PING_INTERVAL: Duration = Duration::from_secs(60);
 const HTTP2_PING_TIMEOUT: Duration = Duration::from_secs(20);
@@ -383,7 +411,7 @@ impl http_body::Body for TrackedBody {
 }
 
 /// How long a client may take to send a whole request head, the first
-/// byte included (see [`FirstByteDeadline`]).
+/// byte included (see `ClientIo`).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The largest HTTP/1.1 request head read, in bytes: 431 above it. Room for
@@ -391,28 +419,80 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// add (nginx allows 32 KiB by default, Cloud Run 64 KiB).
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 
-/// A connection whose first read must bring something (bytes or the end)
-/// within a deadline, else it fails with `TimedOut` and hyper drops it.
+/// A client connection with the two deadlines hyper does not keep.
 ///
-/// hyper's header read timeout starts only once the HTTP version is known,
-/// and telling HTTP/1.1 from h2c takes the first bytes: without this, a
-/// client that connects and sends nothing holds its connection, and a file
-/// descriptor, for ever.
-struct FirstByteDeadline {
+/// - Its first read must bring something (bytes or the end) within
+///   `first_byte`, else it fails with `TimedOut` and hyper drops the
+///   connection. hyper's header read timeout starts only once the HTTP
+///   version is known, and telling HTTP/1.1 from h2c takes the first bytes:
+///   without this, a client that connects and sends nothing holds its
+///   connection, and a file descriptor, for ever.
+/// - A write (or flush) that can make no progress for `write_stall` fails
+///   the same way: a client that stops reading its responses (pipelined
+///   requests, a response it never takes) would otherwise hold its
+///   connection for ever, since hyper reads no further request head, and so
+///   arms no header timeout, while a response waits to be written.
+struct ClientIo {
     io: tokio::net::TcpStream,
-    deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+    state: Deadline,
+    write_stall: Duration,
 }
 
-impl FirstByteDeadline {
-    fn new(io: tokio::net::TcpStream, timeout: Duration) -> Self {
-        FirstByteDeadline {
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Deadline {
+    /// Nothing read yet: the timer is the first byte's deadline.
+    FirstByte,
+    /// No deadline running.
+    Idle,
+    /// A write is waiting for the client: the timer is its deadline.
+    Writing,
+}
+
+impl ClientIo {
+    fn new(io: tokio::net::TcpStream, first_byte: Duration, write_stall: Duration) -> Self {
+        ClientIo {
             io,
-            deadline: Some(Box::pin(tokio::time::sleep(timeout))),
+            timer: Box::pin(tokio::time::sleep(first_byte)),
+            state: Deadline::FirstByte,
+            write_stall,
+        }
+    }
+
+    /// After a write or flush: clears the deadline on progress, starts it
+    /// when the client is not reading, and fails once it has passed.
+    fn after_write<T>(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        result: std::task::Poll<std::io::Result<T>>,
+    ) -> std::task::Poll<std::io::Result<T>> {
+        use std::task::Poll;
+        match result {
+            Poll::Ready(r) => {
+                if self.state == Deadline::Writing {
+                    self.state = Deadline::Idle;
+                }
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                if self.state == Deadline::Idle {
+                    let at = tokio::time::Instant::now() + self.write_stall;
+                    self.timer.as_mut().reset(at);
+                    self.state = Deadline::Writing;
+                }
+                if self.state == Deadline::Writing && self.timer.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the client stopped reading its responses",
+                    )));
+                }
+                Poll::Pending
+            }
         }
     }
 }
 
-impl tokio::io::AsyncRead for FirstByteDeadline {
+impl tokio::io::AsyncRead for ClientIo {
     fn poll_read(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
@@ -422,15 +502,13 @@ impl tokio::io::AsyncRead for FirstByteDeadline {
         let this = &mut *self;
         match std::pin::Pin::new(&mut this.io).poll_read(cx, buf) {
             Poll::Ready(r) => {
-                this.deadline = None;
+                if this.state == Deadline::FirstByte {
+                    this.state = Deadline::Idle;
+                }
                 Poll::Ready(r)
             }
             Poll::Pending => {
-                let expired = this
-                    .deadline
-                    .as_mut()
-                    .is_some_and(|d| d.as_mut().poll(cx).is_ready());
-                if expired {
+                if this.state == Deadline::FirstByte && this.timer.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Err(std::io::Error::new(
                         std::io::ErrorKind::TimedOut,
                         "no request within the header read timeout",
@@ -442,13 +520,14 @@ impl tokio::io::AsyncRead for FirstByteDeadline {
     }
 }
 
-impl tokio::io::AsyncWrite for FirstByteDeadline {
+impl tokio::io::AsyncWrite for ClientIo {
     fn poll_write(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+        let result = std::pin::Pin::new(&mut self.io).poll_write(cx, buf);
+        self.after_write(cx, result)
     }
 
     fn poll_write_vectored(
@@ -456,7 +535,8 @@ impl tokio::io::AsyncWrite for FirstByteDeadline {
         cx: &mut std::task::Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        let result = std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.after_write(cx, result)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -467,7 +547,8 @@ impl tokio::io::AsyncWrite for FirstByteDeadline {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+        let result = std::pin::Pin::new(&mut self.io).poll_flush(cx);
+        self.after_write(cx, result)
     }
 
     fn poll_shutdown(

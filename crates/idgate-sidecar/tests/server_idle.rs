@@ -49,7 +49,10 @@ async fn start(held: mpsc::Receiver<Bytes>) -> (std::net::SocketAddr, watch::Sen
             let _ = stopped.wait_for(|s| *s).await;
         },
         Duration::from_secs(1),
-        IDLE,
+        idgate_sidecar::server::IdleLimits {
+            http2_idle: IDLE,
+            write_stall: IDLE,
+        },
     ));
     (addr, stop)
 }
@@ -120,4 +123,36 @@ async fn http1_keep_alive_is_not_cut_by_the_http2_idle_timeout() {
     );
     let res = send.send_request(get("/quick")).await.unwrap();
     assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "ok");
+}
+
+/// A client that stops reading its response loses its connection once a
+/// write has waited `write_stall`: otherwise it would hold it for ever,
+/// since hyper reads no further request head (and arms no header timeout)
+/// while a response waits to be written.
+#[tokio::test]
+async fn a_client_that_stops_reading_loses_its_connection() {
+    let (tx, rx) = mpsc::channel(1);
+    let (addr, _stop) = start(rx).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut conn = socket.connect(addr).await.unwrap();
+    use tokio::io::AsyncWriteExt;
+    conn.write_all(b"GET /held HTTP/1.1\r\nHost: test\r\n\r\n")
+        .await
+        .unwrap();
+    // Feed the response until the server gives up on this client: the body
+    // stream is dropped with the connection, and the send fails. The client
+    // reads nothing, so the socket buffers fill after a few MiB at most.
+    let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+    let fed = tokio::time::timeout(DEADLINE, async {
+        let mut sent = 0usize;
+        while tx.send(chunk.clone()).await.is_ok() {
+            sent += chunk.len();
+        }
+        sent
+    })
+    .await
+    .expect("the server closed a connection whose client stopped reading");
+    assert!(fed > 0);
+    drop(conn);
 }
