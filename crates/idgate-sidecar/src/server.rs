@@ -110,6 +110,8 @@ pub async fn serve(
     // wait for those has the same deadline (`ClientIo`).
     // The head is read into a buffer of at most MAX_HEAD_BYTES (hyper's
     // default, about 400 KiB, would let each slow client hold that much).
+    // The same size caps hyper's queue of response bytes not yet written;
+    // a larger body chunk still goes whole, so streaming is unaffected.
     builder
         .http1()
         .timer(TokioTimer::new())
@@ -122,6 +124,7 @@ pub async fn serve(
     // them when no request follows.
     builder
         .http2()
+        .max_header_list_size(MAX_HEAD_BYTES as u32)
         .timer(TokioTimer::new())
         .keep_alive_interval(Some(HTTP2_PING_INTERVAL))
         .keep_alive_timeout(HTTP2_PING_TIMEOUT);

@@ -1,7 +1,8 @@
-//! The accept loop's HTTP/2 idle timeout, with a short timeout over real
-//! loopback connections: an h2c connection with no stream open is closed
-//! (GOAWAY), one with a stream open is not, and HTTP/1.1 keep-alive
-//! connections are left to the header read timeout.
+//! The accept loop's idle limits, with short timeouts over real loopback
+//! connections: an h2c connection with no stream open is closed (GOAWAY),
+//! one with a stream open is not, and HTTP/1.1 keep-alive connections are
+//! left to the header read timeout; a client that stops reading its
+//! response loses its connection, one that keeps reading does not.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -155,4 +156,39 @@ async fn a_client_that_stops_reading_loses_its_connection() {
     .expect("the server closed a connection whose client stopped reading");
     assert!(fed > 0);
     drop(conn);
+}
+
+/// A client that keeps taking its response, however slowly, keeps its
+/// connection past several write-stall timeouts: progress clears the
+/// deadline.
+#[tokio::test]
+async fn a_client_that_keeps_reading_keeps_its_connection() {
+    let (tx, rx) = mpsc::channel(1);
+    let (addr, _stop) = start(rx).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut conn = socket.connect(addr).await.unwrap();
+    use tokio::io::AsyncWriteExt;
+    conn.write_all(b"GET /held HTTP/1.1\r\nHost: test\r\n\r\n")
+        .await
+        .unwrap();
+    let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+    // Ends only if the server drops the response (and the connection).
+    let feeder = tokio::spawn(async move { while tx.send(chunk.clone()).await.is_ok() {} });
+    let mut taken = 0usize;
+    let mut buf = vec![0u8; 64 * 1024];
+    let until = tokio::time::Instant::now() + IDLE * 5;
+    while tokio::time::Instant::now() < until {
+        tokio::time::sleep(IDLE / 4).await;
+        loop {
+            match conn.try_read(&mut buf) {
+                Ok(0) => panic!("the server closed the connection of a client that reads"),
+                Ok(n) => taken += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+    }
+    assert!(taken > 64 * 1024, "the response flowed: {taken} bytes");
+    assert!(!feeder.is_finished(), "the response was dropped");
 }
