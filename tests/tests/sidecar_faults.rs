@@ -477,7 +477,21 @@ async fn hostile_clients_huge_heads_slowloris_and_silence_are_cut_off() {
         );
         eprintln!("silent connection: closed after {:?}", started.elapsed());
     };
-    tokio::join!(heads, trickle, silent);
+    // Nor one that sends part of the HTTP/2 preface and stops: the protocol
+    // is not known yet, so neither hyper's timers nor HTTP/2's run.
+    let partial_preface = async {
+        let started = Instant::now();
+        let mut conn = TcpStream::connect(sidecar.addr()).await.expect("connect");
+        conn.write_all(b"PRI * HTTP/2.0\r\n").await.expect("write");
+        let (_, closed) = read_until_closed(&mut conn, limit).await;
+        assert!(
+            closed,
+            "a connection that sent part of the HTTP/2 preface was still open after {:?}",
+            started.elapsed()
+        );
+        eprintln!("partial preface: closed after {:?}", started.elapsed());
+    };
+    tokio::join!(heads, trickle, silent, partial_preface);
     assert_eq!(up.hits(), 1, "only the good request reaches the upstream");
     assert_serves(&sidecar, &kit, "after slowloris").await;
 }

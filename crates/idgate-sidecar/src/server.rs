@@ -424,12 +424,14 @@ pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 
 /// A client connection with the two deadlines hyper does not keep.
 ///
-/// - Its first read must bring something (bytes or the end) within
-///   `first_byte`, else it fails with `TimedOut` and hyper drops the
-///   connection. hyper's header read timeout starts only once the HTTP
-///   version is known, and telling HTTP/1.1 from h2c takes the first bytes:
-///   without this, a client that connects and sends nothing holds its
-///   connection, and a file descriptor, for ever.
+/// - Its first reads must tell the protocol (a byte that is not the
+///   HTTP/2 preface's, the whole preface, or the end) within `first_byte`,
+///   else the read fails with `TimedOut` and hyper drops the connection.
+///   hyper's header read timeout starts only once the HTTP version is
+///   known, and telling HTTP/1.1 from h2c takes those bytes: without this,
+///   a client that connects and sends nothing, or only `PRI`, holds its
+///   connection, and a file descriptor, for ever (or until the HTTP/2
+///   idle timeout).
 /// - A write (or flush) that can make no progress for `write_stall` fails
 ///   the same way: a client that stops reading its responses (pipelined
 ///   requests, a response it never takes) would otherwise hold its
@@ -440,7 +442,15 @@ struct ClientIo {
     timer: std::pin::Pin<Box<tokio::time::Sleep>>,
     state: Deadline,
     write_stall: Duration,
+    /// How much of the HTTP/2 preface the first bytes have matched: the
+    /// first-byte deadline lasts until the protocol is known (a byte off
+    /// the preface, HTTP/1.1; all of it, h2c), since hyper-util reads the
+    /// whole preface with no timer of its own.
+    preface_seen: usize,
 }
+
+/// What an h2c connection starts with (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Deadline {
@@ -459,6 +469,7 @@ impl ClientIo {
             timer: Box::pin(tokio::time::sleep(first_byte)),
             state: Deadline::FirstByte,
             write_stall,
+            preface_seen: 0,
         }
     }
 
@@ -503,10 +514,19 @@ impl tokio::io::AsyncRead for ClientIo {
     ) -> std::task::Poll<std::io::Result<()>> {
         use std::task::Poll;
         let this = &mut *self;
+        let before = buf.filled().len();
         match std::pin::Pin::new(&mut this.io).poll_read(cx, buf) {
             Poll::Ready(r) => {
                 if this.state == Deadline::FirstByte {
-                    this.state = Deadline::Idle;
+                    let read = &buf.filled()[before..];
+                    let rest = &H2_PREFACE[this.preface_seen..];
+                    let n = read.len().min(rest.len());
+                    if read.is_empty() || read[..n] != rest[..n] || n == rest.len() {
+                        // The end, HTTP/1.1, or the whole preface: known.
+                        this.state = Deadline::Idle;
+                    } else {
+                        this.preface_seen += n;
+                    }
                 }
                 Poll::Ready(r)
             }
