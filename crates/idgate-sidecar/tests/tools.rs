@@ -393,6 +393,13 @@ fn check_allows_and_names_the_binding() {
         .expect_stdout("policy      FAIL")
         .expect_stdout("GET only")
         .expect_stdout("DENIED   not_allowed");
+    // A method serve would refuse before the gate is not judged.
+    let mut lower = args.to_vec();
+    lower.extend(["--method", "get"]);
+    idgate(dir.path(), &lower, &[], None)
+        .expect_code(2)
+        .expect_stderr("invalid_method")
+        .expect_stderr("give \"GET\"");
 }
 
 #[test]

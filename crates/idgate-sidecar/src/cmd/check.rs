@@ -154,6 +154,19 @@ pub fn run(args: CheckArgs, env: &dyn Env) -> anyhow::Result<ExitCode> {
             s
         }
     };
+    // The method as `serve` would take it: a lower-case letter is refused
+    // there before the gate, so judging it here would say what never happens.
+    let method_ok = http::Method::from_bytes(args.method.as_bytes())
+        .is_ok_and(|m| crate::headers::method_is_canonical(&m));
+    if !method_ok {
+        eprintln!(
+            "idgate: --method {:?}: idgate serve refuses it (400 invalid_method: not a method, \
+             or one with a lower-case letter); give {:?}",
+            args.method,
+            args.method.to_ascii_uppercase()
+        );
+        return Ok(ExitCode::from(super::EXIT_USAGE));
+    }
     let Some(token) = bare_token(&raw) else {
         eprintln!("idgate: no token: give --token TOKEN or pipe it on stdin");
         return Ok(ExitCode::from(super::EXIT_USAGE));
