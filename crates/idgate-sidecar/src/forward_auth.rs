@@ -120,10 +120,9 @@ pub fn original_request<B>(req: &Request<B>) -> Result<OriginalRequest, Forwarde
         ("X-Forwarded-Method", &X_FORWARDED_METHOD),
         ("X-Original-Method", &X_ORIGINAL_METHOD),
     )? {
-        Some((label, v)) => Method::from_bytes(v.as_bytes())
-            .ok()
-            .filter(crate::headers::method_is_canonical)
-            .ok_or(ForwardedError::Method(label))?,
+        Some((label, v)) => {
+            crate::headers::canonical_method(v.as_bytes()).ok_or(ForwardedError::Method(label))?
+        }
         None => req.method().clone(),
     };
     let uri = match one_of(

@@ -97,6 +97,13 @@ pub fn method_is_canonical(method: &http::Method) -> bool {
     !method.as_str().bytes().any(|b| b.is_ascii_lowercase())
 }
 
+/// `text` as a method, if it is one [`method_is_canonical`] accepts.
+pub fn canonical_method(text: &[u8]) -> Option<http::Method> {
+    http::Method::from_bytes(text)
+        .ok()
+        .filter(method_is_canonical)
+}
+
 /// Whether a request asks to switch to WebSocket, the one protocol the
 /// proxy tunnels. Only HTTP/1.1 has `Upgrade`.
 ///
@@ -419,27 +426,28 @@ pub fn forward_token(
     }
 }
 
+/// The token of a `Bearer` credential (scheme in any case, then a space or
+/// tab), trimmed; `None` for any other scheme.
+fn bearer_token(value: &HeaderValue) -> Option<&[u8]> {
+    let bytes = value.as_bytes().trim_ascii();
+    let space = memchr::memchr2(b' ', b'\t', bytes)?;
+    bytes[..space]
+        .eq_ignore_ascii_case(b"bearer")
+        .then(|| bytes[space..].trim_ascii())
+}
+
 /// Whether a credential could be read as a JWT by someone: a bearer token
 /// with a dot in it, judged on the bytes (a stray non-ASCII byte, or a
 /// fourth segment, does not stop a lenient decoder from reading the claims).
 fn looks_like_a_jwt(value: &HeaderValue) -> bool {
-    let bytes = value.as_bytes().trim_ascii();
-    let Some(space) = memchr::memchr2(b' ', b'\t', bytes) else {
-        return false;
-    };
-    bytes[..space].eq_ignore_ascii_case(b"bearer")
-        && memchr::memchr(b'.', &bytes[space..]).is_some()
+    bearer_token(value).is_some_and(|t| memchr::memchr(b'.', t).is_some())
 }
 
 /// The header and payload of the compact JWS in `Bearer h.p.s`; `None` for
-/// anything else.
+/// anything else (a non-ASCII byte included).
 fn bearer_jws(value: &HeaderValue) -> Option<(&str, &str)> {
-    let text = value.to_str().ok()?.trim();
-    let (scheme, token) = text.split_once([' ', '\t'])?;
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return None;
-    }
-    jws_head(token.trim())
+    let token = bearer_token(value).filter(|t| t.is_ascii())?;
+    jws_head(std::str::from_utf8(token).ok()?)
 }
 
 /// `Bearer h.p.s` becomes `Bearer h.p.SIGNATURE_REMOVED_BY_IDGATE`; anything

@@ -432,7 +432,7 @@ pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 ///   a client that connects and sends nothing, or only `PRI`, holds its
 ///   connection, and a file descriptor, for ever (or until the HTTP/2
 ///   idle timeout).
-/// - A write (or flush) that can make no progress for `write_stall` fails
+/// - A write that can make no progress for `write_stall` fails
 ///   the same way: a client that stops reading its responses (pipelined
 ///   requests, a response it never takes) would otherwise hold its
 ///   connection for ever, since hyper reads no further request head, and so
@@ -442,11 +442,6 @@ struct ClientIo {
     timer: std::pin::Pin<Box<tokio::time::Sleep>>,
     state: Deadline,
     write_stall: Duration,
-    /// How much of the HTTP/2 preface the first bytes have matched: the
-    /// first-byte deadline lasts until the protocol is known (a byte off
-    /// the preface, HTTP/1.1; all of it, h2c), since hyper-util reads the
-    /// whole preface with no timer of its own.
-    preface_seen: usize,
 }
 
 /// What an h2c connection starts with (RFC 9113 §3.4).
@@ -454,8 +449,11 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Deadline {
-    /// Nothing read yet: the timer is the first byte's deadline.
-    FirstByte,
+    /// The protocol is not known yet: the timer is the first bytes'
+    /// deadline. It lasts until a byte is off the HTTP/2 preface (HTTP/1.1)
+    /// or all of it has come (h2c), since hyper-util reads the whole
+    /// preface with no timer of its own; `preface_seen` bytes of it have.
+    FirstByte { preface_seen: usize },
     /// No deadline running.
     Idle,
     /// A write is waiting for the client: the timer is its deadline.
@@ -467,13 +465,12 @@ impl ClientIo {
         ClientIo {
             io,
             timer: Box::pin(tokio::time::sleep(first_byte)),
-            state: Deadline::FirstByte,
+            state: Deadline::FirstByte { preface_seen: 0 },
             write_stall,
-            preface_seen: 0,
         }
     }
 
-    /// After a write or flush: clears the deadline on progress, starts it
+    /// After a write: clears the deadline on progress, starts it
     /// when the client is not reading, and fails once it has passed.
     fn after_write<T>(
         &mut self,
@@ -517,21 +514,25 @@ impl tokio::io::AsyncRead for ClientIo {
         let before = buf.filled().len();
         match std::pin::Pin::new(&mut this.io).poll_read(cx, buf) {
             Poll::Ready(r) => {
-                if this.state == Deadline::FirstByte {
+                if let Deadline::FirstByte { preface_seen } = this.state {
                     let read = &buf.filled()[before..];
-                    let rest = &H2_PREFACE[this.preface_seen..];
+                    let rest = &H2_PREFACE[preface_seen..];
                     let n = read.len().min(rest.len());
-                    if read.is_empty() || read[..n] != rest[..n] || n == rest.len() {
+                    this.state = if read.is_empty() || read[..n] != rest[..n] || n == rest.len() {
                         // The end, HTTP/1.1, or the whole preface: known.
-                        this.state = Deadline::Idle;
+                        Deadline::Idle
                     } else {
-                        this.preface_seen += n;
-                    }
+                        Deadline::FirstByte {
+                            preface_seen: preface_seen + n,
+                        }
+                    };
                 }
                 Poll::Ready(r)
             }
             Poll::Pending => {
-                if this.state == Deadline::FirstByte && this.timer.as_mut().poll(cx).is_ready() {
+                if matches!(this.state, Deadline::FirstByte { .. })
+                    && this.timer.as_mut().poll(cx).is_ready()
+                {
                     return Poll::Ready(Err(std::io::Error::new(
                         std::io::ErrorKind::TimedOut,
                         "no request within the header read timeout",
@@ -570,8 +571,8 @@ impl tokio::io::AsyncWrite for ClientIo {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        let result = std::pin::Pin::new(&mut self.io).poll_flush(cx);
-        self.after_write(cx, result)
+        // A TcpStream has nothing to flush (always ready): no deadline.
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
     }
 
     fn poll_shutdown(

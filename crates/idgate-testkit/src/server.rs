@@ -248,22 +248,26 @@ fn foreign_host(shared: &Shared, headers: &HeaderMap) -> Option<Response> {
     Some((StatusCode::FORBIDDEN, message).into_response())
 }
 
-/// The host an authority (`host:port`, `[v6]:port`) names, as compared:
-/// lower case, without brackets, port or a trailing dot.
+/// The host an authority (`host:port`, `[v6]:port`) names, as compared
+/// (see [`comparable`]).
 pub(crate) fn host_name(authority: &str) -> Option<String> {
     let authority: Authority = authority.parse().ok()?;
-    let host = authority.host();
+    Some(comparable(authority.host()))
+}
+
+/// The host of an URL, as compared (see [`comparable`]).
+pub(crate) fn url_host_name(url: &str) -> Option<String> {
+    let uri: Uri = url.parse().ok()?;
+    uri.host().map(comparable)
+}
+
+/// A host as compared: lower case, without IPv6 brackets or a trailing dot.
+fn comparable(host: &str) -> String {
     let host = host
         .strip_prefix('[')
         .and_then(|h| h.strip_suffix(']'))
         .unwrap_or(host);
-    Some(host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase())
-}
-
-/// [`host_name`] of an URL's authority.
-pub(crate) fn url_host_name(url: &str) -> Option<String> {
-    let uri: Uri = url.parse().ok()?;
-    host_name(uri.authority()?.as_str())
+    host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase()
 }
 
 fn mint_response(shared: &Shared, request: MintRequest) -> Response {

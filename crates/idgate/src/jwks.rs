@@ -312,7 +312,7 @@ pub(crate) enum KeySource {
 impl KeySource {
     /// The key set's URL, or the discovery document's while it is not
     /// known: for logs.
-    fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match self {
             KeySource::Url(url) => url.clone(),
             KeySource::Discovery { issuer, found } => match found.get() {
@@ -436,13 +436,12 @@ pub async fn discover_jwks_url(
         .and_then(reqwest::Response::error_for_status)
         .map_err(fetch)?;
     // A discovery document is a few KiB; 1 MiB, as for a key set, is plenty.
-    let mut body = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(fetch)? {
-        if body.len() + chunk.len() > MAX_DISCOVERY_BYTES {
-            return Err(DiscoveryError::TooLarge { url });
-        }
-        body.extend_from_slice(&chunk);
-    }
+    let Some(body) = read_capped(&mut resp, MAX_DISCOVERY_BYTES)
+        .await
+        .map_err(fetch)?
+    else {
+        return Err(DiscoveryError::TooLarge { url });
+    };
     let doc: Doc = serde_json::from_slice(&body).map_err(|source| DiscoveryError::Document {
         url: url.clone(),
         source,
@@ -761,17 +760,12 @@ impl Inner {
         {
             return Err(format!("body is over the {} byte cap", s.max_body_bytes));
         }
-        let mut body = Vec::new();
-        while let Some(chunk) = resp
-            .chunk()
+        let Some(body) = read_capped(&mut resp, s.max_body_bytes)
             .await
             .map_err(|e| format!("reading body: {}", error_chain(&e)))?
-        {
-            if body.len() + chunk.len() > s.max_body_bytes {
-                return Err(format!("body is over the {} byte cap", s.max_body_bytes));
-            }
-            body.extend_from_slice(&chunk);
-        }
+        else {
+            return Err(format!("body is over the {} byte cap", s.max_body_bytes));
+        };
         let keys = parse_jwks(&body)?;
         let now = self.clock.monotonic();
         Ok(KeySet {
@@ -782,6 +776,22 @@ impl Inner {
             expires_at: now + ttl,
         })
     }
+}
+
+/// A response's body, or `None` once it passes `max` bytes (read no
+/// further).
+async fn read_capped(
+    resp: &mut reqwest::Response,
+    max: usize,
+) -> Result<Option<Vec<u8>>, reqwest::Error> {
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await? {
+        if body.len() + chunk.len() > max {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body))
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

@@ -405,10 +405,7 @@ impl VerifierBuilder {
                     supported.join(", ")
                 ));
             }
-            let url = match (cfg.discovery, cfg.issuers.first()) {
-                (true, Some(iss)) => crate::jwks::discovery_url(iss),
-                _ => cfg.jwks_url.clone(),
-            };
+            let url = key_source(cfg).describe();
             match reqwest::Url::parse(&url) {
                 Ok(u) if matches!(u.scheme(), "https" | "http") => {}
                 _ if cfg.discovery => problems.push(format!(
@@ -443,13 +440,7 @@ impl VerifierBuilder {
                         all_algorithms.push(*a);
                     }
                 }
-                let source = match cfg.issuers.first() {
-                    Some(iss) if cfg.discovery => KeySource::Discovery {
-                        issuer: iss.clone(),
-                        found: std::sync::OnceLock::new(),
-                    },
-                    _ => KeySource::Url(cfg.jwks_url),
-                };
+                let source = key_source(&cfg);
                 let name: Arc<str> = cfg.name.into();
                 Issuer {
                     tag: IssuerTag {
@@ -491,6 +482,18 @@ impl VerifierBuilder {
             clock,
             counters: Counters::default(),
         })
+    }
+}
+
+/// Where an issuer's keys come from: its discovery document when it asks
+/// for discovery (and has an `iss` to find it by), else its JWKS URL.
+fn key_source(cfg: &IssuerConfig) -> KeySource {
+    match cfg.issuers.first() {
+        Some(iss) if cfg.discovery => KeySource::Discovery {
+            issuer: iss.clone(),
+            found: std::sync::OnceLock::new(),
+        },
+        _ => KeySource::Url(cfg.jwks_url.clone()),
     }
 }
 

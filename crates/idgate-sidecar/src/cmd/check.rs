@@ -156,9 +156,7 @@ pub fn run(args: CheckArgs, env: &dyn Env) -> anyhow::Result<ExitCode> {
     };
     // The method as `serve` would take it: a lower-case letter is refused
     // there before the gate, so judging it here would say what never happens.
-    let method_ok = http::Method::from_bytes(args.method.as_bytes())
-        .is_ok_and(|m| crate::headers::method_is_canonical(&m));
-    if !method_ok {
+    if crate::headers::canonical_method(args.method.as_bytes()).is_none() {
         eprintln!(
             "idgate: --method {:?}: idgate serve refuses it (400 invalid_method: not a method, \
              or one with a lower-case letter); give {:?}",

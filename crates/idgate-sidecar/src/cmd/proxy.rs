@@ -18,7 +18,7 @@ use anyhow::Context as _;
 use clap::Args;
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode, Uri, header};
 use http_body::Body as _;
-use idgate::SystemClock;
+use idgate::{CredentialHeader, SystemClock};
 use tokio::net::TcpListener;
 use tower::util::BoxCloneSyncService;
 use tracing::warn;
@@ -169,7 +169,7 @@ pub fn run(args: ProxyArgs, env: &dyn Env) -> anyhow::Result<ExitCode> {
         );
         let refresher = tokens.spawn_refresher();
         let header = if args.serverless_authorization {
-            HeaderName::from_static("x-serverless-authorization")
+            CredentialHeader::XServerlessAuthorization.header_name()
         } else {
             header::AUTHORIZATION
         };
@@ -245,7 +245,7 @@ impl Forwarder {
         // `X-Serverless-Authorization`, which Cloud Run (and `idgate serve`)
         // read first.
         if self.header == header::AUTHORIZATION {
-            headers.remove("x-serverless-authorization");
+            headers.remove(CredentialHeader::XServerlessAuthorization.header_name());
         }
         headers.insert(self.header.clone(), value);
         let empty = body.is_end_stream() || body.size_hint().exact() == Some(0);

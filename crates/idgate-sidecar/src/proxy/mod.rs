@@ -229,7 +229,8 @@ impl Inner {
         // a client's `x-idgate-principal` there would pass every header
         // rule; gRPC sends none. (HTTP/1.1 sends none upstream: the
         // `Trailer` header that would announce them is hop-by-hop.)
-        let body = if h2 {
+        // (A body already at its end has none: no wrapper to allocate.)
+        let body = if h2 && !http_body::Body::is_end_stream(&body) {
             Body::new(body.map_frame(without_trailers))
         } else {
             body

@@ -20,13 +20,22 @@ pub fn is_grpc(headers: &http::HeaderMap) -> bool {
         })
 }
 
+/// The class whose status a reason is answered with: its own, except a
+/// missing token under [`StatusCodes::CloudRun`], which Cloud Run answers
+/// as forbidden (HTTP 403, and so gRPC 7).
+fn answered_as(reason: Reason, codes: StatusCodes) -> DenialClass {
+    match (codes, reason) {
+        (StatusCodes::CloudRun, Reason::MissingToken) => DenialClass::Forbidden,
+        _ => reason.class(),
+    }
+}
+
 /// The HTTP status a reason gets.
 pub fn status_for(reason: Reason, codes: StatusCodes) -> StatusCode {
-    match (reason.class(), codes, reason) {
-        (_, StatusCodes::CloudRun, Reason::MissingToken) => StatusCode::FORBIDDEN,
-        (DenialClass::Unauthenticated, ..) => StatusCode::UNAUTHORIZED,
-        (DenialClass::Forbidden, ..) => StatusCode::FORBIDDEN,
-        (DenialClass::Unavailable, ..) => StatusCode::SERVICE_UNAVAILABLE,
+    match answered_as(reason, codes) {
+        DenialClass::Unauthenticated => StatusCode::UNAUTHORIZED,
+        DenialClass::Forbidden => StatusCode::FORBIDDEN,
+        DenialClass::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
     }
 }
 
@@ -41,11 +50,10 @@ pub fn grpc_status_for(reason: Reason) -> u8 {
 /// missing token is 7, as a gRPC client reads the HTTP 403 Cloud Run
 /// answers it with.
 pub fn grpc_status_with(reason: Reason, codes: StatusCodes) -> u8 {
-    match (reason.class(), codes, reason) {
-        (_, StatusCodes::CloudRun, Reason::MissingToken) => 7,
-        (DenialClass::Unauthenticated, ..) => 16,
-        (DenialClass::Forbidden, ..) => 7,
-        (DenialClass::Unavailable, ..) => 14,
+    match answered_as(reason, codes) {
+        DenialClass::Unauthenticated => 16,
+        DenialClass::Forbidden => 7,
+        DenialClass::Unavailable => 14,
     }
 }
 
