@@ -446,6 +446,21 @@ async fn slowloris(sidecar: &Sidecar, every: Duration, limit: Duration) -> Durat
     }
 }
 
+/// Connects, sends `sent` and then nothing: the sidecar must close the
+/// connection within `limit`.
+async fn closed_within(sidecar: &Sidecar, sent: &[u8], what: &str, limit: Duration) {
+    let started = Instant::now();
+    let mut conn = TcpStream::connect(sidecar.addr()).await.expect("connect");
+    conn.write_all(sent).await.expect("write");
+    let (_, closed) = read_until_closed(&mut conn, limit).await;
+    assert!(
+        closed,
+        "{what} was still open after {:?}",
+        started.elapsed()
+    );
+    eprintln!("{what}: closed after {:?}", started.elapsed());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_clients_huge_heads_slowloris_and_silence_are_cut_off() {
     let kit = Issuer::start().await;
@@ -466,31 +481,15 @@ async fn hostile_clients_huge_heads_slowloris_and_silence_are_cut_off() {
         eprintln!("slowloris: closed after {took:?}");
     };
     // A connection that never sends a byte must not be kept either.
-    let silent = async {
-        let started = Instant::now();
-        let mut conn = TcpStream::connect(sidecar.addr()).await.expect("connect");
-        let (_, closed) = read_until_closed(&mut conn, limit).await;
-        assert!(
-            closed,
-            "a connection that sent nothing was still open after {:?}",
-            started.elapsed()
-        );
-        eprintln!("silent connection: closed after {:?}", started.elapsed());
-    };
+    let silent = closed_within(&sidecar, b"", "a connection that sent nothing", limit);
     // Nor one that sends part of the HTTP/2 preface and stops: the protocol
     // is not known yet, so neither hyper's timers nor HTTP/2's run.
-    let partial_preface = async {
-        let started = Instant::now();
-        let mut conn = TcpStream::connect(sidecar.addr()).await.expect("connect");
-        conn.write_all(b"PRI * HTTP/2.0\r\n").await.expect("write");
-        let (_, closed) = read_until_closed(&mut conn, limit).await;
-        assert!(
-            closed,
-            "a connection that sent part of the HTTP/2 preface was still open after {:?}",
-            started.elapsed()
-        );
-        eprintln!("partial preface: closed after {:?}", started.elapsed());
-    };
+    let partial_preface = closed_within(
+        &sidecar,
+        b"PRI * HTTP/2.0\r\n",
+        "a connection that sent part of the HTTP/2 preface",
+        limit,
+    );
     tokio::join!(heads, trickle, silent, partial_preface);
     assert_eq!(up.hits(), 1, "only the good request reaches the upstream");
     assert_serves(&sidecar, &kit, "after slowloris").await;

@@ -400,6 +400,11 @@ fn check_allows_and_names_the_binding() {
         .expect_code(2)
         .expect_stderr("invalid_method")
         .expect_stderr("give \"GET\"");
+    let mut not_a_method = args.to_vec();
+    not_a_method.extend(["--method", "G T"]);
+    idgate(dir.path(), &not_a_method, &[], None)
+        .expect_code(2)
+        .expect_stderr("invalid_method");
 }
 
 #[test]

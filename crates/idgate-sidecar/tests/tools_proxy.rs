@@ -158,17 +158,10 @@ fn metadata_source_adds_a_token_for_the_targets_origin() {
     let fake = Arc::new(Metadata::default());
     let md = metadata_server(fake.clone(), issuer.clone());
     let upstream = echo_upstream();
+    let target = format!("http://{upstream}/base");
     let proxy = spawn(
         dir.path(),
-        &[
-            "proxy",
-            "--target",
-            &format!("http://{upstream}/base"),
-            "--listen",
-            "127.0.0.1:0",
-            "--token-source",
-            "metadata",
-        ],
+        &proxy_args(&target, "metadata"),
         &[("GCE_METADATA_HOST", &md.to_string())],
     );
     let url = proxy_url(&proxy);
@@ -416,19 +409,7 @@ fn gcloud_source_runs_gcloud_with_the_audience() {
         std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
     let path = format!("{}:/usr/bin:/bin", bin.display());
-    let proxy = spawn(
-        dir.path(),
-        &[
-            "proxy",
-            "--target",
-            &aud,
-            "--listen",
-            "127.0.0.1:0",
-            "--token-source",
-            "gcloud",
-        ],
-        &[("PATH", &path)],
-    );
+    let proxy = spawn(dir.path(), &proxy_args(&aud, "gcloud"), &[("PATH", &path)]);
     let url = proxy_url(&proxy);
     let echo = through(&url, "/");
     assert_eq!(claims(&bearer(&echo, "authorization"))["aud"], aud.as_str());
@@ -441,15 +422,7 @@ fn gcloud_source_runs_gcloud_with_the_audience() {
     // Without gcloud on PATH: a clear error at startup.
     idgate(
         dir.path(),
-        &[
-            "proxy",
-            "--target",
-            &aud,
-            "--listen",
-            "127.0.0.1:0",
-            "--token-source",
-            "gcloud",
-        ],
+        &proxy_args(&aud, "gcloud"),
         &[("PATH", "/nonexistent")],
         None,
     )
@@ -504,17 +477,10 @@ fn tokens_are_refreshed_before_expiry_and_a_later_failure_is_a_502() {
     *fake.ttl.lock().unwrap() = Some(4);
     let md = metadata_server(fake.clone(), issuer);
     let upstream = echo_upstream();
+    let target = format!("http://{upstream}");
     let proxy = spawn(
         dir.path(),
-        &[
-            "proxy",
-            "--target",
-            &format!("http://{upstream}"),
-            "--listen",
-            "127.0.0.1:0",
-            "--token-source",
-            "metadata",
-        ],
+        &proxy_args(&target, "metadata"),
         &[("GCE_METADATA_HOST", &md.to_string())],
     );
     let url = proxy_url(&proxy);
