@@ -164,7 +164,7 @@ pub async fn serve(
         let closing = closing.clone();
         connections.spawn(async move {
             let mut conn = std::pin::pin!(conn);
-            let mut idle = std::pin::pin!(streams.idle_for(limits.http2_idle));
+            let mut idle = std::pin::pin!(streams.watch(limits.http2_idle, limits.write_stall));
             // Created before the first look at the flag: a close after this
             // point wakes it, polled or not.
             let mut signal = std::pin::pin!(closing.notify.notified());
@@ -274,7 +274,8 @@ pub struct IdleLimits {
     /// An HTTP/2 connection with no stream open gets a GOAWAY after this.
     pub http2_idle: Duration,
     /// A response write the client takes nothing of for this long ends the
-    /// connection (see `ClientIo`).
+    /// connection (see `ClientIo`); an HTTP/2 response whose client takes
+    /// no frame of it for this long has its stream reset (`Streams::watch`).
     pub write_stall: Duration,
 }
 
@@ -294,10 +295,13 @@ pub const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(60);
 const HTTP2_PING_INTERVAL: Duration = Duration::from_secs(60);
 const HTTP2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// The open HTTP/2 streams of one connection, for its idle timeout.
+/// The open HTTP/2 streams of one connection, for its idle timeout and
+/// its stalled responses.
 #[derive(Default)]
 struct Streams {
     open: AtomicUsize,
+    /// The response bodies of the open streams that have one.
+    bodies: Mutex<slab::Slab<Arc<SharedBody>>>,
     /// Bumped on every stream opened or closed.
     activity: AtomicU64,
     /// Set by the first HTTP/1 request: the idle timeout is hyper's then.
@@ -309,7 +313,10 @@ impl Streams {
     fn open(self: &Arc<Self>) -> StreamGuard {
         self.open.fetch_add(1, Ordering::Relaxed);
         self.touch();
-        StreamGuard(self.clone())
+        StreamGuard {
+            streams: self.clone(),
+            body: None,
+        }
     }
 
     fn not_http2(&self) {
@@ -324,20 +331,37 @@ impl Streams {
         self.changed.notify_one();
     }
 
-    /// Completes once no stream has been open for `timeout`; never on an
-    /// HTTP/1 connection.
-    async fn idle_for(&self, timeout: Duration) {
+    /// Completes once no stream has been open for `idle`; never on an
+    /// HTTP/1 connection. While streams are open, it resets those whose
+    /// client has taken nothing of their response for `stall`, looking
+    /// every quarter of it.
+    ///
+    /// Over HTTP/2 a client can keep reading its connection while leaving a
+    /// stream's flow-control window shut. `ClientIo`'s write deadline never
+    /// runs then, and the response body, unpolled, holds what its source
+    /// sent: for the proxy, that is the window of the one h2c connection
+    /// all HTTP/2 callers share, and once it is full none of them gets an
+    /// answer. Dropping the body frees it.
+    async fn watch(&self, idle: Duration, stall: Duration) {
+        let every = (stall / 4).max(Duration::from_millis(1));
+        let mut sweep = std::pin::pin!(tokio::time::sleep(every));
         loop {
             if self.http1.load(Ordering::Relaxed) {
                 return std::future::pending().await;
             }
             let seen = self.activity.load(Ordering::Relaxed);
             if self.open.load(Ordering::Relaxed) > 0 {
-                self.changed.notified().await;
+                tokio::select! {
+                    () = sweep.as_mut() => {
+                        self.cut_stalled(stall);
+                        sweep.as_mut().reset(tokio::time::Instant::now() + every);
+                    }
+                    () = self.changed.notified() => {}
+                }
                 continue;
             }
             tokio::select! {
-                () = tokio::time::sleep(timeout) => {
+                () = tokio::time::sleep(idle) => {
                     if self.activity.load(Ordering::Relaxed) == seen
                         && self.open.load(Ordering::Relaxed) == 0
                         && !self.http1.load(Ordering::Relaxed)
@@ -349,15 +373,107 @@ impl Streams {
             }
         }
     }
+
+    /// Drops the response bodies whose client has taken nothing for
+    /// `stall`: their streams are reset (`TrackedBody`), and their sources
+    /// (the upstream's streams) with them.
+    fn cut_stalled(&self, stall: Duration) {
+        let now = millis();
+        let stall_ms = u64::try_from(stall.as_millis()).unwrap_or(u64::MAX);
+        let stalled: Vec<Arc<SharedBody>> = self
+            .bodies
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter(|(_, b)| b.stalled_for(now) >= stall_ms)
+            .map(|(_, b)| b.clone())
+            .collect();
+        for shared in stalled {
+            let body = shared
+                .body
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+            if body.is_some() {
+                debug!(
+                    stall = %humantime::format_duration(stall),
+                    "an HTTP/2 client took nothing of a response: resetting its stream"
+                );
+            }
+        }
+    }
+}
+
+/// Milliseconds on a monotonic clock, from 1 (0 means "not waiting").
+fn millis() -> u64 {
+    static START: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
+    let start = *START.get_or_init(tokio::time::Instant::now);
+    u64::try_from(start.elapsed().as_millis())
+        .unwrap_or(u64::MAX)
+        .saturating_add(1)
+}
+
+/// An HTTP/2 response body, shared with its connection's stall sweep,
+/// which may drop it.
+struct SharedBody {
+    body: Mutex<Option<Body>>,
+    /// When the client was handed a frame it has not come back for (or the
+    /// response, before its first poll), by [`millis`]; 0 while the body
+    /// is waiting on its source, which is no stall of the client's.
+    waiting_since: AtomicU64,
+}
+
+impl SharedBody {
+    /// How long the client has had a frame to take, in ms; 0 if none.
+    fn stalled_for(&self, now: u64) -> u64 {
+        match self.waiting_since.load(Ordering::Relaxed) {
+            0 => 0,
+            since => now.saturating_sub(since),
+        }
+    }
 }
 
 /// One open HTTP/2 stream; closes it when dropped.
-struct StreamGuard(Arc<Streams>);
+struct StreamGuard {
+    streams: Arc<Streams>,
+    /// Its response body's key in `Streams::bodies`, once it has one.
+    body: Option<usize>,
+}
+
+impl StreamGuard {
+    /// The stream's response body, watched for stalls until it is dropped.
+    fn watch(mut self, body: Body) -> TrackedBody {
+        let shared = Arc::new(SharedBody {
+            body: Mutex::new(Some(body)),
+            waiting_since: AtomicU64::new(millis()),
+        });
+        let mut bodies = self
+            .streams
+            .bodies
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        self.body = Some(bodies.insert(shared.clone()));
+        drop(bodies);
+        TrackedBody {
+            shared,
+            _stream: self,
+        }
+    }
+}
 
 impl Drop for StreamGuard {
     fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::Relaxed);
-        self.0.touch();
+        if let Some(key) = self.body {
+            let removed = self
+                .streams
+                .bodies
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .try_remove(key);
+            drop(removed);
+        }
+        self.streams.open.fetch_sub(1, Ordering::Relaxed);
+        self.streams.touch();
     }
 }
 
@@ -377,20 +493,28 @@ where
         let res = std::task::ready!(std::pin::Pin::new(&mut self.fut).poll(cx));
         let stream = self.stream.take();
         Poll::Ready(res.map(|res| {
-            res.map(|body| {
-                Body::new(TrackedBody {
-                    body,
-                    _stream: stream,
-                })
+            res.map(|body| match stream {
+                Some(stream) => Body::new(stream.watch(body)),
+                None => body,
             })
         }))
     }
 }
 
-/// A response body that keeps its HTTP/2 stream counted until it is done.
+/// A response body that keeps its HTTP/2 stream counted until it is done,
+/// and tells the stall sweep when its client has a frame to take.
 struct TrackedBody {
-    body: Body,
-    _stream: Option<StreamGuard>,
+    shared: Arc<SharedBody>,
+    _stream: StreamGuard,
+}
+
+impl TrackedBody {
+    fn body(&self) -> std::sync::MutexGuard<'_, Option<Body>> {
+        self.shared
+            .body
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 impl http_body::Body for TrackedBody {
@@ -398,18 +522,40 @@ impl http_body::Body for TrackedBody {
     type Error = axum::Error;
 
     fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
+        self: std::pin::Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, axum::Error>>> {
-        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+        // hyper polls for the next frame only once the client has room
+        // for it: until then, the client is the one keeping us waiting.
+        self.shared.waiting_since.store(0, Ordering::Relaxed);
+        let mut body = self.body();
+        let Some(inner) = body.as_mut() else {
+            // Cut by the sweep: an error, so the stream is reset rather
+            // than ended as if the response were whole.
+            return Poll::Ready(Some(Err(axum::Error::new(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client took nothing of the response",
+            )))));
+        };
+        let frame = std::pin::Pin::new(inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(_))) = &frame {
+            self.shared.waiting_since.store(millis(), Ordering::Relaxed);
+        }
+        frame
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        // A cut body is not at its end: its next poll is the error.
+        self.body()
+            .as_ref()
+            .is_some_and(http_body::Body::is_end_stream)
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        self.body.size_hint()
+        self.body()
+            .as_ref()
+            .map(http_body::Body::size_hint)
+            .unwrap_or_default()
     }
 }
 

@@ -747,3 +747,106 @@ async fn shutdown_gives_up_after_the_grace_period() {
     let result = within("the cut-off request", in_flight).await.unwrap();
     assert!(result.is_err(), "the request was cut off: {result:?}");
 }
+
+/// All h2c callers share one upstream connection, whose flow-control
+/// window is 5 MiB. An HTTP/2 client that leaves its streams' windows shut
+/// keeps their response bodies unread, and what the upstream sent for them
+/// fills that window: without a limit, every other h2c caller then waits
+/// for ever. Such streams are cut once their client has taken nothing for
+/// the write-stall limit (300 ms here), which frees the window.
+#[tokio::test]
+async fn an_h2_client_that_takes_nothing_does_not_stall_other_h2_callers() {
+    let up = upstream().await;
+    let proxy = idgate_sidecar::proxy::Proxy::new(
+        idgate_sidecar::config::Upstream {
+            authority: up.addr.to_string().parse().unwrap(),
+            base_path: String::new(),
+        },
+        DEADLINE,
+        None,
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(idgate_sidecar::server::serve(
+        "test",
+        listener,
+        tower::util::BoxCloneSyncService::new(proxy),
+        std::future::pending(),
+        DEADLINE,
+        idgate_sidecar::server::IdleLimits {
+            http2_idle: DEADLINE,
+            write_stall: std::time::Duration::from_millis(300),
+        },
+    ));
+
+    // A client whose streams start with no window asks for 9 MiB. Its
+    // connection task opens the windows when told to.
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut stalled, mut connection) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, Bytes>(tcp)
+        .await
+        .unwrap();
+    let (open, opened) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = &mut connection => return,
+            _ = opened => {}
+        }
+        connection.set_initial_window_size(1 << 20).unwrap();
+        let _ = connection.await;
+    });
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        stalled = within("a stream", stalled.ready()).await.unwrap();
+        let req = http::Request::get(format!("http://{addr}/bytes/3145728"))
+            .body(())
+            .unwrap();
+        let (res, _) = stalled.send_request(req, true).unwrap();
+        let res = within("the stalled client's response", res).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        held.push(res.into_body());
+    }
+
+    // Another h2c caller still gets its whole answer.
+    let (status, _, body) = within(
+        "another caller's answer",
+        send(
+            &h2c_client(),
+            get_req(&format!("http://{addr}/bytes/1048576"), &[]),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body.len(), 1_048_576);
+
+    // Once the stalled client opens its windows, the streams that held the
+    // upstream's window end in a reset; one whose answer had not come yet
+    // may end whole. Never a short answer that looks whole. (Read side by
+    // side, so that no stream's unread data holds the connection's window.)
+    open.send(()).unwrap();
+    let ends = held.into_iter().map(|mut body| async move {
+        let mut got = 0;
+        loop {
+            match body.data().await {
+                Some(Ok(chunk)) => {
+                    got += chunk.len();
+                    let _ = body.flow_control().release_capacity(chunk.len());
+                }
+                Some(Err(e)) => return Ok(e),
+                None => return Err(got),
+            }
+        }
+    });
+    let mut resets = 0;
+    for end in within("the streams' ends", futures_util::future::join_all(ends)).await {
+        match end {
+            Ok(e) => {
+                assert!(e.is_reset(), "{e}");
+                resets += 1;
+            }
+            Err(got) => assert_eq!(got, 3_145_728, "a short answer ended as if whole"),
+        }
+    }
+    assert!(resets > 0, "no stalled stream was cut");
+}

@@ -199,3 +199,56 @@ async fn a_client_that_keeps_reading_keeps_its_connection() {
     assert!(taken > CHUNK, "the response flowed: {taken} bytes");
     assert!(!feeder.is_finished(), "the response was dropped");
 }
+
+/// The HTTP/2 counterpart: a client that keeps taking frames of a response
+/// through a small flow-control window, one every half of the write-stall
+/// limit, keeps its stream past several of them (each frame it takes
+/// restarts the count), and gets the whole response.
+#[tokio::test]
+async fn an_h2_client_that_keeps_taking_frames_keeps_its_stream() {
+    const FRAMES: usize = 8;
+    const FRAME: usize = 1024;
+    let (tx, rx) = mpsc::channel(1);
+    let (addr, _stop) = start(rx).await;
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (client, connection) = h2::client::Builder::new()
+        .initial_window_size(FRAME as u32)
+        .handshake::<_, Bytes>(tcp)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let req = Request::get("http://test/held").body(()).unwrap();
+    let (res, _) = client.send_request(req, true).unwrap();
+    let feeder = tokio::spawn(async move {
+        for _ in 0..FRAMES {
+            if tx.send(Bytes::from(vec![b'x'; FRAME])).await.is_err() {
+                return false;
+            }
+        }
+        true
+    });
+    let mut body = tokio::time::timeout(DEADLINE, res)
+        .await
+        .expect("response headers in time")
+        .unwrap()
+        .into_body();
+    let mut taken = 0;
+    loop {
+        // The client's pace, not a wait for readiness.
+        tokio::time::sleep(IDLE / 2).await;
+        match tokio::time::timeout(DEADLINE, body.data())
+            .await
+            .expect("a frame in time")
+        {
+            Some(Ok(chunk)) => {
+                taken += chunk.len();
+                body.flow_control().release_capacity(chunk.len()).unwrap();
+            }
+            Some(Err(e)) => panic!("the stream of a client that reads was cut: {e}"),
+            None => break,
+        }
+    }
+    assert_eq!(taken, FRAMES * FRAME);
+    assert!(feeder.await.unwrap(), "the response was dropped");
+}

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Request, State, WebSocketUpgrade, ws::Message};
+use axum::extract::{Path, Request, State, WebSocketUpgrade, ws::Message};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
@@ -158,6 +158,11 @@ async fn slow(State(s): State<Arc<UpstreamState>>) -> &'static str {
     "never"
 }
 
+/// `n` bytes of `x`, in one chunk.
+async fn bytes(Path(n): Path<usize>) -> Vec<u8> {
+    vec![b'x'; n]
+}
+
 async fn hop() -> impl IntoResponse {
     let mut h = HeaderMap::new();
     h.insert("connection", "x-resp-hop".parse().unwrap());
@@ -191,6 +196,7 @@ pub async fn upstream() -> Upstream {
         .route("/hold", get(hold))
         .route("/slow", get(slow))
         .route("/hop", get(hop))
+        .route("/bytes/{n}", get(bytes))
         .route("/ws", get(ws))
         .with_state(state.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
