@@ -90,6 +90,11 @@ pub async fn start(settings: &Settings, wiring: Wiring) -> anyhow::Result<Runnin
     ));
     let (stop, mut stopped) = watch::channel(false);
     let grace = settings.shutdown_grace;
+    let max_connections = settings.max_connections.resolve(open_files_limit());
+    let limits = server::Limits {
+        max_connections,
+        ..server::Limits::DEFAULT
+    };
     let task = tokio::spawn(async move {
         let (admin_stop, mut admin_stopped) = watch::channel(false);
         // The admin listener outlives the drain, so probes see /readyz
@@ -102,7 +107,7 @@ pub async fn start(settings: &Settings, wiring: Wiring) -> anyhow::Result<Runnin
                 let _ = admin_stopped.wait_for(|s| *s).await;
             },
             std::time::Duration::from_secs(1),
-            server::IdleLimits::DEFAULT,
+            server::Limits::DEFAULT,
         ));
         let drained = server::serve(
             "gate",
@@ -112,7 +117,7 @@ pub async fn start(settings: &Settings, wiring: Wiring) -> anyhow::Result<Runnin
                 let _ = stopped.wait_for(|s| *s).await;
             },
             grace,
-            server::IdleLimits::DEFAULT,
+            limits,
         )
         .await;
         let _ = admin_stop.send(true);
@@ -124,9 +129,15 @@ pub async fn start(settings: &Settings, wiring: Wiring) -> anyhow::Result<Runnin
             listen = %addr,
             admin = %admin_addr,
             upstream = %format!("http://{}{}", upstream.authority, upstream.base_path),
+            max_connections,
             "serving"
         ),
-        Mode::ForwardAuth => info!(listen = %addr, admin = %admin_addr, "serving forward-auth"),
+        Mode::ForwardAuth => info!(
+            listen = %addr,
+            admin = %admin_addr,
+            max_connections,
+            "serving forward-auth"
+        ),
     }
     Ok(Running {
         addr,
@@ -272,4 +283,10 @@ impl HangupSignal {
             tokio::spawn(std::future::pending::<()>())
         }
     }
+}
+
+/// The soft limit on open files, which `idgate serve` has raised to the
+/// hard one by now; `u64::MAX` where there is none to read.
+fn open_files_limit() -> u64 {
+    rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(u64::MAX, |(soft, _)| soft)
 }

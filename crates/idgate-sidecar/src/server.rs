@@ -16,7 +16,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 use tower::ServiceExt;
 use tower::util::Oneshot;
@@ -99,7 +99,7 @@ pub async fn serve(
     service: HttpService,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
-    limits: IdleLimits,
+    limits: Limits,
 ) -> Drained {
     let closing = Arc::new(Closing::default());
     let mut connections = JoinSet::new();
@@ -129,7 +129,29 @@ pub async fn serve(
         .keep_alive_interval(Some(HTTP2_PING_INTERVAL))
         .keep_alive_timeout(HTTP2_PING_TIMEOUT);
     let mut shutdown = std::pin::pin!(shutdown);
+    let cap = limits.max_connections.map(|n| Arc::new(Semaphore::new(n)));
+    let mut cap_logged: Option<tokio::time::Instant> = None;
     loop {
+        let permit = match &cap {
+            None => None,
+            Some(cap) => match cap.clone().try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(_) => {
+                    if cap_logged.is_none_or(|at| at.elapsed() >= CAP_LOG_EVERY) {
+                        warn!(
+                            server = name,
+                            max_connections = limits.max_connections,
+                            "at the connection cap: new connections wait in the listen backlog"
+                        );
+                        cap_logged = Some(tokio::time::Instant::now());
+                    }
+                    tokio::select! {
+                        permit = cap.clone().acquire_owned() => permit.ok(),
+                        () = &mut shutdown => break,
+                    }
+                }
+            },
+        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
@@ -163,6 +185,7 @@ pub async fn serve(
         while connections.try_join_next().is_some() {}
         let closing = closing.clone();
         connections.spawn(async move {
+            let _permit = permit;
             let mut conn = std::pin::pin!(conn);
             let mut idle = std::pin::pin!(streams.watch(limits.http2_idle, limits.write_stall));
             // Created before the first look at the flag: a close after this
@@ -263,27 +286,36 @@ impl Closing {
     }
 }
 
+/// At the connection cap, at most one warning this often.
+const CAP_LOG_EVERY: Duration = Duration::from_secs(60);
+
 /// An HTTP/2 connection with no stream open this long is closed (GOAWAY):
 /// what `serve` passes to [`serve`].
 pub const HTTP2_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// How long a client connection may sit without progress, beyond the
-/// header read timeout.
+/// How many client connections are served, and how long one may sit
+/// without progress beyond the header read timeout.
 #[derive(Debug, Clone, Copy)]
-pub struct IdleLimits {
+pub struct Limits {
     /// An HTTP/2 connection with no stream open gets a GOAWAY after this.
     pub http2_idle: Duration,
     /// A response write the client takes nothing of for this long ends the
     /// connection (see `ClientIo`); an HTTP/2 response whose client takes
     /// no frame of it for this long has its stream reset (`Streams::watch`).
     pub write_stall: Duration,
+    /// At most this many connections at once (`None`: no cap). At the cap
+    /// the server stops accepting, and new connections wait in the
+    /// listen backlog until one closes. Upgraded connections (WebSocket
+    /// tunnels) no longer count.
+    pub max_connections: Option<usize>,
 }
 
-impl IdleLimits {
+impl Limits {
     /// What `serve` and `proxy` use.
-    pub const DEFAULT: IdleLimits = IdleLimits {
+    pub const DEFAULT: Limits = Limits {
         http2_idle: HTTP2_IDLE_TIMEOUT,
         write_stall: WRITE_STALL_TIMEOUT,
+        max_connections: None,
     };
 }
 

@@ -773,9 +773,10 @@ async fn an_h2_client_that_takes_nothing_does_not_stall_other_h2_callers() {
         tower::util::BoxCloneSyncService::new(proxy),
         std::future::pending(),
         DEADLINE,
-        idgate_sidecar::server::IdleLimits {
+        idgate_sidecar::server::Limits {
             http2_idle: DEADLINE,
             write_stall: std::time::Duration::from_millis(300),
+            max_connections: None,
         },
     ));
 

@@ -23,6 +23,14 @@ const DEADLINE: Duration = Duration::from_secs(10);
 /// `/held` answers with a body that streams whatever the test sends on the
 /// channel, and ends when the sender is dropped; anything else is `ok`.
 async fn start(held: mpsc::Receiver<Bytes>) -> (std::net::SocketAddr, watch::Sender<bool>) {
+    start_with(held, None).await
+}
+
+/// [`start`], serving at most `max_connections` at once.
+async fn start_with(
+    held: mpsc::Receiver<Bytes>,
+    max_connections: Option<usize>,
+) -> (std::net::SocketAddr, watch::Sender<bool>) {
     let held = std::sync::Arc::new(tokio::sync::Mutex::new(Some(held)));
     let service: HttpService =
         BoxCloneSyncService::new(tower::service_fn(move |req: Request<Body>| {
@@ -50,9 +58,10 @@ async fn start(held: mpsc::Receiver<Bytes>) -> (std::net::SocketAddr, watch::Sen
             let _ = stopped.wait_for(|s| *s).await;
         },
         Duration::from_secs(1),
-        idgate_sidecar::server::IdleLimits {
+        idgate_sidecar::server::Limits {
             http2_idle: IDLE,
             write_stall: IDLE,
+            max_connections,
         },
     ));
     (addr, stop)
@@ -251,4 +260,59 @@ async fn an_h2_client_that_keeps_taking_frames_keeps_its_stream() {
     }
     assert_eq!(taken, FRAMES * FRAME);
     assert!(feeder.await.unwrap(), "the response was dropped");
+}
+
+/// One request on `conn`, answered `ok`: the whole response.
+async fn exchange(conn: &mut TcpStream) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    conn.write_all(b"GET /quick HTTP/1.1\r\nHost: test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.ends_with(b"\r\n\r\nok") {
+        let n = conn.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8(got).unwrap()
+}
+
+/// At the cap, a new connection is left in the listen backlog, not
+/// served, until one of those open closes; then it is served.
+#[tokio::test]
+async fn at_the_connection_cap_a_new_connection_waits_for_one_to_close() {
+    let (_tx, rx) = mpsc::channel(1);
+    let (addr, _stop) = start_with(rx, Some(2)).await;
+    let mut first = TcpStream::connect(addr).await.unwrap();
+    let mut second = TcpStream::connect(addr).await.unwrap();
+    for conn in [&mut first, &mut second] {
+        let answer = tokio::time::timeout(DEADLINE, exchange(conn))
+            .await
+            .expect("served under the cap");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+
+    let mut third = TcpStream::connect(addr).await.unwrap();
+    let waiting = tokio::spawn(async move {
+        let answer = exchange(&mut third).await;
+        (answer, third)
+    });
+    // Both kept-alive connections still hold their places.
+    tokio::time::sleep(IDLE).await;
+    assert!(
+        !waiting.is_finished(),
+        "a third connection was served at a cap of two"
+    );
+    let answer = tokio::time::timeout(DEADLINE, exchange(&mut second))
+        .await
+        .expect("an open connection is still served at the cap");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    drop(first);
+    let (answer, _third) = tokio::time::timeout(DEADLINE, waiting)
+        .await
+        .expect("served once a connection closed")
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }

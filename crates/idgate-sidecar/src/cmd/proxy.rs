@@ -180,7 +180,7 @@ pub fn run(args: ProxyArgs, env: &dyn Env) -> anyhow::Result<ExitCode> {
             service,
             signal.recv(),
             Duration::from_secs(5),
-            crate::server::IdleLimits::DEFAULT,
+            crate::server::Limits::DEFAULT,
         )
         .await;
         refresher.abort();

@@ -139,6 +139,10 @@ pub struct SettingsArgs {
     #[arg(long, value_name = "DURATION")]
     pub shutdown_grace: Option<String>,
 
+    /// Client connections served at once; more wait in the listen backlog. 0: no cap [default: half the open-files limit].
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<String>,
+
     /// A path prefix served without a token (`/healthz`, `/static/`); matches whole segments. Repeatable.
     #[arg(long, value_name = "PREFIX")]
     pub public_path: Vec<String>,

@@ -80,8 +80,45 @@ pub struct Settings {
     pub request_timeout: Duration,
     /// Time for in-flight requests to finish after SIGTERM.
     pub shutdown_grace: Duration,
+    /// How many client connections are served at once.
+    pub max_connections: ConnectionCap,
     /// Log output format.
     pub log_format: LogFormat,
+}
+
+/// How many client connections `serve` serves at once; the others wait in
+/// the listen backlog until one closes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ConnectionCap {
+    /// Half the open-files limit, less a reserve (the default): each
+    /// client connection may need an upstream one, and a connection
+    /// accepted without a descriptor left for its upstream would get a 502.
+    #[default]
+    FromOpenFiles,
+    /// At most this many (`--max-connections N`).
+    At(std::num::NonZeroUsize),
+    /// No cap (`--max-connections 0`).
+    Off,
+}
+
+impl ConnectionCap {
+    /// Descriptors kept for everything but client connections and their
+    /// upstream ones: listeners, the admin server, key fetches, the
+    /// policy watch.
+    const RESERVE: u64 = 64;
+
+    /// The cap, given the soft limit on open files; `None` for no cap.
+    pub fn resolve(self, open_files: u64) -> Option<usize> {
+        match self {
+            ConnectionCap::FromOpenFiles => Some(
+                usize::try_from(open_files.saturating_sub(Self::RESERVE) / 2)
+                    .unwrap_or(usize::MAX)
+                    .max(1),
+            ),
+            ConnectionCap::At(n) => Some(n.get()),
+            ConnectionCap::Off => None,
+        }
+    }
 }
 
 /// What `serve` does with an allowed request.
@@ -711,6 +748,14 @@ fn resolve(
     .unwrap_or_default();
     let request_timeout = duration(&mut src, "--request-timeout", defaults::REQUEST_TIMEOUT);
     let shutdown_grace = duration(&mut src, "--shutdown-grace", defaults::SHUTDOWN_GRACE);
+    let max_connections = match value(&mut src, "--max-connections", parse::count) {
+        None => ConnectionCap::FromOpenFiles,
+        Some((0, _)) => ConnectionCap::Off,
+        Some((n, _)) => usize::try_from(n)
+            .ok()
+            .and_then(std::num::NonZeroUsize::new)
+            .map_or(ConnectionCap::Off, ConnectionCap::At),
+    };
     if request_timeout.is_zero() {
         src.errors.push(ConfigError::Conflict {
             origin: src.origin("--request-timeout").unwrap_or(Origin::Default),
@@ -840,6 +885,7 @@ fn resolve(
         strip_headers,
         request_timeout,
         shutdown_grace,
+        max_connections,
         log_format,
     };
     Ok(Loaded { settings, warnings })

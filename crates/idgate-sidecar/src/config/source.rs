@@ -38,6 +38,7 @@ pub(crate) const KEYS: &[(&str, bool)] = &[
     ("--log-format", false),
     ("--request-timeout", false),
     ("--shutdown-grace", false),
+    ("--max-connections", false),
     ("--public-path", true),
     ("--strip-header", true),
 ];
@@ -100,6 +101,7 @@ impl Layer {
         one("--admin-listen", &args.admin_listen);
         one("--log-format", &args.log_format);
         one("--request-timeout", &args.request_timeout);
+        one("--max-connections", &args.max_connections);
         one("--shutdown-grace", &args.shutdown_grace);
         one("--issuer-trust-emails", &args.issuer_trust_emails);
         one("--google-issuer", &args.google_issuer);

@@ -634,6 +634,37 @@ fn a_token_cache_of_zero_turns_it_off() {
 }
 
 #[test]
+fn the_connection_cap_is_half_the_open_files_unless_set() {
+    use super::ConnectionCap;
+    let cap = |flags: &[&str], vars: &[(&str, &str)]| {
+        load_ok(&[MINIMAL, flags].concat(), vars)
+            .settings
+            .max_connections
+    };
+    assert_eq!(cap(&[], &[]), ConnectionCap::FromOpenFiles);
+    assert_eq!(cap(&["--max-connections", "0"], &[]), ConnectionCap::Off);
+    let at = cap(&[], &[("IDGATE_MAX_CONNECTIONS", "500")]);
+    assert_eq!(at, ConnectionCap::At(500.try_into().unwrap()));
+    let toml = config_file("audience = \"a\"\nupstream = \"http://u:1\"\nmax_connections = 7\n");
+    let from_file = load_ok(&["--config", toml.path.to_str().unwrap()], &[]);
+    assert_eq!(
+        from_file.settings.max_connections,
+        ConnectionCap::At(7.try_into().unwrap())
+    );
+    let err = load_err(&[MINIMAL, &["--max-connections", "many"]].concat(), &[]);
+    assert!(err.contains("--max-connections"), "{err}");
+
+    // Each client connection may need an upstream one, beside a reserve.
+    assert_eq!(ConnectionCap::FromOpenFiles.resolve(1024), Some(480));
+    assert_eq!(ConnectionCap::FromOpenFiles.resolve(10), Some(1));
+    assert_eq!(
+        ConnectionCap::At(3.try_into().unwrap()).resolve(1024),
+        Some(3)
+    );
+    assert_eq!(ConnectionCap::Off.resolve(1024), None);
+}
+
+#[test]
 fn text_loads_as_the_file_it_came_from() {
     let toml = "audience = \"a\"\nupstream = \"http://u:1\"\ncolour = 1\nclock_skew = 3\n";
     let f = config_file(toml);
