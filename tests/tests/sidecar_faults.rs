@@ -670,7 +670,7 @@ async fn at_the_connection_cap_a_new_connection_waits_its_turn() {
     });
     sidecar
         .wait_for_log(
-            "at the connection cap: new connections wait in the listen backlog",
+            "at the connection cap: further connections wait in the listen backlog",
             Duration::from_secs(10),
         )
         .await;

@@ -90,7 +90,10 @@ pub async fn start(settings: &Settings, wiring: Wiring) -> anyhow::Result<Runnin
     ));
     let (stop, mut stopped) = watch::channel(false);
     let grace = settings.shutdown_grace;
-    let max_connections = settings.max_connections.resolve(open_files_limit());
+    let max_connections = settings.max_connections.resolve(
+        open_files_limit(),
+        matches!(settings.mode, Mode::Proxy { .. }),
+    );
     let limits = server::Limits {
         max_connections,
         ..server::Limits::DEFAULT

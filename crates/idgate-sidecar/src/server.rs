@@ -129,7 +129,9 @@ pub async fn serve(
         .keep_alive_interval(Some(HTTP2_PING_INTERVAL))
         .keep_alive_timeout(HTTP2_PING_TIMEOUT);
     let mut shutdown = std::pin::pin!(shutdown);
-    let cap = limits.max_connections.map(|n| Arc::new(Semaphore::new(n)));
+    let cap = limits
+        .max_connections
+        .map(|n| Arc::new(Semaphore::new(n.min(Semaphore::MAX_PERMITS))));
     let mut cap_logged: Option<tokio::time::Instant> = None;
     loop {
         let permit = match &cap {
@@ -141,7 +143,7 @@ pub async fn serve(
                         warn!(
                             server = name,
                             max_connections = limits.max_connections,
-                            "at the connection cap: new connections wait in the listen backlog"
+                            "at the connection cap: further connections wait in the listen backlog"
                         );
                         cap_logged = Some(tokio::time::Instant::now());
                     }
@@ -187,7 +189,9 @@ pub async fn serve(
         connections.spawn(async move {
             let _permit = permit;
             let mut conn = std::pin::pin!(conn);
-            let mut idle = std::pin::pin!(streams.watch(limits.http2_idle, limits.write_stall));
+            let mut watch =
+                std::pin::pin!(streams.watch(limits.http2_idle, limits.write_stall, peer));
+            let mut watching = true;
             // Created before the first look at the flag: a close after this
             // point wakes it, polled or not.
             let mut signal = std::pin::pin!(closing.notify.notified());
@@ -196,6 +200,8 @@ pub async fn serve(
             // Until the connection ends: a shutdown, or an HTTP/2 connection
             // left idle, closes it gracefully (in-flight requests finish;
             // idle HTTP/1.1 connections close at once; HTTP/2 gets GOAWAY).
+            // An HTTP/2 client that holds a stream it was cut from is
+            // dropped. The watch goes on through a shutdown's drain.
             let result = std::future::poll_fn(|cx| {
                 if !shutting {
                     let closed = closing.flag.load(Ordering::Acquire)
@@ -203,10 +209,18 @@ pub async fn serve(
                     if closed {
                         shutting = true;
                         conn.as_mut().graceful_shutdown();
-                    } else if idle.as_mut().poll(cx).is_ready() {
-                        debug!(client = %peer, "idle HTTP/2 connection: sending GOAWAY");
-                        shutting = true;
-                        conn.as_mut().graceful_shutdown();
+                    }
+                }
+                if watching && let Poll::Ready(end) = watch.as_mut().poll(cx) {
+                    watching = false;
+                    match end {
+                        WatchEnd::Idle if !shutting => {
+                            debug!(client = %peer, "idle HTTP/2 connection: sending GOAWAY");
+                            shutting = true;
+                            conn.as_mut().graceful_shutdown();
+                        }
+                        WatchEnd::Idle => {}
+                        WatchEnd::Stuck => return Poll::Ready(Ok(())),
                     }
                 }
                 conn.as_mut().poll(cx)
@@ -363,30 +377,37 @@ impl Streams {
         self.changed.notify_one();
     }
 
-    /// Completes once no stream has been open for `idle`; never on an
-    /// HTTP/1 connection. While streams are open, it resets those whose
+    /// Completes once no stream has been open for `idle` (`Idle`); never on
+    /// an HTTP/1 connection. While streams are open, it cuts those whose
     /// client has taken nothing of their response for `stall`, looking
-    /// every quarter of it.
+    /// every quarter of it, and gives up on the connection (`Stuck`) when
+    /// a cut stream is still held `stall` later.
     ///
     /// Over HTTP/2 a client can keep reading its connection while leaving a
     /// stream's flow-control window shut. `ClientIo`'s write deadline never
     /// runs then, and the response body, unpolled, holds what its source
-    /// sent: for the proxy, that is the window of the one h2c connection
-    /// all HTTP/2 callers share, and once it is full none of them gets an
-    /// answer. Dropping the body frees it.
-    async fn watch(&self, idle: Duration, stall: Duration) {
+    /// sent: for the proxy, an upstream stream and its share of the window
+    /// of the h2c connection all HTTP/2 callers share. Dropping the body
+    /// frees both. hyper resets the client's stream when it next polls the
+    /// body, which it does only once the client makes room; a client that
+    /// never does would hold its connection for ever (pings answered, a
+    /// stream open), so it loses it.
+    async fn watch(&self, idle: Duration, stall: Duration, peer: SocketAddr) -> WatchEnd {
         let every = (stall / 4).max(Duration::from_millis(1));
-        let mut sweep = std::pin::pin!(tokio::time::sleep(every));
+        let mut sweep: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
         loop {
             if self.http1.load(Ordering::Relaxed) {
                 return std::future::pending().await;
             }
             let seen = self.activity.load(Ordering::Relaxed);
             if self.open.load(Ordering::Relaxed) > 0 {
+                let tick = sweep.get_or_insert_with(|| Box::pin(tokio::time::sleep(every)));
                 tokio::select! {
-                    () = sweep.as_mut() => {
-                        self.cut_stalled(stall);
-                        sweep.as_mut().reset(tokio::time::Instant::now() + every);
+                    () = tick.as_mut() => {
+                        if self.cut_stalled(stall, peer) {
+                            return WatchEnd::Stuck;
+                        }
+                        tick.as_mut().reset(tokio::time::Instant::now() + every);
                     }
                     () = self.changed.notified() => {}
                 }
@@ -398,7 +419,7 @@ impl Streams {
                         && self.open.load(Ordering::Relaxed) == 0
                         && !self.http1.load(Ordering::Relaxed)
                     {
-                        return;
+                        return WatchEnd::Idle;
                     }
                 }
                 () = self.changed.notified() => {}
@@ -407,9 +428,10 @@ impl Streams {
     }
 
     /// Drops the response bodies whose client has taken nothing for
-    /// `stall`: their streams are reset (`TrackedBody`), and their sources
-    /// (the upstream's streams) with them.
-    fn cut_stalled(&self, stall: Duration) {
+    /// `stall`: their sources (the upstream's streams) go with them, and
+    /// the client's streams are reset when hyper next polls them. True if
+    /// a stream cut `stall` ago or more is still held.
+    fn cut_stalled(&self, stall: Duration, peer: SocketAddr) -> bool {
         let now = millis();
         let stall_ms = u64::try_from(stall.as_millis()).unwrap_or(u64::MAX);
         let stalled: Vec<Arc<SharedBody>> = self
@@ -420,20 +442,41 @@ impl Streams {
             .filter(|(_, b)| b.stalled_for(now) >= stall_ms)
             .map(|(_, b)| b.clone())
             .collect();
+        let mut stuck = false;
         for shared in stalled {
-            let body = shared
-                .body
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .take();
-            if body.is_some() {
-                debug!(
+            let mut body = shared.body.lock().unwrap_or_else(PoisonError::into_inner);
+            // Checked again under the lock: the client may have come back.
+            if body.is_none() {
+                stuck = true;
+            } else if shared.stalled_for(now) >= stall_ms {
+                let cut = body.take();
+                // Counted from now, for `stuck`.
+                shared.waiting_since.store(now, Ordering::Relaxed);
+                drop(body);
+                drop(cut);
+                info!(
+                    client = %peer,
                     stall = %humantime::format_duration(stall),
-                    "an HTTP/2 client took nothing of a response: resetting its stream"
+                    "an HTTP/2 client took nothing of a response: its stream is cut"
                 );
             }
         }
+        if stuck {
+            info!(
+                client = %peer,
+                "an HTTP/2 client still holds a stream it was cut from: closing its connection"
+            );
+        }
+        stuck
     }
+}
+
+/// Why [`Streams::watch`] ended.
+enum WatchEnd {
+    /// No stream open for the idle timeout: a GOAWAY.
+    Idle,
+    /// A cut stream still held: the connection is dropped.
+    Stuck,
 }
 
 /// Milliseconds on a monotonic clock, from 1 (0 means "not waiting").
@@ -526,8 +569,11 @@ where
         let stream = self.stream.take();
         Poll::Ready(res.map(|res| {
             res.map(|body| match stream {
-                Some(stream) => Body::new(stream.watch(body)),
-                None => body,
+                // A body already at its end goes with the headers.
+                Some(stream) if !http_body::Body::is_end_stream(&body) => {
+                    Body::new(stream.watch(body))
+                }
+                _ => body,
             })
         }))
     }
@@ -559,7 +605,6 @@ impl http_body::Body for TrackedBody {
     ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, axum::Error>>> {
         // hyper polls for the next frame only once the client has room
         // for it: until then, the client is the one keeping us waiting.
-        self.shared.waiting_since.store(0, Ordering::Relaxed);
         let mut body = self.body();
         let Some(inner) = body.as_mut() else {
             // Cut by the sweep: an error, so the stream is reset rather
@@ -570,9 +615,11 @@ impl http_body::Body for TrackedBody {
             )))));
         };
         let frame = std::pin::Pin::new(inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(_))) = &frame {
-            self.shared.waiting_since.store(millis(), Ordering::Relaxed);
-        }
+        let waiting = match &frame {
+            Poll::Ready(Some(Ok(_))) => millis(),
+            _ => 0,
+        };
+        self.shared.waiting_since.store(waiting, Ordering::Relaxed);
         frame
     }
 

@@ -13,6 +13,7 @@ use http_body_util::BodyExt;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use idgate_sidecar::Body;
 use idgate_sidecar::app::HttpService;
+use idgate_sidecar::server::Limits;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tower::util::BoxCloneSyncService;
@@ -23,13 +24,20 @@ const DEADLINE: Duration = Duration::from_secs(10);
 /// `/held` answers with a body that streams whatever the test sends on the
 /// channel, and ends when the sender is dropped; anything else is `ok`.
 async fn start(held: mpsc::Receiver<Bytes>) -> (std::net::SocketAddr, watch::Sender<bool>) {
-    start_with(held, None).await
+    start_with(held, LIMITS).await
 }
 
-/// [`start`], serving at most `max_connections` at once.
+/// Both idle limits at [`IDLE`], no connection cap.
+const LIMITS: Limits = Limits {
+    http2_idle: IDLE,
+    write_stall: IDLE,
+    max_connections: None,
+};
+
+/// [`start`] with other limits.
 async fn start_with(
     held: mpsc::Receiver<Bytes>,
-    max_connections: Option<usize>,
+    limits: Limits,
 ) -> (std::net::SocketAddr, watch::Sender<bool>) {
     let held = std::sync::Arc::new(tokio::sync::Mutex::new(Some(held)));
     let service: HttpService =
@@ -58,11 +66,7 @@ async fn start_with(
             let _ = stopped.wait_for(|s| *s).await;
         },
         Duration::from_secs(1),
-        idgate_sidecar::server::Limits {
-            http2_idle: IDLE,
-            write_stall: IDLE,
-            max_connections,
-        },
+        limits,
     ));
     (addr, stop)
 }
@@ -210,15 +214,21 @@ async fn a_client_that_keeps_reading_keeps_its_connection() {
 }
 
 /// The HTTP/2 counterpart: a client that keeps taking frames of a response
-/// through a small flow-control window, one every half of the write-stall
-/// limit, keeps its stream past several of them (each frame it takes
-/// restarts the count), and gets the whole response.
+/// through a small flow-control window, one every fifth of the write-stall
+/// limit, keeps its stream past it (each frame it takes restarts the
+/// count), and gets the whole response. (A stream waiting on its source is
+/// not cut either: `an_idle_h2c_connection_is_closed_and_a_busy_one_is_not`.)
 #[tokio::test]
 async fn an_h2_client_that_keeps_taking_frames_keeps_its_stream() {
     const FRAMES: usize = 8;
     const FRAME: usize = 1024;
+    const STALL: Duration = Duration::from_secs(1);
     let (tx, rx) = mpsc::channel(1);
-    let (addr, _stop) = start(rx).await;
+    let limits = Limits {
+        write_stall: STALL,
+        ..LIMITS
+    };
+    let (addr, _stop) = start_with(rx, limits).await;
     let tcp = TcpStream::connect(addr).await.unwrap();
     let (client, connection) = h2::client::Builder::new()
         .initial_window_size(FRAME as u32)
@@ -245,7 +255,7 @@ async fn an_h2_client_that_keeps_taking_frames_keeps_its_stream() {
     let mut taken = 0;
     loop {
         // The client's pace, not a wait for readiness.
-        tokio::time::sleep(IDLE / 2).await;
+        tokio::time::sleep(STALL / 5).await;
         match tokio::time::timeout(DEADLINE, body.data())
             .await
             .expect("a frame in time")
@@ -283,7 +293,11 @@ async fn exchange(conn: &mut TcpStream) -> String {
 #[tokio::test]
 async fn at_the_connection_cap_a_new_connection_waits_for_one_to_close() {
     let (_tx, rx) = mpsc::channel(1);
-    let (addr, _stop) = start_with(rx, Some(2)).await;
+    let limits = Limits {
+        max_connections: Some(2),
+        ..LIMITS
+    };
+    let (addr, _stop) = start_with(rx, limits).await;
     let mut first = TcpStream::connect(addr).await.unwrap();
     let mut second = TcpStream::connect(addr).await.unwrap();
     for conn in [&mut first, &mut second] {

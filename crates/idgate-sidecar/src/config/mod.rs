@@ -90,9 +90,10 @@ pub struct Settings {
 /// the listen backlog until one closes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ConnectionCap {
-    /// Half the open-files limit, less a reserve (the default): each
-    /// client connection may need an upstream one, and a connection
-    /// accepted without a descriptor left for its upstream would get a 502.
+    /// The open-files limit less a reserve, halved when proxying (the
+    /// default): each client connection may need an upstream one, and a
+    /// connection accepted without a descriptor left for its upstream
+    /// would get a 502.
     #[default]
     FromOpenFiles,
     /// At most this many (`--max-connections N`).
@@ -107,14 +108,15 @@ impl ConnectionCap {
     /// policy watch.
     const RESERVE: u64 = 64;
 
-    /// The cap, given the soft limit on open files; `None` for no cap.
-    pub fn resolve(self, open_files: u64) -> Option<usize> {
+    /// The cap, given the soft limit on open files and whether each client
+    /// connection may need an upstream one; `None` for no cap.
+    pub fn resolve(self, open_files: u64, upstream: bool) -> Option<usize> {
         match self {
-            ConnectionCap::FromOpenFiles => Some(
-                usize::try_from(open_files.saturating_sub(Self::RESERVE) / 2)
-                    .unwrap_or(usize::MAX)
-                    .max(1),
-            ),
+            ConnectionCap::FromOpenFiles => {
+                let free = open_files.saturating_sub(Self::RESERVE);
+                let cap = if upstream { free / 2 } else { free };
+                Some(usize::try_from(cap).unwrap_or(usize::MAX).max(1))
+            }
             ConnectionCap::At(n) => Some(n.get()),
             ConnectionCap::Off => None,
         }

@@ -654,14 +654,14 @@ fn the_connection_cap_is_half_the_open_files_unless_set() {
     let err = load_err(&[MINIMAL, &["--max-connections", "many"]].concat(), &[]);
     assert!(err.contains("--max-connections"), "{err}");
 
-    // Each client connection may need an upstream one, beside a reserve.
-    assert_eq!(ConnectionCap::FromOpenFiles.resolve(1024), Some(480));
-    assert_eq!(ConnectionCap::FromOpenFiles.resolve(10), Some(1));
-    assert_eq!(
-        ConnectionCap::At(3.try_into().unwrap()).resolve(1024),
-        Some(3)
-    );
-    assert_eq!(ConnectionCap::Off.resolve(1024), None);
+    // Proxying, each client connection may need an upstream one; a
+    // reserve is kept either way.
+    assert_eq!(ConnectionCap::FromOpenFiles.resolve(1024, true), Some(480));
+    assert_eq!(ConnectionCap::FromOpenFiles.resolve(1024, false), Some(960));
+    assert_eq!(ConnectionCap::FromOpenFiles.resolve(10, true), Some(1));
+    let three = ConnectionCap::At(3.try_into().unwrap());
+    assert_eq!(three.resolve(1024, true), Some(3));
+    assert_eq!(ConnectionCap::Off.resolve(1024, true), None);
 }
 
 #[test]

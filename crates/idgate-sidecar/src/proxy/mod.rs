@@ -72,6 +72,17 @@ const SPARE_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// timeout (their memory is released soon after: `crate::memory`).
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
+/// What one h2c upstream stream may send that its caller has not taken
+/// yet, and what all of them together may (the connection's window). All
+/// HTTP/2 callers share one h2c connection: with hyper's defaults (2 MiB
+/// and 5 MiB), three callers that took nothing (a flow-control window
+/// kept shut) stopped every other HTTP/2 answer until the stall sweep cut
+/// them. Now it takes 128, and what idgate holds for them stays bounded
+/// (32 MiB). On loopback 256 KiB in flight is still far more than a
+/// stream needs for full speed.
+const H2C_STREAM_WINDOW: u32 = 256 << 10;
+const H2C_CONNECTION_WINDOW: u32 = 32 << 20;
+
 /// Forwards requests to one upstream. Cheap to clone.
 #[derive(Clone)]
 pub struct Proxy {
@@ -123,6 +134,8 @@ impl Proxy {
         let h2c = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(IDLE_TIMEOUT)
             .http2_only(true)
+            .http2_initial_stream_window_size(H2C_STREAM_WINDOW)
+            .http2_initial_connection_window_size(H2C_CONNECTION_WINDOW)
             .build(connector);
         Proxy {
             inner: Arc::new(Inner {

@@ -66,6 +66,8 @@ pub struct UpstreamState {
     pub release_hold: Notify,
     /// `/slow`'s handler was dropped (its request cancelled).
     pub dropped: Notify,
+    /// `/endless` bodies dropped.
+    pub endless_dropped: std::sync::atomic::AtomicUsize,
 }
 
 /// A real axum upstream on loopback.
@@ -158,6 +160,26 @@ async fn slow(State(s): State<Arc<UpstreamState>>) -> &'static str {
     "never"
 }
 
+/// 16 KiB chunks of `x` for ever; counts in `endless_dropped` when the
+/// body is dropped, as when its stream is reset.
+async fn endless(State(s): State<Arc<UpstreamState>>) -> Body {
+    struct Counted(Arc<UpstreamState>);
+    impl Drop for Counted {
+        fn drop(&mut self) {
+            self.0
+                .endless_dropped
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+    let counted = Counted(s);
+    Body::from_stream(futures_util::stream::unfold(counted, |c| async move {
+        Some((
+            Ok::<_, std::io::Error>(Bytes::from(vec![b'x'; 16 << 10])),
+            c,
+        ))
+    }))
+}
+
 /// `n` bytes of `x`, in one chunk.
 async fn bytes(Path(n): Path<usize>) -> Vec<u8> {
     vec![b'x'; n]
@@ -197,6 +219,7 @@ pub async fn upstream() -> Upstream {
         .route("/slow", get(slow))
         .route("/hop", get(hop))
         .route("/bytes/{n}", get(bytes))
+        .route("/endless", get(endless))
         .route("/ws", get(ws))
         .with_state(state.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
