@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# HTTP/2 through the sidecar: h2c in (oha --http2), h2c out to an nginx
+# upstream that speaks only h2c, one token. An A/B of idgate binaries,
+# each in turn, ROUNDS times over, on the same machine state.
+#
+#   BINS="A B" bench/h2.sh
+#
+# Two variants per binary:
+#   h2-ok: "ok" answers, 5 connections × 10 streams in flight, saturated
+#     (requests/s, latency, server CPU per request);
+#   h2-1mib: 1 MiB answers, one stream at a time (what one stream moves:
+#     the upstream stream's flow-control window is what limits it).
+#
+# Needs what bench/sidecar.sh needs (it mints the tokens: run it with
+# ONLY=none first if target/bench/sidecar has none), plus oha. Results:
+# target/bench/sidecar/h2.tsv.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+OUT=${OUT:-$ROOT/target/bench/sidecar}
+BINS=${BINS:-$ROOT/target/release/idgate}
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-10}
+WARMUP=${WARMUP:-3}
+SERVER_CPU=${SERVER_CPU:-0}
+CLIENT_CPU=${CLIENT_CPU:-1}
+TICK=$(getconf CLK_TCK)
+RESULTS=$OUT/h2.tsv
+. "$ROOT/bench/lib.sh"
+P_UP_H2=18083
+trap cleanup EXIT
+
+command -v oha >/dev/null || die "oha is missing (cargo install oha --locked)"
+[[ -f $OUT/one-token.txt && -f $OUT/jwks.json ]] ||
+  die "no tokens in $OUT: run ONLY=none bench/sidecar.sh first"
+TOKEN=$(cat "$OUT/one-token.txt")
+
+mkdir -p "$OUT/nginx-h2" "$OUT/h2"
+head -c 1048576 /dev/zero > "$OUT/h2/1mib"
+cat > "$OUT/nginx-h2/nginx.conf" <<EOF
+# The upstream for HTTP/2 callers: h2c only (prior knowledge), plus the
+# JWKS on its usual port.
+daemon off; master_process off; worker_processes 1;
+pid $OUT/nginx-h2/nginx.pid;
+error_log $OUT/nginx-h2/error.log warn;
+worker_rlimit_nofile 16384;
+events { worker_connections 16384; }
+http {
+  access_log off;
+  keepalive_requests 100000000; keepalive_timeout 300s;
+  http2_max_requests 100000000;
+  server {
+    listen 127.0.0.1:$P_UP_H2 http2 backlog=4096;
+    location = /1mib { root $OUT/h2; default_type application/octet-stream; }
+    location / { return 200 "ok"; }
+  }
+  server {
+    listen 127.0.0.1:$P_JWKS;
+    location = /jwks.json { root $OUT; default_type application/json; add_header Cache-Control "max-age=3600"; }
+  }
+}
+EOF
+taskset -c "$SERVER_CPU" nginx -p "$OUT/nginx-h2" -c "$OUT/nginx-h2/nginx.conf" -e "$OUT/nginx-h2/error.log" &
+UPSTREAM_PID=$!
+for _ in $(seq 50); do curl -fs --http2-prior-knowledge "http://127.0.0.1:$P_UP_H2/" >/dev/null && break; sleep 0.1; done
+
+start_idgate() { # BINARY
+  taskset -c "$SERVER_CPU" "$1" serve --listen "127.0.0.1:$P_IDGATE" --admin-listen "127.0.0.1:$P_IDGATE_ADMIN" \
+    --upstream "http://127.0.0.1:$P_UP_H2" --jwks-url "http://127.0.0.1:$P_JWKS/jwks.json" \
+    --audience "$AUD" --member "serviceAccount:$EMAIL" 2>>"$OUT/idgate-h2.log" &
+  SERVER_PID=$!
+  for _ in $(seq 100); do
+    [[ $(curl -s -o /dev/null -w '%{http_code}' --http2-prior-knowledge \
+      -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$P_IDGATE/") == 200 ]] && return
+    sleep 0.1
+  done
+  die "$1 did not answer 200 over h2c (see $OUT/idgate-h2.log)"
+}
+
+# run VARIANT PATH CONNS STREAMS: a warm-up, then the measured run.
+run() {
+  local variant=$1 path=$2 conns=$3 streams=$4 c0 c1
+  local oha=(taskset -c "$CLIENT_CPU" oha --no-tui --http2 -c "$conns" -p "$streams"
+    -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$P_IDGATE$path")
+  "${oha[@]}" -z "${WARMUP}s" >/dev/null
+  c0=$(awk '{print $14 + $15}' "/proc/$SERVER_PID/stat")
+  "${oha[@]}" -z "${DURATION}s" --output-format json > "$OUT/h2-last.json"
+  c1=$(awk '{print $14 + $15}' "/proc/$SERVER_PID/stat")
+  python3 - "$OUT/h2-last.json" "$variant" "$(( (c1 - c0) * 1000000 / TICK ))" <<'PY' | tee -a "$RESULTS" >&2
+import json, sys
+path, variant, cpu_us = sys.argv[1:]
+d = json.load(open(path))
+s, p = d["summary"], d["latencyPercentiles"]
+codes = d.get("statusCodeDistribution", {})
+ok = int(codes.get("200", 0))
+errors = sum(int(v) for k, v in codes.items() if k != "200") + sum(
+    n for k, n in d.get("errorDistribution", {}).items() if k != "aborted due to deadline")
+us = lambda k: int(round(p[k] * 1e6))
+print(f"{variant}\t{s['requestsPerSec']:.1f}\t{us('p50')}\t{us('p99')}\t{errors}\t{int(cpu_us) / max(ok, 1):.1f}")
+PY
+}
+
+printf 'variant\trps\tp50_us\tp99_us\terrors\tcpu_us_per_req\n' > "$RESULTS"
+log "upstream nginx (h2c) pid $UPSTREAM_PID; servers on cpu $SERVER_CPU, oha on cpu $CLIENT_CPU"
+for round in $(seq "$ROUNDS"); do
+  for bin in $BINS; do
+    name=$(basename "$bin")
+    log "round $round: $name"
+    start_idgate "$bin"
+    run "$name:h2-ok" / 5 10
+    run "$name:h2-1mib" /1mib 1 1
+    kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=
+  done
+done
+log "results in $RESULTS"
