@@ -40,11 +40,7 @@ head -c 1048576 /dev/zero > "$OUT/h2/1mib"
 cat > "$OUT/nginx-h2/nginx.conf" <<EOF
 # The upstream for HTTP/2 callers: h2c only (prior knowledge), plus the
 # JWKS on its usual port.
-daemon off; master_process off; worker_processes 1;
-pid $OUT/nginx-h2/nginx.pid;
-error_log $OUT/nginx-h2/error.log warn;
-worker_rlimit_nofile 16384;
-events { worker_connections 16384; }
+$(nginx_main "$OUT/nginx-h2")
 http {
   access_log off;
   keepalive_requests 100000000; keepalive_timeout 300s;
@@ -54,10 +50,7 @@ http {
     location = /1mib { root $OUT/h2; default_type application/octet-stream; }
     location / { return 200 "ok"; }
   }
-  server {
-    listen 127.0.0.1:$P_JWKS;
-    location = /jwks.json { root $OUT; default_type application/json; add_header Cache-Control "max-age=3600"; }
-  }
+$(nginx_jwks)
 }
 EOF
 taskset -c "$SERVER_CPU" nginx -p "$OUT/nginx-h2" -c "$OUT/nginx-h2/nginx.conf" -e "$OUT/nginx-h2/error.log" &
@@ -86,21 +79,14 @@ run() {
   c0=$(awk '{print $14 + $15}' "/proc/$SERVER_PID/stat")
   "${oha[@]}" -z "${DURATION}s" --output-format json > "$OUT/h2-last.json"
   c1=$(awk '{print $14 + $15}' "/proc/$SERVER_PID/stat")
-  python3 - "$OUT/h2-last.json" "$variant" "$(( (c1 - c0) * 1000000 / TICK ))" <<'PY' | tee -a "$RESULTS" >&2
-import json, sys
-path, variant, cpu_us = sys.argv[1:]
-d = json.load(open(path))
-s, p = d["summary"], d["latencyPercentiles"]
-codes = d.get("statusCodeDistribution", {})
-ok = int(codes.get("200", 0))
-errors = sum(int(v) for k, v in codes.items() if k != "200") + sum(
-    n for k, n in d.get("errorDistribution", {}).items() if k != "aborted due to deadline")
-us = lambda k: int(round(p[k] * 1e6))
-print(f"{variant}\t{s['requestsPerSec']:.1f}\t{us('p50')}\t{us('p99')}\t{errors}\t{int(cpu_us) / max(ok, 1):.1f}")
-PY
+  local rps p50 p99 p999 errors cpu
+  IFS=$'\t' read -r rps p50 p99 p999 errors cpu < <(python3 "$ROOT/bench/oha.py" "$OUT/h2-last.json" \
+    "$(( (c1 - c0) * 1000000 / TICK ))")
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$variant" "$rps" "$p50" "$p99" "$p999" "$errors" "$cpu" |
+    tee -a "$RESULTS" >&2
 }
 
-printf 'variant\trps\tp50_us\tp99_us\terrors\tcpu_us_per_req\n' > "$RESULTS"
+printf 'variant\trps\tp50_us\tp99_us\tp999_us\terrors\tcpu_us_per_req\n' > "$RESULTS"
 log "upstream nginx (h2c) pid $UPSTREAM_PID; servers on cpu $SERVER_CPU, oha on cpu $CLIENT_CPU"
 for round in $(seq "$ROUNDS"); do
   for bin in $BINS; do

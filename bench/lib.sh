@@ -22,6 +22,28 @@ cleanup() {
   wait 2>/dev/null || true
 }
 
+# nginx_main DIR: the top of the nginx.conf of a server run from DIR: one
+# process in the foreground, with room for many connections.
+nginx_main() {
+  cat <<EOF
+daemon off; master_process off; worker_processes 1;
+pid $1/nginx.pid;
+error_log $1/error.log warn;
+worker_rlimit_nofile 16384;
+events { worker_connections 16384; }
+EOF
+}
+
+# nginx_jwks: the server block that serves OUT/jwks.json on P_JWKS.
+nginx_jwks() {
+  cat <<EOF
+  server {
+    listen 127.0.0.1:$P_JWKS;
+    location = /jwks.json { root $OUT; default_type application/json; add_header Cache-Control "max-age=3600"; }
+  }
+EOF
+}
+
 # The upstream nginx (also serving the JWKS), pinned to SERVER_CPU.
 start_upstream() {
   taskset -c "$SERVER_CPU" nginx -p "$OUT/nginx-up" -c "$OUT/nginx-up/nginx.conf" -e "$OUT/nginx-up/error.log" &

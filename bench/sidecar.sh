@@ -122,29 +122,18 @@ cat > "$OUT/nginx-up/nginx.conf" <<EOF
 # header buffer holds a request with idgate's identity headers (about
 # 1.2 KB) in one read; at nginx's default 1 KB the upstream takes its
 # large-header path (two reads and an ioctl) for idgate's requests only.
-daemon off; master_process off; worker_processes 1;
-pid $OUT/nginx-up/nginx.pid;
-error_log $OUT/nginx-up/error.log warn;
-worker_rlimit_nofile 16384;
-events { worker_connections 16384; }
+$(nginx_main "$OUT/nginx-up")
 http {
   access_log off;
   client_header_buffer_size 4k;
   keepalive_requests 100000000; keepalive_timeout 300s;
   server { listen 127.0.0.1:$P_UP backlog=4096; location / { return 200 "ok"; } }
-  server {
-    listen 127.0.0.1:$P_JWKS;
-    location = /jwks.json { root $OUT; default_type application/json; add_header Cache-Control "max-age=3600"; }
-  }
+$(nginx_jwks)
 }
 EOF
 cat > "$OUT/nginx-proxy/nginx.conf" <<EOF
 # One plain proxy hop, upstream keep-alive, no auth: the ceiling.
-daemon off; master_process off; worker_processes 1;
-pid $OUT/nginx-proxy/nginx.pid;
-error_log $OUT/nginx-proxy/error.log warn;
-worker_rlimit_nofile 16384;
-events { worker_connections 16384; }
+$(nginx_main "$OUT/nginx-proxy")
 http {
   access_log off;
   keepalive_requests 100000000; keepalive_timeout 300s;
@@ -345,22 +334,12 @@ fixed_rate() {
     -z "${DURATION}s" -q "$RATE" -c "$CONNS" -H "Authorization: Bearer $TOKEN" \
     "http://127.0.0.1:$SERVER_PORT/" > "$OUT/$variant.json"
   c1=$(cpu_ticks "$SERVER_PID")
-  python3 - "$OUT/$variant.json" "$variant" "$server" "$(( (c1 - c0) * 1000000 / TICK ))" \
-    "$(status_kib "$SERVER_PID" VmHWM)" "$(status_kib "$SERVER_PID" VmRSS)" "$busy" "$(load1)" <<'PY' | tee -a "$RESULTS" >&2
-import json, sys
-path, variant, server, cpu_us, hwm, rss, busy, load = sys.argv[1:]
-d = json.load(open(path))
-s, p = d["summary"], d["latencyPercentiles"]
-codes = d.get("statusCodeDistribution", {})
-ok = int(codes.get("200", 0))
-# "aborted due to deadline" are the requests still in flight when oha's
-# duration ran out: not answered wrongly, only not yet. Not errors.
-errors = sum(int(v) for k, v in codes.items() if k != "200") + sum(
-    n for k, n in d.get("errorDistribution", {}).items() if k != "aborted due to deadline")
-us = lambda k: int(round(p[k] * 1e6))
-print(f"{variant}\t{server}\t{s['requestsPerSec']:.1f}\t{us('p50')}\t{us('p99')}\t{us('p99.9')}\t{errors}\t"
-      f"{int(cpu_us) / max(ok, 1):.1f}\t\t\t{hwm}\t{rss}\t{busy}\t\t{load}\t")
-PY
+  local rps p50 p99 p999 errors cpu
+  IFS=$'\t' read -r rps p50 p99 p999 errors cpu < <(python3 "$BENCH/oha.py" "$OUT/$variant.json" \
+    "$(( (c1 - c0) * 1000000 / TICK ))")
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\t\t%s\t%s\t%s\t\t%s\t\n' "$variant" "$server" "$rps" "$p50" \
+    "$p99" "$p999" "$errors" "$cpu" "$(status_kib "$SERVER_PID" VmHWM)" "$(status_kib "$SERVER_PID" VmRSS)" \
+    "$busy" "$(load1)" | tee -a "$RESULTS" >&2
 }
 
 # ---------------------------------------------------------------- runs

@@ -825,6 +825,16 @@ async fn held_streams(
     held
 }
 
+/// Waits until `n` of the upstream's `/endless` answers have been dropped
+/// (their streams reset).
+async fn upstream_streams_reset(up: &Upstream, n: usize) {
+    let dropped = &up.state.endless_dropped;
+    eventually("the upstream streams to be reset", || async {
+        (dropped.load(std::sync::atomic::Ordering::SeqCst) == n).then_some(())
+    })
+    .await;
+}
+
 /// All h2c callers share one upstream connection. A client that leaves its
 /// streams' windows shut takes nothing of their answers, and what the
 /// upstream sent for them stays in that connection's window: with hyper's
@@ -866,11 +876,7 @@ async fn an_h2_stream_whose_client_takes_nothing_is_cut() {
     let addr = h2_proxy(&up, std::time::Duration::from_secs(1)).await;
     let (mut stalled, open, _conn) = shut_window_client(addr).await;
     let held = held_streams(&mut stalled, addr, "/endless", 3).await;
-    let dropped = &up.state.endless_dropped;
-    eventually("the upstream streams to be reset", || async {
-        (dropped.load(std::sync::atomic::Ordering::SeqCst) == 3).then_some(())
-    })
-    .await;
+    upstream_streams_reset(&up, 3).await;
 
     // Each of the client's streams ends in a reset: never an answer that
     // ends as if whole. (Read side by side, so that no stream's unread
@@ -902,10 +908,6 @@ async fn an_h2_client_that_holds_a_cut_stream_loses_its_connection() {
     let addr = h2_proxy(&up, std::time::Duration::from_millis(300)).await;
     let (mut stalled, _open, conn) = shut_window_client(addr).await;
     let _held = held_streams(&mut stalled, addr, "/endless", 1).await;
-    let dropped = &up.state.endless_dropped;
-    eventually("the upstream stream to be reset", || async {
-        (dropped.load(std::sync::atomic::Ordering::SeqCst) == 1).then_some(())
-    })
-    .await;
+    upstream_streams_reset(&up, 1).await;
     within("the connection to be closed", conn).await.unwrap();
 }
