@@ -52,6 +52,8 @@ http {{
             proxy_set_header X-Idgate-Email $idgate_email;
             proxy_set_header X-Idgate-Sub $idgate_sub;
             proxy_set_header X-Idgate-Claims $idgate_claims;
+            proxy_set_header Authorization "";
+            proxy_set_header X-Serverless-Authorization "";
             proxy_pass http://{upstream};
         }}
         location = /_idgate {{
@@ -162,6 +164,10 @@ async fn nginx_auth_request_in_front_of_an_upstream() {
         header_values(&echo, "x-idgate-email"),
         ["alice@example.com"],
         "every identity header is idgate's"
+    );
+    assert!(
+        header_values(&echo, "authorization").is_empty(),
+        "the README's config keeps the token from the app: {echo}"
     );
 
     // A public path: idgate allows it without a token; nginx's header

@@ -20,13 +20,15 @@
 //!
 //! ## Issuers
 //!
-//! Google is always trusted (`https://accounts.google.com` and
-//! `accounts.google.com`, keys from Google's JWKS). `--issuer URL` adds another
-//! issuer whose keys come from `URL/.well-known/openid-configuration`. An
-//! extra issuer is trusted *as Google is*: its verified `email` claims name
-//! `user:`/`serviceAccount:` members. That is what a dev issuer or a test
-//! double needs, and it means such an issuer can speak for any account: add
-//! only issuers you control.
+//! Google is trusted (`https://accounts.google.com` and
+//! `accounts.google.com`, keys from Google's JWKS) unless
+//! `--google-issuer false`. `--issuer URL` adds another issuer whose keys come
+//! from `URL/.well-known/openid-configuration`. Its callers are
+//! `principal://POOL/subject/SUB` members (`--issuer-pool`); only with
+//! `--issuer-trust-emails` do its verified `email` claims name
+//! `user:`/`serviceAccount:` members as Google's do. That is what a dev issuer
+//! or a test double needs, and it lets such an issuer speak for any account:
+//! turn it on only for issuers you control.
 //! `--jwks-url` says where keys come from without discovery: with no
 //! `--issuer`, one `--jwks-url` points the Google preset elsewhere (a mirror,
 //! a test double); with `--issuer`s, give none (all use discovery) or exactly
