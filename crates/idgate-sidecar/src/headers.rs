@@ -363,7 +363,9 @@ pub fn set_identity(headers: &mut HeaderMap, identity: &Identity) {
         }
     };
     set(PRINCIPAL, Bytes::from(identity.principal_string()));
-    if let Some(email) = identity.verified_email_bytes() {
+    // Only an email that names the caller: an extra issuer not trusted
+    // for emails can sign for any address.
+    if let Some(email) = identity.principal_email_bytes() {
         set(EMAIL, email);
     }
     set(SUB, identity.subject_bytes());

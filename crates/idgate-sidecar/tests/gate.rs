@@ -380,9 +380,15 @@ async fn an_extra_issuer_is_found_by_discovery_and_its_emails_count_only_when_tr
     let (sidecar, _) = start_with_gate(&s).await;
     let (status, _, body) = get(sidecar.addr(), &token).await;
     assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    let echo = echoed(&body);
     assert_eq!(
-        header_values(&echoed(&body), "x-idgate-principal"),
+        header_values(&echo, "x-idgate-principal"),
         [format!("principal://{pool}/subject/{sub}")]
+    );
+    // Its email names nobody: the upstream is not handed it as the caller's.
+    assert!(
+        header_values(&echo, "x-idgate-email").is_empty(),
+        "an untrusted issuer's email reached the upstream: {echo}"
     );
     sidecar.shutdown().await;
 
@@ -401,6 +407,10 @@ async fn an_extra_issuer_is_found_by_discovery_and_its_emails_count_only_when_tr
     assert_eq!(
         header_values(&echo, "x-idgate-principal"),
         ["user:alice@example.com"]
+    );
+    assert_eq!(
+        header_values(&echo, "x-idgate-email"),
+        ["alice@example.com"]
     );
     let stripped = header_values(&echo, "x-serverless-authorization");
     assert!(

@@ -281,9 +281,22 @@ impl Identity {
     pub fn email_verified(&self) -> bool {
         self.0.email_verified
     }
-    /// The email, only when verified.
+    /// The email, only when verified: the issuer's say-so. For an issuer
+    /// whose emails do not name IAM members (an extra issuer without
+    /// `trust_emails`), it can speak for any address: to learn who the
+    /// caller is, use [`Identity::principal_email`] or
+    /// [`Identity::principal`].
     pub fn verified_email(&self) -> Option<&str> {
         self.email().filter(|_| self.email_verified())
+    }
+    /// The email that names the caller in IAM (`user:` or
+    /// `serviceAccount:`): verified, from Google or an issuer trusted for
+    /// emails. `None` for callers named by subject.
+    pub fn principal_email(&self) -> Option<&str> {
+        match self.principal_ref() {
+            PrincipalRef::ServiceAccount(e) | PrincipalRef::User(e) => Some(e),
+            PrincipalRef::Subject(..) => None,
+        }
     }
     /// The `hd` claim (the Workspace domain), if present.
     pub fn hosted_domain(&self) -> Option<&str> {
@@ -343,6 +356,12 @@ impl Identity {
         self.0.email.map(|e| self.bytes(e))
     }
 
+    /// [`Identity::principal_email`] as shared bytes (not a copy).
+    pub fn principal_email_bytes(&self) -> Option<Bytes> {
+        self.principal_email()?;
+        self.0.email.map(|e| self.bytes(e))
+    }
+
     fn bytes(&self, Span { start, end }: Span) -> Bytes {
         self.0.text.slice(start as usize..end as usize)
     }
@@ -366,6 +385,12 @@ impl Identity {
         let mut out = String::with_capacity(parts.iter().map(|p| p.len()).sum());
         parts.iter().for_each(|p| out.push_str(p));
         out
+    }
+
+    /// Whether the issuer's verified emails name IAM members (Google, or an
+    /// issuer trusted for emails).
+    pub(crate) fn emails_name_members(&self) -> bool {
+        self.0.google
     }
 
     /// The one place that decides how IAM names the caller.

@@ -46,7 +46,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in a stable order (for metrics pre-registration and docs).
-    pub const ALL: [Reason; 16] = [
+    pub const ALL: &'static [Reason] = &[
         Reason::MissingToken,
         Reason::MultipleTokens,
         Reason::MalformedToken,
@@ -89,7 +89,7 @@ impl Reason {
 
     /// Parse a code produced by [`Reason::as_str`].
     pub fn from_code(code: &str) -> Option<Reason> {
-        Reason::ALL.into_iter().find(|r| r.as_str() == code)
+        Reason::ALL.iter().copied().find(|r| r.as_str() == code)
     }
 
     /// What kind of refusal this is, which decides the response status.
@@ -126,7 +126,7 @@ mod tests {
     #[test]
     fn codes_round_trip_and_are_unique() {
         let mut seen = std::collections::HashSet::new();
-        for r in Reason::ALL {
+        for &r in Reason::ALL {
             assert!(seen.insert(r.as_str()), "duplicate code {r}");
             assert_eq!(Reason::from_code(r.as_str()), Some(r));
         }

@@ -549,7 +549,9 @@ impl Verifier {
     }
 
     /// Keep every issuer's keys warm in the background (needs a tokio
-    /// runtime). The tasks end when the verifier is dropped.
+    /// runtime). The tasks end once the verifier is dropped, at their next
+    /// wake-up (which can be hours later): abort the handles returned to end
+    /// them at once.
     pub fn spawn_key_refreshers(&self) -> Vec<tokio::task::JoinHandle<()>> {
         self.issuers
             .iter()

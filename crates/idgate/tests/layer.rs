@@ -76,7 +76,8 @@ async fn maybe(id: Option<Identity>) -> axum::Json<Value> {
 }
 
 /// Every route above `.layer` is behind the gate; `/unguarded` is added
-/// after it, so it is not: the extractor must say so there.
+/// after it, so it is not: the extractor must say so there. `/nested` is a
+/// router nested after it, with the layer of its own.
 fn app(layer: AuthLayer) -> Router {
     Router::new()
         .route("/whoami", get(whoami))
@@ -85,9 +86,13 @@ fn app(layer: AuthLayer) -> Router {
         .route("/public/hello", get(maybe))
         .route("/public/whoami", get(whoami))
         .route("/publicity", get(maybe))
-        .layer(layer)
+        .layer(layer.clone())
         .route("/unguarded", get(whoami))
         .route("/unguarded/maybe", get(maybe))
+        .nest(
+            "/nested",
+            Router::new().route("/maybe", get(maybe)).layer(layer),
+        )
 }
 
 struct Fixture {
@@ -475,6 +480,27 @@ async fn public_paths_need_no_token_and_carry_no_identity() {
     assert_eq!(f.kit.jwks_fetches(), 0);
 }
 
+/// A public prefix no request path could match is refused when the gate is
+/// built, every one listed, rather than silently never matching.
+#[tokio::test]
+async fn public_prefixes_no_path_could_match_are_refused() {
+    let kit = Issuer::start().await;
+    let (policy, _) = PolicyHandle::new(members(&["user:alice@example.com"])).unwrap();
+    let bad = ["healthz", "/a%2fb", "/a//b", "/a\\b", "/a/../b", "/a?x"];
+    let mut builder = Gate::builder(Arc::new(verifier(&kit)), Arc::new(policy));
+    for p in bad {
+        builder = builder.public_path(p);
+    }
+    let err = builder.public_path("/fine").build().unwrap_err();
+    assert_eq!(err.0.len(), bad.len(), "{err:?}");
+    for p in bad {
+        assert!(
+            err.0.iter().any(|e| e.contains(&format!("{p:?}"))),
+            "{p}: {err:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn all_users_lets_anyone_in_without_an_identity() {
     let f = start(&["allUsers"], StatusCodes::Rfc6750).await;
@@ -554,6 +580,14 @@ async fn conditions_see_the_method_host_and_path() {
                         "user:carol@example.com",
                         r#"request.host == "elsewhere.example.com""#,
                     ),
+                    (
+                        "user:dave@example.com",
+                        r#"request.path == "/nested/maybe""#,
+                    ),
+                    (
+                        "user:erin@example.com",
+                        r#"!request.path.startsWith("/nested/")"#,
+                    ),
                 ],
             );
             policy_file(&file)
@@ -580,6 +614,17 @@ async fn conditions_see_the_method_host_and_path() {
         Reason::NotAllowed,
         &carol,
     );
+
+    // Under a router nested at /nested, axum hands the layer the path
+    // without the prefix; conditions still see the path the client asked
+    // for, so a policy means the same wherever the layer sits.
+    let dave = f.token("dave@example.com");
+    let a = f.get_with_token("/nested/maybe", &dave).await;
+    assert_eq!(a.status, StatusCode::OK, "{a:?}");
+    for (who, token) in [("bob", &bob), ("erin", &f.token("erin@example.com"))] {
+        let a = f.get_with_token("/nested/maybe", token).await;
+        assert_eq!(a.status, StatusCode::FORBIDDEN, "{who}: {a:?}");
+    }
 }
 
 /// A reloaded policy applies to the very next request through the same

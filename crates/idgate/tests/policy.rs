@@ -505,6 +505,19 @@ mod policy {
         assert_eq!(d.principal.as_deref(), Some("subject:7"));
         assert!(d.detail.contains("not verified"), "{}", d.detail);
 
+        // A Google token minted without its email (a service account's,
+        // without --include-email) says why no email member matched.
+        let Decision::Denied(d) = p.decide(Some(&google(json!({"sub": "8"}))), &ctx()) else {
+            panic!("no email allowed")
+        };
+        assert_eq!(d.principal.as_deref(), Some("subject:8"));
+        assert!(d.detail.contains("--include-email"), "{}", d.detail);
+        let pooled_no_email = pooled(POOL, json!({"sub": "x"}));
+        let Decision::Denied(d) = p.decide(Some(&pooled_no_email), &ctx()) else {
+            panic!("pool subject allowed")
+        };
+        assert!(!d.detail.contains("email"), "{}", d.detail);
+
         let Decision::Denied(d) = p.decide(None, &ctx()) else {
             panic!("no token allowed")
         };

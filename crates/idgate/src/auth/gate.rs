@@ -153,7 +153,10 @@ impl GateBuilder {
 
     /// Let requests under this path prefix through without a token. The
     /// prefix matches whole segments: `/public` covers `/public` and
-    /// `/public/x`, not `/publicity`. No identity is attached on them.
+    /// `/public/x`, not `/publicity`; `/` covers every path (the gate then
+    /// checks nothing). No identity is attached on them. A prefix with `%`,
+    /// `\`, `//`, `?`, `#` or dot segments is refused by
+    /// [`GateBuilder::build`]: no request path could match it.
     pub fn public_path(mut self, prefix: impl Into<String>) -> Self {
         self.public_paths.push(prefix.into());
         self
@@ -180,10 +183,14 @@ impl GateBuilder {
         let mut problems = Vec::new();
         for p in &self.public_paths {
             if !p.starts_with('/')
-                || p.contains(['?', '#'])
+                || p.contains(['?', '#', '%', '\\'])
+                || p.contains("//")
                 || p.split('/').any(|s| s == ".." || s == ".")
             {
-                problems.push(format!("public path {p:?} must be an absolute path without query, fragment or dot segments"));
+                problems.push(format!(
+                    "public path {p:?} must be an absolute path without query, fragment, \
+                     %, \\, // or dot segments (no request path could match it)"
+                ));
             }
         }
         if !problems.is_empty() {

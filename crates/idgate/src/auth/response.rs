@@ -74,6 +74,8 @@ pub fn denial_response(reason: Reason, grpc: bool, codes: StatusCodes) -> Respon
         r
     } else {
         let status = status_for(reason, codes);
+        // The reason's class, whatever the status: under Cloud Run's codes a
+        // missing token is a 403 that still says what is missing.
         let error = match reason.class() {
             DenialClass::Unauthenticated => "unauthenticated",
             DenialClass::Forbidden => "forbidden",
@@ -133,11 +135,20 @@ mod tests {
             status_for(KeysUnavailable, rfc),
             StatusCode::SERVICE_UNAVAILABLE
         );
-        for r in Reason::ALL {
-            let resp = denial_response(r, false, rfc);
-            let body: serde_json::Value = serde_json::from_slice(resp.body()).unwrap();
-            assert_eq!(body["reason"], r.as_str());
-            assert_eq!(resp.extensions().get::<Reason>(), Some(&r));
+        for codes in [rfc, cr] {
+            for &r in Reason::ALL {
+                let resp = denial_response(r, false, codes);
+                let body: serde_json::Value = serde_json::from_slice(resp.body()).unwrap();
+                assert_eq!(body["reason"], r.as_str());
+                assert_eq!(resp.extensions().get::<Reason>(), Some(&r));
+                // The error word is the reason's class, whatever the status.
+                let error = match r.class() {
+                    DenialClass::Unauthenticated => "unauthenticated",
+                    DenialClass::Forbidden => "forbidden",
+                    DenialClass::Unavailable => "unavailable",
+                };
+                assert_eq!(body["error"], error, "{r:?} under {codes:?}");
+            }
         }
     }
 

@@ -9,7 +9,9 @@ use super::future::{ResponseFuture, admit};
 use super::gate::{Gate, Outcome, RequestFacts};
 use super::response::is_grpc;
 
-/// What the gate reads of a request.
+/// What the gate reads of a request. The path is the one the client asked
+/// for: under a nested axum router the request's own URI has lost the
+/// nest's prefix, and axum keeps the whole one as `OriginalUri`.
 fn facts<B>(req: &Request<B>) -> RequestFacts<'_> {
     let host = req
         .headers()
@@ -21,8 +23,20 @@ fn facts<B>(req: &Request<B>) -> RequestFacts<'_> {
         headers: req.headers(),
         method: req.method().as_str(),
         host,
-        path: req.uri().path(),
+        path: path(req),
     }
+}
+
+#[cfg(feature = "axum")]
+fn path<B>(req: &Request<B>) -> &str {
+    req.extensions()
+        .get::<axum::extract::OriginalUri>()
+        .map_or(req.uri().path(), |original| original.0.path())
+}
+
+#[cfg(not(feature = "axum"))]
+fn path<B>(req: &Request<B>) -> &str {
+    req.uri().path()
 }
 
 /// The service [`AuthLayer`](super::AuthLayer) makes: `inner` behind the gate.

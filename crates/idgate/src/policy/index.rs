@@ -326,6 +326,13 @@ fn deny(identity: Option<&Identity>, unmet: Vec<String>) -> Denial {
              so no user:, serviceAccount: or group: member can match; "
         ),
         None if identity.is_none() => "no token; ".to_owned(),
+        // A Google service account's ID token carries its email only when
+        // asked for: without it, the caller can only be named by subject.
+        None if identity.is_some_and(|id| id.emails_name_members() && id.email().is_none()) => {
+            "the token has no email claim, so no user: or serviceAccount: member can match \
+             (mint it with --include-email, or includeEmail in generateIdToken); "
+                .to_owned()
+        }
         None => String::new(),
     };
     if unmet.is_empty() {
