@@ -8,8 +8,8 @@
 # Two variants per binary:
 #   h2-ok: "ok" answers, 5 connections × 10 streams in flight, saturated
 #     (requests/s, latency, server CPU per request);
-#   h2-1mib: 1 MiB answers, one stream at a time (what one stream moves:
-#     the upstream stream's flow-control window is what limits it).
+#   h2-1mib: 1 MiB answers, one stream at a time (what one stream moves,
+#     through the upstream stream's flow-control window).
 #
 # Needs what bench/sidecar.sh needs (it mints the tokens: run it with
 # ONLY=none first if target/bench/sidecar has none), plus oha. Results:

@@ -13,7 +13,8 @@ use crate::config::{ForwardToken, HeaderPattern};
 
 /// Identity headers set by idgate.
 pub const PRINCIPAL: HeaderName = HeaderName::from_static("x-idgate-principal");
-/// The verified email, only when `email_verified` is `true`.
+/// The verified email that names the caller (`user:`/`serviceAccount:`):
+/// Google's, or a trusted issuer's; absent for callers named by subject.
 pub const EMAIL: HeaderName = HeaderName::from_static("x-idgate-email");
 /// The `sub` claim.
 pub const SUB: HeaderName = HeaderName::from_static("x-idgate-sub");

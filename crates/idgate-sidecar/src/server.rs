@@ -119,7 +119,7 @@ pub async fn serve(
         .max_buf_size(MAX_HEAD_BYTES);
     // HTTP/2: a peer that stops answering pings is gone (its connection
     // closes even with streams open); one that keeps no stream open for
-    // HTTP2_IDLE_TIMEOUT gets a GOAWAY (`Streams::idle_for`). HTTP/1.1
+    // HTTP2_IDLE_TIMEOUT gets a GOAWAY (`Streams::watch`). HTTP/1.1
     // keep-alive connections need neither: the header read timeout closes
     // them when no request follows.
     builder
@@ -325,7 +325,7 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// What `serve` and `proxy` use.
+    /// What `proxy` uses, and `serve` with its connection cap.
     pub const DEFAULT: Limits = Limits {
         http2_idle: HTTP2_IDLE_TIMEOUT,
         write_stall: WRITE_STALL_TIMEOUT,
@@ -517,7 +517,7 @@ struct StreamGuard {
 
 impl StreamGuard {
     /// The stream's response body, watched for stalls until it is dropped.
-    fn watch(mut self, body: Body) -> TrackedBody {
+    fn track(mut self, body: Body) -> TrackedBody {
         let shared = Arc::new(SharedBody {
             body: Mutex::new(Some(body)),
             waiting_since: AtomicU64::new(millis()),
@@ -571,7 +571,7 @@ where
             res.map(|body| match stream {
                 // A body already at its end goes with the headers.
                 Some(stream) if !http_body::Body::is_end_stream(&body) => {
-                    Body::new(stream.watch(body))
+                    Body::new(stream.track(body))
                 }
                 _ => body,
             })

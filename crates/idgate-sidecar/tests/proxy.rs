@@ -867,13 +867,14 @@ async fn h2_callers_that_take_nothing_do_not_stall_the_others() {
     );
 }
 
-/// A stream whose client has taken nothing for the write-stall limit (1 s
+/// A stream whose client has taken nothing for the write-stall limit (2 s
 /// here) is cut: its upstream stream is reset at once, and the client's
-/// ends in a reset once it makes room.
+/// ends in a reset once it makes room (within the limit again, else it
+/// would lose its connection: the next test).
 #[tokio::test]
 async fn an_h2_stream_whose_client_takes_nothing_is_cut() {
     let up = upstream().await;
-    let addr = h2_proxy(&up, std::time::Duration::from_secs(1)).await;
+    let addr = h2_proxy(&up, std::time::Duration::from_secs(2)).await;
     let (mut stalled, open, _conn) = shut_window_client(addr).await;
     let held = held_streams(&mut stalled, addr, "/endless", 3).await;
     upstream_streams_reset(&up, 3).await;
@@ -901,13 +902,14 @@ async fn an_h2_stream_whose_client_takes_nothing_is_cut() {
 
 /// A client that never makes room on a stream it was cut from would hold
 /// its connection for ever (it answers pings, and a stream is open): it
-/// loses it a write-stall limit after the cut.
+/// loses it a write-stall limit after the cut (2 s here), not at the cut.
 #[tokio::test]
 async fn an_h2_client_that_holds_a_cut_stream_loses_its_connection() {
     let up = upstream().await;
-    let addr = h2_proxy(&up, std::time::Duration::from_millis(300)).await;
+    let addr = h2_proxy(&up, std::time::Duration::from_secs(2)).await;
     let (mut stalled, _open, conn) = shut_window_client(addr).await;
     let _held = held_streams(&mut stalled, addr, "/endless", 1).await;
     upstream_streams_reset(&up, 1).await;
+    assert!(!conn.is_finished(), "the connection was closed at the cut");
     within("the connection to be closed", conn).await.unwrap();
 }

@@ -261,7 +261,8 @@ impl Identity {
     pub fn issuer_name(&self) -> &str {
         &self.0.issuer_name
     }
-    /// Whether the Google issuer verified the token.
+    /// Whether the issuer's verified emails name IAM members: the Google
+    /// issuer, or an extra issuer trusted for emails.
     pub fn is_google(&self) -> bool {
         self.0.google
     }
@@ -385,12 +386,6 @@ impl Identity {
         let mut out = String::with_capacity(parts.iter().map(|p| p.len()).sum());
         parts.iter().for_each(|p| out.push_str(p));
         out
-    }
-
-    /// Whether the issuer's verified emails name IAM members (Google, or an
-    /// issuer trusted for emails).
-    pub(crate) fn emails_name_members(&self) -> bool {
-        self.0.google
     }
 
     /// The one place that decides how IAM names the caller.

@@ -88,7 +88,7 @@ async fn hello(caller: Option<Identity>) -> String {
 async fn me(caller: Identity) -> Json<Value> {
     Json(json!({
         "principal": caller.principal().to_string(),
-        "email": caller.verified_email(),
+        "email": caller.principal_email(),
         "subject": caller.subject(),
         "issuer": caller.issuer(),
         "expires_at": caller.expires_at(),

@@ -754,10 +754,8 @@ fn resolve(
     let shutdown_grace = duration(&mut src, "--shutdown-grace", defaults::SHUTDOWN_GRACE);
     let max_connections = match value(&mut src, "--max-connections", parse::count) {
         None => ConnectionCap::FromOpenFiles,
-        Some((0, _)) => ConnectionCap::Off,
-        Some((n, _)) => usize::try_from(n)
-            .ok()
-            .and_then(std::num::NonZeroUsize::new)
+        // 0 is no cap; a number past usize is as good as none too.
+        Some((n, _)) => std::num::NonZeroUsize::new(usize::try_from(n).unwrap_or(usize::MAX))
             .map_or(ConnectionCap::Off, ConnectionCap::At),
     };
     if request_timeout.is_zero() {

@@ -167,16 +167,10 @@ pub(crate) fn header_pattern(s: &str) -> Result<HeaderPattern, ValueError> {
 /// A public path prefix: absolute, and with nothing a server might
 /// normalise differently from us (dot segments, escapes, backslashes).
 pub(crate) fn public_path(s: &str) -> Result<String, ValueError> {
-    if !s.starts_with('/') {
-        return Err(ValueError::PublicPath("must start with /"));
+    match idgate::auth::public_path_problem(s) {
+        Some(problem) => Err(ValueError::PublicPath(problem)),
+        None => Ok(s.to_owned()),
     }
-    if s.contains(['%', '\\', '?', '#']) || s.contains("//") {
-        return Err(ValueError::PublicPath("must not contain %, \\, ?, # or //"));
-    }
-    if s.split('/').any(|seg| seg == "." || seg == "..") {
-        return Err(ValueError::PublicPath("must not contain . or .. segments"));
-    }
-    Ok(s.to_owned())
 }
 
 /// `true`/`false` (also `1`/`0`, `yes`/`no`), as flags, variables and TOML

@@ -634,7 +634,7 @@ fn a_token_cache_of_zero_turns_it_off() {
 }
 
 #[test]
-fn the_connection_cap_is_half_the_open_files_unless_set() {
+fn the_connection_cap_follows_the_open_files_limit_unless_set() {
     use super::ConnectionCap;
     let cap = |flags: &[&str], vars: &[(&str, &str)]| {
         load_ok(&[MINIMAL, flags].concat(), vars)

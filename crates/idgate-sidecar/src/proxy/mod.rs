@@ -81,6 +81,7 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// (32 MiB). On loopback 256 KiB in flight is still far more than a
 /// stream needs for full speed.
 const H2C_STREAM_WINDOW: u32 = 256 << 10;
+/// See [`H2C_STREAM_WINDOW`].
 const H2C_CONNECTION_WINDOW: u32 = 32 << 20;
 
 /// Forwards requests to one upstream. Cheap to clone.

@@ -182,14 +182,9 @@ impl GateBuilder {
     pub fn build(self) -> Result<Gate, GateConfigError> {
         let mut problems = Vec::new();
         for p in &self.public_paths {
-            if !p.starts_with('/')
-                || p.contains(['?', '#', '%', '\\'])
-                || p.contains("//")
-                || p.split('/').any(|s| s == ".." || s == ".")
-            {
+            if let Some(problem) = public_path_problem(p) {
                 problems.push(format!(
-                    "public path {p:?} must be an absolute path without query, fragment, \
-                     %, \\, // or dot segments (no request path could match it)"
+                    "public path {p:?} {problem} (no request path could match it)"
                 ));
             }
         }
@@ -214,6 +209,21 @@ impl GateBuilder {
             status_codes: self.status_codes,
             hooks: self.hooks,
         })
+    }
+}
+
+/// Why `prefix` cannot be a public path prefix, if it cannot: one no
+/// request path could match ([`Gate::is_public`] never lets such a path
+/// through).
+pub fn public_path_problem(prefix: &str) -> Option<&'static str> {
+    if !prefix.starts_with('/') {
+        Some("must start with /")
+    } else if prefix.contains(['%', '\\', '?', '#']) || prefix.contains("//") {
+        Some("must not contain %, \\, ?, # or //")
+    } else if prefix.split('/').any(|seg| seg == "." || seg == "..") {
+        Some("must not contain . or .. segments")
+    } else {
+        None
     }
 }
 

@@ -63,7 +63,7 @@ pub use body::AuthBody;
 pub use future::ResponseFuture;
 pub use gate::{
     Admission, DecisionEvent, Gate, GateBuilder, GateConfigError, Outcome, Refusal, RequestFacts,
-    StatusCodes,
+    StatusCodes, public_path_problem,
 };
 pub use layer::AuthLayer;
 pub use response::{denial_response, grpc_status_for, grpc_status_with, is_grpc, status_for};

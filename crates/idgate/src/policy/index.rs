@@ -328,9 +328,10 @@ fn deny(identity: Option<&Identity>, unmet: Vec<String>) -> Denial {
         None if identity.is_none() => "no token; ".to_owned(),
         // A Google service account's ID token carries its email only when
         // asked for: without it, the caller can only be named by subject.
-        None if identity.is_some_and(|id| id.emails_name_members() && id.email().is_none()) => {
+        None if identity.is_some_and(|id| id.is_google() && id.email().is_none()) => {
             "the token has no email claim, so no user: or serviceAccount: member can match \
-             (mint it with --include-email, or includeEmail in generateIdToken); "
+             (a Google service account's token has one only when minted with \
+             --include-email, or includeEmail in generateIdToken); "
                 .to_owned()
         }
         None => String::new(),
