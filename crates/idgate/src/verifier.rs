@@ -222,6 +222,18 @@ pub struct Verifier {
     hot_tokens: Option<HotTokens<CachedToken>>,
     clock: Arc<dyn Clock>,
     counters: Counters,
+    warnings: Vec<String>,
+}
+
+/// Whether a URL's host is this machine (`localhost`, `127.0.0.0/8`,
+/// `::1`): the one place a plain-http key URL cannot be tampered with in
+/// transit.
+pub fn is_loopback_host(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 impl fmt::Debug for Verifier {
@@ -328,6 +340,7 @@ impl VerifierBuilder {
     /// Check every setting and build. Lists every problem at once.
     pub fn build(self) -> Result<Verifier, ConfigError> {
         let mut problems = Vec::new();
+        let mut warnings = Vec::new();
         let issuers = if self.issuers.is_empty() {
             vec![IssuerConfig::google()]
         } else {
@@ -407,6 +420,13 @@ impl VerifierBuilder {
             }
             let url = key_source(cfg).describe();
             match reqwest::Url::parse(&url) {
+                Ok(u) if u.scheme() == "http" && !u.host_str().is_some_and(is_loopback_host) => {
+                    warnings.push(format!(
+                        "issuer {:?}: its keys come from {url}, plain http on a host that is not \
+                         loopback: they can be forged in transit",
+                        cfg.name
+                    ));
+                }
                 Ok(u) if matches!(u.scheme(), "https" | "http") => {}
                 _ if cfg.discovery => problems.push(format!(
                     "issuer {:?}: its discovery URL {url:?} is not an http(s) URL",
@@ -481,6 +501,7 @@ impl VerifierBuilder {
             hot_tokens,
             clock,
             counters: Counters::default(),
+            warnings,
         })
     }
 }
@@ -541,6 +562,12 @@ impl Verifier {
     /// Whether every issuer has usable keys (readiness).
     pub fn is_ready(&self) -> bool {
         self.issuers.iter().all(|i| i.keys.status().ready)
+    }
+
+    /// What the settings allow but should not: key URLs over plain http to a
+    /// host that is not loopback. Log them at start.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
     }
 
     /// Fetch every issuer's keys now (startup warm-up); waits for the fetches.

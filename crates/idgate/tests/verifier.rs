@@ -77,6 +77,33 @@ async fn a_good_token_verifies_to_its_identity() {
     assert!(s.verifier.is_ready());
 }
 
+/// A key URL over plain http is allowed (a dev issuer in a compose
+/// network), but off loopback it is named in the verifier's warnings:
+/// keys fetched over it can be forged in transit.
+#[tokio::test]
+async fn plain_http_key_urls_off_loopback_are_warned_about() {
+    let build = |url: &str| {
+        Verifier::builder()
+            .issuer(IssuerConfig::new("dev", "https://dev.example", url))
+            .audience(AUD)
+            .build()
+            .unwrap()
+    };
+    let warned = build("http://keys.example.com/jwks");
+    assert_eq!(warned.warnings().len(), 1, "{:?}", warned.warnings());
+    assert!(warned.warnings()[0].contains("http://keys.example.com/jwks"));
+    for quiet in [
+        "https://keys.example.com/jwks",
+        "http://127.0.0.1:9/jwks",
+        "http://localhost:9/jwks",
+        "http://[::1]:9/jwks",
+    ] {
+        assert!(build(quiet).warnings().is_empty(), "{quiet}");
+    }
+    assert!(idgate::verifier::is_loopback_host("LOCALHOST"));
+    assert!(!idgate::verifier::is_loopback_host("10.0.0.1"));
+}
+
 #[tokio::test]
 async fn google_preset_accepts_both_issuer_spellings_and_only_rs256() {
     let kit = Issuer::start().await;

@@ -232,6 +232,9 @@ async fn run() -> anyhow::Result<()> {
     for w in warnings {
         eprintln!("policy warning: {w}");
     }
+    for w in verifier.warnings() {
+        eprintln!("verifier warning: {w}");
+    }
     // Load keys before serving, then keep them fresh in the background, so
     // no request waits on the network.
     verifier.refresh_keys().await;

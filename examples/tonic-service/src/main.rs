@@ -226,6 +226,9 @@ async fn serve() -> anyhow::Result<()> {
     for w in warnings {
         eprintln!("policy warning: {w}");
     }
+    for w in verifier.warnings() {
+        eprintln!("verifier warning: {w}");
+    }
     verifier.refresh_keys().await;
     if !verifier.is_ready() {
         eprintln!(

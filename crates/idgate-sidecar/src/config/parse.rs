@@ -1,7 +1,7 @@
 //! Parsers for single values. Each returns a [`ValueError`]; the caller adds
 //! the origin.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use http::HeaderName;
@@ -79,7 +79,7 @@ pub(crate) fn key_url(s: &str, warnings: &mut Vec<String>, what: &str) -> Result
     match url.scheme() {
         "https" => Ok(()),
         "http" => {
-            if !is_loopback(host) {
+            if !idgate::verifier::is_loopback_host(host) {
                 warnings.push(format!(
                     "{what} {s} is plain http on a non-loopback host: keys fetched over it can be forged in transit"
                 ));
@@ -88,12 +88,6 @@ pub(crate) fn key_url(s: &str, warnings: &mut Vec<String>, what: &str) -> Result
         }
         _ => Err(ValueError::Url("must be http:// or https://".into())),
     }
-}
-
-fn is_loopback(host: &str) -> bool {
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    host.eq_ignore_ascii_case("localhost")
-        || bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// The shape of an IAM member. The policy module checks members fully when
