@@ -24,10 +24,13 @@ DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-3}
 SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
-TICK=$(getconf CLK_TCK)
 RESULTS=$OUT/h2.tsv
 . "$ROOT/bench/lib.sh"
 P_UP_H2=18083
+# idgate (start_server) proxies to the h2c-only upstream, and is probed
+# over h2c.
+IDGATE_UPSTREAM=http://127.0.0.1:$P_UP_H2
+PROBE_FLAGS=--http2-prior-knowledge
 trap cleanup EXIT
 
 command -v oha >/dev/null || die "oha is missing (cargo install oha --locked)"
@@ -57,28 +60,15 @@ taskset -c "$SERVER_CPU" nginx -p "$OUT/nginx-h2" -c "$OUT/nginx-h2/nginx.conf" 
 UPSTREAM_PID=$!
 for _ in $(seq 50); do curl -fs --http2-prior-knowledge "http://127.0.0.1:$P_UP_H2/" >/dev/null && break; sleep 0.1; done
 
-start_idgate() { # BINARY
-  taskset -c "$SERVER_CPU" "$1" serve --listen "127.0.0.1:$P_IDGATE" --admin-listen "127.0.0.1:$P_IDGATE_ADMIN" \
-    --upstream "http://127.0.0.1:$P_UP_H2" --jwks-url "http://127.0.0.1:$P_JWKS/jwks.json" \
-    --audience "$AUD" --member "serviceAccount:$EMAIL" 2>>"$OUT/idgate-h2.log" &
-  SERVER_PID=$!
-  for _ in $(seq 100); do
-    [[ $(curl -s -o /dev/null -w '%{http_code}' --http2-prior-knowledge \
-      -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$P_IDGATE/") == 200 ]] && return
-    sleep 0.1
-  done
-  die "$1 did not answer 200 over h2c (see $OUT/idgate-h2.log)"
-}
-
 # run VARIANT PATH CONNS STREAMS: a warm-up, then the measured run.
 run() {
   local variant=$1 path=$2 conns=$3 streams=$4 c0 c1
   local oha=(taskset -c "$CLIENT_CPU" oha --no-tui --http2 -c "$conns" -p "$streams"
     -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$P_IDGATE$path")
   "${oha[@]}" -z "${WARMUP}s" >/dev/null
-  c0=$(awk '{print $14 + $15}' "/proc/$SERVER_PID/stat")
+  c0=$(cpu_ticks "$SERVER_PID")
   "${oha[@]}" -z "${DURATION}s" --output-format json > "$OUT/h2-last.json"
-  c1=$(awk '{print $14 + $15}' "/proc/$SERVER_PID/stat")
+  c1=$(cpu_ticks "$SERVER_PID")
   local rps p50 p99 p999 errors cpu
   IFS=$'\t' read -r rps p50 p99 p999 errors cpu < <(python3 "$ROOT/bench/oha.py" "$OUT/h2-last.json" \
     "$(( (c1 - c0) * 1000000 / TICK ))")
@@ -92,10 +82,10 @@ for round in $(seq "$ROUNDS"); do
   for bin in $BINS; do
     name=$(basename "$bin")
     log "round $round: $name"
-    start_idgate "$bin"
+    IDGATE=$bin start_server idgate
     run "$name:h2-ok" / 5 10
     run "$name:h2-1mib" /1mib 1 1
-    kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=
+    stop_server
   done
 done
 log "results in $RESULTS"

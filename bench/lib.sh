@@ -13,7 +13,13 @@ ENVOY=$OUT/envoy-wheel/envoy/_bin/envoy
 SERVER_PID=
 UPSTREAM_PID=
 
+TICK=$(getconf CLK_TCK)
+
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+# cpu_ticks PID: user + system CPU of a process so far, in TICKs.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# status_kib PID FIELD: a /proc/PID/status field (VmRSS, VmHWM) in KiB.
+status_kib() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status"; }
 die() { log "error: $*"; exit 1; }
 
 cleanup() {
@@ -57,7 +63,9 @@ start_upstream() {
 # hyper floor, with its gate's JWKS URL, audience and member as ARGS), pinned to SERVER_CPU at nice
 # SERVER_NICE (default 0), under the scheduling policy SERVER_SCHED (other,
 # the default, or batch: chrt's names). Sets SERVER_PID and SERVER_PORT
-# once the server answers TOKEN with 200.
+# once the server answers TOKEN with 200. IDGATE_UPSTREAM points idgate at
+# another upstream URL; PROBE_FLAGS are curl's for that probe
+# (--http2-prior-knowledge for an h2c-only chain).
 start_server() {
   local name=$1; shift
   local port
@@ -68,7 +76,7 @@ start_server() {
       port=$P_NGINX ;;
     idgate)
       "${pin[@]}" "$IDGATE" serve --listen "127.0.0.1:$P_IDGATE" --admin-listen "127.0.0.1:$P_IDGATE_ADMIN" \
-        --upstream "http://127.0.0.1:$P_UP" --jwks-url "http://127.0.0.1:$P_JWKS/jwks.json" \
+        --upstream "${IDGATE_UPSTREAM:-http://127.0.0.1:$P_UP}" --jwks-url "http://127.0.0.1:$P_JWKS/jwks.json" \
         --audience "$AUD" --member "serviceAccount:$EMAIL" "$@" 2>>"$OUT/idgate.log" &
       port=$P_IDGATE ;;
     envoy)
@@ -82,7 +90,8 @@ start_server() {
   esac
   SERVER_PID=$!
   for _ in $(seq 100); do
-    if [[ $(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$port/") == 200 ]]; then
+    # shellcheck disable=SC2086 # PROBE_FLAGS: words on purpose
+    if [[ $(curl -s -o /dev/null -w '%{http_code}' ${PROBE_FLAGS:-} -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$port/") == 200 ]]; then
       SERVER_PORT=$port; return
     fi
     sleep 0.1

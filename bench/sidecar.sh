@@ -55,7 +55,6 @@ IDLE_WAIT=${IDLE_WAIT:-120}
 AFTER_WAITS=${AFTER_WAITS:-15 130}
 ONLY=${ONLY:-}
 
-TICK=$(getconf CLK_TCK)
 LOADKIT=${LOADKIT:-$ROOT/target/release/loadkit}
 RESULTS=${RESULTS:-$OUT/results.tsv}
 # shellcheck source=bench/lib.sh
@@ -196,8 +195,6 @@ envoy_config 0 > "$OUT/envoy-nocache.yaml"
 
 # ---------------------------------------------------------------- helpers
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-status_kib() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status"; }
 busy_ticks() { awk '/^cpu / {print $2+$3+$4+$7+$8+$9; exit}' /proc/stat; }
 load1() { cut -d' ' -f1 /proc/loadavg; }
 

@@ -195,6 +195,11 @@ impl Process {
         }
     }
 
+    /// Its soft and hard limits on open files (`/proc/PID/limits`).
+    pub fn open_files_limits(&self) -> (u64, u64) {
+        open_files_limits(&self.pid.to_string())
+    }
+
     /// Memory from `/proc/PID/status`.
     pub fn memory(&self) -> Memory {
         let path = format!("/proc/{}/status", self.pid);
@@ -270,4 +275,22 @@ impl Finished {
         }
         self
     }
+}
+
+/// The soft and hard limits on open files of process `pid` (a number, or
+/// `self`), from `/proc/PID/limits`; `unlimited` reads as `u64::MAX`.
+pub fn open_files_limits(pid: &str) -> (u64, u64) {
+    let path = format!("/proc/{pid}/limits");
+    let limits = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"));
+    // "Max open files  SOFT  HARD  files"
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap_or_else(|| panic!("no Max open files line in {path}"));
+    let field = |n: usize| {
+        line.split_whitespace()
+            .nth(n)
+            .map_or(u64::MAX, |v| v.parse().unwrap_or(u64::MAX))
+    };
+    (field(3), field(4))
 }

@@ -499,15 +499,7 @@ async fn hostile_clients_huge_heads_slowloris_and_silence_are_cut_off() {
 /// `prlimit(1)` when it is under `want` (children inherit it, the sidecar
 /// included).
 fn ensure_nofile(want: u64) -> u64 {
-    let soft = || -> u64 {
-        let limits = std::fs::read_to_string("/proc/self/limits").expect("read /proc/self/limits");
-        limits
-            .lines()
-            .find(|l| l.starts_with("Max open files"))
-            .and_then(|l| l.split_whitespace().nth(3))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(u64::MAX)
-    };
+    let soft = || open_files_limits("self").0;
     if soft() < want {
         let pid = std::process::id().to_string();
         let _ = std::process::Command::new("prlimit")
@@ -640,14 +632,8 @@ async fn at_the_connection_cap_a_new_connection_waits_its_turn() {
     let token = fresh_token(&kit, ALICE);
 
     let default = proxy(&up, &kit).start().await;
-    let limits = std::fs::read_to_string(format!("/proc/{}/limits", default.pid()))
-        .expect("/proc/PID/limits");
-    // "Max open files  SOFT  HARD  files": the sidecar's own soft limit.
-    let soft: u64 = limits
-        .lines()
-        .find(|l| l.starts_with("Max open files"))
-        .and_then(|l| l.split_whitespace().nth(3))
-        .map_or(u64::MAX, |v| v.parse().unwrap_or(u64::MAX));
+    // The sidecar's own soft limit.
+    let (soft, _) = default.open_files_limits();
     let serving = default.find_log("serving").expect("the serving line");
     assert_eq!(
         serving["max_connections"],

@@ -270,14 +270,7 @@ async fn serve_raises_its_open_files_limit_to_the_hard_one() {
         .open_files_soft_limit(256)
         .start()
         .await;
-    let limits = std::fs::read_to_string(format!("/proc/{}/limits", sidecar.pid()))
-        .expect("/proc/PID/limits");
-    let line = limits
-        .lines()
-        .find(|l| l.starts_with("Max open files"))
-        .expect("a Max open files line");
-    // "Max open files  SOFT  HARD  files"
-    let fields: Vec<&str> = line.split_whitespace().collect();
-    assert_eq!(fields[3], fields[4], "soft is not hard: {line}");
-    assert_ne!(fields[3], "256", "{line}");
+    let (soft, hard) = sidecar.open_files_limits();
+    assert_eq!(soft, hard, "soft is not hard");
+    assert_ne!(soft, 256);
 }

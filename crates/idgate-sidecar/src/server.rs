@@ -304,7 +304,7 @@ impl Closing {
 const CAP_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// An HTTP/2 connection with no stream open this long is closed (GOAWAY):
-/// what `serve` passes to [`serve`].
+/// [`Limits::DEFAULT`]'s.
 pub const HTTP2_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// How many client connections are served, and how long one may sit

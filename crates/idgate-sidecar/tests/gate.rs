@@ -242,7 +242,8 @@ async fn only_a_verified_token_reaches_the_upstream_stripped() {
     // Signed by nobody, claiming to be the boss.
     let forged = format!(
         "{}.{}.AAAA",
-        "eyJhbGciOiJSUzI1NiIsImtpZCI6ImtleS0xIn0", "eyJlbWFpbCI6ImJvc3NAZXhhbXBsZS5jb20ifQ"
+        idgate_testkit::b64url(br#"{"alg":"RS256","kid":"key-1"}"#),
+        idgate_testkit::b64url(br#"{"email":"boss@example.com"}"#)
     );
     // A public path, then an allUsers one.
     for path in ["/base/headers", "/headers"] {

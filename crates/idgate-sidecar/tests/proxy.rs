@@ -522,50 +522,43 @@ async fn only_websocket_upgrades_are_passed_on() {
     }
 }
 
+/// Requests refused before the gate, each with 400 and its reason:
+/// - two `Host` headers;
+/// - a request target without a path (authority-form, `*`): the gate judges
+///   the path the upstream gets, and `GET host:port` would be judged as the
+///   path "" and reach the upstream as `/`;
+/// - a method in lower case: a condition on `request.method` reads it as
+///   written, frameworks that upper-case it as the standard one.
 #[tokio::test]
-async fn two_host_headers_are_refused() {
+async fn requests_the_gate_cannot_judge_as_the_upstream_reads_them_are_refused() {
     let up = upstream().await;
     let s = settings(Some(&up.url()), |_| {});
     let (sidecar, _) = sidecar(&s, no_gate()).await;
-    let (head, body) = raw_exchange(
-        sidecar.addr(),
-        b"GET /headers HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\n\r\n",
-    )
-    .await;
-    assert!(head.starts_with("http/1.1 400"), "{head}");
-    // idgate's answer, not the upstream's.
-    assert_eq!(echoed(&body)["reason"], "repeated_host");
-}
-
-/// The gate judges the path the upstream gets, so a request target without
-/// one (authority-form, `*`) is refused before the gate: `GET host:port`
-/// would be judged as the path "" and reach the upstream as `/`. So is a
-/// method a condition and the upstream could read differently (`delete`).
-#[tokio::test]
-async fn a_request_target_without_a_path_or_a_lower_case_method_is_refused() {
-    let up = upstream().await;
-    let s = settings(Some(&up.url()), |_| {});
-    let (sidecar, _) = sidecar(&s, no_gate()).await;
-    for request in [
-        &b"GET example.com:80 HTTP/1.1\r\nHost: example.com\r\n\r\n"[..],
-        b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n",
-        b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
+    for (request, reason) in [
+        (
+            &b"GET /headers HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\n\r\n"[..],
+            "repeated_host",
+        ),
+        (
+            b"GET example.com:80 HTTP/1.1\r\nHost: example.com\r\n\r\n",
+            "invalid_uri",
+        ),
+        (b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n", "invalid_uri"),
+        (
+            b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
+            "invalid_uri",
+        ),
+        (
+            b"delete /headers HTTP/1.1\r\nHost: x\r\n\r\n",
+            "invalid_method",
+        ),
     ] {
         let shown = String::from_utf8_lossy(request);
         let (head, body) = raw_exchange(sidecar.addr(), request).await;
         assert!(head.starts_with("http/1.1 400"), "{shown}: {head}");
         // idgate's answer, not the upstream's.
-        assert_eq!(echoed(&body)["reason"], "invalid_uri", "{shown}");
+        assert_eq!(echoed(&body)["reason"], reason, "{shown}");
     }
-    // A method in lower case: a condition on `request.method` reads it as
-    // written, frameworks that upper-case it as the standard one.
-    let (head, body) = raw_exchange(
-        sidecar.addr(),
-        b"delete /headers HTTP/1.1\r\nHost: x\r\n\r\n",
-    )
-    .await;
-    assert!(head.starts_with("http/1.1 400"), "{head}");
-    assert_eq!(echoed(&body)["reason"], "invalid_method");
     // Absolute-form has a path: judged and forwarded as that path.
     let (head, body) = raw_exchange(
         sidecar.addr(),

@@ -386,23 +386,18 @@ fn check_allows_and_names_the_binding() {
     idgate(dir.path(), &args, &[], None)
         .expect_code(0)
         .expect_stdout("roles/run.invoker for user:alice@example.com (policy.json: bindings[1]) if \"GET only\"");
-    let mut post = args.to_vec();
-    post.extend(["--method", "POST"]);
-    idgate(dir.path(), &post, &[], None)
+    let with_method = |m: &'static str| [&args[..], &["--method", m]].concat();
+    idgate(dir.path(), &with_method("POST"), &[], None)
         .expect_code(1)
         .expect_stdout("policy      FAIL")
         .expect_stdout("GET only")
         .expect_stdout("DENIED   not_allowed");
     // A method serve would refuse before the gate is not judged.
-    let mut lower = args.to_vec();
-    lower.extend(["--method", "get"]);
-    idgate(dir.path(), &lower, &[], None)
+    idgate(dir.path(), &with_method("get"), &[], None)
         .expect_code(2)
         .expect_stderr("invalid_method")
         .expect_stderr("give \"GET\"");
-    let mut not_a_method = args.to_vec();
-    not_a_method.extend(["--method", "G T"]);
-    idgate(dir.path(), &not_a_method, &[], None)
+    idgate(dir.path(), &with_method("G T"), &[], None)
         .expect_code(2)
         .expect_stderr("invalid_method");
 }

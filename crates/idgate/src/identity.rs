@@ -351,12 +351,6 @@ impl Identity {
         self.bytes(self.0.subject)
     }
 
-    /// [`Identity::verified_email`] as shared bytes (not a copy).
-    pub fn verified_email_bytes(&self) -> Option<Bytes> {
-        self.verified_email()?;
-        self.0.email.map(|e| self.bytes(e))
-    }
-
     /// [`Identity::principal_email`] as shared bytes (not a copy).
     pub fn principal_email_bytes(&self) -> Option<Bytes> {
         self.principal_email()?;
@@ -505,12 +499,12 @@ mod tests {
         );
         assert_eq!(verified.subject_bytes(), "7");
         assert_eq!(
-            verified.verified_email_bytes().as_deref(),
+            verified.principal_email_bytes().as_deref(),
             Some(&b"b@x.com"[..])
         );
         let unverified = ident(&g, json!({"sub":"8","email":"b@x.com"}));
         assert_eq!(unverified.email(), Some("b@x.com"));
-        assert_eq!(unverified.verified_email_bytes(), None);
+        assert_eq!(unverified.principal_email_bytes(), None);
         assert_eq!(unverified.claims_b64_bytes(), unverified.claims_b64());
     }
 
