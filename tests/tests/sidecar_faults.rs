@@ -621,10 +621,11 @@ async fn ten_thousand_connections_then_a_new_request_still_succeeds() {
     );
 }
 
-/// At `--max-connections`, a new connection waits in the listen backlog
-/// until one of those open closes, and the sidecar warns that it is at the
-/// cap; by default the cap is the open-files limit (which `serve` raised to
-/// the hard one) less a reserve, halved in proxy mode, as `serving` says.
+/// At `--max-connections`, a connection between requests is closed to make
+/// room, and a new connection waits in the listen backlog while every
+/// place is busy; the sidecar warns that it is at the cap. By default the
+/// cap is the open-files limit (which `serve` raised to the hard one) less
+/// a reserve, halved in proxy mode, as `serving` says.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_the_connection_cap_a_new_connection_waits_its_turn() {
     let kit = Issuer::start().await;
@@ -646,38 +647,60 @@ async fn at_the_connection_cap_a_new_connection_waits_its_turn() {
         .args(["--max-connections", "2"])
         .start()
         .await;
-    let mut first = TcpStream::connect(sidecar.addr()).await.expect("connect");
-    let mut second = TcpStream::connect(sidecar.addr()).await.expect("connect");
-    assert_eq!(raw_get(&mut first, "/first", &token).await, 200);
-    assert_eq!(raw_get(&mut second, "/second", &token).await, 200);
     let addr = sidecar.addr();
-    let third_token = token.clone();
-    let third = tokio::spawn(async move {
-        let mut conn = TcpStream::connect(addr).await.expect("connect");
-        raw_get(&mut conn, "/third", &third_token).await
-    });
-    // The warning comes once the second connection fills the cap.
+    let slow = |path: &'static str| {
+        let token = token.clone();
+        tokio::spawn(async move {
+            let mut conn = TcpStream::connect(addr).await.expect("connect");
+            raw_get(&mut conn, path, &token).await
+        })
+    };
+    // One place busy with a request the upstream holds.
+    let busy = slow("/slow");
+    up.slow_arrived().await;
+    // The other, once answered, is between requests at the cap: closed.
+    let mut kept = TcpStream::connect(addr).await.expect("connect");
+    assert_eq!(raw_get(&mut kept, "/kept", &token).await, 200);
     sidecar
         .wait_for_log(
-            "at the connection cap: further connections wait in the listen backlog",
+            "at the connection cap: further connections wait in the listen backlog, \
+             and connections between requests are closed",
             Duration::from_secs(10),
         )
         .await;
-    // Both kept-alive connections hold their places meanwhile: the third
-    // is not answered.
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), kept.read_to_end(&mut rest)).await;
+    assert!(
+        matches!(closed, Ok(Ok(_))),
+        "a kept-alive connection between requests held its place at the cap: {closed:?}"
+    );
+
+    // With both places busy, a new connection waits its turn.
+    let also_busy = slow("/slow");
+    up.slow_arrived().await;
+    let waiting = slow("/waiting");
+    // Nothing to wait for: the third must not be answered meanwhile.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
-        !third.is_finished(),
-        "a third connection was served at a cap of 2"
+        !waiting.is_finished(),
+        "a third connection was served with both places busy at a cap of 2"
     );
-    drop(first);
-    let status = tokio::time::timeout(Duration::from_secs(10), third)
+    // One answer, and that connection (between requests now) makes room.
+    up.release_slow();
+    let waited = tokio::time::timeout(Duration::from_secs(10), waiting)
         .await
-        .expect("served once a connection closed")
-        .expect("the third client");
-    assert_eq!(status, 200);
-    assert_eq!(up.hits(), 3, "every request reached the upstream once");
-    drop(second);
+        .expect("served once a place was free")
+        .expect("the waiting client");
+    assert_eq!(waited, 200);
+    up.release_slow();
+    for held in [busy, also_busy] {
+        let status = tokio::time::timeout(Duration::from_secs(10), held)
+            .await
+            .expect("a held request answered once released")
+            .expect("its client");
+        assert_eq!(status, 200, "a request in flight at the cap was answered");
+    }
+    assert_eq!(up.hits(), 4, "every request reached the upstream once");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

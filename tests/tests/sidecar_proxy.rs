@@ -385,6 +385,64 @@ where
     }
 }
 
+/// A WebSocket handshake made at the connection cap, where a connection
+/// with a request in flight is told to close once its response is out, is
+/// still upgraded: the tunnel works, and no longer counts toward the cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_opened_at_the_connection_cap_is_upgraded() {
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+
+    let kit = Issuer::start().await;
+    let up = Upstream::start().await;
+    let sidecar = Serve::proxy(&up.url(), &kit)
+        .args([
+            "--member",
+            "user:alice@example.com",
+            "--max-connections",
+            "2",
+        ])
+        .start()
+        .await;
+    // A connection that has sent nothing holds one place; the WebSocket's
+    // fills the cap.
+    let _silent = tokio::net::TcpStream::connect(sidecar.addr())
+        .await
+        .expect("connect");
+    let mut req = format!("ws://{}/ws", sidecar.addr())
+        .into_client_request()
+        .expect("a request");
+    req.headers_mut().insert(
+        "authorization",
+        bearer(&google_token(&kit, "alice@example.com"))
+            .parse()
+            .expect("a header value"),
+    );
+    let (mut ws, res) = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_tungstenite::connect_async(req),
+    )
+    .await
+    .expect("a handshake in time")
+    .expect("the WebSocket handshake at the cap");
+    assert_eq!(res.status(), 101);
+    assert_eq!(
+        next_message(&mut ws).await,
+        Message::Text("principal=user:alice@example.com".into())
+    );
+    // Upgraded, it no longer holds a place: a plain request is served.
+    let after = get(
+        &sidecar.url("/after"),
+        Some(&google_token(&kit, "alice@example.com")),
+        &[],
+    )
+    .await;
+    assert_eq!(after.status, 200, "{}", after.body);
+    let msg = Message::Text("still open".into());
+    ws.send(msg.clone()).await.expect("send");
+    assert_eq!(next_message(&mut ws).await, msg);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_echo_through_the_proxy() {
     use tokio_tungstenite::tungstenite::Message;

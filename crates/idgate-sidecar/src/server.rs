@@ -48,7 +48,7 @@ type ServiceFuture = Either<HttpFuture, Oneshot<HttpService, Request<Body>>>;
 impl hyper::service::Service<Request<Incoming>> for PerConnection {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = Either<ServiceFuture, Tracked<ServiceFuture>>;
+    type Future = Either<Answering<ServiceFuture>, Tracked<ServiceFuture>>;
 
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
         req.extensions_mut().insert(ClientAddr(self.peer));
@@ -61,7 +61,11 @@ impl hyper::service::Service<Request<Incoming>> for PerConnection {
             });
         }
         self.streams.not_http2();
-        Either::Left(self.call_service(req))
+        let busy = self.streams.answering();
+        Either::Left(Answering {
+            fut: self.call_service(req),
+            busy: Some(busy),
+        })
     }
 }
 
@@ -90,6 +94,11 @@ pub enum Drained {
 /// accepting and waits up to `grace` for open connections to finish their
 /// requests. Idle keep-alive connections close at once; HTTP/2 connections
 /// get a GOAWAY.
+///
+/// At `limits.max_connections` it stops accepting, and closes the same way
+/// each connection that is between requests (it has carried one and has
+/// none in flight), now or once it gets there, until it is under the cap
+/// again: clients kept alive but silent do not keep new ones waiting.
 ///
 /// Connections already upgraded (WebSocket) are not counted: they are
 /// detached tunnels and end with the process.
@@ -129,29 +138,13 @@ pub async fn serve(
         .keep_alive_interval(Some(HTTP2_PING_INTERVAL))
         .keep_alive_timeout(HTTP2_PING_TIMEOUT);
     let mut shutdown = std::pin::pin!(shutdown);
-    let cap = limits
-        .max_connections
-        .map(|n| Arc::new(Semaphore::new(n.min(Semaphore::MAX_PERMITS))));
-    let mut cap_logged: Option<tokio::time::Instant> = None;
+    let mut cap = limits.max_connections.map(Cap::new);
     loop {
-        let permit = match &cap {
+        let permit = match &mut cap {
             None => None,
-            Some(cap) => match cap.clone().try_acquire_owned() {
-                Ok(permit) => Some(permit),
-                Err(_) => {
-                    if cap_logged.is_none_or(|at| at.elapsed() >= CAP_LOG_EVERY) {
-                        warn!(
-                            server = name,
-                            max_connections = limits.max_connections,
-                            "at the connection cap: further connections wait in the listen backlog"
-                        );
-                        cap_logged = Some(tokio::time::Instant::now());
-                    }
-                    tokio::select! {
-                        permit = cap.clone().acquire_owned() => permit.ok(),
-                        () = &mut shutdown => break,
-                    }
-                }
+            Some(cap) => match cap.place(name, &closing, shutdown.as_mut()).await {
+                Some(permit) => Some(permit),
+                None => break,
             },
         };
         let (stream, peer) = tokio::select! {
@@ -193,20 +186,19 @@ pub async fn serve(
                 std::pin::pin!(streams.watch(limits.http2_idle, limits.write_stall, peer));
             let mut watching = true;
             // Created before the first look at the flag: a close after this
-            // point wakes it, polled or not.
-            let mut signal = std::pin::pin!(closing.notify.notified());
-            let mut registered: Option<Waker> = None;
+            // point changes the epoch, or wakes the task.
+            let mut ear = Ear::new(&closing);
             let mut shutting = false;
-            // Until the connection ends: a shutdown, or an HTTP/2 connection
-            // left idle, closes it gracefully (in-flight requests finish;
+            // Until the connection ends: a shutdown, an HTTP/2 connection
+            // left idle, or the connection cap while this one is between
+            // requests closes it gracefully (in-flight requests finish;
             // idle HTTP/1.1 connections close at once; HTTP/2 gets GOAWAY).
             // An HTTP/2 client that holds a stream it was cut from is
             // dropped. The watch goes on through a shutdown's drain.
             let result = std::future::poll_fn(|cx| {
                 if !shutting {
-                    let closed = closing.flag.load(Ordering::Acquire)
-                        || closing.listen(signal.as_mut(), &mut registered, cx);
-                    if closed {
+                    ear.listen(&closing, cx);
+                    if closing.flag.load(Ordering::Acquire) {
                         shutting = true;
                         conn.as_mut().graceful_shutdown();
                     }
@@ -223,7 +215,18 @@ pub async fn serve(
                         WatchEnd::Stuck => return Poll::Ready(Ok(())),
                     }
                 }
-                conn.as_mut().poll(cx)
+                let polled = conn.as_mut().poll(cx);
+                if polled.is_pending()
+                    && !shutting
+                    && closing.is_at_cap()
+                    && streams.between_requests()
+                {
+                    debug!(client = %peer, "at the connection cap: closing a connection between requests");
+                    shutting = true;
+                    conn.as_mut().graceful_shutdown();
+                    return conn.as_mut().poll(cx);
+                }
+                polled
             })
             .await;
             if let Err(e) = result {
@@ -263,45 +266,173 @@ pub async fn serve(
     }
 }
 
-/// Tells a server's connections to close gracefully.
+/// The connection cap, and when it last warned and woke connections.
+struct Cap {
+    permits: Arc<Semaphore>,
+    max: usize,
+    logged: Option<tokio::time::Instant>,
+    woken: Option<tokio::time::Instant>,
+}
+
+impl Cap {
+    fn new(max: usize) -> Cap {
+        Cap {
+            permits: Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS))),
+            max,
+            logged: None,
+            woken: None,
+        }
+    }
+
+    /// A place for the next connection: at once under the cap; at it, once
+    /// a connection closes. `None` if `shutdown` comes first.
+    ///
+    /// While it waits, connections between requests close: those that get
+    /// there look at `closing`'s flag when they wake, and those already
+    /// there are woken, by one broadcast at most every
+    /// [`CAP_WAKE_EVERY`] (each wakes every connection's task).
+    async fn place(
+        &mut self,
+        name: &'static str,
+        closing: &Closing,
+        mut shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
+    ) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        if let Ok(permit) = self.permits.clone().try_acquire_owned() {
+            return Some(permit);
+        }
+        closing.at_cap.store(true, Ordering::Release);
+        let now = tokio::time::Instant::now();
+        if self.logged.is_none_or(|at| now - at >= CAP_LOG_EVERY) {
+            warn!(
+                server = name,
+                max_connections = self.max,
+                "at the connection cap: further connections wait in the listen backlog, \
+                 and connections between requests are closed"
+            );
+            self.logged = Some(now);
+        }
+        let wake_at = self.woken.map_or(now, |at| at + CAP_WAKE_EVERY);
+        let mut wake = std::pin::pin!(tokio::time::sleep_until(wake_at));
+        let mut woke = false;
+        let permit = loop {
+            tokio::select! {
+                // The semaphore is never closed.
+                permit = self.permits.clone().acquire_owned() => break permit.ok(),
+                () = &mut wake, if !woke => {
+                    woke = true;
+                    self.woken = Some(tokio::time::Instant::now());
+                    closing.broadcast();
+                }
+                () = &mut shutdown => break None,
+            }
+        };
+        closing.at_cap.store(false, Ordering::Release);
+        permit
+    }
+}
+
+/// Tells a server's connections to close gracefully: all of them (a
+/// shutdown), or those between requests while the server is at its
+/// connection cap.
 ///
-/// A connection looks at the flag each time its task wakes, and registers
-/// its waker with `notify` once, again only if its task's waker changes. A
-/// `watch` receiver in a `select!`, as this was, re-registered on every
-/// wake of every connection, under the one lock all of a server's
-/// connections share: 855 instructions per proxied request
-/// (BENCHMARKS.md, "Where it stands, 2026-12-05"), and a lock the worker
-/// threads of a multi-threaded runtime contend for.
+/// A connection looks at the flags each time its task wakes; a broadcast
+/// wakes every connection's task. Each broadcast notifies the `Notify` of
+/// its epoch and starts a new one, so that a connection can tell, by the
+/// epoch's number, that the one it listens on has fired and it must listen
+/// on the next. A connection registers its waker once per epoch, again only
+/// if its task's waker changes. A `watch` receiver in a `select!`, as this
+/// was, re-registered on every wake of every connection, under the one
+/// lock all of a server's connections share: 855 instructions per proxied
+/// request (BENCHMARKS.md, "Where it stands, 2026-12-05"), and a lock the
+/// worker threads of a multi-threaded runtime contend for.
 #[derive(Default)]
 struct Closing {
+    /// Shutting down.
     flag: AtomicBool,
-    notify: Notify,
+    /// At the connection cap, with connections waiting in the backlog.
+    at_cap: AtomicBool,
+    /// The epoch's number, bumped under `epoch`'s lock.
+    number: AtomicU64,
+    /// What the next broadcast notifies.
+    epoch: Mutex<Arc<Notify>>,
 }
 
 impl Closing {
     fn close(&self) {
         self.flag.store(true, Ordering::Release);
-        self.notify.notify_waiters();
+        self.broadcast();
     }
 
-    /// Keeps `signal` registered with this task's waker; true when it has
-    /// fired.
-    fn listen(
-        &self,
-        signal: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>,
-        registered: &mut Option<Waker>,
-        cx: &mut Context<'_>,
-    ) -> bool {
-        if registered.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-            return false;
+    fn is_at_cap(&self) -> bool {
+        self.at_cap.load(Ordering::Acquire)
+    }
+
+    /// Wakes every connection's task.
+    fn broadcast(&self) {
+        let fired = {
+            let mut epoch = self.epoch.lock().unwrap_or_else(PoisonError::into_inner);
+            self.number.fetch_add(1, Ordering::SeqCst);
+            std::mem::replace(&mut *epoch, Arc::new(Notify::new()))
+        };
+        fired.notify_waiters();
+    }
+
+    /// The current epoch, and its number.
+    fn epoch(&self) -> (u64, Arc<Notify>) {
+        let epoch = self.epoch.lock().unwrap_or_else(PoisonError::into_inner);
+        (self.number.load(Ordering::SeqCst), epoch.clone())
+    }
+}
+
+/// One connection's ear for [`Closing`]'s broadcasts.
+struct Ear {
+    number: u64,
+    signal: std::pin::Pin<Box<tokio::sync::futures::OwnedNotified>>,
+    registered: Option<Waker>,
+}
+
+impl Ear {
+    fn new(closing: &Closing) -> Ear {
+        let (number, epoch) = closing.epoch();
+        Ear {
+            number,
+            signal: Box::pin(epoch.notified_owned()),
+            registered: None,
         }
-        *registered = Some(cx.waker().clone());
-        signal.poll(cx).is_ready()
+    }
+
+    /// Makes sure the next broadcast wakes this task. (Its waker is
+    /// registered before the epoch's number is checked: a broadcast after
+    /// the check notifies a registered waker; one before it changed the
+    /// number.)
+    fn listen(&mut self, closing: &Closing, cx: &mut Context<'_>) {
+        loop {
+            if self.number != closing.number.load(Ordering::SeqCst) {
+                *self = Ear::new(closing);
+            }
+            if self
+                .registered
+                .as_ref()
+                .is_some_and(|w| w.will_wake(cx.waker()))
+            {
+                return;
+            }
+            self.registered = Some(cx.waker().clone());
+            // Ready: fired, so the number has moved on.
+            let _ = self.signal.as_mut().poll(cx);
+            if self.number == closing.number.load(Ordering::SeqCst) {
+                return;
+            }
+        }
     }
 }
 
 /// At the connection cap, at most one warning this often.
 const CAP_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// At the connection cap, every connection's task is woken at most this
+/// often, for those between requests to close.
+const CAP_WAKE_EVERY: Duration = Duration::from_secs(1);
 
 /// An HTTP/2 connection with no stream open this long is closed (GOAWAY):
 /// [`Limits::DEFAULT`]'s.
@@ -342,9 +473,11 @@ const HTTP2_PING_INTERVAL: Duration = Duration::from_secs(60);
 const HTTP2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The open HTTP/2 streams of one connection, for its idle timeout and
-/// its stalled responses.
+/// its stalled responses, or its HTTP/1 request in flight; for the
+/// connection cap, whether it is between requests.
 #[derive(Default)]
 struct Streams {
+    /// HTTP/2 streams open, or HTTP/1 requests awaiting their response head.
     open: AtomicUsize,
     /// The response bodies of the open streams that have one.
     bodies: Mutex<slab::Slab<Arc<SharedBody>>>,
@@ -363,6 +496,23 @@ impl Streams {
             streams: self.clone(),
             body: None,
         }
+    }
+
+    /// It has carried a request and has none in flight: an HTTP/1 one whose
+    /// last response head is out (a body still going out survives a
+    /// graceful shutdown), or an HTTP/2 one with no stream open. (An HTTP/1
+    /// request still waiting for its response head must not be told to
+    /// close: hyper would then send a `101 Switching Protocols` without
+    /// its `Connection: upgrade`, and the WebSocket handshake would fail.)
+    fn between_requests(&self) -> bool {
+        self.open.load(Ordering::Relaxed) == 0
+            && (self.http1.load(Ordering::Relaxed) || self.activity.load(Ordering::Relaxed) > 0)
+    }
+
+    /// An HTTP/1 request, in flight until its response head is ready.
+    fn answering(self: &Arc<Self>) -> Busy {
+        self.open.fetch_add(1, Ordering::Relaxed);
+        Busy(self.clone())
     }
 
     fn not_http2(&self) {
@@ -549,6 +699,32 @@ impl Drop for StreamGuard {
         }
         self.streams.open.fetch_sub(1, Ordering::Relaxed);
         self.streams.touch();
+    }
+}
+
+/// An HTTP/1 request in flight (see [`Streams::answering`]).
+struct Busy(Arc<Streams>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// An HTTP/1 request's future, with its connection busy until it is done.
+struct Answering<F> {
+    fut: F,
+    busy: Option<Busy>,
+}
+
+impl<F: Future + Unpin> Future for Answering<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let res = std::task::ready!(std::pin::Pin::new(&mut self.fut).poll(cx));
+        // hyper writes the head from here: between requests.
+        self.busy = None;
+        Poll::Ready(res)
     }
 }
 

@@ -2,7 +2,8 @@
 //! connections: an h2c connection with no stream open is closed (GOAWAY),
 //! one with a stream open is not, and HTTP/1.1 keep-alive connections are
 //! left to the header read timeout; a client that stops reading its
-//! response loses its connection, one that keeps reading does not.
+//! response loses its connection, one that keeps reading does not; at the
+//! connection cap, connections between requests make room.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -288,45 +289,103 @@ async fn exchange(conn: &mut TcpStream) -> String {
     String::from_utf8(got).unwrap()
 }
 
-/// At the cap, a new connection is left in the listen backlog, not
-/// served, until one of those open closes; then it is served.
+/// Whether `conn` is closed (read returns 0) within [`DEADLINE`], reading
+/// past anything still owed.
+async fn closed_by_server(conn: &mut TcpStream) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 1024];
+    tokio::time::timeout(DEADLINE, async {
+        loop {
+            match conn.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+/// At the cap, connections between requests make room: an HTTP/1.1 one
+/// kept alive is closed, and a new connection waiting in the backlog is
+/// served; an h2c one with a stream open keeps it (and takes new streams),
+/// and gets its GOAWAY only once no stream is open; one that has sent
+/// nothing yet is left alone.
 #[tokio::test]
-async fn at_the_connection_cap_a_new_connection_waits_for_one_to_close() {
-    let (_tx, rx) = mpsc::channel(1);
+async fn at_the_connection_cap_connections_between_requests_make_room() {
+    let (tx, rx) = mpsc::channel(1);
+    // No other limit comes into it.
     let limits = Limits {
-        max_connections: Some(2),
-        ..LIMITS
+        max_connections: Some(3),
+        ..Limits::DEFAULT
     };
     let (addr, _stop) = start_with(rx, limits).await;
-    let mut first = TcpStream::connect(addr).await.unwrap();
-    let mut second = TcpStream::connect(addr).await.unwrap();
-    for conn in [&mut first, &mut second] {
-        let answer = tokio::time::timeout(DEADLINE, exchange(conn))
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut h2, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
             .await
-            .expect("served under the cap");
-        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    }
+            .unwrap();
+    let mut h2_conn = tokio::spawn(conn);
+    let mut body = h2.send_request(get("/held")).await.unwrap().into_body();
+    let mut kept = TcpStream::connect(addr).await.unwrap();
+    let answer = tokio::time::timeout(DEADLINE, exchange(&mut kept))
+        .await
+        .expect("served under the cap");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 
-    let mut third = TcpStream::connect(addr).await.unwrap();
-    let waiting = tokio::spawn(async move {
-        let answer = exchange(&mut third).await;
-        (answer, third)
-    });
-    // Both kept-alive connections still hold their places.
-    tokio::time::sleep(IDLE).await;
+    // A connection that has sent nothing fills the cap: the one kept alive
+    // and idle, which nothing else wakes, is closed.
+    let silent = TcpStream::connect(addr).await.unwrap();
     assert!(
-        !waiting.is_finished(),
-        "a third connection was served at a cap of two"
+        closed_by_server(&mut kept).await,
+        "a kept-alive connection between requests held its place at the cap"
     );
-    let answer = tokio::time::timeout(DEADLINE, exchange(&mut second))
+    // Not the h2c connection with a stream open: no GOAWAY, it takes new
+    // streams, and the open one still flows.
+    let res = tokio::time::timeout(DEADLINE, h2.send_request(get("/quick")))
         .await
-        .expect("an open connection is still served at the cap");
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        .expect("an answer in time")
+        .expect("a new stream on a connection with one open at the cap");
+    assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "ok");
+    tx.send(Bytes::from_static(b"still here")).await.unwrap();
+    let frame = tokio::time::timeout(DEADLINE, body.frame())
+        .await
+        .expect("a frame in time")
+        .expect("the stream is open")
+        .expect("no error");
+    assert_eq!(frame.into_data().unwrap(), "still here");
 
-    drop(first);
-    let (answer, _third) = tokio::time::timeout(DEADLINE, waiting)
+    // The place made is taken by a new connection; answered, it is between
+    // requests at the cap in its turn.
+    let mut third = TcpStream::connect(addr).await.unwrap();
+    let answer = tokio::time::timeout(DEADLINE, exchange(&mut third))
         .await
-        .expect("served once a connection closed")
-        .unwrap();
+        .expect("a waiting connection is served once one between requests closed");
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        closed_by_server(&mut third).await,
+        "the third held its place"
+    );
+    assert!(!h2_conn.is_finished(), "closed with a stream open");
+
+    // Once its stream ends, the h2c connection is between requests: the
+    // next connection to fill the cap has it closed.
+    drop(tx);
+    let rest = tokio::time::timeout(DEADLINE, body.collect())
+        .await
+        .expect("the stream ends in time")
+        .expect("and ends cleanly");
+    assert!(rest.to_bytes().is_empty());
+    let _fourth = TcpStream::connect(addr).await.unwrap();
+    let ended = tokio::time::timeout(DEADLINE, &mut h2_conn).await;
+    assert!(
+        matches!(ended, Ok(Ok(Ok(())))),
+        "an h2c connection between requests is closed cleanly (GOAWAY): {ended:?}"
+    );
+    // Through all of it, the connection yet to send its request kept its
+    // place.
+    assert!(
+        matches!(silent.try_read(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "a connection that had sent nothing yet was closed at the cap"
+    );
 }

@@ -89,7 +89,8 @@ pub struct Settings {
 }
 
 /// How many client connections `serve` serves at once; the others wait in
-/// the listen backlog until one closes.
+/// the listen backlog until one closes, and while they wait, connections
+/// between requests are closed to make room.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ConnectionCap {
     /// The open-files limit less a reserve, halved when proxying (the
