@@ -96,9 +96,9 @@ pub enum Drained {
 /// get a GOAWAY.
 ///
 /// At `limits.max_connections` it stops accepting, and closes the same way
-/// each connection that is between requests (it has carried one and has
-/// none in flight), now or once it gets there, until it is under the cap
-/// again: clients kept alive but silent do not keep new ones waiting.
+/// every connection that is between requests (it has carried one and has
+/// none in flight), and, until it is under the cap again, each one that
+/// gets there: clients kept alive but silent do not keep new ones waiting.
 ///
 /// Connections already upgraded (WebSocket) are not counted: they are
 /// detached tunnels and end with the process.
@@ -196,12 +196,17 @@ pub async fn serve(
             // An HTTP/2 client that holds a stream it was cut from is
             // dropped. The watch goes on through a shutdown's drain.
             let result = std::future::poll_fn(|cx| {
+                // A sweep since the last look: this connection is closed if
+                // it is between requests.
+                let mut swept = false;
                 if !shutting {
+                    let before = ear.number;
                     ear.listen(&closing, cx);
                     if closing.flag.load(Ordering::Acquire) {
                         shutting = true;
                         conn.as_mut().graceful_shutdown();
                     }
+                    swept = closing.swept.load(Ordering::SeqCst) > before;
                 }
                 if watching && let Poll::Ready(end) = watch.as_mut().poll(cx) {
                     watching = false;
@@ -218,7 +223,7 @@ pub async fn serve(
                 let polled = conn.as_mut().poll(cx);
                 if polled.is_pending()
                     && !shutting
-                    && closing.is_at_cap()
+                    && (swept || closing.is_at_cap())
                     && streams.between_requests()
                 {
                     debug!(client = %peer, "at the connection cap: closing a connection between requests");
@@ -287,10 +292,11 @@ impl Cap {
     /// A place for the next connection: at once under the cap; at it, once
     /// a connection closes. `None` if `shutdown` comes first.
     ///
-    /// While it waits, connections between requests close: those that get
-    /// there look at `closing`'s flag when they wake, and those already
-    /// there are woken, by one broadcast at most every
-    /// [`CAP_WAKE_EVERY`] (each wakes every connection's task).
+    /// While it waits, connections close as they get between requests (they
+    /// look at `closing`'s flag when they wake); and one sweep, at most
+    /// every [`CAP_WAKE_EVERY`] (it wakes every connection's task), closes
+    /// every connection already between requests, so that a burst of new
+    /// clients gets in at once.
     async fn place(
         &mut self,
         name: &'static str,
@@ -321,7 +327,7 @@ impl Cap {
                 () = &mut wake, if !woke => {
                     woke = true;
                     self.woken = Some(tokio::time::Instant::now());
-                    closing.broadcast();
+                    closing.broadcast(true);
                 }
                 () = &mut shutdown => break None,
             }
@@ -332,8 +338,8 @@ impl Cap {
 }
 
 /// Tells a server's connections to close gracefully: all of them (a
-/// shutdown), or those between requests while the server is at its
-/// connection cap.
+/// shutdown), or, at the connection cap, those between requests (a sweep)
+/// and those that get there while the server is at the cap.
 ///
 /// A connection looks at the flags each time its task wakes; a broadcast
 /// wakes every connection's task. Each broadcast notifies the `Notify` of
@@ -353,6 +359,8 @@ struct Closing {
     at_cap: AtomicBool,
     /// The epoch's number, bumped under `epoch`'s lock.
     number: AtomicU64,
+    /// The number of the last epoch a sweep started.
+    swept: AtomicU64,
     /// What the next broadcast notifies.
     epoch: Mutex<Arc<Notify>>,
 }
@@ -360,18 +368,22 @@ struct Closing {
 impl Closing {
     fn close(&self) {
         self.flag.store(true, Ordering::Release);
-        self.broadcast();
+        self.broadcast(false);
     }
 
     fn is_at_cap(&self) -> bool {
         self.at_cap.load(Ordering::Acquire)
     }
 
-    /// Wakes every connection's task.
-    fn broadcast(&self) {
+    /// Wakes every connection's task; a `sweep` closes those between
+    /// requests.
+    fn broadcast(&self, sweep: bool) {
         let fired = {
             let mut epoch = self.epoch.lock().unwrap_or_else(PoisonError::into_inner);
-            self.number.fetch_add(1, Ordering::SeqCst);
+            let number = self.number.fetch_add(1, Ordering::SeqCst) + 1;
+            if sweep {
+                self.swept.store(number, Ordering::SeqCst);
+            }
             std::mem::replace(&mut *epoch, Arc::new(Notify::new()))
         };
         fired.notify_waiters();
@@ -431,7 +443,7 @@ impl Ear {
 const CAP_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// At the connection cap, every connection's task is woken at most this
-/// often, for those between requests to close.
+/// often, for those between requests to close (a sweep).
 const CAP_WAKE_EVERY: Duration = Duration::from_secs(1);
 
 /// An HTTP/2 connection with no stream open this long is closed (GOAWAY):

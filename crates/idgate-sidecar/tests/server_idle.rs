@@ -306,8 +306,8 @@ async fn closed_by_server(conn: &mut TcpStream) -> bool {
     .is_ok()
 }
 
-/// At the cap, connections between requests make room: an HTTP/1.1 one
-/// kept alive is closed, and a new connection waiting in the backlog is
+/// At the cap, connections between requests make room: HTTP/1.1 ones
+/// kept alive are closed, and a new connection waiting in the backlog is
 /// served; an h2c one with a stream open keeps it (and takes new streams),
 /// and gets its GOAWAY only once no stream is open; one that has sent
 /// nothing yet is left alone.
@@ -316,7 +316,7 @@ async fn at_the_connection_cap_connections_between_requests_make_room() {
     let (tx, rx) = mpsc::channel(1);
     // No other limit comes into it.
     let limits = Limits {
-        max_connections: Some(3),
+        max_connections: Some(4),
         ..Limits::DEFAULT
     };
     let (addr, _stop) = start_with(rx, limits).await;
@@ -327,19 +327,26 @@ async fn at_the_connection_cap_connections_between_requests_make_room() {
             .unwrap();
     let mut h2_conn = tokio::spawn(conn);
     let mut body = h2.send_request(get("/held")).await.unwrap().into_body();
-    let mut kept = TcpStream::connect(addr).await.unwrap();
-    let answer = tokio::time::timeout(DEADLINE, exchange(&mut kept))
-        .await
-        .expect("served under the cap");
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let mut kept = Vec::new();
+    for _ in 0..2 {
+        let mut conn = TcpStream::connect(addr).await.unwrap();
+        let answer = tokio::time::timeout(DEADLINE, exchange(&mut conn))
+            .await
+            .expect("served under the cap");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        kept.push(conn);
+    }
 
-    // A connection that has sent nothing fills the cap: the one kept alive
-    // and idle, which nothing else wakes, is closed.
+    // A connection that has sent nothing fills the cap: both kept alive and
+    // idle, which nothing else wakes, are closed (not just one: a burst of
+    // new clients needs the places).
     let silent = TcpStream::connect(addr).await.unwrap();
-    assert!(
-        closed_by_server(&mut kept).await,
-        "a kept-alive connection between requests held its place at the cap"
-    );
+    for conn in &mut kept {
+        assert!(
+            closed_by_server(conn).await,
+            "a kept-alive connection between requests held its place at the cap"
+        );
+    }
     // Not the h2c connection with a stream open: no GOAWAY, it takes new
     // streams, and the open one still flows.
     let res = tokio::time::timeout(DEADLINE, h2.send_request(get("/quick")))
@@ -355,8 +362,10 @@ async fn at_the_connection_cap_connections_between_requests_make_room() {
         .expect("no error");
     assert_eq!(frame.into_data().unwrap(), "still here");
 
-    // The place made is taken by a new connection; answered, it is between
-    // requests at the cap in its turn.
+    // One place made is taken by another that sends nothing, the other by a
+    // new connection; answered, that one is between requests at the cap in
+    // its turn.
+    let silent_too = TcpStream::connect(addr).await.unwrap();
     let mut third = TcpStream::connect(addr).await.unwrap();
     let answer = tokio::time::timeout(DEADLINE, exchange(&mut third))
         .await
@@ -382,10 +391,12 @@ async fn at_the_connection_cap_connections_between_requests_make_room() {
         matches!(ended, Ok(Ok(Ok(())))),
         "an h2c connection between requests is closed cleanly (GOAWAY): {ended:?}"
     );
-    // Through all of it, the connection yet to send its request kept its
-    // place.
-    assert!(
-        matches!(silent.try_read(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
-        "a connection that had sent nothing yet was closed at the cap"
-    );
+    // Through all of it, the connections yet to send a request kept their
+    // places.
+    for conn in [&silent, &silent_too] {
+        assert!(
+            matches!(conn.try_read(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+            "a connection that had sent nothing yet was closed at the cap"
+        );
+    }
 }
