@@ -62,7 +62,8 @@ start_upstream() {
 # envoy with its config file as ARGS, or bare: loadkit's bare-proxy, the
 # hyper floor, with its gate's JWKS URL, audience and member as ARGS), pinned to SERVER_CPU at nice
 # SERVER_NICE (default 0), under the scheduling policy SERVER_SCHED (other,
-# the default, or batch: chrt's names). Sets SERVER_PID and SERVER_PORT
+# the default, or batch: chrt's names), with SERVER_SLICE_US, if set, as
+# the EEVDF slice of its threads (bench/slice.py). Sets SERVER_PID and SERVER_PORT
 # once the server answers TOKEN with 200. IDGATE_UPSTREAM points idgate at
 # another upstream URL; PROBE_FLAGS are curl's for that probe
 # (--http2-prior-knowledge for an h2c-only chain).
@@ -92,7 +93,11 @@ start_server() {
   for _ in $(seq 100); do
     # shellcheck disable=SC2086 # PROBE_FLAGS: words on purpose
     if [[ $(curl -s -o /dev/null -w '%{http_code}' ${PROBE_FLAGS:-} -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$port/") == 200 ]]; then
-      SERVER_PORT=$port; return
+      SERVER_PORT=$port
+      if [[ -n ${SERVER_SLICE_US:-} ]]; then
+        python3 "$(dirname "${BASH_SOURCE[0]}")/slice.py" "$SERVER_PID" "$SERVER_SLICE_US"
+      fi
+      return
     fi
     sleep 0.1
   done
