@@ -621,11 +621,13 @@ async fn ten_thousand_connections_then_a_new_request_still_succeeds() {
     );
 }
 
-/// At `--max-connections`, a connection between requests is closed to make
-/// room, and a new connection waits in the listen backlog while every
-/// place is busy; the sidecar warns that it is at the cap. By default the
-/// cap is the open-files limit (which `serve` raised to the hard one) less
-/// a reserve, halved in proxy mode, as `serving` says.
+/// At `--max-connections` with nobody waiting, keep-alive goes on. Once a
+/// connection waits for a place, a connection between requests is closed
+/// to make room (the sidecar warns that it is at the cap); with every place
+/// busy, the newcomer waits its turn, and the first connection to answer
+/// its request closes and gives it its place. By default the cap is the
+/// open-files limit (which `serve` raised to the hard one) less a reserve,
+/// halved in proxy mode, as `serving` says.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_the_connection_cap_a_new_connection_waits_its_turn() {
     let kit = Issuer::start().await;
@@ -648,22 +650,30 @@ async fn at_the_connection_cap_a_new_connection_waits_its_turn() {
         .start()
         .await;
     let addr = sidecar.addr();
-    let slow = |path: &'static str| {
+    // A client asking once on a new connection: its status, and the
+    // connection, kept open.
+    let ask = |path: &'static str| {
         let token = token.clone();
         tokio::spawn(async move {
             let mut conn = TcpStream::connect(addr).await.expect("connect");
-            raw_get(&mut conn, path, &token).await
+            (raw_get(&mut conn, path, &token).await, conn)
         })
     };
-    // One place busy with a request the upstream holds.
-    let busy = slow("/slow");
+    // One place busy with a request the upstream holds, the other kept
+    // alive: the cap is full, nobody waits, and keep-alive goes on.
+    let busy = ask("/slow");
     up.slow_arrived().await;
-    // The other, once answered, is between requests at the cap: closed.
     let mut kept = TcpStream::connect(addr).await.expect("connect");
     assert_eq!(raw_get(&mut kept, "/kept", &token).await, 200);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(raw_get(&mut kept, "/kept-again", &token).await, 200);
+
+    // A newcomer waits: the kept-alive connection, between requests, is
+    // closed, and the newcomer served.
+    let newcomer = ask("/newcomer");
     sidecar
         .wait_for_log(
-            "at the connection cap: further connections wait in the listen backlog, \
+            "at the connection cap: a connection waits for a place, \
              and connections between requests are closed",
             Duration::from_secs(10),
         )
@@ -672,35 +682,61 @@ async fn at_the_connection_cap_a_new_connection_waits_its_turn() {
     let closed = tokio::time::timeout(Duration::from_secs(10), kept.read_to_end(&mut rest)).await;
     assert!(
         matches!(closed, Ok(Ok(_))),
-        "a kept-alive connection between requests held its place at the cap: {closed:?}"
+        "a kept-alive connection between requests held its place: {closed:?}"
     );
+    let (status, _newcomer) = tokio::time::timeout(Duration::from_secs(10), newcomer)
+        .await
+        .map_or_else(
+            |e| panic!("the newcomer not served: {e}"),
+            |r| r.expect("its client"),
+        );
+    assert_eq!(status, 200);
 
-    // With both places busy, a new connection waits its turn.
-    let also_busy = slow("/slow");
-    up.slow_arrived().await;
-    let waiting = slow("/waiting");
-    // Nothing to wait for: the third must not be answered meanwhile.
+    // Another request held upstream takes the newcomer's place (idle, it
+    // is closed at the next sweep); then every place is busy, and a new
+    // client waits.
+    let also_busy = ask("/slow");
+    tokio::time::timeout(Duration::from_secs(10), up.slow_arrived())
+        .await
+        .expect("the second held request reached the upstream");
+    let waiting = ask("/waiting");
+    // Nothing to wait for: it must not be answered meanwhile.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
         !waiting.is_finished(),
-        "a third connection was served with both places busy at a cap of 2"
+        "a client was served with every place busy at a cap of 2"
     );
-    // One answer, and that connection (between requests now) makes room.
+    // One answer: that connection, between requests while a client waits,
+    // closes, and the waiting client gets its place.
     up.release_slow();
-    let waited = tokio::time::timeout(Duration::from_secs(10), waiting)
+    let (first, other) = match futures_util::future::select(busy, also_busy).await {
+        futures_util::future::Either::Left((done, other)) => (done, other),
+        futures_util::future::Either::Right((done, other)) => (done, other),
+    };
+    let (status, mut answered) = first.expect("the released client");
+    assert_eq!(status, 200, "a request in flight at the cap was answered");
+    let closed =
+        tokio::time::timeout(Duration::from_secs(10), answered.read_to_end(&mut rest)).await;
+    assert!(
+        matches!(closed, Ok(Ok(_))),
+        "the connection that answered kept its place with a client waiting: {closed:?}"
+    );
+    let (status, _waiting) = tokio::time::timeout(Duration::from_secs(10), waiting)
         .await
-        .expect("served once a place was free")
-        .expect("the waiting client");
-    assert_eq!(waited, 200);
+        .map_or_else(
+            |e| panic!("the waiting client not served: {e}"),
+            |r| r.expect("its client"),
+        );
+    assert_eq!(status, 200);
     up.release_slow();
-    for held in [busy, also_busy] {
-        let status = tokio::time::timeout(Duration::from_secs(10), held)
-            .await
-            .expect("a held request answered once released")
-            .expect("its client");
-        assert_eq!(status, 200, "a request in flight at the cap was answered");
-    }
-    assert_eq!(up.hits(), 4, "every request reached the upstream once");
+    let (status, _other) = tokio::time::timeout(Duration::from_secs(10), other)
+        .await
+        .map_or_else(
+            |e| panic!("the other held request not answered: {e}"),
+            |r| r.expect("its client"),
+        );
+    assert_eq!(status, 200, "a request in flight at the cap was answered");
+    assert_eq!(up.hits(), 6, "every request reached the upstream once");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -385,9 +385,10 @@ where
     }
 }
 
-/// A WebSocket handshake made at the connection cap, where a connection
-/// with a request in flight is told to close once its response is out, is
-/// still upgraded: the tunnel works, and no longer counts toward the cap.
+/// A WebSocket handshake made while a connection waits at the cap (so that
+/// connections between requests are being closed) is still upgraded: its
+/// request is in flight until the `101`, and is not told to close. The
+/// tunnel works, and no longer counts toward the cap.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_websocket_opened_at_the_connection_cap_is_upgraded() {
     use tokio_tungstenite::tungstenite::Message;
@@ -404,11 +405,23 @@ async fn a_websocket_opened_at_the_connection_cap_is_upgraded() {
         ])
         .start()
         .await;
-    // A connection that has sent nothing holds one place; the WebSocket's
-    // fills the cap.
-    let _silent = tokio::net::TcpStream::connect(sidecar.addr())
-        .await
-        .expect("connect");
+    // A connection that has sent nothing holds one place, the WebSocket's
+    // the other, and a third waits.
+    let connect = || async {
+        tokio::net::TcpStream::connect(sidecar.addr())
+            .await
+            .expect("connect")
+    };
+    let _silent = connect().await;
+    let ws_conn = connect().await;
+    let waiting = connect().await;
+    sidecar
+        .wait_for_log(
+            "at the connection cap: a connection waits for a place, \
+             and connections between requests are closed",
+            Duration::from_secs(10),
+        )
+        .await;
     let mut req = format!("ws://{}/ws", sidecar.addr())
         .into_client_request()
         .expect("a request");
@@ -420,7 +433,7 @@ async fn a_websocket_opened_at_the_connection_cap_is_upgraded() {
     );
     let (mut ws, res) = tokio::time::timeout(
         Duration::from_secs(10),
-        tokio_tungstenite::connect_async(req),
+        tokio_tungstenite::client_async(req, ws_conn),
     )
     .await
     .expect("a handshake in time")
@@ -430,7 +443,9 @@ async fn a_websocket_opened_at_the_connection_cap_is_upgraded() {
         next_message(&mut ws).await,
         Message::Text("principal=user:alice@example.com".into())
     );
-    // Upgraded, it no longer holds a place: a plain request is served.
+    // Upgraded, it no longer holds a place: the waiting connection got it,
+    // and once that one goes, a plain request is served.
+    drop(waiting);
     let after = get(
         &sidecar.url("/after"),
         Some(&google_token(&kit, "alice@example.com")),

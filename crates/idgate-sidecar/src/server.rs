@@ -95,10 +95,13 @@ pub enum Drained {
 /// requests. Idle keep-alive connections close at once; HTTP/2 connections
 /// get a GOAWAY.
 ///
-/// At `limits.max_connections` it stops accepting, and closes the same way
-/// every connection that is between requests (it has carried one and has
-/// none in flight), and, until it is under the cap again, each one that
-/// gets there: clients kept alive but silent do not keep new ones waiting.
+/// At `limits.max_connections`, a full cap changes nothing until a new
+/// connection comes. Then it waits for a place, the server accepts no
+/// other, and connections between requests (they have carried one and have
+/// none in flight) close the same way to make room: up to
+/// [`SWEEP_AT_MOST`] of them at once, and each one that gets there while
+/// a connection waits. Clients kept alive but silent do not keep new ones
+/// waiting.
 ///
 /// Connections already upgraded (WebSocket) are not counted: they are
 /// detached tunnels and end with the process.
@@ -140,13 +143,6 @@ pub async fn serve(
     let mut shutdown = std::pin::pin!(shutdown);
     let mut cap = limits.max_connections.map(Cap::new);
     loop {
-        let permit = match &mut cap {
-            None => None,
-            Some(cap) => match cap.place(name, &closing, shutdown.as_mut()).await {
-                Some(permit) => Some(permit),
-                None => break,
-            },
-        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
@@ -159,6 +155,15 @@ pub async fn serve(
                 }
             },
             () = &mut shutdown => break,
+        };
+        // A place for it: at the cap, it waits for one (and the rest in the
+        // listen backlog), which is when connections make room.
+        let permit = match &mut cap {
+            None => None,
+            Some(cap) => match cap.place(name, &closing, shutdown.as_mut()).await {
+                Some(permit) => Some(permit),
+                None => break,
+            },
         };
         let _ = stream.set_nodelay(true);
         let streams = Arc::new(Streams::default());
@@ -173,6 +178,7 @@ pub async fn serve(
                     stream,
                     HEADER_READ_TIMEOUT,
                     limits.write_stall,
+                    streams.clone(),
                 )),
                 hyper_svc,
             )
@@ -223,8 +229,14 @@ pub async fn serve(
                 let polled = conn.as_mut().poll(cx);
                 if polled.is_pending()
                     && !shutting
-                    && (swept || closing.is_at_cap())
                     && streams.between_requests()
+                    // Woken by a sweep: one of its closes. Else it got
+                    // between requests itself, while a connection waits.
+                    && if swept {
+                        closing.take_from_sweep()
+                    } else {
+                        closing.is_at_cap()
+                    }
                 {
                     debug!(client = %peer, "at the connection cap: closing a connection between requests");
                     shutting = true;
@@ -289,14 +301,14 @@ impl Cap {
         }
     }
 
-    /// A place for the next connection: at once under the cap; at it, once
-    /// a connection closes. `None` if `shutdown` comes first.
+    /// A place for a connection just accepted: at once under the cap; at
+    /// it, once a connection closes. `None` if `shutdown` comes first.
     ///
     /// While it waits, connections close as they get between requests (they
-    /// look at `closing`'s flag when they wake); and one sweep, at most
-    /// every [`CAP_WAKE_EVERY`] (it wakes every connection's task), closes
-    /// every connection already between requests, so that a burst of new
-    /// clients gets in at once.
+    /// look at `closing`'s flag when they wake); and a sweep, at most every
+    /// [`CAP_WAKE_EVERY`] (it wakes every connection's task), closes up to
+    /// [`SWEEP_AT_MOST`] of those already between requests, so that a
+    /// burst of new clients gets in at once.
     async fn place(
         &mut self,
         name: &'static str,
@@ -312,7 +324,7 @@ impl Cap {
             warn!(
                 server = name,
                 max_connections = self.max,
-                "at the connection cap: further connections wait in the listen backlog, \
+                "at the connection cap: a connection waits for a place, \
                  and connections between requests are closed"
             );
             self.logged = Some(now);
@@ -327,6 +339,7 @@ impl Cap {
                 () = &mut wake, if !woke => {
                     woke = true;
                     self.woken = Some(tokio::time::Instant::now());
+                    closing.sweep_budget.store(SWEEP_AT_MOST, Ordering::SeqCst);
                     closing.broadcast(true);
                 }
                 () = &mut shutdown => break None,
@@ -355,8 +368,11 @@ impl Cap {
 struct Closing {
     /// Shutting down.
     flag: AtomicBool,
-    /// At the connection cap, with connections waiting in the backlog.
+    /// At the connection cap, with a connection accepted and waiting for a
+    /// place (and maybe more in the listen backlog).
     at_cap: AtomicBool,
+    /// How many more connections the last sweep may close.
+    sweep_budget: AtomicUsize,
     /// The epoch's number, bumped under `epoch`'s lock.
     number: AtomicU64,
     /// The number of the last epoch a sweep started.
@@ -373,6 +389,13 @@ impl Closing {
 
     fn is_at_cap(&self) -> bool {
         self.at_cap.load(Ordering::Acquire)
+    }
+
+    /// One of the last sweep's closes, if any is left.
+    fn take_from_sweep(&self) -> bool {
+        self.sweep_budget
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
     }
 
     /// Wakes every connection's task; a `sweep` closes those between
@@ -446,6 +469,12 @@ const CAP_LOG_EVERY: Duration = Duration::from_secs(60);
 /// often, for those between requests to close (a sweep).
 const CAP_WAKE_EVERY: Duration = Duration::from_secs(1);
 
+/// A sweep closes at most this many connections between requests, as
+/// nginx closes at most 32 idle keep-alive connections when it runs short:
+/// enough for a burst of new clients, without shedding a whole pool of a
+/// front end's idle connections for each one.
+const SWEEP_AT_MOST: usize = 32;
+
 /// An HTTP/2 connection with no stream open this long is closed (GOAWAY):
 /// [`Limits::DEFAULT`]'s.
 pub const HTTP2_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
@@ -461,9 +490,10 @@ pub struct Limits {
     /// no frame of it for this long has its stream reset (`Streams::watch`).
     pub write_stall: Duration,
     /// At most this many connections at once (`None`: no cap). At the cap
-    /// the server stops accepting, and new connections wait in the
-    /// listen backlog until one closes. Upgraded connections (WebSocket
-    /// tunnels) no longer count.
+    /// a newcomer waits for a place (and the server stops accepting; the
+    /// others wait in the listen backlog) while connections between
+    /// requests close to make room (see [`serve`]). Upgraded connections
+    /// (WebSocket tunnels) no longer count.
     pub max_connections: Option<usize>,
 }
 
@@ -497,6 +527,9 @@ struct Streams {
     activity: AtomicU64,
     /// Set by the first HTTP/1 request: the idle timeout is hyper's then.
     http1: AtomicBool,
+    /// Bytes came from the client since the last HTTP/1 request head was
+    /// parsed or answered: maybe the next request, partly arrived.
+    unread: AtomicBool,
     changed: Notify,
 }
 
@@ -512,18 +545,26 @@ impl Streams {
 
     /// It has carried a request and has none in flight: an HTTP/1 one whose
     /// last response head is out (a body still going out survives a
-    /// graceful shutdown), or an HTTP/2 one with no stream open. (An HTTP/1
-    /// request still waiting for its response head must not be told to
-    /// close: hyper would then send a `101 Switching Protocols` without
-    /// its `Connection: upgrade`, and the WebSocket handshake would fail.)
+    /// graceful shutdown) and which has received nothing since (hyper
+    /// would drop a request head that has partly arrived), or an HTTP/2 one
+    /// with no stream open (a GOAWAY lets streams on their way through).
+    /// (An HTTP/1 request still waiting for its response head must not be
+    /// told to close: hyper would then send a `101 Switching Protocols`
+    /// without its `Connection: upgrade`, and the WebSocket handshake would
+    /// fail.)
     fn between_requests(&self) -> bool {
         self.open.load(Ordering::Relaxed) == 0
-            && (self.http1.load(Ordering::Relaxed) || self.activity.load(Ordering::Relaxed) > 0)
+            && if self.http1.load(Ordering::Relaxed) {
+                !self.unread.load(Ordering::Relaxed)
+            } else {
+                self.activity.load(Ordering::Relaxed) > 0
+            }
     }
 
     /// An HTTP/1 request, in flight until its response head is ready.
     fn answering(self: &Arc<Self>) -> Busy {
         self.open.fetch_add(1, Ordering::Relaxed);
+        self.unread.store(false, Ordering::Relaxed);
         Busy(self.clone())
     }
 
@@ -719,6 +760,9 @@ struct Busy(Arc<Streams>);
 
 impl Drop for Busy {
     fn drop(&mut self) {
+        // What came while it was in flight was its body; what comes from
+        // now may be the next request.
+        self.0.unread.store(false, Ordering::Relaxed);
         self.0.open.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -855,6 +899,8 @@ struct ClientIo {
     timer: std::pin::Pin<Box<tokio::time::Sleep>>,
     state: Deadline,
     write_stall: Duration,
+    /// Told when bytes arrive (`Streams::unread`).
+    streams: Arc<Streams>,
 }
 
 /// What an h2c connection starts with (RFC 9113 §3.4).
@@ -874,12 +920,18 @@ enum Deadline {
 }
 
 impl ClientIo {
-    fn new(io: tokio::net::TcpStream, first_byte: Duration, write_stall: Duration) -> Self {
+    fn new(
+        io: tokio::net::TcpStream,
+        first_byte: Duration,
+        write_stall: Duration,
+        streams: Arc<Streams>,
+    ) -> Self {
         ClientIo {
             io,
             timer: Box::pin(tokio::time::sleep(first_byte)),
             state: Deadline::FirstByte { preface_seen: 0 },
             write_stall,
+            streams,
         }
     }
 
@@ -927,6 +979,9 @@ impl tokio::io::AsyncRead for ClientIo {
         let before = buf.filled().len();
         match std::pin::Pin::new(&mut this.io).poll_read(cx, buf) {
             Poll::Ready(r) => {
+                if buf.filled().len() > before {
+                    this.streams.unread.store(true, Ordering::Relaxed);
+                }
                 if let Deadline::FirstByte { preface_seen } = this.state {
                     let read = &buf.filled()[before..];
                     let rest = &H2_PREFACE[preface_seen..];

@@ -306,17 +306,33 @@ async fn closed_by_server(conn: &mut TcpStream) -> bool {
     .is_ok()
 }
 
-/// At the cap, connections between requests make room: HTTP/1.1 ones
-/// kept alive are closed, and a new connection waiting in the backlog is
-/// served; an h2c one with a stream open keeps it (and takes new streams),
-/// and gets its GOAWAY only once no stream is open; one that has sent
-/// nothing yet is left alone.
+/// Whether `conn` is still open: nothing to read, and not the end.
+fn still_open(conn: &TcpStream) -> bool {
+    matches!(conn.try_read(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+}
+
+/// A client asking once on a new connection, in the background: its
+/// answer, and the connection, kept open.
+fn newcomer(addr: std::net::SocketAddr) -> tokio::task::JoinHandle<(String, TcpStream)> {
+    tokio::spawn(async move {
+        let mut conn = TcpStream::connect(addr).await.unwrap();
+        (exchange(&mut conn).await, conn)
+    })
+}
+
+/// A full cap with nobody waiting changes nothing: keep-alive goes on.
+/// Once a connection waits for a place, connections between requests make
+/// room: HTTP/1.1 ones kept alive are closed and the newcomer is served;
+/// an h2c one with a stream open keeps it (and takes new streams), and
+/// gets its GOAWAY only once no stream is open; one that has sent nothing
+/// yet is left alone.
 #[tokio::test]
 async fn at_the_connection_cap_connections_between_requests_make_room() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (tx, rx) = mpsc::channel(1);
     // No other limit comes into it.
     let limits = Limits {
-        max_connections: Some(4),
+        max_connections: Some(5),
         ..Limits::DEFAULT
     };
     let (addr, _stop) = start_with(rx, limits).await;
@@ -328,7 +344,7 @@ async fn at_the_connection_cap_connections_between_requests_make_room() {
     let mut h2_conn = tokio::spawn(conn);
     let mut body = h2.send_request(get("/held")).await.unwrap().into_body();
     let mut kept = Vec::new();
-    for _ in 0..2 {
+    for _ in 0..3 {
         let mut conn = TcpStream::connect(addr).await.unwrap();
         let answer = tokio::time::timeout(DEADLINE, exchange(&mut conn))
             .await
@@ -336,17 +352,53 @@ async fn at_the_connection_cap_connections_between_requests_make_room() {
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
         kept.push(conn);
     }
-
-    // A connection that has sent nothing fills the cap: both kept alive and
-    // idle, which nothing else wakes, are closed (not just one: a burst of
-    // new clients needs the places).
+    // A connection that has sent nothing fills the cap; nobody waits.
     let silent = TcpStream::connect(addr).await.unwrap();
+    // Time for a sweep, were there one (it would come within a few ms).
+    tokio::time::sleep(IDLE).await;
+    for conn in &mut kept {
+        assert!(still_open(conn), "closed at a full cap with nobody waiting");
+        let answer = tokio::time::timeout(DEADLINE, exchange(conn))
+            .await
+            .expect("kept alive at a full cap with nobody waiting");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+
+    // One of them starts its next request.
+    let mut asking = kept.pop().unwrap();
+    asking
+        .write_all(b"GET /quick HTTP/1.1\r\nHo")
+        .await
+        .unwrap();
+
+    // A newcomer waits for a place: both idle kept-alive connections are
+    // closed (not just one: a burst of newcomers needs the places), and it
+    // is served. The one whose request has partly arrived is not (hyper
+    // would drop the request): it gets its answer.
+    let first = newcomer(addr);
     for conn in &mut kept {
         assert!(
             closed_by_server(conn).await,
-            "a kept-alive connection between requests held its place at the cap"
+            "a kept-alive connection between requests held its place"
         );
     }
+    assert!(still_open(&asking), "closed with a request partly arrived");
+    asking.write_all(b"st: test\r\n\r\n").await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.ends_with(b"\r\n\r\nok") {
+        let n = tokio::time::timeout(DEADLINE, asking.read(&mut buf))
+            .await
+            .expect("an answer in time")
+            .unwrap();
+        assert!(n > 0, "a request that had partly arrived was dropped");
+        got.extend_from_slice(&buf[..n]);
+    }
+    let (answer, first) = tokio::time::timeout(DEADLINE, first)
+        .await
+        .expect("a waiting connection is served once one between requests closed")
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     // Not the h2c connection with a stream open: no GOAWAY, it takes new
     // streams, and the open one still flows.
     let res = tokio::time::timeout(DEADLINE, h2.send_request(get("/quick")))
@@ -361,42 +413,43 @@ async fn at_the_connection_cap_connections_between_requests_make_room() {
         .expect("the stream is open")
         .expect("no error");
     assert_eq!(frame.into_data().unwrap(), "still here");
-
-    // One place made is taken by another that sends nothing, the other by a
-    // new connection; answered, that one is between requests at the cap in
-    // its turn.
-    let silent_too = TcpStream::connect(addr).await.unwrap();
-    let mut third = TcpStream::connect(addr).await.unwrap();
-    let answer = tokio::time::timeout(DEADLINE, exchange(&mut third))
-        .await
-        .expect("a waiting connection is served once one between requests closed");
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    assert!(
-        closed_by_server(&mut third).await,
-        "the third held its place"
-    );
     assert!(!h2_conn.is_finished(), "closed with a stream open");
 
-    // Once its stream ends, the h2c connection is between requests: the
-    // next connection to fill the cap has it closed.
+    // Once its stream ends, the h2c connection is between requests: with
+    // the cap full again (h2c, silent, the one that asked, the first
+    // newcomer, a second one),
+    // a third newcomer has it closed, and the idle first newcomer too.
     drop(tx);
     let rest = tokio::time::timeout(DEADLINE, body.collect())
         .await
         .expect("the stream ends in time")
         .expect("and ends cleanly");
     assert!(rest.to_bytes().is_empty());
-    let _fourth = TcpStream::connect(addr).await.unwrap();
+    let (answer, _second) = tokio::time::timeout(DEADLINE, newcomer(addr))
+        .await
+        .expect("served under the cap")
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let third = newcomer(addr);
     let ended = tokio::time::timeout(DEADLINE, &mut h2_conn).await;
     assert!(
         matches!(ended, Ok(Ok(Ok(())))),
         "an h2c connection between requests is closed cleanly (GOAWAY): {ended:?}"
     );
-    // Through all of it, the connections yet to send a request kept their
-    // places.
-    for conn in [&silent, &silent_too] {
-        assert!(
-            matches!(conn.try_read(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
-            "a connection that had sent nothing yet was closed at the cap"
-        );
-    }
+    let (answer, _third) = tokio::time::timeout(DEADLINE, third)
+        .await
+        .expect("the third newcomer is served")
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let mut first = first;
+    assert!(
+        closed_by_server(&mut first).await,
+        "an idle newcomer held its place"
+    );
+    // Through all of it, the connection yet to send a request kept its
+    // place.
+    assert!(
+        still_open(&silent),
+        "a connection that had sent nothing yet was closed at the cap"
+    );
 }

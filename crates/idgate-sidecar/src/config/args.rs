@@ -139,7 +139,7 @@ pub struct SettingsArgs {
     #[arg(long, value_name = "DURATION")]
     pub shutdown_grace: Option<String>,
 
-    /// Client connections served at once; more wait in the listen backlog, and connections between requests are closed to make room. 0: no cap [default: the open-files limit less 64, halved in proxy mode].
+    /// Client connections served at once; a newcomer waits for a place while connections between requests are closed to make room. 0: no cap [default: the open-files limit less 64, halved in proxy mode].
     #[arg(long, value_name = "N")]
     pub max_connections: Option<String>,
 

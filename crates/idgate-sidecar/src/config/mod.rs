@@ -88,9 +88,9 @@ pub struct Settings {
     pub log_format: LogFormat,
 }
 
-/// How many client connections `serve` serves at once; the others wait in
-/// the listen backlog until one closes, and while they wait, connections
-/// between requests are closed to make room.
+/// How many client connections `serve` serves at once; a newcomer waits
+/// for a place (the others in the listen backlog), and while it waits,
+/// connections between requests are closed to make room.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ConnectionCap {
     /// The open-files limit less a reserve, halved when proxying (the
