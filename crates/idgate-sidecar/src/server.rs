@@ -52,8 +52,8 @@ impl hyper::service::Service<Request<Incoming>> for PerConnection {
 
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
         req.extensions_mut().insert(ClientAddr(self.peer));
-        let req = req.map(Body::new);
         if req.version() == http::Version::HTTP_2 {
+            let req = req.map(Body::new);
             let stream = self.streams.open();
             return Either::Right(Tracked {
                 fut: self.call_service(req),
@@ -62,6 +62,16 @@ impl hyper::service::Service<Request<Incoming>> for PerConnection {
         }
         self.streams.not_http2();
         let busy = self.streams.answering();
+        let req = req.map(|body| {
+            if http_body::Body::is_end_stream(&body) {
+                Body::new(body)
+            } else {
+                Body::new(RequestBody {
+                    body,
+                    streams: Some(self.streams.clone()),
+                })
+            }
+        });
         Either::Left(Answering {
             fut: self.call_service(req),
             busy: Some(busy),
@@ -331,16 +341,20 @@ impl Cap {
         }
         let wake_at = self.woken.map_or(now, |at| at + CAP_WAKE_EVERY);
         let mut wake = std::pin::pin!(tokio::time::sleep_until(wake_at));
-        let mut woke = false;
         let permit = loop {
             tokio::select! {
                 // The semaphore is never closed.
                 permit = self.permits.clone().acquire_owned() => break permit.ok(),
-                () = &mut wake, if !woke => {
-                    woke = true;
-                    self.woken = Some(tokio::time::Instant::now());
+                // Again each time while it waits: a sweep's closes may go
+                // to connections that free no place soon (a response body
+                // still streaming; a GOAWAY's round trip), and those are
+                // shutting down, so the next sweep's go to others.
+                () = &mut wake => {
+                    let now = tokio::time::Instant::now();
+                    self.woken = Some(now);
                     closing.sweep_budget.store(SWEEP_AT_MOST, Ordering::SeqCst);
                     closing.broadcast(true);
+                    wake.as_mut().reset(now + CAP_WAKE_EVERY);
                 }
                 () = &mut shutdown => break None,
             }
@@ -528,7 +542,8 @@ struct Streams {
     /// Set by the first HTTP/1 request: the idle timeout is hyper's then.
     http1: AtomicBool,
     /// Bytes came from the client since the last HTTP/1 request head was
-    /// parsed or answered: maybe the next request, partly arrived.
+    /// parsed (and its body, if any, had all come): maybe the next request,
+    /// partly arrived.
     unread: AtomicBool,
     changed: Notify,
 }
@@ -760,10 +775,42 @@ struct Busy(Arc<Streams>);
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        // What came while it was in flight was its body; what comes from
-        // now may be the next request.
-        self.0.unread.store(false, Ordering::Relaxed);
         self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// An HTTP/1 request body: once it has all come, what the client sends
+/// next is its next request (`Streams::unread`). A body left unread (the
+/// gate refused the request) leaves the flag set: the connection is not
+/// between requests until its next one, or hyper's header timeout.
+struct RequestBody {
+    body: Incoming,
+    streams: Option<Arc<Streams>>,
+}
+
+impl http_body::Body for RequestBody {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, hyper::Error>>> {
+        let frame = std::pin::Pin::new(&mut self.body).poll_frame(cx);
+        if (matches!(frame, Poll::Ready(None)) || self.body.is_end_stream())
+            && let Some(streams) = self.streams.take()
+        {
+            streams.unread.store(false, Ordering::Relaxed);
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 
