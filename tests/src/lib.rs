@@ -36,7 +36,7 @@ use serde_json::Value;
 pub use bin::{idgate_bin, workspace_root};
 pub use grpc::{GrpcUpstream, health_check};
 pub use process::{Finished, Memory, Process, open_files_limits};
-pub use sidecar::{Serve, Sidecar};
+pub use sidecar::{AT_THE_CONNECTION_CAP, Serve, Sidecar};
 pub use upstream::{SSE_EVENTS, Upstream, header_values};
 
 /// The audience every test's sidecar accepts.

@@ -19,6 +19,11 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long `/readyz` may take to answer 200 once serving.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// What `serve` logs (once a minute at most) when a connection waits for a
+/// place at `--max-connections`.
+pub const AT_THE_CONNECTION_CAP: &str = "at the connection cap: a connection waits for a place, \
+     and connections between requests are closed";
+
 /// An `idgate serve` command line, run in a temporary directory with a
 /// cleared environment.
 #[derive(Debug)]

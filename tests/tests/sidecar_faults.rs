@@ -672,24 +672,10 @@ async fn at_the_connection_cap_a_new_connection_waits_its_turn() {
     // closed, and the newcomer served.
     let newcomer = ask("/newcomer");
     sidecar
-        .wait_for_log(
-            "at the connection cap: a connection waits for a place, \
-             and connections between requests are closed",
-            Duration::from_secs(10),
-        )
+        .wait_for_log(AT_THE_CONNECTION_CAP, Duration::from_secs(10))
         .await;
-    let mut rest = Vec::new();
-    let closed = tokio::time::timeout(Duration::from_secs(10), kept.read_to_end(&mut rest)).await;
-    assert!(
-        matches!(closed, Ok(Ok(_))),
-        "a kept-alive connection between requests held its place: {closed:?}"
-    );
-    let (status, _newcomer) = tokio::time::timeout(Duration::from_secs(10), newcomer)
-        .await
-        .map_or_else(
-            |e| panic!("the newcomer not served: {e}"),
-            |r| r.expect("its client"),
-        );
+    closed_by_the_sidecar(&mut kept, "a kept-alive connection between requests").await;
+    let (status, _newcomer) = in_time(newcomer, "the newcomer").await;
     assert_eq!(status, 200);
 
     // Another request held upstream takes the newcomer's place (idle, it
@@ -715,28 +701,35 @@ async fn at_the_connection_cap_a_new_connection_waits_its_turn() {
     };
     let (status, mut answered) = first.expect("the released client");
     assert_eq!(status, 200, "a request in flight at the cap was answered");
-    let closed =
-        tokio::time::timeout(Duration::from_secs(10), answered.read_to_end(&mut rest)).await;
-    assert!(
-        matches!(closed, Ok(Ok(_))),
-        "the connection that answered kept its place with a client waiting: {closed:?}"
-    );
-    let (status, _waiting) = tokio::time::timeout(Duration::from_secs(10), waiting)
-        .await
-        .map_or_else(
-            |e| panic!("the waiting client not served: {e}"),
-            |r| r.expect("its client"),
-        );
+    closed_by_the_sidecar(
+        &mut answered,
+        "the connection that answered, with a client waiting,",
+    )
+    .await;
+    let (status, _waiting) = in_time(waiting, "the waiting client").await;
     assert_eq!(status, 200);
     up.release_slow();
-    let (status, _other) = tokio::time::timeout(Duration::from_secs(10), other)
-        .await
-        .map_or_else(
-            |e| panic!("the other held request not answered: {e}"),
-            |r| r.expect("its client"),
-        );
+    let (status, _other) = in_time(other, "the other held request").await;
     assert_eq!(status, 200, "a request in flight at the cap was answered");
     assert_eq!(up.hits(), 6, "every request reached the upstream once");
+}
+
+/// Reads `conn` to its end, which the sidecar must bring within 10 s.
+async fn closed_by_the_sidecar(conn: &mut TcpStream, what: &str) {
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut rest)).await;
+    assert!(
+        matches!(closed, Ok(Ok(_))),
+        "{what} held its place at the cap: {closed:?}"
+    );
+}
+
+/// A client task's result, within 10 s.
+async fn in_time<T>(client: tokio::task::JoinHandle<T>, what: &str) -> T {
+    tokio::time::timeout(Duration::from_secs(10), client)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: no answer: {e}"))
+        .expect("the client task")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -416,11 +416,7 @@ async fn a_websocket_opened_at_the_connection_cap_is_upgraded() {
     let ws_conn = connect().await;
     let waiting = connect().await;
     sidecar
-        .wait_for_log(
-            "at the connection cap: a connection waits for a place, \
-             and connections between requests are closed",
-            Duration::from_secs(10),
-        )
+        .wait_for_log(AT_THE_CONNECTION_CAP, Duration::from_secs(10))
         .await;
     let mut req = format!("ws://{}/ws", sidecar.addr())
         .into_client_request()

@@ -80,6 +80,17 @@ fn get(path: &str) -> Request<Body> {
         .unwrap()
 }
 
+/// `/held`'s stream still carries what the test sends.
+async fn still_flows(tx: &mpsc::Sender<Bytes>, body: &mut hyper::body::Incoming) {
+    tx.send(Bytes::from_static(b"still here")).await.unwrap();
+    let frame = tokio::time::timeout(DEADLINE, body.frame())
+        .await
+        .expect("a frame in time")
+        .expect("the stream is open")
+        .expect("no error");
+    assert_eq!(frame.into_data().unwrap(), "still here");
+}
+
 #[tokio::test]
 async fn an_idle_h2c_connection_is_closed_and_a_busy_one_is_not() {
     let (tx, rx) = mpsc::channel(1);
@@ -95,13 +106,7 @@ async fn an_idle_h2c_connection_is_closed_and_a_busy_one_is_not() {
     let res = send.send_request(get("/held")).await.unwrap();
     let mut body = res.into_body();
     tokio::time::sleep(IDLE * 4).await;
-    tx.send(Bytes::from_static(b"still here")).await.unwrap();
-    let frame = tokio::time::timeout(DEADLINE, body.frame())
-        .await
-        .expect("a frame in time")
-        .expect("the stream is open")
-        .expect("no error");
-    assert_eq!(frame.into_data().unwrap(), "still here");
+    still_flows(&tx, &mut body).await;
     assert!(!conn.is_finished(), "closed with a stream open");
 
     // Once it ends and nothing else is open, the connection goes.
@@ -406,19 +411,13 @@ async fn at_the_connection_cap_connections_between_requests_make_room() {
         .expect("an answer in time")
         .expect("a new stream on a connection with one open at the cap");
     assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "ok");
-    tx.send(Bytes::from_static(b"still here")).await.unwrap();
-    let frame = tokio::time::timeout(DEADLINE, body.frame())
-        .await
-        .expect("a frame in time")
-        .expect("the stream is open")
-        .expect("no error");
-    assert_eq!(frame.into_data().unwrap(), "still here");
+    still_flows(&tx, &mut body).await;
     assert!(!h2_conn.is_finished(), "closed with a stream open");
 
     // Once its stream ends, the h2c connection is between requests: with
     // the cap full again (h2c, silent, the one that asked, the first
-    // newcomer, a second one),
-    // a third newcomer has it closed, and the idle first newcomer too.
+    // newcomer, a second one), a third newcomer has it closed, and the
+    // idle first newcomer too.
     drop(tx);
     let rest = tokio::time::timeout(DEADLINE, body.collect())
         .await
