@@ -716,12 +716,8 @@ async fn at_the_connection_cap_a_new_connection_waits_its_turn() {
 
 /// Reads `conn` to its end, which the sidecar must bring within 10 s.
 async fn closed_by_the_sidecar(conn: &mut TcpStream, what: &str) {
-    let mut rest = Vec::new();
-    let closed = tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut rest)).await;
-    assert!(
-        matches!(closed, Ok(Ok(_))),
-        "{what} held its place at the cap: {closed:?}"
-    );
+    let (_, closed) = read_until_closed(conn, Duration::from_secs(10)).await;
+    assert!(closed, "{what} held its place at the cap");
 }
 
 /// A client task's result, within 10 s.

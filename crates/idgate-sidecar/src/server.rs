@@ -222,7 +222,7 @@ pub async fn serve(
                         shutting = true;
                         conn.as_mut().graceful_shutdown();
                     }
-                    swept = closing.swept.load(Ordering::SeqCst) > before;
+                    swept = ear.number != before && closing.swept.load(Ordering::SeqCst) > before;
                 }
                 if watching && let Poll::Ready(end) = watch.as_mut().poll(cx) {
                     watching = false;
@@ -237,15 +237,15 @@ pub async fn serve(
                     }
                 }
                 let polled = conn.as_mut().poll(cx);
+                // Woken by a sweep: one of its closes. Else it got between
+                // requests itself, while a connection waits. (The flag
+                // first: on nearly every wake it is all there is to read.)
                 if polled.is_pending()
                     && !shutting
-                    && streams.between_requests()
-                    // Woken by a sweep: one of its closes. Else it got
-                    // between requests itself, while a connection waits.
                     && if swept {
-                        closing.take_from_sweep()
+                        streams.between_requests() && closing.take_from_sweep()
                     } else {
-                        closing.is_at_cap()
+                        closing.is_at_cap() && streams.between_requests()
                     }
                 {
                     debug!(client = %peer, "at the connection cap: closing a connection between requests");
@@ -352,7 +352,6 @@ impl Cap {
                 () = &mut wake => {
                     let now = tokio::time::Instant::now();
                     self.woken = Some(now);
-                    closing.sweep_budget.store(SWEEP_AT_MOST, Ordering::SeqCst);
                     closing.broadcast(true);
                     wake.as_mut().reset(now + CAP_WAKE_EVERY);
                 }
@@ -412,13 +411,14 @@ impl Closing {
             .is_ok()
     }
 
-    /// Wakes every connection's task; a `sweep` closes those between
-    /// requests.
+    /// Wakes every connection's task; a `sweep` closes up to
+    /// [`SWEEP_AT_MOST`] of those between requests.
     fn broadcast(&self, sweep: bool) {
         let fired = {
             let mut epoch = self.epoch.lock().unwrap_or_else(PoisonError::into_inner);
             let number = self.number.fetch_add(1, Ordering::SeqCst) + 1;
             if sweep {
+                self.sweep_budget.store(SWEEP_AT_MOST, Ordering::SeqCst);
                 self.swept.store(number, Ordering::SeqCst);
             }
             std::mem::replace(&mut *epoch, Arc::new(Notify::new()))

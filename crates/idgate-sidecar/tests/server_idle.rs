@@ -80,6 +80,16 @@ fn get(path: &str) -> Request<Body> {
         .unwrap()
 }
 
+/// `/held`'s stream ends, cleanly, once the test stops feeding it.
+async fn ends_cleanly(tx: mpsc::Sender<Bytes>, body: hyper::body::Incoming) {
+    drop(tx);
+    let rest = tokio::time::timeout(DEADLINE, body.collect())
+        .await
+        .expect("the stream ends in time")
+        .expect("and ends cleanly");
+    assert!(rest.to_bytes().is_empty());
+}
+
 /// `/held`'s stream still carries what the test sends.
 async fn still_flows(tx: &mpsc::Sender<Bytes>, body: &mut hyper::body::Incoming) {
     tx.send(Bytes::from_static(b"still here")).await.unwrap();
@@ -110,12 +120,7 @@ async fn an_idle_h2c_connection_is_closed_and_a_busy_one_is_not() {
     assert!(!conn.is_finished(), "closed with a stream open");
 
     // Once it ends and nothing else is open, the connection goes.
-    drop(tx);
-    let rest = tokio::time::timeout(DEADLINE, body.collect())
-        .await
-        .expect("the stream ends in time")
-        .expect("and ends cleanly");
-    assert!(rest.to_bytes().is_empty());
+    ends_cleanly(tx, body).await;
     let res = send.send_request(get("/quick")).await.unwrap();
     assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "ok");
     let ended = tokio::time::timeout(DEADLINE, &mut conn).await;
@@ -179,15 +184,10 @@ async fn a_client_that_stops_reading_loses_its_connection() {
     .await
     .expect("the server dropped the response of a client that stopped reading");
     // And closed the connection: what was sent drains, then the end.
-    use tokio::io::AsyncReadExt;
-    let mut buf = vec![0u8; CHUNK];
-    tokio::time::timeout(DEADLINE, async {
-        while let Ok(n) = conn.read(&mut buf).await
-            && n > 0
-        {}
-    })
-    .await
-    .expect("the connection was closed");
+    assert!(
+        closed_by_server(&mut conn).await,
+        "the connection was not closed"
+    );
 }
 
 /// A client that keeps taking its response, however slowly, keeps its
@@ -418,12 +418,7 @@ async fn at_the_connection_cap_connections_between_requests_make_room() {
     // the cap full again (h2c, silent, the one that asked, the first
     // newcomer, a second one), a third newcomer has it closed, and the
     // idle first newcomer too.
-    drop(tx);
-    let rest = tokio::time::timeout(DEADLINE, body.collect())
-        .await
-        .expect("the stream ends in time")
-        .expect("and ends cleanly");
-    assert!(rest.to_bytes().is_empty());
+    ends_cleanly(tx, body).await;
     let (answer, _second) = tokio::time::timeout(DEADLINE, newcomer(addr))
         .await
         .expect("served under the cap")
