@@ -17,6 +17,7 @@
 
 mod error;
 mod pool;
+mod yield_write;
 
 use std::convert::Infallible;
 use std::future::Future;

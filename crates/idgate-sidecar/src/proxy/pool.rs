@@ -51,9 +51,10 @@ use hyper_util::rt::TokioIo;
 use idgate::Clock;
 use tokio::net::TcpStream;
 
+use super::yield_write::YieldBeforeWrite;
 use crate::Body;
 
-type Conn = http1::Connection<TokioIo<TcpStream>, Body>;
+type Conn = http1::Connection<TokioIo<YieldBeforeWrite<TcpStream>>, Body>;
 
 /// Why a request got no response from the upstream.
 #[derive(Debug, thiserror::Error)]
@@ -277,7 +278,7 @@ impl Pool {
         let (send, conn) = self
             .shared
             .builder
-            .handshake(TokioIo::new(stream))
+            .handshake(TokioIo::new(YieldBeforeWrite::for_this_runtime(stream)))
             .await
             .map_err(UpstreamError::Http)?;
         Ok(Lease {
