@@ -8,13 +8,20 @@
 //!
 //! [`YieldBeforeWrite`] makes a write wait for one turn of the runtime: the
 //! task that wants to write wakes itself and yields, so it goes to the back
-//! of the run queue, behind every task that the same poll of the I/O driver
-//! woke. Those read and gate their requests first, and the upstream, when
-//! it wakes, finds more than one request waiting. The cost is one more poll
-//! of the connection's task per write (about 2,500 instructions, 5 % of a
-//! cached request). A write that found the socket full does not yield
-//! again when the socket has room: the turn it waited for the room is its
-//! turn.
+//! of the run queue, behind the tasks already queued (those the same poll
+//! of the I/O driver woke). Those read and gate their requests first, and
+//! the upstream, when it wakes, finds more than one request waiting. The
+//! cost is one more poll of the connection's task per write (about 2,500
+//! instructions, 5 % of a cached request).
+//!
+//! - The turn is taken by a write's first attempt. A write that then finds
+//!   the socket full, or goes out only in part, does not yield again: the
+//!   wait for room is its turn. A write hyper retries within the same poll
+//!   of the task (it flushes twice when a streamed body fills its buffer)
+//!   goes out at once.
+//! - Every write on the connection takes its turn: a request body's chunks
+//!   and, after a `101`, the bytes copied to an upgraded connection, as
+//!   well as a request's head.
 //!
 //! Only on the single-threaded runtime (the sidecar's when it has one CPU,
 //! the case where the upstream shares it). On the multi-threaded one a
@@ -61,11 +68,14 @@ impl<T> YieldBeforeWrite<T> {
         Poll::Pending
     }
 
-    /// After a write attempt: one that went through ends this write's turn;
-    /// one that found the socket full keeps it.
-    fn wrote<R>(&mut self, poll: Poll<io::Result<R>>) -> Poll<io::Result<R>> {
-        if poll.is_ready() {
-            self.yielded = false;
+    /// After a write attempt of `len` bytes: one that went through whole, or
+    /// failed, ends this write's turn; one that found the socket full, or
+    /// went out in part, keeps it for the rest.
+    fn wrote(&mut self, poll: Poll<io::Result<usize>>, len: usize) -> Poll<io::Result<usize>> {
+        match poll {
+            Poll::Ready(Ok(n)) if n < len => {}
+            Poll::Ready(_) => self.yielded = false,
+            Poll::Pending => {}
         }
         poll
     }
@@ -89,7 +99,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for YieldBeforeWrite<T> {
     ) -> Poll<io::Result<usize>> {
         ready!(self.turn(cx));
         let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
-        self.wrote(poll)
+        self.wrote(poll, buf.len())
     }
 
     fn poll_write_vectored(
@@ -99,7 +109,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for YieldBeforeWrite<T> {
     ) -> Poll<io::Result<usize>> {
         ready!(self.turn(cx));
         let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        self.wrote(poll)
+        self.wrote(poll, bufs.iter().map(|b| b.len()).sum())
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -138,62 +148,91 @@ mod tests {
         }
     }
 
+    /// A write as hyper makes it (vectored, one slice per buffer) or plain.
     fn write(
         stream: &mut YieldBeforeWrite<tokio::io::DuplexStream>,
         cx: &mut Context<'_>,
         bytes: &[u8],
+        vectored: bool,
     ) -> Poll<io::Result<usize>> {
-        Pin::new(stream).poll_write(cx, bytes)
+        if vectored {
+            Pin::new(stream).poll_write_vectored(cx, &[IoSlice::new(bytes)])
+        } else {
+            Pin::new(stream).poll_write(cx, bytes)
+        }
+    }
+
+    fn wakes(wakes: &Wakes) -> usize {
+        wakes.0.load(Ordering::SeqCst)
+    }
+
+    async fn each_write_waits_one_turn(vectored: bool) {
+        let (ours, mut theirs) = tokio::io::duplex(4);
+        let mut stream = YieldBeforeWrite::for_this_runtime(ours);
+        let woken = Arc::new(Wakes::default());
+        let waker = Waker::from(woken.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut write = |bytes: &[u8]| write(&mut stream, &mut cx, bytes, vectored);
+
+        // First attempt: nothing written, the task woken to come back.
+        assert!(write(b"ab").is_pending());
+        assert_eq!(wakes(&woken), 1);
+        // Its turn: the bytes go out.
+        assert!(matches!(write(b"ab"), Poll::Ready(Ok(2))));
+        // The next write waits a turn of its own.
+        assert!(write(b"cd").is_pending());
+        assert_eq!(wakes(&woken), 2);
+        assert!(matches!(write(b"cd"), Poll::Ready(Ok(2))));
+
+        // The pipe (4 bytes) is full: after its turn the write waits for
+        // room, and once there is room it goes out without another turn.
+        assert!(write(b"e").is_pending());
+        assert_eq!(wakes(&woken), 3);
+        assert!(write(b"e").is_pending());
+        assert_eq!(wakes(&woken), 3, "waits for room, not for a turn");
+        let mut buf = [0u8; 4];
+        theirs.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"abcd");
+        assert!(matches!(write(b"e"), Poll::Ready(Ok(1))));
+
+        // Six bytes into three of room: the first part goes after the turn,
+        // the rest waits for room without another turn.
+        assert!(write(b"fghijk").is_pending());
+        let turns = wakes(&woken);
+        assert!(matches!(write(b"fghijk"), Poll::Ready(Ok(3))));
+        assert!(write(b"ijk").is_pending());
+        assert_eq!(
+            wakes(&woken),
+            turns,
+            "the rest waits for room, not for a turn"
+        );
+        let mut buf = [0u8; 4];
+        theirs.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"efgh");
+        assert!(matches!(write(b"ijk"), Poll::Ready(Ok(3))));
     }
 
     #[tokio::test]
     async fn each_write_waits_one_turn_and_a_full_socket_is_its_turn() {
-        let (ours, mut theirs) = tokio::io::duplex(4);
-        let mut stream = YieldBeforeWrite::for_this_runtime(ours);
-        let wakes = Arc::new(Wakes::default());
-        let waker = Waker::from(wakes.clone());
-        let mut cx = Context::from_waker(&waker);
+        each_write_waits_one_turn(false).await;
+    }
 
-        // First attempt: nothing written, the task woken to come back.
-        assert!(write(&mut stream, &mut cx, b"ab").is_pending());
-        assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
-        // Its turn: the bytes go out.
-        assert!(matches!(
-            write(&mut stream, &mut cx, b"ab"),
-            Poll::Ready(Ok(2))
-        ));
-        // The next write waits a turn of its own.
-        assert!(write(&mut stream, &mut cx, b"cd").is_pending());
-        assert_eq!(wakes.0.load(Ordering::SeqCst), 2);
-        assert!(matches!(
-            write(&mut stream, &mut cx, b"cd"),
-            Poll::Ready(Ok(2))
-        ));
-
-        // The pipe (4 bytes) is full: after its turn the write waits for
-        // room, and once there is room it goes out without another turn.
-        assert!(write(&mut stream, &mut cx, b"e").is_pending());
-        assert!(write(&mut stream, &mut cx, b"e").is_pending());
-        let mut buf = [0u8; 4];
-        theirs.read_exact(&mut buf).await.unwrap();
-        assert_eq!(&buf, b"abcd");
-        assert!(matches!(
-            write(&mut stream, &mut cx, b"e"),
-            Poll::Ready(Ok(1))
-        ));
+    #[tokio::test]
+    async fn vectored_writes_wait_their_turn_alike() {
+        each_write_waits_one_turn(true).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn on_the_multi_threaded_runtime_writes_do_not_yield() {
         let (ours, _theirs) = tokio::io::duplex(4);
         let mut stream = YieldBeforeWrite::for_this_runtime(ours);
-        let wakes = Arc::new(Wakes::default());
-        let waker = Waker::from(wakes.clone());
+        let woken = Arc::new(Wakes::default());
+        let waker = Waker::from(woken.clone());
         let mut cx = Context::from_waker(&waker);
         assert!(matches!(
-            write(&mut stream, &mut cx, b"ab"),
+            write(&mut stream, &mut cx, b"ab", true),
             Poll::Ready(Ok(2))
         ));
-        assert_eq!(wakes.0.load(Ordering::SeqCst), 0);
+        assert_eq!(wakes(&woken), 0);
     }
 }
