@@ -101,16 +101,35 @@ async fn still_flows(tx: &mpsc::Sender<Bytes>, body: &mut hyper::body::Incoming)
     assert_eq!(frame.into_data().unwrap(), "still here");
 }
 
+type H2Connection = tokio::task::JoinHandle<Result<(), hyper::Error>>;
+
+/// An h2c (prior knowledge) connection to `addr`, driven by a task of its
+/// own.
+async fn h2c(
+    addr: std::net::SocketAddr,
+) -> (hyper::client::conn::http2::SendRequest<Body>, H2Connection) {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    (send, tokio::spawn(conn))
+}
+
+/// The server closes `conn` cleanly (GOAWAY) within the deadline.
+async fn closes_cleanly(conn: H2Connection, what: &str) {
+    let ended = tokio::time::timeout(DEADLINE, conn).await;
+    assert!(
+        matches!(ended, Ok(Ok(Ok(())))),
+        "{what} is closed cleanly (GOAWAY): {ended:?}"
+    );
+}
+
 #[tokio::test]
 async fn an_idle_h2c_connection_is_closed_and_a_busy_one_is_not() {
     let (tx, rx) = mpsc::channel(1);
     let (addr, _stop) = start(rx).await;
-    let stream = TcpStream::connect(addr).await.unwrap();
-    let (mut send, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .unwrap();
-    let mut conn = tokio::spawn(conn);
+    let (mut send, conn) = h2c(addr).await;
 
     // A stream open well past the idle timeout keeps the connection.
     let res = send.send_request(get("/held")).await.unwrap();
@@ -123,11 +142,7 @@ async fn an_idle_h2c_connection_is_closed_and_a_busy_one_is_not() {
     ends_cleanly(tx, body).await;
     let res = send.send_request(get("/quick")).await.unwrap();
     assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "ok");
-    let ended = tokio::time::timeout(DEADLINE, &mut conn).await;
-    assert!(
-        matches!(ended, Ok(Ok(Ok(())))),
-        "an idle connection is closed cleanly (GOAWAY): {ended:?}"
-    );
+    closes_cleanly(conn, "an idle connection").await;
 }
 
 #[tokio::test]
@@ -341,12 +356,7 @@ async fn at_the_connection_cap_connections_between_requests_make_room() {
         ..Limits::DEFAULT
     };
     let (addr, _stop) = start_with(rx, limits).await;
-    let stream = TcpStream::connect(addr).await.unwrap();
-    let (mut h2, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .unwrap();
-    let mut h2_conn = tokio::spawn(conn);
+    let (mut h2, h2_conn) = h2c(addr).await;
     let mut body = h2.send_request(get("/held")).await.unwrap().into_body();
     let mut kept = Vec::new();
     for _ in 0..3 {
@@ -425,11 +435,7 @@ async fn at_the_connection_cap_connections_between_requests_make_room() {
         .unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     let third = newcomer(addr);
-    let ended = tokio::time::timeout(DEADLINE, &mut h2_conn).await;
-    assert!(
-        matches!(ended, Ok(Ok(Ok(())))),
-        "an h2c connection between requests is closed cleanly (GOAWAY): {ended:?}"
-    );
+    closes_cleanly(h2_conn, "an h2c connection between requests").await;
     let (answer, _third) = tokio::time::timeout(DEADLINE, third)
         .await
         .expect("the third newcomer is served")
