@@ -10,6 +10,12 @@
 #   SERVER_SCHED=batch bench/sched.sh # the same, under SCHED_BATCH (chrt)
 #   TOP=40 IDGATE=build/idgate bench/sched.sh   # more symbols, another build
 #   TOKENS=target/bench/sidecar/1000-tokens.txt bench/sched.sh   # tokens in rotation
+#   TOKENS=target/bench/sidecar/1000-tokens.txt SERVER_ARGS="--token-cache-capacity 0" \
+#     bench/sched.sh                  # idgate's extra flags: here, every
+#                                     # request verifies its signature
+#   RUNS=200 bench/sched.sh           # also the first 200 runs on the core,
+#                                     # in order: s (server) or u (upstream),
+#                                     # then µs waited runnable / µs run
 #
 # Needs the files bench/sidecar.sh leaves in OUT (run it first, at least
 # with ONLY=none), the release binary, wrk, and perf (Debian linux-perf)
@@ -38,7 +44,8 @@ case $SERVER in
   *) die "unknown server $SERVER (idgate or nginx)" ;;
 esac
 start_upstream
-start_server "$SERVER"
+# shellcheck disable=SC2086 # SERVER_ARGS: words on purpose
+start_server "$SERVER" ${SERVER_ARGS:-}
 
 taskset -c "$CLIENT_CPU" wrk -t 1 -c 50 -d "${SECS}s" -s "$ROOT/bench/wrk-tokens.lua" \
   "http://127.0.0.1:$SERVER_PORT/" -- "$tokens" > "$OUT/sched-wrk.txt" &
@@ -63,12 +70,22 @@ awk -v s="$((s1 - s0))" -v u="$((u1 - u0))" -v si="$((si1 - si0))" -v uv="$((uv1
   -v t="$(echo "$t1 - $t0" | bc)" -v r="$rps" -v n="$SERVER" \
   'BEGIN {q = t * r; printf "server=%s rps=%s server_cs_per_req=%.2f (involuntary %.2f) upstream_cs_per_req=%.2f (voluntary %.2f)\n", n, r, s / q, si / q, u / q, uv / q}'
 if [[ -f $OUT/sched.data ]]; then
-  # One line per run on the core: its length is the last column (ms).
+  # One line per run on the core: the wait before it (scheduling delay)
+  # and its length are the last two columns (ms). An upstream run under
+  # 50 µs answered about one request: the upstream woke, preempted the
+  # server for that request, and slept (BENCHMARKS.md, "Stop 34: why the
+  # uncached path stops short of 3x Envoy").
   perf sched timehist -i "$OUT/sched.data" 2>/dev/null |
-    awk -v s="$SERVER_PID" -v u="$UPSTREAM_PID" '$3 ~ "\\[(" s "|" u ")\\]" {
+    awk -v s="$SERVER_PID" -v u="$UPSTREAM_PID" -v show="${RUNS:-0}" '$3 ~ "\\[(" s "|" u ")\\]" {
         n++; t += $NF; if ($NF >= 0.2) {b++; bt += $NF}
+        if ($3 ~ "\\[" u "\\]") {un++; if ($NF < 0.05) us++}
+        if (shown < show) {
+          printf "%s:%d/%d%s", ($3 ~ "\\[" u "\\]" ? "u" : "s"), $(NF - 1) * 1000, $NF * 1000, (++shown % 10 ? "  " : "\n")
+        }
       } END {
+        if (shown % 10) print ""
         if (n) printf "runs=%d mean_run_us=%.1f runs_200us_or_more=%d share_of_time_in_them=%.0f%%\n", n, t / n * 1000, b, bt / t * 100
+        if (un) printf "upstream_runs=%d under_50us=%d (%.0f%%)\n", un, us, us / un * 100
       }'
   rm -f "$OUT/sched.data"
 fi
