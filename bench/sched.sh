@@ -16,6 +16,10 @@
 #   RUNS=200 bench/sched.sh           # also the first 200 runs on the core,
 #                                     # in order: s (server) or u (upstream),
 #                                     # then µs waited runnable / µs run
+#   SERVER_SHARES=20 UPSTREAM_SHARES=102 bench/sched.sh   # server and upstream
+#                                     # in CPU cgroups of those weights, as
+#                                     # Kubernetes makes CPU requests of 20m
+#                                     # and 100m (root; bench/lib.sh cpu_share)
 #
 # Needs the files bench/sidecar.sh leaves in OUT (run it first, at least
 # with ONLY=none), the release binary, wrk, and perf (Debian linux-perf)
@@ -46,6 +50,10 @@ esac
 start_upstream
 # shellcheck disable=SC2086 # SERVER_ARGS: words on purpose
 start_server "$SERVER" ${SERVER_ARGS:-}
+if [[ -n ${SERVER_SHARES:-}${UPSTREAM_SHARES:-} ]]; then
+  cpu_share server "${SERVER_SHARES:-1024}" "$SERVER_PID"
+  cpu_share upstream "${UPSTREAM_SHARES:-1024}" "$UPSTREAM_PID"
+fi
 
 taskset -c "$CLIENT_CPU" wrk -t 1 -c 50 -d "${SECS}s" -s "$ROOT/bench/wrk-tokens.lua" \
   "http://127.0.0.1:$SERVER_PORT/" -- "$tokens" > "$OUT/sched-wrk.txt" &
