@@ -111,23 +111,28 @@ stop_server() {
 }
 
 # cpu_share NAME SHARES PID: moves process PID into its own CPU cgroup
-# (bench-NAME) of weight SHARES, in cgroup v1's `cpu.shares` units: what
-# Kubernetes gives a container per CPU request (1024 a core: 20m is 20,
-# 100m is 102). Under cgroup v2 the weight is the kubelet's conversion of
-# the same shares, 1 + (SHARES - 2) * 9999 / 262142. On a shared core the
-# scheduler divides time between the groups by these weights (BENCHMARKS.md,
-# "The sidecar's CPU request"). Root only; the groups stay, empty.
+# (bench-NAME, under the root) of weight SHARES, in cgroup v1's
+# `cpu.shares` units: what Kubernetes gives a container per CPU request
+# (1,024 a core: 20m is 20, 100m is 102). Under cgroup v2 the weight is the
+# OCI runtime's older linear conversion of those shares, 1 + (SHARES - 2) *
+# 9999 / 262142 (runc 1.3.2 and crun 1.23 on convert by a curve: 20m and
+# 100m come out nearer to each other). On a shared core the scheduler
+# divides time between the groups by these weights (BENCHMARKS.md, "The
+# sidecar's CPU request"). Root only; the groups stay, empty.
 cpu_share() {
   local name=$1 shares=$2 pid=$3 dir
+  [[ $shares =~ ^[0-9]+$ ]] && ((shares >= 2)) || die "$name: shares must be a whole number, 2 or more (not $shares)"
   if [[ -f /sys/fs/cgroup/cpu/cpu.shares ]]; then
     dir=/sys/fs/cgroup/cpu/bench-$name
     mkdir -p "$dir" && echo "$shares" >"$dir/cpu.shares"
   elif grep -qw cpu /sys/fs/cgroup/cgroup.controllers 2>/dev/null; then
     dir=/sys/fs/cgroup/bench-$name
-    grep -qw cpu /sys/fs/cgroup/cgroup.subtree_control || echo +cpu >/sys/fs/cgroup/cgroup.subtree_control
+    grep -qw cpu /sys/fs/cgroup/cgroup.subtree_control ||
+      echo +cpu >/sys/fs/cgroup/cgroup.subtree_control ||
+      die "cannot enable the cpu controller for the root's children (root only; a root with processes of its own refuses)"
     mkdir -p "$dir" && echo $((1 + (shares - 2) * 9999 / 262142)) >"$dir/cpu.weight"
   else
-    die "no cgroup cpu controller to put $name in (v1 /sys/fs/cgroup/cpu, or v2 with cpu enabled)"
+    die "no cgroup cpu controller to put $name in (neither v1's /sys/fs/cgroup/cpu nor cpu in v2's cgroup.controllers)"
   fi || die "cannot make the cgroup $dir (root only)"
   echo "$pid" >"$dir/cgroup.procs" || die "cannot move $name ($pid) into $dir"
 }

@@ -11,11 +11,12 @@
 #   TOP=40 IDGATE=build/idgate bench/sched.sh   # more symbols, another build
 #   TOKENS=target/bench/sidecar/1000-tokens.txt bench/sched.sh   # tokens in rotation
 #   TOKENS=target/bench/sidecar/1000-tokens.txt SERVER_ARGS="--token-cache-capacity 0" \
-#     bench/sched.sh                  # idgate's extra flags: here, every
-#                                     # request verifies its signature
+#     bench/sched.sh                  # idgate's extra flags (not nginx's):
+#                                     # here, every request verifies its signature
 #   RUNS=200 bench/sched.sh           # also the first 200 runs on the core,
 #                                     # in order: s (server) or u (upstream),
-#                                     # then µs waited runnable / µs run
+#                                     # then µs off the core / µs from wake-up
+#                                     # to run / µs run
 #   SERVER_SHARES=20 UPSTREAM_SHARES=102 bench/sched.sh   # server and upstream
 #                                     # in CPU cgroups of those weights, as
 #                                     # Kubernetes makes CPU requests of 20m
@@ -78,22 +79,26 @@ awk -v s="$((s1 - s0))" -v u="$((u1 - u0))" -v si="$((si1 - si0))" -v uv="$((uv1
   -v t="$(echo "$t1 - $t0" | bc)" -v r="$rps" -v n="$SERVER" \
   'BEGIN {q = t * r; printf "server=%s rps=%s server_cs_per_req=%.2f (involuntary %.2f) upstream_cs_per_req=%.2f (voluntary %.2f)\n", n, r, s / q, si / q, u / q, uv / q}'
 if [[ -f $OUT/sched.data ]]; then
-  # One line per run on the core: the wait before it (scheduling delay)
-  # and its length are the last two columns (ms). An upstream run under
-  # 50 µs answered about one request: the upstream woke, preempted the
-  # server for that request, and slept (BENCHMARKS.md, "Stop 34: why the
-  # uncached path stops short of 3x Envoy").
+  # One line per run on the core; its last three columns (ms) are the
+  # time off the core before it (asleep or runnable), the scheduling delay
+  # (from a wake-up to running: perf 6.1, Debian's, prints 0 for a task
+  # that was preempted rather than woken), and the run's length. An
+  # upstream run under 25 µs answered one request (13-17 µs each here):
+  # the upstream woke, preempted the server for that request, and slept
+  # (BENCHMARKS.md, "Stop 34: why the uncached path stops short of 3x
+  # Envoy"). Requests per upstream run: the rate over the 1 s recorded,
+  # whose window is not the switch counts' (so the two need not agree).
   perf sched timehist -i "$OUT/sched.data" 2>/dev/null |
-    awk -v s="$SERVER_PID" -v u="$UPSTREAM_PID" -v show="${RUNS:-0}" '$3 ~ "\\[(" s "|" u ")\\]" {
+    awk -v s="$SERVER_PID" -v u="$UPSTREAM_PID" -v show="${RUNS:-0}" -v r="$rps" '$3 ~ "\\[(" s "|" u ")\\]" {
         n++; t += $NF; if ($NF >= 0.2) {b++; bt += $NF}
-        if ($3 ~ "\\[" u "\\]") {un++; if ($NF < 0.05) us++}
+        if ($3 ~ "\\[" u "\\]") {un++; if ($NF < 0.025) us++}
         if (shown < show) {
-          printf "%s:%d/%d%s", ($3 ~ "\\[" u "\\]" ? "u" : "s"), $(NF - 1) * 1000, $NF * 1000, (++shown % 10 ? "  " : "\n")
+          printf "%s:%d/%d/%d%s", ($3 ~ "\\[" u "\\]" ? "u" : "s"), $(NF - 2) * 1000, $(NF - 1) * 1000, $NF * 1000, (++shown % 10 ? "  " : "\n")
         }
       } END {
         if (shown % 10) print ""
         if (n) printf "runs=%d mean_run_us=%.1f runs_200us_or_more=%d share_of_time_in_them=%.0f%%\n", n, t / n * 1000, b, bt / t * 100
-        if (un) printf "upstream_runs=%d under_50us=%d (%.0f%%)\n", un, us, us / un * 100
+        if (un) printf "upstream_runs=%d under_25us=%d (%.0f%%) requests_per_upstream_run=%.2f\n", un, us, us / un * 100, r / un
       }'
   rm -f "$OUT/sched.data"
 fi
