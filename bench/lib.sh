@@ -50,11 +50,18 @@ nginx_jwks() {
 EOF
 }
 
-# The upstream nginx (also serving the JWKS), pinned to SERVER_CPU.
+# The upstream nginx (also serving the JWKS), pinned to SERVER_CPU, in a
+# CPU cgroup of UPSTREAM_SHARES if set (cpu_share).
 start_upstream() {
   taskset -c "$SERVER_CPU" nginx -p "$OUT/nginx-up" -c "$OUT/nginx-up/nginx.conf" -e "$OUT/nginx-up/error.log" &
   UPSTREAM_PID=$!
-  for _ in $(seq 50); do curl -fs "http://127.0.0.1:$P_UP/" >/dev/null && return; sleep 0.1; done
+  for _ in $(seq 50); do
+    if curl -fs "http://127.0.0.1:$P_UP/" >/dev/null; then
+      if [[ -n ${UPSTREAM_SHARES:-} ]]; then cpu_share upstream "$UPSTREAM_SHARES" "$UPSTREAM_PID"; fi
+      return
+    fi
+    sleep 0.1
+  done
   die "upstream did not start"
 }
 
@@ -63,7 +70,8 @@ start_upstream() {
 # hyper floor, with its gate's JWKS URL, audience and member as ARGS), pinned to SERVER_CPU at nice
 # SERVER_NICE (default 0), under the scheduling policy SERVER_SCHED (other,
 # the default, or batch: chrt's names), with SERVER_SLICE_US, if set, as
-# the EEVDF slice of its threads (bench/slice.py). Sets SERVER_PID and SERVER_PORT
+# the EEVDF slice of its threads (bench/slice.py), in a CPU cgroup of
+# SERVER_SHARES if set (cpu_share). Sets SERVER_PID and SERVER_PORT
 # once the server answers TOKEN with 200. IDGATE_UPSTREAM points idgate at
 # another upstream URL; PROBE_FLAGS are curl's for that probe
 # (--http2-prior-knowledge for an h2c-only chain).
@@ -97,6 +105,7 @@ start_server() {
       if [[ -n ${SERVER_SLICE_US:-} ]]; then
         python3 "$(dirname "${BASH_SOURCE[0]}")/slice.py" "$SERVER_PID" "$SERVER_SLICE_US"
       fi
+      if [[ -n ${SERVER_SHARES:-} ]]; then cpu_share server "$SERVER_SHARES" "$SERVER_PID"; fi
       return
     fi
     sleep 0.1
@@ -118,7 +127,8 @@ stop_server() {
 # 9999 / 262142 (runc 1.3.2 and crun 1.23 on convert by a curve: 20m and
 # 100m come out nearer to each other). On a shared core the scheduler
 # divides time between the groups by these weights (BENCHMARKS.md, "The
-# sidecar's CPU request"). Root only; the groups stay, empty.
+# sidecar's CPU request"). Root only; the groups stay, empty. A process
+# left out stays in the root group, as a group of 1,024 would weigh it.
 cpu_share() {
   local name=$1 shares=$2 pid=$3 dir
   [[ $shares =~ ^[0-9]+$ ]] && ((shares >= 2)) || die "$name: shares must be a whole number, 2 or more (not $shares)"

@@ -20,7 +20,8 @@
 #   SERVER_SHARES=20 UPSTREAM_SHARES=102 bench/sched.sh   # server and upstream
 #                                     # in CPU cgroups of those weights, as
 #                                     # Kubernetes makes CPU requests of 20m
-#                                     # and 100m (root; bench/lib.sh cpu_share)
+#                                     # and 100m (root; bench/lib.sh cpu_share;
+#                                     # bench/sidecar.sh takes them too)
 #
 # Needs the files bench/sidecar.sh leaves in OUT (run it first, at least
 # with ONLY=none), the release binary, wrk, and perf (Debian linux-perf)
@@ -51,10 +52,6 @@ esac
 start_upstream
 # shellcheck disable=SC2086 # SERVER_ARGS: words on purpose
 start_server "$SERVER" ${SERVER_ARGS:-}
-if [[ -n ${SERVER_SHARES:-}${UPSTREAM_SHARES:-} ]]; then
-  cpu_share server "${SERVER_SHARES:-1024}" "$SERVER_PID"
-  cpu_share upstream "${UPSTREAM_SHARES:-1024}" "$UPSTREAM_PID"
-fi
 
 taskset -c "$CLIENT_CPU" wrk -t 1 -c 50 -d "${SECS}s" -s "$ROOT/bench/wrk-tokens.lua" \
   "http://127.0.0.1:$SERVER_PORT/" -- "$tokens" > "$OUT/sched-wrk.txt" &
@@ -91,9 +88,10 @@ if [[ -f $OUT/sched.data ]]; then
   perf sched timehist -i "$OUT/sched.data" 2>/dev/null |
     awk -v s="$SERVER_PID" -v u="$UPSTREAM_PID" -v show="${RUNS:-0}" -v r="$rps" '$3 ~ "\\[(" s "|" u ")\\]" {
         n++; t += $NF; if ($NF >= 0.2) {b++; bt += $NF}
-        if ($3 ~ "\\[" u "\\]") {un++; if ($NF < 0.025) us++}
+        up = $3 ~ "\\[" u "\\]"
+        if (up) {un++; if ($NF < 0.025) us++}
         if (shown < show) {
-          printf "%s:%d/%d/%d%s", ($3 ~ "\\[" u "\\]" ? "u" : "s"), $(NF - 2) * 1000, $(NF - 1) * 1000, $NF * 1000, (++shown % 10 ? "  " : "\n")
+          printf "%s:%d/%d/%d%s", (up ? "u" : "s"), $(NF - 2) * 1000, $(NF - 1) * 1000, $NF * 1000, (++shown % 10 ? "  " : "\n")
         }
       } END {
         if (shown % 10) print ""
