@@ -1,8 +1,11 @@
-# Shared by bench/sidecar.sh, bench/sched.sh and bench/profile.sh
-# (sourced, not run): the names, ports and start lines of the servers
-# under test, so a change to idgate's benchmark flags is made once. Needs
-# ROOT, OUT, SERVER_CPU and, for start_server, TOKEN (a token the server
-# must answer 200 to).
+# shellcheck shell=bash
+# Shared by bench/sidecar.sh, bench/interleave.sh, bench/sched.sh and
+# bench/profile.sh (sourced, not run): the names, ports and start lines of
+# the servers under test and the measured run, so a change to idgate's
+# benchmark flags or to a result's columns is made once. Needs ROOT, OUT,
+# SERVER_CPU; for start_server, TOKEN (a token the server must answer 200
+# to); for wrk_run, measure_run and fixed_rate_run, BENCH, CLIENT_CPU,
+# DURATION and RESULTS, and for fixed_rate_run OHA, RATE and CONNS too.
 
 AUD=https://bench.idgate.test
 EMAIL=invoker@bench-project.iam.gserviceaccount.com
@@ -152,4 +155,96 @@ cpu_share() {
 switches() {
   cat /proc/"$1"/task/*/status 2>/dev/null |
     awk -v k="${2:-}" '(k == "" && $1 ~ /ctxt_switches:$/) || $1 == k "ctxt_switches:" {n += $2} END {print n + 0}'
+}
+
+# busy_ticks: every core's busy time so far (user, nice, system, irq,
+# softirq, steal), in TICKs.
+busy_ticks() { awk '/^cpu / {print $2+$3+$4+$7+$8+$9; exit}' /proc/stat; }
+load1() { cut -d' ' -f1 /proc/loadavg; }
+
+# wrk_run SECONDS CONNS TOKENS_FILE: prints wrk's BENCH line.
+wrk_run() {
+  local secs=$1 conns=$2 tokens=$3
+  ( ulimit -n "$(ulimit -Hn)"
+    taskset -c "$CLIENT_CPU" wrk -t 1 -c "$conns" -d "${secs}s" --timeout 10s \
+      -s "$BENCH/wrk-tokens.lua" "http://127.0.0.1:$SERVER_PORT/" -- "$tokens" ) | grep '^BENCH' || true
+}
+
+field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<"$2"; }
+
+# idgate's verified-token cache counters: "HITS MISSES HOT_HITS" (empty
+# for others).
+cache_counters() {
+  [[ $1 == idgate ]] || return 0
+  curl -s "http://127.0.0.1:$P_IDGATE_ADMIN/metrics" |
+    awk '/^[a-z_]*token_cache_hits_total/ {h = $2} /^[a-z_]*token_cache_misses_total/ {m = $2}
+      /^[a-z_]*token_cache_hot_hits_total/ {t = $2} END {print h + 0, m + 0, t + 0}'
+}
+# hit_pct "H0 M0 T0" "H1 M1 T1": hits in % of lookups, then the hot slots'
+# share in % of hits, between the two readings.
+hit_pct() {
+  [[ -n $1 ]] || { printf '\t'; return 0; }
+  awk -v a="$1" -v b="$2" 'BEGIN {split(a, x, " "); split(b, y, " "); h = y[1] - x[1]; m = y[2] - x[2]; t = y[3] - x[3];
+    if (h + m > 0) printf "%.1f", h * 100 / (h + m); printf "\t"; if (h > 0) printf "%.1f", t * 100 / h}'
+}
+
+header() {
+  printf 'variant\tserver\trps\tp50_us\tp99_us\tp999_us\terrors\tcpu_us_per_req\tserver_core_pct\tupstream_cpu_us_per_req\tvm_hwm_kib\tvm_rss_kib\tbusy_before_pct\tforeign_cpu_pct\tload1\tcache_hit_pct\thot_hit_pct\tserver_cs_per_req\tupstream_cs_per_req\n' > "$RESULTS"
+}
+
+# measure_run VARIANT SERVER TOKENS_FILE CONNS BUSY: one measured run of
+# DURATION seconds against SERVER_PID on SERVER_PORT (idgate's admin on
+# P_IDGATE_ADMIN), a row of RESULTS (header) with BUSY as busy_before_pct.
+measure_run() {
+  local variant=$1 server=$2 tokens=$3 conns=$4 busy=$5
+  local c0 u0 b0 c1 u1 b1 k0 k1 line reqs secs cpu_us up_us total_us ours_us s0 s1 v0 v1
+  k0=$(cache_counters "$server")
+  c0=$(cpu_ticks "$SERVER_PID"); u0=$(cpu_ticks "$UPSTREAM_PID"); b0=$(busy_ticks)
+  s0=$(switches "$SERVER_PID"); v0=$(switches "$UPSTREAM_PID")
+  log "$variant: measuring ${DURATION}s, $conns connections"
+  line=$(wrk_run "$DURATION" "$conns" "$tokens")
+  c1=$(cpu_ticks "$SERVER_PID"); u1=$(cpu_ticks "$UPSTREAM_PID"); b1=$(busy_ticks)
+  s1=$(switches "$SERVER_PID"); v1=$(switches "$UPSTREAM_PID")
+  k1=$(cache_counters "$server")
+  [[ -n $line ]] || die "$variant: wrk printed no result"
+  reqs=$(field requests "$line"); secs=$(awk -v d="$(field duration_us "$line")" 'BEGIN {print d / 1e6}')
+  cpu_us=$(( (c1 - c0) * 1000000 / TICK ))
+  up_us=$(( (u1 - u0) * 1000000 / TICK ))
+  total_us=$(( (b1 - b0) * 1000000 / TICK ))
+  # wrk's own CPU is about one core's share when saturated: what is left
+  # beyond server + upstream + one client core is someone else's.
+  ours_us=$(awk -v s="$secs" 'BEGIN {print int(s * 1e6)}')
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.1f\t%.0f\t%.1f\t%s\t%s\t%s\t%s\t%s\t%s\t%.2f\t%.2f\n' \
+    "$variant" "$server" "$(field rps "$line")" "$(field p50_us "$line")" "$(field p99_us "$line")" \
+    "$(field p999_us "$line")" "$(field errors "$line")" \
+    "$(awk -v c="$cpu_us" -v r="$reqs" 'BEGIN {print c / r}')" \
+    "$(awk -v c="$cpu_us" -v s="$secs" 'BEGIN {print c / s / 1e4}')" \
+    "$(awk -v c="$up_us" -v r="$reqs" 'BEGIN {print c / r}')" \
+    "$(status_kib "$SERVER_PID" VmHWM)" "$(status_kib "$SERVER_PID" VmRSS)" "$busy" \
+    "$(awk -v t="$total_us" -v c="$cpu_us" -v u="$up_us" -v o="$ours_us" -v s="$secs" \
+        'BEGIN {f = (t - c - u - o) / (s * 1e6 * 2) * 100; print (f < 0 ? 0 : int(f))}')" \
+    "$(load1)" "$(hit_pct "$k0" "$k1")" \
+    "$(awk -v a="$s0" -v b="$s1" -v r="$reqs" 'BEGIN {print (b - a) / r}')" \
+    "$(awk -v a="$v0" -v b="$v1" -v r="$reqs" 'BEGIN {print (b - a) / r}')" | tee -a "$RESULTS" >&2
+}
+
+
+# fixed_rate_run VARIANT SERVER BUSY: oha (OHA) at RATE req/s for DURATION
+# seconds with CONNS connections and TOKEN, latency corrected for
+# coordinated omission (measured from when each request was due); its
+# JSON in OUT/VARIANT.json, a row of RESULTS.
+fixed_rate_run() {
+  local variant=$1 server=$2 busy=$3 c0 c1
+  c0=$(cpu_ticks "$SERVER_PID")
+  log "$variant: measuring ${DURATION}s at $RATE req/s"
+  taskset -c "$CLIENT_CPU" "$OHA" --no-tui --output-format json --latency-correction \
+    -z "${DURATION}s" -q "$RATE" -c "$CONNS" -H "Authorization: Bearer $TOKEN" \
+    "http://127.0.0.1:$SERVER_PORT/" > "$OUT/$variant.json"
+  c1=$(cpu_ticks "$SERVER_PID")
+  local rps p50 p99 p999 errors cpu
+  IFS=$'\t' read -r rps p50 p99 p999 errors cpu < <(python3 "$BENCH/oha.py" "$OUT/$variant.json" \
+    "$(( (c1 - c0) * 1000000 / TICK ))")
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\t\t%s\t%s\t%s\t\t%s\t\n' "$variant" "$server" "$rps" "$p50" \
+    "$p99" "$p999" "$errors" "$cpu" "$(status_kib "$SERVER_PID" VmHWM)" "$(status_kib "$SERVER_PID" VmRSS)" \
+    "$busy" "$(load1)" | tee -a "$RESULTS" >&2
 }

@@ -11,7 +11,14 @@ compare requests/s and CPU per request with `nginx` (`nginx-1000conn` for
 the 1,000-connection one), fixed-rate ones p50 and p99 latency with
 `nginx-rate`, and idgate's throughput variants also with Envoy's of the same
 kind. With several rounds (ROUNDS without BINS), the median of each ratio
-follows; an A/B's rows (BINS) are listed one by one, never pooled.
+follows; an A/B's rows (bench/sidecar.sh's BINS) are listed one by one,
+never pooled.
+
+bench/interleave.sh names its rows by cycle the same way (`r3:nginx`), and
+with BINS as `r3:NAME:idgate-1token`: such a row is compared with the
+round's nginx and Envoy rows, and with the same variant's row of the first
+binary (the first named in the file) in its round; its medians are the
+binary's own.
 """
 
 import csv
@@ -33,6 +40,12 @@ def split(name):
     return label, base
 
 
+def round_of(label):
+    """`r3` or `r3:NAME` -> ("r3", "NAME" or ""); anything else -> ("", "")."""
+    m = re.fullmatch(r"(r\d+)(?::(.+))?", label)
+    return (m.group(1), m.group(2) or "") if m else ("", "")
+
+
 def number(row, key):
     try:
         return float(row[key])
@@ -50,11 +63,21 @@ def main(path):
     by = {split(r["variant"]): r for r in rows}
 
     def peer(label, base):
-        return by.get((label, base)) or by.get(("", base))
+        return by.get((label, base)) or by.get((round_of(label)[0], base)) or by.get(("", base))
+
+    # Per variant, the binary that comes first in the file (interleave.sh's
+    # BINS, whose first cycle keeps their order): the reference of the rest.
+    first_bin = {}
+    for r in rows:
+        label, base = split(r["variant"])
+        rnd, name = round_of(label)
+        if name:
+            first_bin.setdefault(base, name)
 
     lines, medians = [], {}
     for r in rows:
         label, base = split(r["variant"])
+        rnd, name = round_of(label)
         if base.startswith("nginx"):
             continue
         found = []
@@ -79,14 +102,20 @@ def main(path):
                 found.append(("p99 / envoy", against(envoy, "p99_us")))
             else:
                 found.append(("req/s / envoy", against(envoy, "rps")))
+        ref_name = first_bin.get(base, name)
+        ref_row = by.get((f"{rnd}:{ref_name}", base))
+        if name and ref_name != name and ref_row:
+            found.append((f"req/s / {ref_name}", against(ref_row, "rps")))
+            found.append((f"CPU/req / {ref_name}", against(ref_row, "cpu_us_per_req")))
         found = [(k, v) for k, v in found if v is not None]
         if not found:
             continue
         lines.append((r["variant"], found))
-        # Medians over rounds only: an A/B's rows (BINS) are two builds.
-        if re.fullmatch(r"r\d+", label):
+        # Medians over rounds only, each binary's apart: sidecar.sh's A/B
+        # rows (BINS, labelled by binary alone) are two builds.
+        if rnd:
             for k, v in found:
-                medians.setdefault((base, k), []).append(v)
+                medians.setdefault((f"{name}:{base}" if name else base, k), []).append(v)
 
     width = max((len(v) for v, _ in lines), default=0)
     for variant, found in lines:

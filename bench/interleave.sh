@@ -1,0 +1,175 @@
+#!/usr/bin/env bash
+# Interleaved load: every chosen variant's server runs at once on the
+# servers' core, and wrk measures each in turn for SLICE seconds, CYCLES
+# times over, in an order rotated (and reversed) each cycle. The host's
+# slow spells (this VM's last tens of seconds and can cut nginx to a third)
+# then land on every variant of a cycle, instead of on whichever one
+# bench/sidecar.sh happened to be measuring. The ratios still scatter cycle
+# by cycle (a spell does not slow every workload alike), so read the
+# medians over many cycles (BENCHMARKS.md, "Stop 35"). The servers not
+# being measured sit idle in epoll; what CPU they take shows in
+# foreign_cpu_pct.
+#
+#   ONLY=none bench/sidecar.sh          # first: tokens and configs (1 h)
+#   bench/interleave.sh                 # nginx, idgate and Envoy, every
+#                                       # signature checked: ~2 min
+#   VARIANTS="nginx idgate-1token envoy-1token" CYCLES=20 bench/interleave.sh
+#   BINS="a/idgate b/idgate" VARIANTS="nginx idgate-1000tokens-nocache" bench/interleave.sh
+#
+# Settings (environment):
+#   VARIANTS="…"      any of nginx nginx-1000tokens idgate-1token
+#                     idgate-1000tokens idgate-1000tokens-nocache idgate-public
+#                     envoy-1token envoy-1000tokens envoy-1000tokens-nocache,
+#                     and the fixed-rate nginx-rate idgate-rate envoy-rate
+#                     (oha; latency at RATE, for the p99 goal), as in
+#                     bench/sidecar.sh; default: nginx
+#                     idgate-1000tokens-nocache envoy-1000tokens-nocache
+#   CYCLES=10 SLICE=3 cycles, and seconds measured per variant per cycle
+#   WARMUP=3          seconds of load on each variant before the first cycle
+#   CONNS=50          wrk's (and oha's) connections
+#   RATE=5000         requests/s for the fixed-rate variants
+#   BINS="A B"        each idgate variant once per binary (distinct file
+#                     names: rows are named rN:NAME:variant, and each is
+#                     also compared with the first binary's in its cycle)
+#   IDGATE=path       the idgate binary without BINS (target/release/idgate)
+#   SERVER_CPU=0 CLIENT_CPU=1, SERVER_NICE, SERVER_SCHED, SERVER_SHARES,
+#   UPSTREAM_SHARES   as in bench/sidecar.sh (bench/lib.sh)
+#   RESULTS=file      rows as bench/sidecar.sh's (default OUT/interleave.tsv)
+#
+# Prints the rows, then bench/ratios.py's ratios cycle by cycle and their
+# medians. Loopback only; every load run is bounded in time.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BENCH=$ROOT/bench
+OUT=${OUT:-$ROOT/target/bench/sidecar}
+CYCLES=${CYCLES:-10}
+SLICE=${SLICE:-3}
+WARMUP=${WARMUP:-3}
+CONNS=${CONNS:-50}
+SERVER_CPU=${SERVER_CPU:-0}
+CLIENT_CPU=${CLIENT_CPU:-1}
+VARIANTS=${VARIANTS:-nginx idgate-1000tokens-nocache envoy-1000tokens-nocache}
+RESULTS=${RESULTS:-$OUT/interleave.tsv}
+RATE=${RATE:-5000}
+DURATION=$SLICE
+# shellcheck source=bench/lib.sh
+. "$BENCH/lib.sh"
+P_ENVOY_DEFAULT=$P_ENVOY P_ENVOY_ADMIN_DEFAULT=$P_ENVOY_ADMIN
+
+for tool in nginx wrk taskset curl python3; do
+  command -v $tool >/dev/null || die "$tool is missing (see bench/sidecar.sh)"
+done
+OHA=$(command -v oha || true)
+[[ -n $OHA || $VARIANTS != *-rate* ]] || die "the fixed-rate variants need oha (cargo install oha --locked)"
+[[ -f $OUT/nginx-up/nginx.conf && -f $OUT/1000-tokens.txt && -f $OUT/envoy-nocache.yaml ]] ||
+  die "no tokens or configs in $OUT: run ONLY=none bench/sidecar.sh first"
+# Minted tokens last an hour: leave room for the run.
+[[ -n $(find "$OUT/tokens/tokens.txt" -mmin -45 2>/dev/null) ]] ||
+  die "the tokens in $OUT are 45 minutes old or more: mint afresh with ONLY=none bench/sidecar.sh"
+TOKEN=$(cat "$OUT/one-token.txt")
+(( CYCLES >= 1 && SLICE >= 1 )) || die "CYCLES and SLICE must be 1 or more"
+
+# The instances, one per row name: server kind, pid, port, admin port
+# (idgate's metrics), tokens file, and how it is measured (wrk, or rate:
+# oha at RATE with the one token).
+names=() kinds=() pids=() ports=() admins=() tokfiles=() modes=()
+stop_all() {
+  local p
+  for p in "${pids[@]}" "$UPSTREAM_PID"; do [[ -n $p ]] && kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap stop_all EXIT
+
+# add NAME KIND TOKENS [START_SERVER ARGS...]: starts an instance on the
+# ports already set (P_IDGATE, P_ENVOY, …) and records it.
+add() {
+  local name=$1 kind=$2 tokens=$3; shift 3
+  start_server "$kind" "$@"
+  names+=("$name") kinds+=("$kind") pids+=("$SERVER_PID") ports+=("$SERVER_PORT")
+  admins+=("$P_IDGATE_ADMIN") tokfiles+=("$tokens") modes+=("$(mode_of "$name")")
+  log "$name: pid $SERVER_PID on :$SERVER_PORT"
+}
+
+# mode_of NAME: rate for a fixed-rate variant, wrk for the rest.
+mode_of() { if [[ $1 == *-rate ]]; then echo rate; else echo wrk; fi; }
+
+start_upstream
+bins=${BINS:-$IDGATE}
+nginx_pid='' n=0
+for v in $VARIANTS; do
+  case $v in
+    nginx|nginx-1000tokens|nginx-rate)
+      # One nginx serves all three: the same server, other tokens or load.
+      tokens=$OUT/one-token.txt
+      [[ $v == nginx-1000tokens ]] && tokens=$OUT/1000-tokens.txt
+      if [[ -z $nginx_pid ]]; then
+        add "$v" nginx "$tokens"; nginx_pid=$SERVER_PID
+      else
+        names+=("$v") kinds+=(nginx) pids+=("$nginx_pid") ports+=("$P_NGINX") admins+=("") tokfiles+=("$tokens")
+        modes+=("$(mode_of "$v")")
+      fi ;;
+    idgate-1token|idgate-1000tokens|idgate-1000tokens-nocache|idgate-public|idgate-rate)
+      args=() tokens=$OUT/one-token.txt
+      case $v in
+        idgate-1000tokens) tokens=$OUT/1000-tokens.txt ;;
+        idgate-1000tokens-nocache) tokens=$OUT/1000-tokens.txt args=(--token-cache-capacity 0) ;;
+        idgate-public) args=(--public-path /) ;;
+      esac
+      seen=" "
+      for bin in $bins; do
+        [[ $seen != *" $(basename "$bin") "* ]] || die "BINS: two binaries named $(basename "$bin"); rows are named by file name"
+        seen+="$(basename "$bin") "
+        label=$v
+        [[ -n ${BINS:-} ]] && label=$(basename "$bin"):$v
+        P_IDGATE=$((18120 + 2 * n)) P_IDGATE_ADMIN=$((18121 + 2 * n)) IDGATE=$bin
+        add "$label" idgate "$tokens" "${args[@]}"
+        n=$((n + 1))
+      done ;;
+    envoy-1token|envoy-1000tokens|envoy-1000tokens-nocache|envoy-rate)
+      config=envoy-cached tokens=$OUT/1000-tokens.txt
+      [[ $v == envoy-1token || $v == envoy-rate ]] && tokens=$OUT/one-token.txt
+      [[ $v == envoy-1000tokens-nocache ]] && config=envoy-nocache
+      P_ENVOY=$((18120 + 2 * n)) P_ENVOY_ADMIN=$((18121 + 2 * n))
+      # bench/sidecar.sh's config, on this instance's ports.
+      sed -e "s/port_value: $P_ENVOY_DEFAULT }/port_value: $P_ENVOY }/" \
+        -e "s/port_value: $P_ENVOY_ADMIN_DEFAULT }/port_value: $P_ENVOY_ADMIN }/" \
+        "$OUT/$config.yaml" > "$OUT/interleave-$v.yaml"
+      grep -q "port_value: $P_ENVOY }" "$OUT/interleave-$v.yaml" || die "$config.yaml: its listener port is not $P_ENVOY_DEFAULT"
+      add "$v" envoy "$tokens" "$OUT/interleave-$v.yaml"
+      n=$((n + 1)) ;;
+    *) die "unknown variant $v (see the list at the top of bench/interleave.sh)" ;;
+  esac
+done
+log "upstream pid $UPSTREAM_PID; servers on cpu $SERVER_CPU, wrk on cpu $CLIENT_CPU"
+
+# use_instance I: make instance I the one measure_run and wrk_run talk to.
+use_instance() {
+  SERVER_PID=${pids[$1]} SERVER_PORT=${ports[$1]} P_IDGATE_ADMIN=${admins[$1]}
+}
+
+for i in "${!names[@]}"; do
+  use_instance "$i"
+  log "${names[$i]}: warm-up ${WARMUP}s"
+  wrk_run "$WARMUP" "$CONNS" "${tokfiles[$i]}" >/dev/null
+done
+header
+count=${#names[@]}
+for c in $(seq "$CYCLES"); do
+  log "cycle $c of $CYCLES"
+  for k in $(seq 0 $((count - 1))); do
+    # Rotated by one each cycle, and backwards every other cycle, so that
+    # no variant always runs first or right after the same other one.
+    i=$(( (k + c - 1) % count ))
+    (( c % 2 )) || i=$(( count - 1 - i ))
+    use_instance "$i"
+    if [[ ${modes[$i]} == rate ]]; then
+      fixed_rate_run "r$c:${names[$i]}" "${kinds[$i]}" ""
+    else
+      measure_run "r$c:${names[$i]}" "${kinds[$i]}" "${tokfiles[$i]}" "$CONNS" ""
+    fi
+  done
+done
+
+log "results: $RESULTS"
+python3 "$BENCH/ratios.py" "$RESULTS" | tee "$OUT/interleave-ratios.txt" >&2
