@@ -14,7 +14,7 @@
 #   bench/interleave.sh                 # nginx, idgate and Envoy, every
 #                                       # signature checked: ~2 min
 #   VARIANTS="nginx idgate-1token envoy-1token" CYCLES=20 bench/interleave.sh
-#   BINS="a/idgate b/idgate" VARIANTS="nginx idgate-1000tokens-nocache" bench/interleave.sh
+#   BINS="a/idgate-old b/idgate-new" VARIANTS="nginx idgate-1000tokens-nocache" bench/interleave.sh
 #
 # Settings (environment):
 #   VARIANTS="…"      any of nginx nginx-1000tokens idgate-1token
@@ -76,7 +76,8 @@ TOKEN=$(cat "$OUT/one-token.txt")
 names=() kinds=() pids=() ports=() admins=() tokfiles=() modes=()
 stop_all() {
   local p
-  for p in "${pids[@]}" "$UPSTREAM_PID"; do [[ -n $p ]] && kill "$p" 2>/dev/null || true; done
+  # SERVER_PID too: a server start_server gave up on is in no list.
+  for p in "${pids[@]}" "$SERVER_PID" "$UPSTREAM_PID"; do [[ -n $p ]] && kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
 }
 trap stop_all EXIT
@@ -94,10 +95,14 @@ add() {
 # mode_of NAME: rate for a fixed-rate variant, wrk for the rest.
 mode_of() { if [[ $1 == *-rate ]]; then echo rate; else echo wrk; fi; }
 
+ulimit -n "$(ulimit -Hn)"
 start_upstream
 bins=${BINS:-$IDGATE}
 nginx_pid='' n=0
+listed=" "
 for v in $VARIANTS; do
+  [[ $listed != *" $v "* ]] || die "VARIANTS names $v twice"
+  listed+="$v "
   case $v in
     nginx|nginx-1000tokens|nginx-rate)
       # One nginx serves all three: the same server, other tokens or load.
@@ -150,17 +155,24 @@ use_instance() {
 
 for i in "${!names[@]}"; do
   use_instance "$i"
-  log "${names[$i]}: warm-up ${WARMUP}s"
-  wrk_run "$WARMUP" "$CONNS" "${tokfiles[$i]}" >/dev/null
+  if [[ ${modes[$i]} == rate ]]; then
+    log "${names[$i]}: warm-up ${WARMUP}s at $RATE req/s"
+    taskset -c "$CLIENT_CPU" "$OHA" --no-tui -z "${WARMUP}s" -q "$RATE" -c "$CONNS" \
+      -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$SERVER_PORT/" >/dev/null
+  else
+    log "${names[$i]}: warm-up ${WARMUP}s"
+    wrk_run "$WARMUP" "$CONNS" "${tokfiles[$i]}" >/dev/null
+  fi
 done
 header
 count=${#names[@]}
 for c in $(seq "$CYCLES"); do
   log "cycle $c of $CYCLES"
   for k in $(seq 0 $((count - 1))); do
-    # Rotated by one each cycle, and backwards every other cycle, so that
-    # no variant always runs first or right after the same other one.
-    i=$(( (k + c - 1) % count ))
+    # Forwards and backwards in turn, rotated by one every two cycles
+    # (cycles 1-4 of three: 012 210 120 102), so that every variant runs
+    # first and after each other one in both orders, for any count.
+    i=$(( (k + (c - 1) / 2) % count ))
     (( c % 2 )) || i=$(( count - 1 - i ))
     use_instance "$i"
     if [[ ${modes[$i]} == rate ]]; then

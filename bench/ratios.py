@@ -105,8 +105,11 @@ def main(path):
         ref_name = first_bin.get(base, name)
         ref_row = by.get((f"{rnd}:{ref_name}", base))
         if name and ref_name != name and ref_row:
-            found.append((f"req/s / {ref_name}", against(ref_row, "rps")))
-            found.append((f"CPU/req / {ref_name}", against(ref_row, "cpu_us_per_req")))
+            # At a fixed rate the requests/s are the rate: compare latency.
+            for key, what in (
+                [("p50_us", "p50"), ("p99_us", "p99")] if base.endswith("-rate") else [("rps", "req/s")]
+            ) + [("cpu_us_per_req", "CPU/req")]:
+                found.append((f"{what} / {ref_name}", against(ref_row, key)))
         found = [(k, v) for k, v in found if v is not None]
         if not found:
             continue
