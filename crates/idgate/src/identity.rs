@@ -6,9 +6,6 @@ use std::sync::{Arc, OnceLock};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
-
-use serde::Deserialize;
-use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 /// A verified identity. Cheap to clone (one `Arc`).
@@ -64,51 +61,44 @@ fn offset(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 
+/// Where `needle`'s bytes first are in `haystack`. The needles are a few
+/// claims of tens of bytes, searched for once each in a payload of hundreds:
+/// a scan for the first byte (memchr's) and a compare at each hit costs a
+/// fraction of what building a substring searcher (memchr's `memmem`) does.
+/// A longer needle gets the searcher, whose time is linear in the payload
+/// whatever the bytes, so no payload costs more than `SCAN_MAX` compares a
+/// byte.
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    const SCAN_MAX: usize = 64;
+    match needle {
+        [] => Some(0),
+        [first, ..] if needle.len() <= SCAN_MAX => {
+            memchr::memchr_iter(*first, haystack).find(|&i| haystack[i..].starts_with(needle))
+        }
+        _ => memchr::memmem::find(haystack, needle),
+    }
+}
+
 impl TextBuilder {
-    /// `value`'s place in the payload when `raw` (where that claim's JSON
-    /// string sits in the payload, unescaped) holds it; else a copy at the
-    /// end. The bytes are compared, so a span always holds `value`.
-    fn place(&mut self, raw: Option<(usize, usize)>, value: &str) -> Span {
+    /// A place in the payload that holds `value` byte for byte (the claim's
+    /// own string, when it has no escapes: a search finds it, with no
+    /// second parse); else a copy at the end. Found by comparing bytes, so
+    /// a span always holds `value`, wherever in the payload it is.
+    fn place(&mut self, value: &str) -> Span {
         let json = &self.text[..self.json_len];
-        let (start, end) = raw
-            .filter(|&(start, end)| json.get(start..end) == Some(value.as_bytes()))
-            .unwrap_or_else(|| {
+        let (start, end) = match find(json, value.as_bytes()) {
+            Some(start) => (start, start + value.len()),
+            None => {
                 let start = self.text.len();
                 self.text.extend_from_slice(value.as_bytes());
                 (start, self.text.len())
-            });
+            }
+        };
         Span {
             start: offset(start),
             end: offset(end),
         }
     }
-}
-
-/// The JSON text of the claims an identity keeps, as slices of the payload.
-#[derive(Deserialize, Default)]
-struct RawClaims<'a> {
-    #[serde(borrow)]
-    iss: Option<&'a RawValue>,
-    #[serde(borrow)]
-    sub: Option<&'a RawValue>,
-    #[serde(borrow)]
-    email: Option<&'a RawValue>,
-    #[serde(borrow)]
-    hd: Option<&'a RawValue>,
-    #[serde(borrow)]
-    aud: Option<&'a RawValue>,
-}
-
-/// Where a JSON string without escapes has its characters in `json`, of
-/// which `raw` is a slice; `None` for any other value.
-fn unescaped_string(json: &[u8], raw: Option<&RawValue>) -> Option<(usize, usize)> {
-    let quoted = raw?.get().as_bytes();
-    let inner = quoted.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
-    if inner.contains(&b'\\') {
-        return None;
-    }
-    let start = (inner.as_ptr() as usize).checked_sub(json.as_ptr() as usize)?;
-    Some((start, start + inner.len()))
 }
 
 /// The issuer facts an identity carries: which configured issuer vouched for
@@ -209,21 +199,15 @@ impl Identity {
                 .and_then(numeric_date)
                 .unwrap_or(0)
         };
-        // A second, borrowing parse finds where the kept claims sit; one
-        // that fails (JSON that is not `claims`'s) only means copies.
-        let [iss, sub, email, hd, aud] = {
-            let raw: RawClaims<'_> = serde_json::from_slice(&json).unwrap_or_default();
-            [raw.iss, raw.sub, raw.email, raw.hd, raw.aud].map(|r| unescaped_string(&json, r))
-        };
         let mut text = TextBuilder {
             json_len: json.len(),
             text: json,
         };
-        let issuer = text.place(iss, str_claim("iss").unwrap_or_default());
-        let subject = text.place(sub, str_claim("sub").unwrap_or_default());
-        let email = str_claim("email").map(|e| text.place(email, e));
-        let hosted_domain = str_claim("hd").map(|h| text.place(hd, h));
-        let audience = text.place(aud, audience);
+        let issuer = text.place(str_claim("iss").unwrap_or_default());
+        let subject = text.place(str_claim("sub").unwrap_or_default());
+        let email = str_claim("email").map(|e| text.place(e));
+        let hosted_domain = str_claim("hd").map(|h| text.place(h));
+        let audience = text.place(audience);
         Identity(Arc::new(Inner {
             issuer_name: tag.name.clone(),
             pool: tag.pool.clone(),
@@ -539,16 +523,18 @@ mod tests {
 
     #[test]
     fn escaped_or_mismatched_claims_are_copied_as_decoded() {
-        // `\u0031` is "1": the payload spells it escaped, so the subject is
-        // a copy; the audience given is not in the payload at all.
-        let json = r#"{"sub":"\u0031x","email":"e\/f@x.com","iss":"i","aud":["https://svc"]}"#;
+        // `\u00e9` is "é": the payload spells it escaped, and its bytes are
+        // nowhere in the payload, so the subject is a copy; so is the email
+        // (its `/` is escaped), and the audience given is not in the
+        // payload at all.
+        let json = r#"{"sub":"\u00e9x","email":"e\/f@x.com","iss":"i","aud":["https://other"]}"#;
         let id = from_payload(json);
-        assert_eq!(id.subject(), "1x");
+        assert_eq!(id.subject(), "éx");
         assert_eq!(id.email(), Some("e/f@x.com"));
         assert_eq!(id.issuer(), "i");
         assert_eq!(id.audience(), "https://svc");
         assert_eq!(id.claims_json(), json);
-        assert_eq!(id.0.text.len(), json.len() + "1xe/f@x.comhttps://svc".len());
+        assert_eq!(id.0.text.len(), json.len() + "éxe/f@x.comhttps://svc".len());
         // A payload that says something else than the claims: the claims
         // win (the payload is only where they are looked for).
         let Value::Object(m) = json!({"sub":"2","iss":"j"}) else {
@@ -567,6 +553,28 @@ mod tests {
         };
         let id = Identity::from_verified_claims(&google(), "aud".into(), m, "%%".into());
         assert_eq!(id.claims_json(), r#"{"sub":"4"}"#);
+    }
+
+    #[test]
+    fn a_claim_is_a_slice_wherever_its_bytes_are() {
+        // The audience is inside an array, and "1" is the last byte of the
+        // escape that spells it: both are found where their bytes are, and
+        // nothing is copied.
+        let json = r#"{"aud":["https://svc"],"iss":"i","sub":"\u0031"}"#;
+        let id = from_payload(json);
+        assert_eq!(id.audience(), "https://svc");
+        assert_eq!(id.subject(), "1");
+        assert_eq!(id.issuer(), "i");
+        assert_eq!(id.0.text.len(), json.len());
+        // An empty string is the empty slice at the start.
+        let id = from_payload(r#"{"sub":"","iss":""}"#);
+        assert_eq!((id.subject(), id.issuer()), ("", ""));
+        // A subject longer than the scan takes the substring searcher.
+        let long = "s".repeat(100);
+        let json = format!(r#"{{"iss":"i","sub":"{long}x","aud":"https://svc"}}"#);
+        let id = from_payload(&json);
+        assert_eq!(id.subject(), format!("{long}x"));
+        assert_eq!(id.0.text.len(), json.len());
     }
 
     #[test]

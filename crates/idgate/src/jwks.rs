@@ -136,10 +136,6 @@ enum Params {
     Rsa(&'static sig::RsaParameters),
     Ec(&'static sig::EcdsaVerificationAlgorithm),
 }
-
-/// The longest signature accepted: RSA-8192.
-const MAX_SIGNATURE_BYTES: usize = 1024;
-
 impl VerifyingKey {
     fn rsa(n: &str, e: &str) -> Option<VerifyingKey> {
         let n = URL_SAFE_NO_PAD.decode(n).ok()?;
@@ -189,21 +185,18 @@ impl VerifyingKey {
         }
     }
 
-    /// Whether `signature_b64` (base64url, unpadded) is `alg`'s signature
-    /// of `message` by this key. Any doubt (bad encoding, an algorithm this
-    /// key cannot do, a key too short for it) is `false`.
-    pub fn verify(&self, alg: Algorithm, message: &[u8], signature_b64: &str) -> bool {
+    /// Whether `signature` (decoded: the verifier decodes every segment
+    /// once, while taking the token apart) is `alg`'s signature of
+    /// `message` by this key. Any doubt (an algorithm this key cannot do, a
+    /// key too short for it, a signature of the wrong length) is `false`.
+    pub fn verify(&self, alg: Algorithm, message: &[u8], signature: &[u8]) -> bool {
         let Some(index) = algorithm_index(alg) else {
             return false;
         };
         let Some(key) = self.parsed[index].get_or_init(|| self.parse(index)) else {
             return false;
         };
-        let mut signature = [0u8; MAX_SIGNATURE_BYTES];
-        let Ok(len) = URL_SAFE_NO_PAD.decode_slice(signature_b64, &mut signature) else {
-            return false;
-        };
-        key.verify_sig(message, &signature[..len]).is_ok()
+        key.verify_sig(message, signature).is_ok()
     }
 
     fn parse(&self, index: usize) -> Option<ParsedPublicKey> {

@@ -20,6 +20,8 @@ pub struct UnverifiedToken<'a> {
     pub payload_b64: &'a str,
     /// The signature segment as sent (base64url).
     pub signature_b64: &'a str,
+    /// The signature segment decoded: the bytes the key checks.
+    pub signature: Vec<u8>,
     /// The decoded header.
     pub header: Map<String, Value>,
     /// The decoded claims.
@@ -54,11 +56,12 @@ impl<'a> UnverifiedToken<'a> {
         let claims = json_object(&payload_json, "payload")?;
         // The signature must decode too; its emptiness is judged after the
         // algorithm, so that `alg: none` reports as what it is.
-        b64(s, "signature")?;
+        let signature = b64(s, "signature")?;
         Ok(UnverifiedToken {
             signing_input: &token[..h.len() + 1 + p.len()],
             payload_b64: p,
             signature_b64: s,
+            signature,
             header,
             claims,
             payload_json,
@@ -118,6 +121,7 @@ mod tests {
         let u = UnverifiedToken::parse(&t).unwrap();
         assert_eq!(u.header_str("alg"), Some("RS256"));
         assert_eq!(u.signing_input, &t[..t.rfind('.').unwrap()]);
+        assert_eq!(u.signature, b"sig");
         // No segment of the token in its Debug, so none in a log line.
         let debug = format!("{u:?}");
         for segment in t.split('.') {

@@ -766,7 +766,7 @@ impl Verifier {
         }
 
         // Signature.
-        if !key.verify(alg, t.signing_input.as_bytes(), t.signature_b64) {
+        if !key.verify(alg, t.signing_input.as_bytes(), &t.signature) {
             return Err(Rejection::new(
                 Reason::BadSignature,
                 format!("signature does not verify with key {kid:?}"),
