@@ -65,18 +65,22 @@ fn offset(n: usize) -> u32 {
 /// claims of tens of bytes, searched for once each in a payload of hundreds:
 /// a scan for the first byte (memchr's) and a compare at each hit costs a
 /// fraction of what building a substring searcher (memchr's `memmem`) does.
-/// A longer needle gets the searcher, whose time is linear in the payload
-/// whatever the bytes, so no payload costs more than `SCAN_MAX` compares a
-/// byte.
+/// After `CANDIDATES` misses the rest goes to that searcher, whose time is
+/// linear whatever the bytes, so no payload makes the search quadratic.
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    const SCAN_MAX: usize = 64;
-    match needle {
-        [] => Some(0),
-        [first, ..] if needle.len() <= SCAN_MAX => {
-            memchr::memchr_iter(*first, haystack).find(|&i| haystack[i..].starts_with(needle))
+    const CANDIDATES: usize = 8;
+    let Some(&first) = needle.first() else {
+        return Some(0);
+    };
+    for (tried, i) in memchr::memchr_iter(first, haystack).enumerate() {
+        if tried == CANDIDATES {
+            return memchr::memmem::find(&haystack[i..], needle).map(|j| i + j);
         }
-        _ => memchr::memmem::find(haystack, needle),
+        if haystack[i..].starts_with(needle) {
+            return Some(i);
+        }
     }
+    None
 }
 
 impl TextBuilder {
@@ -567,14 +571,35 @@ mod tests {
         assert_eq!(id.issuer(), "i");
         assert_eq!(id.0.text.len(), json.len());
         // An empty string is the empty slice at the start.
-        let id = from_payload(r#"{"sub":"","iss":""}"#);
+        let json = r#"{"sub":"","iss":"","aud":"https://svc"}"#;
+        let id = from_payload(json);
         assert_eq!((id.subject(), id.issuer()), ("", ""));
-        // A subject longer than the scan takes the substring searcher.
-        let long = "s".repeat(100);
-        let json = format!(r#"{{"iss":"i","sub":"{long}x","aud":"https://svc"}}"#);
-        let id = from_payload(&json);
-        assert_eq!(id.subject(), format!("{long}x"));
         assert_eq!(id.0.text.len(), json.len());
+        // Past the first candidates, the substring searcher finds it.
+        let json = format!(
+            r#"{{"iss":"i","sub":"{}x","aud":"https://svc"}}"#,
+            "s".repeat(100)
+        );
+        let id = from_payload(&json);
+        assert_eq!(id.subject(), format!("{}x", "s".repeat(100)));
+        assert_eq!(id.0.text.len(), json.len());
+    }
+
+    proptest::proptest! {
+        /// The search agrees with the plain one, on a two-letter alphabet
+        /// (many near misses) and needles around the candidates' limit.
+        #[test]
+        fn find_is_the_first_match(
+            haystack in proptest::collection::vec(proptest::sample::select(b"ab".to_vec()), 0..300),
+            needle in proptest::collection::vec(proptest::sample::select(b"ab".to_vec()), 0..20),
+        ) {
+            let plain = if needle.is_empty() {
+                Some(0)
+            } else {
+                haystack.windows(needle.len()).position(|w| w == needle.as_slice())
+            };
+            proptest::prop_assert_eq!(find(&haystack, &needle), plain);
+        }
     }
 
     #[test]

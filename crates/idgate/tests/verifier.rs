@@ -436,6 +436,22 @@ async fn bad_signatures() {
     assert_eq!(s.reason(&swapped).await, Reason::BadSignature);
     let (head, _) = t.rsplit_once('.').unwrap();
     assert_eq!(s.reason(&format!("{head}.")).await, Reason::MalformedToken);
+    // The signature's bytes with some added, one taken off, or far more
+    // than any key's (the key, not a buffer, judges the length).
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let good = b64.decode(sig).unwrap();
+    let longer = [good.as_slice(), &[0, 1, 2]].concat();
+    for bytes in [longer, good[..good.len() - 1].to_vec(), vec![0x41; 4096]] {
+        let forged = format!("{rest}.{}", b64.encode(&bytes));
+        assert_eq!(
+            s.reason(&forged).await,
+            Reason::BadSignature,
+            "{} bytes",
+            bytes.len()
+        );
+    }
+    assert!(s.verifier.verify(&t).await.is_ok());
 }
 
 #[tokio::test]
