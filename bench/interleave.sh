@@ -55,14 +55,13 @@ RATE=${RATE:-5000}
 DURATION=$SLICE
 # shellcheck source=bench/lib.sh
 . "$BENCH/lib.sh"
-P_ENVOY_DEFAULT=$P_ENVOY P_ENVOY_ADMIN_DEFAULT=$P_ENVOY_ADMIN
 
 for tool in nginx wrk taskset curl python3; do
   command -v $tool >/dev/null || die "$tool is missing (see bench/sidecar.sh)"
 done
 OHA=$(command -v oha || true)
 [[ -n $OHA || $VARIANTS != *-rate* ]] || die "the fixed-rate variants need oha (cargo install oha --locked)"
-[[ -f $OUT/nginx-up/nginx.conf && -f $OUT/1000-tokens.txt && -f $OUT/envoy-nocache.yaml ]] ||
+[[ -f $OUT/nginx-up/nginx.conf && -f $OUT/1000-tokens.txt && -f $OUT/jwks.json ]] ||
   die "no tokens or configs in $OUT: run ONLY=none bench/sidecar.sh first"
 # Minted tokens last an hour: leave room for the run.
 [[ -n $(find "$OUT/tokens/tokens.txt" -mmin -45 2>/dev/null) ]] ||
@@ -71,9 +70,9 @@ TOKEN=$(cat "$OUT/one-token.txt")
 (( CYCLES >= 1 && SLICE >= 1 )) || die "CYCLES and SLICE must be 1 or more"
 
 # The instances, one per row name: server kind, pid, port, admin port
-# (idgate's metrics), tokens file, and how it is measured (wrk, or rate:
-# oha at RATE with the one token).
-names=() kinds=() pids=() ports=() admins=() tokfiles=() modes=()
+# (idgate's metrics) and tokens file. How one is measured follows from its
+# name (mode_of).
+names=() kinds=() pids=() ports=() admins=() tokfiles=()
 stop_all() {
   local p
   # SERVER_PID too: a server start_server gave up on is in no list.
@@ -82,13 +81,19 @@ stop_all() {
 }
 trap stop_all EXIT
 
+# record NAME KIND TOKENS: the server SERVER_PID on SERVER_PORT (idgate's
+# admin on P_IDGATE_ADMIN) is the instance NAME.
+record() {
+  names+=("$1") kinds+=("$2") tokfiles+=("$3") pids+=("$SERVER_PID") ports+=("$SERVER_PORT")
+  admins+=("$P_IDGATE_ADMIN")
+}
+
 # add NAME KIND TOKENS [START_SERVER ARGS...]: starts an instance on the
 # ports already set (P_IDGATE, P_ENVOY, …) and records it.
 add() {
   local name=$1 kind=$2 tokens=$3; shift 3
   start_server "$kind" "$@"
-  names+=("$name") kinds+=("$kind") pids+=("$SERVER_PID") ports+=("$SERVER_PORT")
-  admins+=("$P_IDGATE_ADMIN") tokfiles+=("$tokens") modes+=("$(mode_of "$name")")
+  record "$name" "$kind" "$tokens"
   log "$name: pid $SERVER_PID on :$SERVER_PORT"
 }
 
@@ -111,8 +116,8 @@ for v in $VARIANTS; do
       if [[ -z $nginx_pid ]]; then
         add "$v" nginx "$tokens"; nginx_pid=$SERVER_PID
       else
-        names+=("$v") kinds+=(nginx) pids+=("$nginx_pid") ports+=("$P_NGINX") admins+=("") tokfiles+=("$tokens")
-        modes+=("$(mode_of "$v")")
+        SERVER_PID=$nginx_pid SERVER_PORT=$P_NGINX
+        record "$v" nginx "$tokens"
       fi ;;
     idgate-1token|idgate-1000tokens|idgate-1000tokens-nocache|idgate-public|idgate-rate)
       args=() tokens=$OUT/one-token.txt
@@ -132,15 +137,11 @@ for v in $VARIANTS; do
         n=$((n + 1))
       done ;;
     envoy-1token|envoy-1000tokens|envoy-1000tokens-nocache|envoy-rate)
-      config=envoy-cached tokens=$OUT/1000-tokens.txt
+      cache=10000 tokens=$OUT/1000-tokens.txt
       [[ $v == envoy-1token || $v == envoy-rate ]] && tokens=$OUT/one-token.txt
-      [[ $v == envoy-1000tokens-nocache ]] && config=envoy-nocache
+      [[ $v == envoy-1000tokens-nocache ]] && cache=0
       P_ENVOY=$((18120 + 2 * n)) P_ENVOY_ADMIN=$((18121 + 2 * n))
-      # bench/sidecar.sh's config, on this instance's ports.
-      sed -e "s/port_value: $P_ENVOY_DEFAULT }/port_value: $P_ENVOY }/" \
-        -e "s/port_value: $P_ENVOY_ADMIN_DEFAULT }/port_value: $P_ENVOY_ADMIN }/" \
-        "$OUT/$config.yaml" > "$OUT/interleave-$v.yaml"
-      grep -q "port_value: $P_ENVOY }" "$OUT/interleave-$v.yaml" || die "$config.yaml: its listener port is not $P_ENVOY_DEFAULT"
+      envoy_config "$cache" > "$OUT/interleave-$v.yaml"
       add "$v" envoy "$tokens" "$OUT/interleave-$v.yaml"
       n=$((n + 1)) ;;
     *) die "unknown variant $v (see the list at the top of bench/interleave.sh)" ;;
@@ -155,10 +156,9 @@ use_instance() {
 
 for i in "${!names[@]}"; do
   use_instance "$i"
-  if [[ ${modes[$i]} == rate ]]; then
+  if [[ $(mode_of "${names[$i]}") == rate ]]; then
     log "${names[$i]}: warm-up ${WARMUP}s at $RATE req/s"
-    taskset -c "$CLIENT_CPU" "$OHA" --no-tui -z "${WARMUP}s" -q "$RATE" -c "$CONNS" \
-      -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$SERVER_PORT/" >/dev/null
+    rate_load "$WARMUP" >/dev/null
   else
     log "${names[$i]}: warm-up ${WARMUP}s"
     wrk_run "$WARMUP" "$CONNS" "${tokfiles[$i]}" >/dev/null
@@ -175,7 +175,7 @@ for c in $(seq "$CYCLES"); do
     i=$(( (k + (c - 1) / 2) % count ))
     (( c % 2 )) || i=$(( count - 1 - i ))
     use_instance "$i"
-    if [[ ${modes[$i]} == rate ]]; then
+    if [[ $(mode_of "${names[$i]}") == rate ]]; then
       fixed_rate_run "r$c:${names[$i]}" "${kinds[$i]}" ""
     else
       measure_run "r$c:${names[$i]}" "${kinds[$i]}" "${tokfiles[$i]}" "$CONNS" ""

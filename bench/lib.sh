@@ -5,7 +5,8 @@
 # benchmark flags or to a result's columns is made once. Needs ROOT, OUT,
 # SERVER_CPU; for start_server, TOKEN (a token the server must answer 200
 # to); for wrk_run, measure_run and fixed_rate_run, BENCH, CLIENT_CPU,
-# DURATION and RESULTS, and for fixed_rate_run OHA, RATE and CONNS too.
+# DURATION and RESULTS, and for rate_load and fixed_rate_run OHA, RATE,
+# CONNS and TOKEN too.
 
 AUD=https://bench.idgate.test
 EMAIL=invoker@bench-project.iam.gserviceaccount.com
@@ -157,6 +158,57 @@ switches() {
     awk -v k="${2:-}" '(k == "" && $1 ~ /ctxt_switches:$/) || $1 == k "ctxt_switches:" {n += $2} END {print n + 0}'
 }
 
+# envoy_config CACHE_SIZE: Envoy's config for the envoy variants, listening
+# on P_ENVOY (admin on P_ENVOY_ADMIN), jwt_authn with the same JWKS (a
+# file), issuer and audience as idgate's; CACHE_SIZE 0 turns its JWT cache
+# off.
+envoy_config() {
+  local cache=""
+  [[ $1 -gt 0 ]] && cache="jwt_cache_config: { jwt_cache_size: $1 }"
+  cat <<EOF
+# Envoy with jwt_authn: same JWKS (inline file), issuer and audience.
+admin: { address: { socket_address: { address: 127.0.0.1, port_value: $P_ENVOY_ADMIN } } }
+static_resources:
+  listeners:
+  - name: ingress
+    address: { socket_address: { address: 127.0.0.1, port_value: $P_ENVOY } }
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: ingress
+          codec_type: AUTO
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes: [ { match: { prefix: "/" }, route: { cluster: app } } ]
+          http_filters:
+          - name: envoy.filters.http.jwt_authn
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication
+              providers:
+                google:
+                  issuer: https://accounts.google.com
+                  audiences: [ "$AUD" ]
+                  local_jwks: { filename: "$OUT/jwks.json" }
+                  forward: true
+                  $cache
+              rules: [ { match: { prefix: "/" }, requires: { provider_name: google } } ]
+          - name: envoy.filters.http.router
+            typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }
+  clusters:
+  - name: app
+    type: STATIC
+    connect_timeout: 5s
+    circuit_breakers: { thresholds: [ { max_connections: 100000, max_pending_requests: 100000, max_requests: 100000 } ] }
+    load_assignment:
+      cluster_name: app
+      endpoints: [ { lb_endpoints: [ { endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: $P_UP } } } } ] } ]
+EOF
+}
+
 # busy_ticks: every core's busy time so far (user, nice, system, irq,
 # softirq, steal), in TICKs.
 busy_ticks() { awk '/^cpu / {print $2+$3+$4+$7+$8+$9; exit}' /proc/stat; }
@@ -228,6 +280,13 @@ measure_run() {
     "$(awk -v a="$v0" -v b="$v1" -v r="$reqs" 'BEGIN {print (b - a) / r}')" | tee -a "$RESULTS" >&2
 }
 
+# rate_load SECONDS [OHA ARGS...]: oha (OHA) at RATE req/s with CONNS
+# connections and TOKEN against SERVER_PORT, on the client's core.
+rate_load() {
+  local secs=$1; shift
+  taskset -c "$CLIENT_CPU" "$OHA" --no-tui "$@" -z "${secs}s" -q "$RATE" -c "$CONNS" \
+    -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$SERVER_PORT/"
+}
 
 # fixed_rate_run VARIANT SERVER BUSY: oha (OHA) at RATE req/s for DURATION
 # seconds with CONNS connections and TOKEN, latency corrected for
@@ -237,9 +296,7 @@ fixed_rate_run() {
   local variant=$1 server=$2 busy=$3 c0 c1
   c0=$(cpu_ticks "$SERVER_PID")
   log "$variant: measuring ${DURATION}s at $RATE req/s"
-  taskset -c "$CLIENT_CPU" "$OHA" --no-tui --output-format json --latency-correction \
-    -z "${DURATION}s" -q "$RATE" -c "$CONNS" -H "Authorization: Bearer $TOKEN" \
-    "http://127.0.0.1:$SERVER_PORT/" > "$OUT/$variant.json"
+  rate_load "$DURATION" --output-format json --latency-correction > "$OUT/$variant.json"
   c1=$(cpu_ticks "$SERVER_PID")
   local rps p50 p99 p999 errors cpu
   IFS=$'\t' read -r rps p50 p99 p999 errors cpu < <(python3 "$BENCH/oha.py" "$OUT/$variant.json" \

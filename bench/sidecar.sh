@@ -144,57 +144,10 @@ http {
 }
 EOF
 
-envoy_config() { # $1: jwt cache size (0 = no cache)
-  local cache=""
-  [[ $1 -gt 0 ]] && cache="jwt_cache_config: { jwt_cache_size: $1 }"
-  cat <<EOF
-# Envoy with jwt_authn: same JWKS (inline file), issuer and audience.
-admin: { address: { socket_address: { address: 127.0.0.1, port_value: $P_ENVOY_ADMIN } } }
-static_resources:
-  listeners:
-  - name: ingress
-    address: { socket_address: { address: 127.0.0.1, port_value: $P_ENVOY } }
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: ingress
-          codec_type: AUTO
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes: [ { match: { prefix: "/" }, route: { cluster: app } } ]
-          http_filters:
-          - name: envoy.filters.http.jwt_authn
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication
-              providers:
-                google:
-                  issuer: https://accounts.google.com
-                  audiences: [ "$AUD" ]
-                  local_jwks: { filename: "$OUT/jwks.json" }
-                  forward: true
-                  $cache
-              rules: [ { match: { prefix: "/" }, requires: { provider_name: google } } ]
-          - name: envoy.filters.http.router
-            typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }
-  clusters:
-  - name: app
-    type: STATIC
-    connect_timeout: 5s
-    circuit_breakers: { thresholds: [ { max_connections: 100000, max_pending_requests: 100000, max_requests: 100000 } ] }
-    load_assignment:
-      cluster_name: app
-      endpoints: [ { lb_endpoints: [ { endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: $P_UP } } } } ] } ]
-EOF
-}
 envoy_config 10000 > "$OUT/envoy-cached.yaml"
 envoy_config 0 > "$OUT/envoy-nocache.yaml"
 
 # ---------------------------------------------------------------- helpers
-
 
 wait_for_quiet_load() {
   local start=$SECONDS
@@ -264,8 +217,7 @@ fixed_rate() {
   [[ -n $OHA ]] || return 0
   busy=$(wait_for_idle)
   log "$variant: warm-up ${WARMUP}s at $RATE req/s"
-  taskset -c "$CLIENT_CPU" "$OHA" --no-tui -z "${WARMUP}s" -q "$RATE" -c "$CONNS" \
-    -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$SERVER_PORT/" >/dev/null
+  rate_load "$WARMUP" >/dev/null
   fixed_rate_run "$variant" "$server" "$busy"
 }
 

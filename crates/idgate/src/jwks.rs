@@ -136,6 +136,7 @@ enum Params {
     Rsa(&'static sig::RsaParameters),
     Ec(&'static sig::EcdsaVerificationAlgorithm),
 }
+
 impl VerifyingKey {
     fn rsa(n: &str, e: &str) -> Option<VerifyingKey> {
         let n = URL_SAFE_NO_PAD.decode(n).ok()?;
