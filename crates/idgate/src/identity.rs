@@ -8,6 +8,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
 use serde_json::{Map, Value};
 
+use crate::segment::{Field, Text};
+use crate::token::{Json, Segment};
+
 /// A verified identity. Cheap to clone (one `Arc`).
 ///
 /// Built only by the [`Verifier`](crate::Verifier) from a token whose
@@ -49,6 +52,15 @@ struct Span {
     end: u32,
 }
 
+/// The places of an identity's strings in its text.
+struct Strings {
+    issuer: Span,
+    subject: Span,
+    email: Option<Span>,
+    hosted_domain: Option<Span>,
+    audience: Span,
+}
+
 /// Builds `Inner::text`: the payload's JSON first, then the strings that
 /// are not verbatim in it.
 struct TextBuilder {
@@ -61,46 +73,26 @@ fn offset(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 
-/// Where `needle`'s bytes first are in `haystack`. The needles are a few
-/// claims of tens of bytes, searched for once each in a payload of hundreds:
-/// a scan for the first byte (memchr's) and a compare at each hit costs a
-/// fraction of what building a substring searcher (memchr's `memmem`) does.
-/// After `CANDIDATES` misses the rest goes to that searcher, whose time is
-/// linear whatever the bytes, so no payload makes the search quadratic.
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    const CANDIDATES: usize = 8;
-    let Some(&first) = needle.first() else {
-        return Some(0);
-    };
-    for (tried, i) in memchr::memchr_iter(first, haystack).enumerate() {
-        if tried == CANDIDATES {
-            return memchr::memmem::find(&haystack[i..], needle).map(|j| i + j);
-        }
-        if haystack[i..].starts_with(needle) {
-            return Some(i);
+impl TextBuilder {
+    /// A claim string of the payload: its place in the text when the
+    /// payload spells it byte for byte, else a copy at the end.
+    fn place(&mut self, value: &Text) -> Span {
+        match value {
+            Text::At { start, end } => Span {
+                start: *start,
+                end: *end,
+            },
+            Text::Copy(s) => self.copy(s),
         }
     }
-    None
-}
 
-impl TextBuilder {
-    /// A place in the payload that holds `value` byte for byte (the claim's
-    /// own string, when it has no escapes: a search finds it, with no
-    /// second parse); else a copy at the end. Found by comparing bytes, so
-    /// a span always holds `value`, wherever in the payload it is.
-    fn place(&mut self, value: &str) -> Span {
-        let json = &self.text[..self.json_len];
-        let (start, end) = match find(json, value.as_bytes()) {
-            Some(start) => (start, start + value.len()),
-            None => {
-                let start = self.text.len();
-                self.text.extend_from_slice(value.as_bytes());
-                (start, self.text.len())
-            }
-        };
+    /// A copy of `value` at the end of the text.
+    fn copy(&mut self, value: &str) -> Span {
+        let start = self.text.len();
+        self.text.extend_from_slice(value.as_bytes());
         Span {
             start: offset(start),
-            end: offset(end),
+            end: offset(self.text.len()),
         }
     }
 }
@@ -173,6 +165,8 @@ impl Identity {
     /// missing ones read as empty or zero. `payload_b64` is the token's
     /// payload segment, which must decode to `claims`; when empty (or not
     /// canonical unpadded base64url), the claims are encoded in its place.
+    /// The identity's strings are the claims', copied (the verifier's
+    /// identities point into the payload instead).
     pub fn from_verified_claims(
         tag: &IssuerTag,
         audience: String,
@@ -184,17 +178,6 @@ impl Identity {
             .ok()
             .filter(|j| !j.is_empty() && std::str::from_utf8(j).is_ok())
             .unwrap_or_else(|| Value::Object(claims.clone()).to_string().into_bytes());
-        Identity::from_payload(tag, &audience, &claims, json)
-    }
-
-    /// The verifier's constructor: `json` is the payload segment decoded,
-    /// the text `claims` was parsed from (no second decoding).
-    pub(crate) fn from_payload(
-        tag: &IssuerTag,
-        audience: &str,
-        claims: &Map<String, Value>,
-        json: Vec<u8>,
-    ) -> Identity {
         let str_claim = |k: &str| claims.get(k).and_then(Value::as_str);
         let num_claim = |k: &str| {
             claims
@@ -207,26 +190,75 @@ impl Identity {
             json_len: json.len(),
             text: json,
         };
-        let issuer = text.place(str_claim("iss").unwrap_or_default());
-        let subject = text.place(str_claim("sub").unwrap_or_default());
-        let email = str_claim("email").map(|e| text.place(e));
-        let hosted_domain = str_claim("hd").map(|h| text.place(h));
-        let audience = text.place(audience);
+        let strings = Strings {
+            issuer: text.copy(str_claim("iss").unwrap_or_default()),
+            subject: text.copy(str_claim("sub").unwrap_or_default()),
+            email: str_claim("email").map(|e| text.copy(e)),
+            hosted_domain: str_claim("hd").map(|h| text.copy(h)),
+            audience: text.copy(&audience),
+        };
+        Identity::build(
+            tag,
+            claims.get("email_verified") == Some(&Value::Bool(true)),
+            (num_claim("iat"), num_claim("exp")),
+            text,
+            strings,
+        )
+    }
+
+    /// The verifier's constructor, from the payload it verified: its
+    /// strings are places in the payload's text, which the identity keeps.
+    pub(crate) fn from_claims(tag: &IssuerTag, claims: Segment) -> Identity {
+        let string = |k: &str| match claims.field(k) {
+            Some(Field::String(t)) => Some(t.clone()),
+            _ => None,
+        };
+        let num_claim = |k: &str| match claims.get(k) {
+            Some(Json::Number(n)) => numeric_date(n).unwrap_or(0),
+            _ => 0,
+        };
+        let empty = Text::Copy("".into());
+        let (iss, sub, aud) = (string("iss"), string("sub"), string("aud"));
+        let (email, hd) = (string("email"), string("hd"));
+        // Only the JSON boolean `true` counts; the string "true" does not.
+        let email_verified = matches!(claims.get("email_verified"), Some(Json::Bool(true)));
+        let times = (num_claim("iat"), num_claim("exp"));
+        let json = claims.into_json();
+        let mut text = TextBuilder {
+            json_len: json.len(),
+            text: json,
+        };
+        let strings = Strings {
+            issuer: text.place(iss.as_ref().unwrap_or(&empty)),
+            subject: text.place(sub.as_ref().unwrap_or(&empty)),
+            email: email.map(|e| text.place(&e)),
+            hosted_domain: hd.map(|h| text.place(&h)),
+            audience: text.place(aud.as_ref().unwrap_or(&empty)),
+        };
+        Identity::build(tag, email_verified, times, text, strings)
+    }
+
+    fn build(
+        tag: &IssuerTag,
+        email_verified: bool,
+        (issued_at, expires_at): (u64, u64),
+        text: TextBuilder,
+        s: Strings,
+    ) -> Identity {
         Identity(Arc::new(Inner {
             issuer_name: tag.name.clone(),
             pool: tag.pool.clone(),
             google: tag.google,
-            // Only the JSON boolean `true` counts; the string "true" does not.
-            email_verified: claims.get("email_verified") == Some(&Value::Bool(true)),
-            issued_at: num_claim("iat"),
-            expires_at: num_claim("exp"),
+            email_verified,
+            issued_at,
+            expires_at,
             json_len: offset(text.json_len),
             text: Bytes::from(text.text),
-            issuer,
-            subject,
-            email,
-            hosted_domain,
-            audience,
+            issuer: s.issuer,
+            subject: s.subject,
+            email: s.email,
+            hosted_domain: s.hosted_domain,
+            audience: s.audience,
             claims: OnceLock::new(),
         }))
     }
@@ -496,21 +528,15 @@ mod tests {
         assert_eq!(unverified.claims_b64_bytes(), unverified.claims_b64());
     }
 
+    /// The identity the verifier builds from this payload.
     fn from_payload(claims: &str) -> Identity {
-        let Ok(Value::Object(m)) = serde_json::from_str(claims) else {
-            unreachable!()
-        };
-        Identity::from_verified_claims(
-            &google(),
-            "https://svc".into(),
-            m,
-            URL_SAFE_NO_PAD.encode(claims),
-        )
+        let segment = Segment::parse(claims.as_bytes().to_vec()).expect("a JSON object");
+        Identity::from_claims(&google(), segment)
     }
 
     #[test]
     fn kept_claims_are_slices_of_the_payload() {
-        let json = r#"{"aud":"https://svc","email":"a@p.iam.gserviceaccount.com","email_verified":true,"hd":"p.com","iss":"https://accounts.google.com","sub":"1"}"#;
+        let json = r#"{"aud":"https://svc","email":"a@p.iam.gserviceaccount.com","email_verified":true,"hd":"p.com","iss":"https://accounts.google.com","sub":"1","iat":1,"exp":2}"#;
         let id = from_payload(json);
         assert_eq!(id.claims_json(), json);
         assert_eq!(id.claims_b64(), URL_SAFE_NO_PAD.encode(json));
@@ -520,18 +546,39 @@ mod tests {
         assert_eq!(id.email(), Some("a@p.iam.gserviceaccount.com"));
         assert_eq!(id.hosted_domain(), Some("p.com"));
         assert_eq!(id.audience(), "https://svc");
+        assert!(id.email_verified());
+        assert_eq!((id.issued_at(), id.expires_at()), (1, 2));
         assert_eq!(id.claims()["email_verified"], true);
-        // Nothing was copied: the payload is the whole text.
+        // Nothing was copied: every string is a slice of the payload.
         assert_eq!(id.0.text.len(), json.len());
     }
 
     #[test]
+    fn a_claim_is_its_own_value_wherever_its_bytes_repeat() {
+        // "1" is in the issuer before the subject, and in an escape; the
+        // subject is its own value's bytes all the same.
+        let json = r#"{"iss":"1","x":"1","sub":"1","aud":"https://svc"}"#;
+        let id = from_payload(json);
+        assert_eq!((id.issuer(), id.subject()), ("1", "1"));
+        assert_eq!(
+            id.0.subject.start as usize,
+            json.rfind(r#""1""#).unwrap() + 1
+        );
+        assert_eq!(id.0.text.len(), json.len());
+        // An empty string is an empty slice.
+        let id = from_payload(r#"{"sub":"","iss":"","aud":"https://svc"}"#);
+        assert_eq!((id.subject(), id.issuer()), ("", ""));
+        // Missing strings read as empty (the verifier requires them first).
+        let id = from_payload("{}");
+        assert_eq!((id.subject(), id.issuer(), id.audience()), ("", "", ""));
+        assert_eq!(id.email(), None);
+    }
+
+    #[test]
     fn escaped_or_mismatched_claims_are_copied_as_decoded() {
-        // `\u00e9` is "é": the payload spells it escaped, and its bytes are
-        // nowhere in the payload, so the subject is a copy; so is the email
-        // (its `/` is escaped), and the audience given is not in the
-        // payload at all.
-        let json = r#"{"sub":"\u00e9x","email":"e\/f@x.com","iss":"i","aud":["https://other"]}"#;
+        // `\u00e9` is "é" and the email's and audience's `/` are escaped:
+        // their bytes are not in the payload, so they are copies.
+        let json = r#"{"sub":"\u00e9x","email":"e\/f@x.com","iss":"i","aud":"https:\/\/svc"}"#;
         let id = from_payload(json);
         assert_eq!(id.subject(), "éx");
         assert_eq!(id.email(), Some("e/f@x.com"));
@@ -539,67 +586,29 @@ mod tests {
         assert_eq!(id.audience(), "https://svc");
         assert_eq!(id.claims_json(), json);
         assert_eq!(id.0.text.len(), json.len() + "éxe/f@x.comhttps://svc".len());
-        // A payload that says something else than the claims: the claims
-        // win (the payload is only where they are looked for).
+        // From claims given apart from their payload: the claims win (the
+        // payload is only the text `x-idgate-claims` carries).
         let Value::Object(m) = json!({"sub":"2","iss":"j"}) else {
             unreachable!()
         };
+        let payload = r#"{"sub":"3","iss":"j"}"#;
         let id = Identity::from_verified_claims(
             &google(),
             "aud".into(),
             m,
-            URL_SAFE_NO_PAD.encode(r#"{"sub":"3","iss":"j"}"#),
+            URL_SAFE_NO_PAD.encode(payload),
         );
-        assert_eq!((id.subject(), id.issuer()), ("2", "j"));
+        assert_eq!(
+            (id.subject(), id.issuer(), id.audience()),
+            ("2", "j", "aud")
+        );
+        assert_eq!(id.claims_json(), payload);
         // A segment that is not canonical base64url: the claims are encoded.
         let Value::Object(m) = json!({"sub":"4"}) else {
             unreachable!()
         };
         let id = Identity::from_verified_claims(&google(), "aud".into(), m, "%%".into());
         assert_eq!(id.claims_json(), r#"{"sub":"4"}"#);
-    }
-
-    #[test]
-    fn a_claim_is_a_slice_wherever_its_bytes_are() {
-        // The audience is inside an array, and "1" is the last byte of the
-        // escape that spells it: both are found where their bytes are, and
-        // nothing is copied.
-        let json = r#"{"aud":["https://svc"],"iss":"i","sub":"\u0031"}"#;
-        let id = from_payload(json);
-        assert_eq!(id.audience(), "https://svc");
-        assert_eq!(id.subject(), "1");
-        assert_eq!(id.issuer(), "i");
-        assert_eq!(id.0.text.len(), json.len());
-        // An empty string is the empty slice at the start.
-        let json = r#"{"sub":"","iss":"","aud":"https://svc"}"#;
-        let id = from_payload(json);
-        assert_eq!((id.subject(), id.issuer()), ("", ""));
-        assert_eq!(id.0.text.len(), json.len());
-        // Past the first candidates, the substring searcher finds it.
-        let json = format!(
-            r#"{{"iss":"i","sub":"{}x","aud":"https://svc"}}"#,
-            "s".repeat(100)
-        );
-        let id = from_payload(&json);
-        assert_eq!(id.subject(), format!("{}x", "s".repeat(100)));
-        assert_eq!(id.0.text.len(), json.len());
-    }
-
-    proptest::proptest! {
-        /// The search agrees with the plain one, on a two-letter alphabet
-        /// (many near misses) and needles around the candidates' limit.
-        #[test]
-        fn find_is_the_first_match(
-            haystack in proptest::collection::vec(proptest::sample::select(b"ab".to_vec()), 0..300),
-            needle in proptest::collection::vec(proptest::sample::select(b"ab".to_vec()), 0..20),
-        ) {
-            let plain = if needle.is_empty() {
-                Some(0)
-            } else {
-                haystack.windows(needle.len()).position(|w| w == needle.as_slice())
-            };
-            proptest::prop_assert_eq!(find(&haystack, &needle), plain);
-        }
     }
 
     #[test]

@@ -14,6 +14,7 @@ mod hot_tokens;
 pub mod identity;
 pub mod policy;
 pub mod reason;
+mod segment;
 mod strict_json;
 
 pub use clock::{Clock, ManualClock, SystemClock};

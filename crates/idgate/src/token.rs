@@ -2,10 +2,10 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use serde_json::{Map, Value};
 
 use crate::Reason;
-use crate::strict_json::{DUPLICATE_KEY, StrictValue};
+use crate::segment::SegmentError;
+pub use crate::segment::{Items, Json, Segment};
 use crate::verifier::Rejection;
 
 /// A token whose segments decode and whose header and claims are JSON
@@ -23,18 +23,21 @@ pub struct UnverifiedToken<'a> {
     /// The signature segment decoded: the bytes the key checks.
     pub signature: Vec<u8>,
     /// The decoded header.
-    pub header: Map<String, Value>,
-    /// The decoded claims.
-    pub claims: Map<String, Value>,
-    /// The payload segment decoded: the JSON text `claims` was parsed from.
-    pub payload_json: Vec<u8>,
+    pub header: Segment,
+    /// The decoded claims (the payload).
+    pub claims: Segment,
 }
 
 impl std::fmt::Debug for UnverifiedToken<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let header: Vec<_> = self
+            .header
+            .names()
+            .filter_map(|n| Some((n, self.header.get(n)?)))
+            .collect();
         f.debug_struct("UnverifiedToken")
-            .field("header", &self.header)
-            .field("claim_names", &self.claims.keys().collect::<Vec<_>>())
+            .field("header", &header)
+            .field("claim_names", &self.claims.names().collect::<Vec<_>>())
             .field("signature_b64_bytes", &self.signature_b64.len())
             .finish_non_exhaustive()
     }
@@ -51,9 +54,8 @@ impl<'a> UnverifiedToken<'a> {
         else {
             return Err(malformed("a JWS has three segments"));
         };
-        let header = json_object(&b64(h, "header")?, "header")?;
-        let payload_json = b64(p, "payload")?;
-        let claims = json_object(&payload_json, "payload")?;
+        let header = json_object(b64(h, "header")?, "header")?;
+        let claims = json_object(b64(p, "payload")?, "payload")?;
         // The signature must decode too; its emptiness is judged after the
         // algorithm, so that `alg: none` reports as what it is.
         let signature = b64(s, "signature")?;
@@ -64,18 +66,17 @@ impl<'a> UnverifiedToken<'a> {
             signature,
             header,
             claims,
-            payload_json,
         })
     }
 
     /// A string header field.
     pub fn header_str(&self, name: &str) -> Option<&str> {
-        self.header.get(name).and_then(Value::as_str)
+        self.header.str(name)
     }
 
     /// A string claim.
     pub fn claim_str(&self, name: &str) -> Option<&str> {
-        self.claims.get(name).and_then(Value::as_str)
+        self.claims.str(name)
     }
 }
 
@@ -91,15 +92,14 @@ fn b64(segment: &str, what: &str) -> Result<Vec<u8>, Rejection> {
         .map_err(|_| malformed(format!("{what} is not canonical unpadded base64url")))
 }
 
-fn json_object(bytes: &[u8], what: &str) -> Result<Map<String, Value>, Rejection> {
-    match serde_json::from_slice::<StrictValue>(bytes) {
-        Ok(StrictValue(Value::Object(m))) => Ok(m),
-        Ok(_) => Err(malformed(format!("{what} is not a JSON object"))),
-        Err(e) if e.to_string().starts_with(DUPLICATE_KEY) => {
-            Err(malformed(format!("{what} has a duplicate member")))
-        }
-        Err(_) => Err(malformed(format!("{what} is not valid JSON"))),
-    }
+fn json_object(bytes: Vec<u8>, what: &str) -> Result<Segment, Rejection> {
+    Segment::parse(bytes).map_err(|e| {
+        malformed(match e {
+            SegmentError::NotObject => format!("{what} is not a JSON object"),
+            SegmentError::Duplicate => format!("{what} has a duplicate member"),
+            SegmentError::Invalid => format!("{what} is not valid JSON"),
+        })
+    })
 }
 
 #[cfg(test)]

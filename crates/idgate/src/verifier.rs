@@ -9,11 +9,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use jsonwebtoken::Algorithm;
-use serde_json::Value;
 
 use crate::hot_tokens::HotTokens;
 use crate::jwks::{JwksSettings, KeyCache, KeyCacheStatus, KeyMiss, KeySource, VerifyingKey};
-use crate::token::UnverifiedToken;
+use crate::token::{Json, Segment, UnverifiedToken};
 use crate::{Clock, Identity, IssuerTag, Reason, SystemClock};
 
 /// Google's JWKS for ID tokens (the v3 certs endpoint).
@@ -700,11 +699,13 @@ impl Verifier {
             })?;
         if let Some(crit) = t.header.get("crit") {
             // We implement no JWS extension, so any critical one rejects.
-            return Err(match crit.as_array() {
-                Some(a) if !a.is_empty() && a.iter().all(Value::is_string) => Rejection::new(
-                    Reason::UnsupportedAlgorithm,
-                    format!("crit names extensions idgate does not implement: {crit}"),
-                ),
+            return Err(match crit {
+                Json::Array(a) if !a.is_empty() && a.iter().all(|i| i.as_str().is_some()) => {
+                    Rejection::new(
+                        Reason::UnsupportedAlgorithm,
+                        format!("crit names extensions idgate does not implement: {crit:?}"),
+                    )
+                }
                 _ => Rejection::new(
                     Reason::MalformedToken,
                     "crit is not a non-empty array of strings",
@@ -712,7 +713,7 @@ impl Verifier {
             });
         }
         let kid = match t.header.get("kid") {
-            Some(Value::String(k)) if !k.is_empty() => k.as_str(),
+            Some(Json::String(k)) if !k.is_empty() => k,
             _ => return Err(Rejection::new(Reason::MalformedToken, "header has no kid")),
         };
         if t.signature_b64.is_empty() {
@@ -721,7 +722,7 @@ impl Verifier {
 
         // Issuer: chosen before any network I/O.
         let iss = match t.claims.get("iss") {
-            Some(Value::String(s)) => s.as_str(),
+            Some(Json::String(s)) => s,
             Some(_) => {
                 return Err(Rejection::new(
                     Reason::MalformedToken,
@@ -816,21 +817,21 @@ impl Verifier {
                 ),
             ));
         }
-        let audience = match t.claims.get("aud") {
-            Some(Value::String(a)) if self.audiences.iter().any(|x| x == a) => a.as_str(),
-            Some(Value::String(a)) if a == GCLOUD_AUDIENCE => {
+        match t.claims.get("aud") {
+            Some(Json::String(a)) if self.audiences.iter().any(|x| x == a) => {}
+            Some(Json::String(a)) if a == GCLOUD_AUDIENCE => {
                 return Err(Rejection::new(
                     Reason::AudienceMismatch,
                     "aud is gcloud's own client id: a `gcloud auth print-identity-token` token is for no service; mint one with --audiences",
                 ));
             }
-            Some(Value::String(_)) => {
+            Some(Json::String(_)) => {
                 return Err(Rejection::new(
                     Reason::AudienceMismatch,
                     "aud is not an audience of this service",
                 ));
             }
-            Some(Value::Array(_)) => {
+            Some(Json::Array(_)) => {
                 return Err(Rejection::new(
                     Reason::AudienceMismatch,
                     "aud is an array; an ID token has one audience",
@@ -843,24 +844,21 @@ impl Verifier {
                 ));
             }
             None => return Err(Rejection::new(Reason::AudienceMismatch, "token has no aud")),
-        };
+        }
         match t.claims.get("sub") {
-            Some(Value::String(s)) if !s.is_empty() => {}
+            Some(Json::String(s)) if !s.is_empty() => {}
             _ => return Err(Rejection::new(Reason::MalformedToken, "token has no sub")),
         }
-        let identity = Identity::from_payload(&issuer.tag, audience, &t.claims, t.payload_json);
+        let identity = Identity::from_claims(&issuer.tag, t.claims);
         Ok((identity, issuer_idx, key))
     }
 }
 
 /// A NumericDate claim: a non-negative JSON number (fractions truncated).
-fn numeric_date(
-    claims: &serde_json::Map<String, Value>,
-    name: &str,
-) -> Result<Option<u64>, Rejection> {
+fn numeric_date(claims: &Segment, name: &str) -> Result<Option<u64>, Rejection> {
     match claims.get(name) {
         None => Ok(None),
-        Some(Value::Number(n)) => match crate::identity::numeric_date(n) {
+        Some(Json::Number(n)) => match crate::identity::numeric_date(n) {
             Some(v) => Ok(Some(v)),
             None => Err(Rejection::new(
                 Reason::MalformedToken,

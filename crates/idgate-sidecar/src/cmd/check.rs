@@ -511,21 +511,25 @@ pub async fn examine(
         ));
     };
 
+    // The whole header and claims, nested members too: what this report
+    // quotes is what the token says.
+    let (header, claims) = (t.header.to_map(), t.claims.to_map());
+
     // Header.
     let mut seen = format!(
         "alg {}, kid {}, typ {}",
         t.header_str("alg").unwrap_or("(none)"),
-        quoted(t.header.get("kid")),
+        quoted(header.get("kid")),
         t.header_str("typ").unwrap_or("(none)")
     );
     let ignored: Vec<&str> = ["jku", "x5u", "jwk", "x5c"]
         .into_iter()
-        .filter(|k| t.header.contains_key(*k))
+        .filter(|k| header.contains_key(*k))
         .collect();
     if !ignored.is_empty() {
         seen.push_str(&format!("; ignored, never fetched: {}", ignored.join(", ")));
     }
-    if let Some(crit) = t.header.get("crit") {
+    if let Some(crit) = header.get("crit") {
         seen.push_str(&format!("; crit {crit}"));
     }
     push("header", with_failure("header", seen));
@@ -538,7 +542,7 @@ pub async fn examine(
             "iss {i:?} is not a configured issuer (configured: {})",
             issuer_names(settings)
         ),
-        (None, _) => format!("iss {}", quoted(t.claims.get("iss"))),
+        (None, _) => format!("iss {}", quoted(claims.get("iss"))),
     };
     let seen = if failed_at == Some("issuer") && issuer.is_none() && iss.is_some() {
         // The detail above already says it all.
@@ -549,7 +553,7 @@ pub async fn examine(
     push("issuer", seen);
 
     // Key.
-    let kid = quoted(t.header.get("kid"));
+    let kid = quoted(header.get("kid"));
     let seen = match &issuer {
         Some((name, _)) => {
             let url = key_url(settings, name, discovered.as_deref());
@@ -600,13 +604,13 @@ pub async fn examine(
 
     // Times.
     let skew = settings.verifier.clock_skew.as_secs();
-    let exp = numeric(t.claims.get("exp"));
-    let iat = numeric(t.claims.get("iat"));
-    let nbf = numeric(t.claims.get("nbf"));
+    let exp = numeric(claims.get("exp"));
+    let iat = numeric(claims.get("iat"));
+    let nbf = numeric(claims.get("nbf"));
     let time_seen = |name: &str, v: Option<u64>| match v {
         Some(v) => format!("{name} {}", when::at(v, now)),
-        None if t.claims.contains_key(name) => {
-            format!("{name} {} is not a time", quoted(t.claims.get(name)))
+        None if claims.contains_key(name) => {
+            format!("{name} {} is not a time", quoted(claims.get(name)))
         }
         None => format!("no {name} claim"),
     };
@@ -629,7 +633,7 @@ pub async fn examine(
     push("lifetime", with_failure("lifetime", seen));
 
     // Audience.
-    let aud = quoted(t.claims.get("aud"));
+    let aud = quoted(claims.get("aud"));
     let configured = settings.verifier.audiences.join(", ");
     let seen = match status_of("audience") {
         Status::Pass => format!("aud {aud} is a configured audience"),

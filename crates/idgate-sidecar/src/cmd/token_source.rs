@@ -28,7 +28,7 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use futures_util::FutureExt as _;
 use futures_util::future::{BoxFuture, Shared};
 use idgate::Clock;
-use idgate::token::UnverifiedToken;
+use idgate::token::{Json, UnverifiedToken};
 use serde_json::{Value, json};
 use tracing::{info, warn};
 
@@ -559,8 +559,10 @@ impl Timing {
         let num = |k: &str| {
             claims
                 .as_ref()
-                .and_then(|c| c.get(k))
-                .and_then(Value::as_u64)
+                .and_then(|c| match c.get(k)? {
+                    Json::Number(n) => n.as_u64(),
+                    _ => None,
+                })
                 .map(Duration::from_secs)
         };
         let Some(exp) = num("exp") else {
