@@ -224,6 +224,14 @@ impl TokenHarness {
             identity.issuer()
         );
         assert!(!identity.subject().is_empty(), "accepted an empty sub");
+        // The identity's strings are the claims' (places in the payload).
+        let claims = identity.claims();
+        let claim = |k: &str| claims.get(k).and_then(Value::as_str);
+        assert_eq!(Some(identity.subject()), claim("sub"));
+        assert_eq!(Some(identity.issuer()), claim("iss"));
+        assert_eq!(Some(identity.audience()), claim("aud"));
+        assert_eq!(identity.email(), claim("email"));
+        assert_eq!(identity.hosted_domain(), claim("hd"));
         assert!(
             NOW < identity.expires_at().saturating_add(SKEW),
             "accepted a token that expired at {}",

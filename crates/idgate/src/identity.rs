@@ -27,10 +27,12 @@ struct Inner {
     email_verified: bool,
     issued_at: u64,
     expires_at: u64,
-    /// The token's payload as JSON text, then any claim string that is not
-    /// verbatim in it (one with escapes), in one buffer: the verified-token
-    /// cache holds thousands of identities, and the claims the headers and
-    /// the policy read are slices of the payload rather than copies.
+    /// The token's payload as JSON text, then the claim strings it does not
+    /// spell byte for byte (those with escapes; all of them, for an identity
+    /// from [`Identity::from_verified_claims`]), in one buffer: the
+    /// verified-token cache holds thousands of identities, and the claims
+    /// the headers and the policy read are slices of the payload rather
+    /// than copies.
     text: Bytes,
     /// The payload's length: it is `text[..json_len]`.
     json_len: u32,
@@ -61,8 +63,8 @@ struct Strings {
     audience: Span,
 }
 
-/// Builds `Inner::text`: the payload's JSON first, then the strings that
-/// are not verbatim in it.
+/// Builds `Inner::text`: the payload's JSON first, then the strings copied
+/// after it.
 struct TextBuilder {
     text: Vec<u8>,
     json_len: usize,
@@ -555,9 +557,10 @@ mod tests {
 
     #[test]
     fn a_claim_is_its_own_value_wherever_its_bytes_repeat() {
-        // "1" is in the issuer before the subject, and in an escape; the
-        // subject is its own value's bytes all the same.
-        let json = r#"{"iss":"1","x":"1","sub":"1","aud":"https://svc"}"#;
+        // The subject's "1" is also the issuer's, earlier in the payload,
+        // and an escape spells it in "x": the subject is its own value's
+        // bytes all the same.
+        let json = r#"{"iss":"1","x":"\u0031","sub":"1","aud":"https://svc"}"#;
         let id = from_payload(json);
         assert_eq!((id.issuer(), id.subject()), ("1", "1"));
         assert_eq!(
@@ -572,6 +575,28 @@ mod tests {
         let id = from_payload("{}");
         assert_eq!((id.subject(), id.issuer(), id.audience()), ("", "", ""));
         assert_eq!(id.email(), None);
+    }
+
+    proptest::proptest! {
+        /// Whatever the payload, the verifier's identity says what its
+        /// claims say (as the strict tree reads them).
+        #[test]
+        fn says_what_the_claims_say(json in crate::segment::tests::json_text()) {
+            let Ok(crate::strict_json::StrictValue(Value::Object(m))) = serde_json::from_str(&json) else {
+                return Ok(());
+            };
+            let id = from_payload(&json);
+            let s = |k: &str| m.get(k).and_then(Value::as_str);
+            let n = |k: &str| m.get(k).and_then(Value::as_number).and_then(numeric_date).unwrap_or(0);
+            proptest::prop_assert_eq!(id.issuer(), s("iss").unwrap_or_default());
+            proptest::prop_assert_eq!(id.subject(), s("sub").unwrap_or_default());
+            proptest::prop_assert_eq!(id.audience(), s("aud").unwrap_or_default());
+            proptest::prop_assert_eq!(id.email(), s("email"));
+            proptest::prop_assert_eq!(id.hosted_domain(), s("hd"));
+            proptest::prop_assert_eq!(id.email_verified(), m.get("email_verified") == Some(&Value::Bool(true)));
+            proptest::prop_assert_eq!((id.issued_at(), id.expires_at()), (n("iat"), n("exp")));
+            proptest::prop_assert_eq!(id.claims_json(), json.as_str());
+        }
     }
 
     #[test]

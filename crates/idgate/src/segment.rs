@@ -45,9 +45,12 @@ impl Text {
         }
     }
 
+    /// The string's bytes. A place is read against its own segment's text
+    /// only; were it read against another, out of range, it reads as empty
+    /// rather than panic.
     fn bytes<'s>(&'s self, json: &'s [u8]) -> &'s [u8] {
         match self {
-            Text::At { start, end } => &json[*start as usize..*end as usize],
+            Text::At { start, end } => json.get(*start as usize..*end as usize).unwrap_or_default(),
             Text::Copy(s) => s.as_bytes(),
         }
     }
@@ -142,6 +145,27 @@ impl<'s> Json<'s> {
     }
 }
 
+/// As JSON text (an object below the top level as `{…}`): what a
+/// rejection quotes.
+impl fmt::Display for Json<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Json::String(s) => f.write_str(&serde_json::to_string(s).map_err(|_| fmt::Error)?),
+            Json::Array(items) => {
+                f.write_str("[")?;
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(",")?;
+                    }
+                    write!(f, "{item}")?;
+                }
+                f.write_str("]")
+            }
+            other => write!(f, "{other:?}"),
+        }
+    }
+}
+
 impl fmt::Debug for Json<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -190,9 +214,11 @@ impl Segment {
         self.members.iter().map(|(k, _)| k.str(&self.json))
     }
 
-    /// The JSON text, as decoded from the segment.
-    pub fn json(&self) -> &[u8] {
-        &self.json
+    /// The members, names and values, in the order the text has them.
+    pub fn members(&self) -> impl Iterator<Item = (&str, Json<'_>)> {
+        self.members
+            .iter()
+            .map(|(k, v)| (k.str(&self.json), Json::of(&self.json, v)))
     }
 
     /// The whole object, nested objects included, as a map: for tools;
@@ -200,7 +226,12 @@ impl Segment {
     pub fn to_map(&self) -> Map<String, Value> {
         match serde_json::from_slice::<StrictValue>(&self.json) {
             Ok(StrictValue(Value::Object(m))) => m,
-            _ => Map::new(),
+            // The segment was read from this text, and the two readers
+            // accept the same texts (a property test holds them to it).
+            _ => {
+                debug_assert!(false, "a segment's text the strict tree refuses");
+                Map::new()
+            }
         }
     }
 
@@ -272,6 +303,8 @@ impl<'de> DeserializeSeed<'de> for KeySeed<'de> {
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Text, D::Error> {
         match d.deserialize_str(FieldVisitor { json: self.json })? {
             Kept::Field(Field::String(t)) => Ok(t),
+            // JSON's names are strings; a guard, should a reader lend
+            // anything else.
             _ => Err(de::Error::custom("a member's name is not a string")),
         }
     }
@@ -297,6 +330,8 @@ impl<'de> Visitor<'de> for FieldVisitor<'de> {
         Ok(Kept::Field(Field::Number(v.into())))
     }
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<Kept, E> {
+        // serde_json refuses non-finite numbers itself; as the strict tree
+        // does, refuse them here too rather than rely on it.
         Number::from_f64(v)
             .map(|n| Kept::Field(Field::Number(n)))
             .ok_or_else(|| E::custom("not a finite number"))
@@ -324,7 +359,7 @@ impl<'de> Visitor<'de> for FieldVisitor<'de> {
             members.push((key, map.next_value_seed(FieldSeed { json })?));
         }
         // Sorted names side by side: a duplicate is a pair of neighbours,
-        // found in O(n log n) whatever the number of members.
+        // found in O(n log n) comparisons of names, whatever their number.
         let duplicate = {
             let mut names: SmallVec<[&[u8]; 16]> =
                 members.iter().map(|(k, _)| k.bytes(json)).collect();
@@ -339,7 +374,7 @@ impl<'de> Visitor<'de> for FieldVisitor<'de> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn parse(s: &str) -> Result<Segment, SegmentError> {
@@ -453,30 +488,45 @@ mod tests {
     }
 
     proptest::proptest! {
-        // About one case in five is an object, one in six has a duplicate.
+        // About a quarter of the texts are objects, one in six has a
+        // duplicate; the rest are other JSON, or not JSON.
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1024))]
         /// The segment accepts what the strict tree accepts, its top-level
         /// members say what the tree's do, and it reports a duplicate only
-        /// where the tree does.
+        /// where the tree does; on text and on bytes that are not UTF-8.
         #[test]
-        fn agrees_with_the_strict_tree(json in json_text()) {
-            let tree = serde_json::from_str::<StrictValue>(&json);
-            let segment = parse(&json);
+        fn agrees_with_the_strict_tree(
+            json in json_text(),
+            noise in proptest::option::weighted(0.15, (proptest::prelude::any::<proptest::sample::Index>(), proptest::prelude::any::<u8>())),
+        ) {
+            let mut bytes = json.into_bytes();
+            if let Some((at, byte)) = noise {
+                bytes.insert(at.index(bytes.len() + 1), byte);
+            }
+            let tree = serde_json::from_slice::<StrictValue>(&bytes);
+            let segment = Segment::parse(bytes.clone());
             match (&tree, &segment) {
                 (Ok(StrictValue(Value::Object(m))), Ok(s)) => {
                     let mut names: Vec<&str> = s.names().collect();
                     names.sort_unstable();
-                    proptest::prop_assert_eq!(names, m.keys().map(String::as_str).collect::<Vec<_>>());
+                    let mut want: Vec<&str> = m.keys().map(String::as_str).collect();
+                    want.sort_unstable();
+                    proptest::prop_assert_eq!(names, want);
                     for (k, v) in m {
                         proptest::prop_assert_eq!(Some(value(s.get(k).unwrap())), Some(shallow(v)));
                     }
+                    proptest::prop_assert_eq!(&s.to_map(), m);
                 }
                 (Ok(StrictValue(v)), Err(SegmentError::NotObject)) => proptest::prop_assert!(!v.is_object()),
                 (Err(e), Err(SegmentError::Duplicate)) => proptest::prop_assert!(e.to_string().starts_with(DUPLICATE_KEY)),
                 // The tree stops at a duplicate's second name, the segment
                 // at the end of its object: text that is also broken after
-                // the duplicate reads as not JSON here. Either is refused.
-                (Err(_), Err(SegmentError::Invalid)) => {}
+                // the duplicate reads as not JSON here. Either is refused,
+                // and "not JSON" is true: a reader that allows duplicates
+                // refuses it too.
+                (Err(_), Err(SegmentError::Invalid)) => {
+                    proptest::prop_assert!(serde_json::from_slice::<Value>(&bytes).is_err());
+                }
                 _ => proptest::prop_assert!(false, "tree {:?}, segment {:?}", tree.as_ref().map(|v| &v.0).map_err(ToString::to_string), segment.as_ref().err()),
             }
         }
@@ -502,15 +552,22 @@ mod tests {
         }
     }
 
-    /// JSON-like text: objects of a few short names (duplicates likely),
-    /// escapes, numbers of every shape, and some text that is not JSON.
-    fn json_text() -> impl proptest::strategy::Strategy<Value = String> {
+    /// JSON-like text: objects of a few short names (duplicates likely, and
+    /// the claims the verifier reads), escapes, numbers of every shape, and
+    /// some text that is not JSON; an object at the top level half the time.
+    pub(crate) fn json_text() -> impl proptest::strategy::Strategy<Value = String> {
         use proptest::prelude::*;
         let name = prop_oneof![
             Just("a".to_string()),
             Just("b".to_string()),
             Just("\\u0061".to_string()),
             Just("iss".to_string()),
+            Just("sub".to_string()),
+            Just("aud".to_string()),
+            Just("email".to_string()),
+            Just("hd".to_string()),
+            Just("email_verified".to_string()),
+            Just("exp".to_string()),
             "[a-c]{0,3}",
         ];
         let leaf = prop_oneof![
@@ -525,20 +582,27 @@ mod tests {
             Just(r#""\ud83d\ude00""#.to_string()),
             "-?[0-9]{1,20}",
             "\"[a-z ]{0,8}\"",
-            "[\\[\\]{}:,\"a-z0-9]{0,6}",
         ];
-        leaf.prop_recursive(4, 48, 6, move |inner| {
+        // Now and then a leaf that is not JSON (most are not).
+        let leaf = prop_oneof![30 => leaf, 1 => "[\\[\\]{}:,\"a-z0-9]{0,6}"];
+        let object = |members: Vec<(String, String)>| {
+            let members: Vec<String> = members
+                .into_iter()
+                .map(|(k, v)| format!("\"{k}\": {v}"))
+                .collect();
+            format!("{{{}}}", members.join(","))
+        };
+        let inner_name = name.clone();
+        let value = leaf.prop_recursive(4, 48, 6, move |inner| {
             prop_oneof![
                 proptest::collection::vec(inner.clone(), 0..6)
                     .prop_map(|v| format!("[{}]", v.join(","))),
-                proptest::collection::vec((name.clone(), inner), 0..6).prop_map(|m| {
-                    let members: Vec<String> = m
-                        .into_iter()
-                        .map(|(k, v)| format!("\"{k}\": {v}"))
-                        .collect();
-                    format!("{{{}}}", members.join(","))
-                }),
+                proptest::collection::vec((inner_name.clone(), inner), 0..6).prop_map(object),
             ]
-        })
+        });
+        prop_oneof![
+            value.clone(),
+            proptest::collection::vec((name, value), 0..8).prop_map(object),
+        ]
     }
 }

@@ -2,8 +2,10 @@
 //!
 //! `serde_json::Value` silently keeps the last of two equal keys, and other
 //! parsers keep the first: a token or a policy with a duplicate would mean
-//! one thing to idgate and another to whoever reads it next. Both token
-//! parsing and policy loading read through this one type.
+//! one thing to idgate and another to whoever reads it next. Policy loading
+//! reads through this type; a token's header and claims are read by
+//! [`crate::segment`], which refuses the same texts without building the
+//! tree (and is tested against it).
 
 use std::fmt;
 

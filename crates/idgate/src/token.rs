@@ -30,11 +30,7 @@ pub struct UnverifiedToken<'a> {
 
 impl std::fmt::Debug for UnverifiedToken<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let header: Vec<_> = self
-            .header
-            .names()
-            .filter_map(|n| Some((n, self.header.get(n)?)))
-            .collect();
+        let header: Vec<_> = self.header.members().collect();
         f.debug_struct("UnverifiedToken")
             .field("header", &header)
             .field("claim_names", &self.claims.names().collect::<Vec<_>>())

@@ -703,7 +703,7 @@ impl Verifier {
                 Json::Array(a) if !a.is_empty() && a.iter().all(|i| i.as_str().is_some()) => {
                     Rejection::new(
                         Reason::UnsupportedAlgorithm,
-                        format!("crit names extensions idgate does not implement: {crit:?}"),
+                        format!("crit names extensions idgate does not implement: {crit}"),
                     )
                 }
                 _ => Rejection::new(

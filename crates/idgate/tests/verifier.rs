@@ -351,11 +351,22 @@ async fn crit_with_an_unknown_extension_is_refused() {
     let s = setup().await;
     let key = s.kit.active_key();
     let mut h = default_header(&key);
-    h["crit"] = json!(["http://example.com/ext"]);
+    h["crit"] = json!(["http://example.com/ext", "b\u{1}"]);
     h["http://example.com/ext"] = json!(true);
-    assert_eq!(
-        s.reason(&mint(&key, &h, &s.claims())).await,
-        Reason::UnsupportedAlgorithm
+    h["b\u{1}"] = json!(true);
+    let refused = s
+        .verifier
+        .verify(&mint(&key, &h, &s.claims()))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.reason, Reason::UnsupportedAlgorithm);
+    // The extensions quoted as JSON, as the header has them.
+    assert!(
+        refused
+            .detail
+            .ends_with(r#"implement: ["http://example.com/ext","b\u0001"]"#),
+        "{}",
+        refused.detail
     );
     h["crit"] = json!([]);
     assert_eq!(
