@@ -143,8 +143,10 @@ impl fmt::Display for Principal {
 
 /// A NumericDate (RFC 7519 §2) in whole seconds: a non-negative number,
 /// its fraction truncated. The verifier and [`Identity`] must read `exp`
-/// and `iat` alike, or an accepted `"exp": 1.5e9` would read as 0 here.
-pub(crate) fn numeric_date(n: &serde_json::Number) -> Option<u64> {
+/// and `iat` alike, or an accepted `"exp": 1.5e9` would read as 0 here;
+/// `idgate check` reads them with it too, so its report says what the
+/// verifier read.
+pub fn numeric_date(n: &serde_json::Number) -> Option<u64> {
     if let Some(v) = n.as_u64() {
         return Some(v);
     }

@@ -368,11 +368,11 @@ fn quoted(v: Option<&Value>) -> String {
     }
 }
 
+/// A time claim as the verifier reads it (a number past `u64` is not a
+/// time there, so it is not one here either).
 fn numeric(v: Option<&Value>) -> Option<u64> {
-    v.and_then(|v| {
-        v.as_u64()
-            .or_else(|| v.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
-    })
+    v.and_then(Value::as_number)
+        .and_then(idgate::identity::numeric_date)
 }
 
 /// Verifies `token` and decides about it with the policy, as the gate
@@ -866,6 +866,17 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_read_as_the_verifier_reads_them() {
+        use serde_json::json;
+        assert_eq!(numeric(Some(&json!(1_750_000_000))), Some(1_750_000_000));
+        assert_eq!(numeric(Some(&json!(1.5e9))), Some(1_500_000_000));
+        assert_eq!(numeric(Some(&json!(1e20))), None, "past u64: not a time");
+        assert_eq!(numeric(Some(&json!(-1))), None);
+        assert_eq!(numeric(Some(&json!("1"))), None);
+        assert_eq!(numeric(None), None);
+    }
 
     #[test]
     fn bare_tokens() {
