@@ -2,6 +2,7 @@
 """The ratios the goals are stated in, read off bench/sidecar.sh's results.
 
     bench/ratios.py target/bench/sidecar/results.tsv
+    bench/ratios.py run1.tsv run2.tsv   # several runs' rounds pooled
 
 Each row is compared with the nginx row of its own round (a variant named
 `r2:idgate-1token` with `r2:nginx`), so that a host whose speed drifts
@@ -19,6 +20,12 @@ with BINS as `r3:NAME:idgate-1token`: such a row is compared with the
 round's nginx and Envoy rows, and with the same variant's row of the first
 binary (the first named in the file) in its round; its medians are the
 binary's own.
+
+Several files pool their rounds: the second file's `r1` follows the first
+file's last round, and so on. With rounds, each median is followed by its
+interquartile range, and by how many rounds meet the issue's goal for that
+ratio (or, for an A/B ratio, how many read above 1); then the medians of
+each variant's own figures over the rounds.
 """
 
 import csv
@@ -33,6 +40,22 @@ ENVOY = {
     "idgate-1000tokens-nocache": "envoy-1000tokens-nocache",
     "idgate-rate": "envoy-rate",
 }
+
+
+# (variant, ratio) -> (goal, whether a round meets it) for the goals of
+# issue 8 that a ratio states.
+GOALS = {
+    ("idgate-1token", "req/s / nginx"): ("0.9", lambda x: x >= 0.9),
+    ("idgate-1000tokens", "req/s / nginx"): ("0.9", lambda x: x >= 0.9),
+    ("idgate-1000tokens-nocache", "req/s / nginx"): ("0.45", lambda x: x >= 0.45),
+    ("idgate-1token", "req/s / envoy"): ("3", lambda x: x >= 3),
+    ("idgate-1000tokens", "req/s / envoy"): ("3", lambda x: x >= 3),
+    ("idgate-1000tokens-nocache", "req/s / envoy"): ("3", lambda x: x >= 3),
+    ("idgate-rate", "p99 / nginx"): ("<= 1.2", lambda x: x <= 1.2),
+}
+
+# A variant's own figures, whose medians over the rounds follow the ratios.
+RAW = ["rps", "p99_us", "cpu_us_per_req", "upstream_cpu_us_per_req", "server_cs_per_req"]
 
 
 def split(name):
@@ -57,9 +80,33 @@ def ratio(a, b):
     return a / b if a is not None and b else None
 
 
-def main(path):
-    with open(path, newline="") as f:
-        rows = [r for r in csv.DictReader(f, delimiter="\t") if number(r, "rps")]
+def read(paths):
+    """The rows of every file, each file's rounds numbered on from the last
+    file's."""
+    rows, offset = [], 0
+    for path in paths:
+        with open(path, newline="") as f:
+            these = [r for r in csv.DictReader(f, delimiter="\t") if number(r, "rps")]
+        last = offset
+        for r in these:
+            m = re.match(r"r(\d+)(?=:)", r["variant"])
+            if m:
+                n = int(m.group(1)) + offset
+                last = max(last, n)
+                r["variant"] = f"r{n}" + r["variant"][m.end():]
+        rows += these
+        offset = last
+    return rows
+
+
+def spread(v):
+    """The interquartile range of `v` (two or more values)."""
+    q = statistics.quantiles(v, n=4)
+    return f"{q[0]:.2f}-{q[2]:.2f}"
+
+
+def main(paths):
+    rows = read(paths)
     by = {split(r["variant"]): r for r in rows}
 
     def peer(label, base):
@@ -128,9 +175,36 @@ def main(path):
         for (base, k), v in medians.items():
             print(f"  {base} {k}: {statistics.median(v):.2f} ({len(v)} rounds: "
                   + " ".join(f"{x:.2f}" for x in v) + ")")
+        print("interquartile ranges, and the rounds that meet the goal:")
+        for (base, k), v in medians.items():
+            if len(v) < 2:
+                continue
+            variant = base.rpartition(":")[2]
+            goal = GOALS.get((variant, k))
+            if goal:
+                meets = f", goal {goal[0]} met in {sum(map(goal[1], v))} of {len(v)}"
+            elif k.split(" / ")[1] in first_bin.values():
+                meets = f", above 1 in {sum(x > 1 for x in v)} of {len(v)}"
+            else:
+                meets = ""
+            print(f"  {base} {k}: {statistics.median(v):.2f} ({spread(v)}){meets}")
+        print("each variant's own figures, medians over the rounds:")
+        own = {}
+        for r in rows:
+            label, base = split(r["variant"])
+            rnd, name = round_of(label)
+            if rnd:
+                own.setdefault(f"{name}:{base}" if name else base, []).append(r)
+        for variant, rs in own.items():
+            figures = []
+            for key in RAW:
+                v = [x for x in (number(r, key) for r in rs) if x is not None]
+                if v:
+                    figures.append(f"{key} {statistics.median(v):g}")
+            print(f"  {variant} ({len(rs)} rounds): " + "  ".join(figures))
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit("usage: bench/ratios.py RESULTS.tsv")
-    main(sys.argv[1])
+    if len(sys.argv) < 2:
+        sys.exit("usage: bench/ratios.py RESULTS.tsv [MORE.tsv ...]")
+    main(sys.argv[1:])
