@@ -77,14 +77,16 @@ fn offset(n: usize) -> u32 {
 
 impl TextBuilder {
     /// A claim string of the payload: its place in the text when the
-    /// payload spells it byte for byte, else a copy at the end.
-    fn place(&mut self, value: &Text) -> Span {
+    /// payload spells it byte for byte, else a copy at the end; empty when
+    /// the payload has no such string.
+    fn place(&mut self, value: Option<&Text>) -> Span {
         match value {
-            Text::At { start, end } => Span {
+            Some(Text::At { start, end }) => Span {
                 start: *start,
                 end: *end,
             },
-            Text::Copy(s) => self.copy(s),
+            Some(Text::Copy(s)) => self.copy(s),
+            None => self.copy(""),
         }
     }
 
@@ -221,7 +223,6 @@ impl Identity {
             Some(Json::Number(n)) => numeric_date(n).unwrap_or(0),
             _ => 0,
         };
-        let empty = Text::Copy("".into());
         let (iss, sub, aud) = (string("iss"), string("sub"), string("aud"));
         let (email, hd) = (string("email"), string("hd"));
         // Only the JSON boolean `true` counts; the string "true" does not.
@@ -233,11 +234,11 @@ impl Identity {
             text: json,
         };
         let strings = Strings {
-            issuer: text.place(iss.as_ref().unwrap_or(&empty)),
-            subject: text.place(sub.as_ref().unwrap_or(&empty)),
-            email: email.map(|e| text.place(&e)),
-            hosted_domain: hd.map(|h| text.place(&h)),
-            audience: text.place(aud.as_ref().unwrap_or(&empty)),
+            issuer: text.place(iss.as_ref()),
+            subject: text.place(sub.as_ref()),
+            email: email.map(|e| text.place(Some(&e))),
+            hosted_domain: hd.map(|h| text.place(Some(&h))),
+            audience: text.place(aud.as_ref()),
         };
         Identity::build(tag, email_verified, times, text, strings)
     }

@@ -211,7 +211,7 @@ impl Segment {
 
     /// The members' names, in the order the text has them.
     pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.members.iter().map(|(k, _)| k.str(&self.json))
+        self.members().map(|(name, _)| name)
     }
 
     /// The members, names and values, in the order the text has them.
