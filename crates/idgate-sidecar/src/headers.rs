@@ -357,20 +357,97 @@ impl IpText {
 /// Sets the identity headers for a verified caller. A claim that cannot be a
 /// header value (control characters) leaves its header out rather than
 /// being mangled.
+///
+/// The values are kept (per thread) for an identity seen twice among the
+/// last few: a caller sends the same token request after request, the
+/// verified-token cache hands back the same identity for it each time, and
+/// building the values again (the principal's text, the claims' base64url,
+/// each value's check) is most of what this costs. An identity seen once
+/// costs no more than it would without the memo: many callers in turn
+/// would only churn it.
 pub fn set_identity(headers: &mut HeaderMap, identity: &Identity) {
-    let mut set = |name: HeaderName, value: Bytes| {
-        if let Ok(v) = HeaderValue::from_maybe_shared(value) {
+    let values = IDENTITY_VALUES.with_borrow_mut(|memo| memo.values(identity));
+    let mut set = |name: HeaderName, value: Option<HeaderValue>| {
+        if let Some(v) = value {
             headers.insert(name, v);
         }
     };
-    set(PRINCIPAL, Bytes::from(identity.principal_string()));
-    // Only an email that names the caller: an extra issuer not trusted
-    // for emails can sign for any address.
-    if let Some(email) = identity.principal_email_bytes() {
-        set(EMAIL, email);
+    set(PRINCIPAL, values.principal);
+    set(EMAIL, values.email);
+    set(SUB, values.sub);
+    set(CLAIMS, values.claims);
+}
+
+/// The identity headers' values for one identity, as [`set_identity`] sets
+/// them; `None` for a header left out.
+#[derive(Clone)]
+struct IdentityValues {
+    principal: Option<HeaderValue>,
+    email: Option<HeaderValue>,
+    sub: Option<HeaderValue>,
+    claims: Option<HeaderValue>,
+}
+
+impl IdentityValues {
+    fn new(identity: &Identity) -> Self {
+        let value = |b: Bytes| HeaderValue::from_maybe_shared(b).ok();
+        IdentityValues {
+            principal: value(Bytes::from(identity.principal_string())),
+            // Only an email that names the caller: an extra issuer not
+            // trusted for emails can sign for any address.
+            email: identity.principal_email_bytes().and_then(value),
+            sub: value(identity.subject_bytes()),
+            claims: value(identity.claims_b64_bytes()),
+        }
     }
-    set(SUB, identity.subject_bytes());
-    set(CLAIMS, identity.claims_b64_bytes());
+}
+
+/// Identities a thread remembers: a few callers at once, each sending one
+/// token for its hour. An identity seen twice keeps its values, about half
+/// a kilobyte (most of it the claims' base64url).
+const KEPT_IDENTITIES: usize = 8;
+
+/// An identity seen lately, and its values once it is seen again.
+struct Seen {
+    identity: Identity,
+    values: Option<IdentityValues>,
+}
+
+/// The identities seen last, replaced in turn.
+#[derive(Default)]
+struct IdentityMemo {
+    seen: [Option<Seen>; KEPT_IDENTITIES],
+    next: usize,
+}
+
+impl IdentityMemo {
+    /// `identity`'s values: the kept ones when this very identity (the same
+    /// object, so the same values) was seen lately; else built, and kept
+    /// when it was seen once before.
+    fn values(&mut self, identity: &Identity) -> IdentityValues {
+        let seen = self
+            .seen
+            .iter_mut()
+            .flatten()
+            .find(|s| s.identity.same(identity));
+        if let Some(seen) = seen {
+            return seen
+                .values
+                .get_or_insert_with(|| IdentityValues::new(identity))
+                .clone();
+        }
+        self.seen[self.next] = Some(Seen {
+            identity: identity.clone(),
+            values: None,
+        });
+        self.next = (self.next + 1) % KEPT_IDENTITIES;
+        IdentityValues::new(identity)
+    }
+}
+
+thread_local! {
+    static IDENTITY_VALUES: std::cell::RefCell<IdentityMemo> =
+        std::cell::RefCell::new(IdentityMemo::default());
 }
 
 /// The header a token is read from, by Cloud Run's rule:
@@ -729,6 +806,74 @@ mod tests {
         let id = identity(json!({"sub": "a\r\nx-evil: 1"}));
         set_identity(&mut h, &id);
         assert!(!h.contains_key(SUB));
+    }
+
+    /// An identity whose claims header is its own claims' JSON.
+    fn identity_of(claims: serde_json::Value) -> Identity {
+        let serde_json::Value::Object(map) = claims else {
+            unreachable!()
+        };
+        let tag = idgate::IssuerTag {
+            name: "google".into(),
+            google: true,
+            pool: None,
+        };
+        Identity::from_verified_claims(&tag, "aud".into(), map, String::new())
+    }
+
+    #[test]
+    fn each_identity_gets_its_own_headers_when_they_are_kept() {
+        use base64::Engine as _;
+        let b64 = |v: &serde_json::Value| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+        };
+        // The same caller in two tokens (claims that differ in `iat`), and
+        // more callers than are kept, each seen in turn three times over.
+        let claims: Vec<serde_json::Value> = (0..KEPT_IDENTITIES + 3)
+            .map(|i| {
+                let caller = i.min(KEPT_IDENTITIES + 1);
+                json!({"sub": caller.to_string(), "email": format!("u{caller}@b.com"),
+                       "email_verified": true, "iat": i})
+            })
+            .collect();
+        let ids: Vec<Identity> = claims.iter().cloned().map(identity_of).collect();
+        let claims_of_first = claims[0].clone();
+        // Each twice in a row: built, then kept.
+        for _ in 0..3 {
+            for (id, c) in ids.iter().zip(&claims).flat_map(|p| [p, p]) {
+                let mut h = HeaderMap::new();
+                set_identity(&mut h, id);
+                let email = c["email"].as_str().unwrap();
+                assert_eq!(h[PRINCIPAL], format!("user:{email}").as_str());
+                assert_eq!(h[EMAIL], email);
+                assert_eq!(h[SUB], c["sub"].as_str().unwrap());
+                assert_eq!(h[CLAIMS], b64(c).as_str());
+            }
+        }
+
+        // An identity's values are kept from its second sighting and then
+        // reused, until more identities than are kept have come between.
+        // (Each value is held on to here, so that no new one can be given
+        // its freed memory and look kept.)
+        let mut memo = IdentityMemo::default();
+        let claims_value = |memo: &mut IdentityMemo, id: &Identity| memo.values(id).claims.unwrap();
+        let same =
+            |a: &HeaderValue, b: &HeaderValue| a.as_bytes().as_ptr() == b.as_bytes().as_ptr();
+        let once = claims_value(&mut memo, &ids[0]);
+        let twice = claims_value(&mut memo, &ids[0]);
+        assert!(!same(&once, &twice), "seen once: not kept");
+        for id in &ids[1..KEPT_IDENTITIES] {
+            claims_value(&mut memo, id);
+        }
+        assert!(same(&claims_value(&mut memo, &ids[0]), &twice), "kept");
+        claims_value(&mut memo, &ids[KEPT_IDENTITIES]);
+        let again = claims_value(&mut memo, &ids[0]);
+        assert!(!same(&again, &twice), "replaced, so built anew");
+        assert_eq!(again, twice);
+        let again = claims_value(&mut memo, &ids[0]);
+        // An equal identity that is another object gets values of its own.
+        let twin = identity_of(claims_of_first);
+        assert!(!same(&claims_value(&mut memo, &twin), &again));
     }
 
     #[test]
