@@ -2,7 +2,6 @@
 //! headers), what the upstream is told (identity, `X-Forwarded-*`), and what
 //! it receives of the token.
 
-use std::cell::RefCell;
 use std::net::IpAddr;
 
 use bytes::Bytes;
@@ -358,113 +357,20 @@ impl IpText {
 /// Sets the identity headers for a verified caller. A claim that cannot be a
 /// header value (control characters) leaves its header out rather than
 /// being mangled.
-///
-/// The values are kept (per thread) for an identity seen twice among the
-/// last eight: a caller sends the same token request after request, the
-/// verified-token cache hands back the same identity for it each time, and
-/// building the values again (the principal's text, the claims' base64url,
-/// each value's check) is most of what this costs. An identity seen once
-/// costs little more than without the memo (a scan of eight pointers and a
-/// reference count), so many callers in turn do not pay for it.
 pub fn set_identity(headers: &mut HeaderMap, identity: &Identity) {
-    let values = IDENTITY_VALUES
-        .try_with(|memo| memo.borrow_mut().values(identity))
-        .unwrap_or_else(|_| IdentityValues::new(identity));
-    let mut set = |name: HeaderName, value: Option<HeaderValue>| {
-        if let Some(v) = value {
+    let mut set = |name: HeaderName, value: Bytes| {
+        if let Ok(v) = HeaderValue::from_maybe_shared(value) {
             headers.insert(name, v);
         }
     };
-    set(PRINCIPAL, values.principal);
-    set(EMAIL, values.email);
-    set(SUB, values.sub);
-    set(CLAIMS, values.claims);
-}
-
-/// The identity headers' values for one identity, as [`set_identity`] sets
-/// them; `None` for a header left out.
-#[derive(Clone)]
-struct IdentityValues {
-    principal: Option<HeaderValue>,
-    email: Option<HeaderValue>,
-    sub: Option<HeaderValue>,
-    claims: Option<HeaderValue>,
-}
-
-impl IdentityValues {
-    fn new(identity: &Identity) -> Self {
-        let value = |b: Bytes| HeaderValue::from_maybe_shared(b).ok();
-        IdentityValues {
-            principal: value(Bytes::from(identity.principal_string())),
-            // Only an email that names the caller: an extra issuer not
-            // trusted for emails can sign for any address.
-            email: identity.principal_email_bytes().and_then(value),
-            sub: value(identity.subject_bytes()),
-            claims: value(identity.claims_b64_bytes()),
-        }
+    set(PRINCIPAL, Bytes::from(identity.principal_string()));
+    // Only an email that names the caller: an extra issuer not trusted
+    // for emails can sign for any address.
+    if let Some(email) = identity.principal_email_bytes() {
+        set(EMAIL, email);
     }
-}
-
-/// Identities a thread remembers: a few callers at once, each sending one
-/// token for its hour.
-///
-/// Each entry holds its identity alive, as the verified-token cache does
-/// (its payload's text, and the claims map if a policy read it), and once
-/// seen twice also its values (about half a kilobyte, most of it the
-/// claims' base64url). It stays until eight other identities have come:
-/// past the cache's eviction and the token's expiry when no others come.
-/// At most eight per runtime thread, so a few tens of kilobytes with
-/// Google's tokens.
-const KEPT_IDENTITIES: usize = 8;
-
-/// An identity seen lately, and its values once it is seen again.
-struct Seen {
-    identity: Identity,
-    values: Option<IdentityValues>,
-}
-
-/// The identities seen last, replaced in turn: the oldest to come goes
-/// first, however often it is seen (no move to the front; a caller pushed
-/// out comes back at its next two requests).
-struct IdentityMemo {
-    seen: [Option<Seen>; KEPT_IDENTITIES],
-    next: usize,
-}
-
-impl IdentityMemo {
-    const fn new() -> Self {
-        IdentityMemo {
-            seen: [const { None }; KEPT_IDENTITIES],
-            next: 0,
-        }
-    }
-
-    /// `identity`'s values: the kept ones when this very identity (the same
-    /// object, so the same values) was seen lately; else built, and kept
-    /// when it was seen once before.
-    fn values(&mut self, identity: &Identity) -> IdentityValues {
-        let seen = self
-            .seen
-            .iter_mut()
-            .flatten()
-            .find(|s| s.identity.ptr_eq(identity));
-        if let Some(seen) = seen {
-            return seen
-                .values
-                .get_or_insert_with(|| IdentityValues::new(identity))
-                .clone();
-        }
-        self.seen[self.next] = Some(Seen {
-            identity: identity.clone(),
-            values: None,
-        });
-        self.next = (self.next + 1) % KEPT_IDENTITIES;
-        IdentityValues::new(identity)
-    }
-}
-
-thread_local! {
-    static IDENTITY_VALUES: RefCell<IdentityMemo> = const { RefCell::new(IdentityMemo::new()) };
+    set(SUB, identity.subject_bytes());
+    set(CLAIMS, identity.claims_b64_bytes());
 }
 
 /// The header a token is read from, by Cloud Run's rule:
@@ -788,8 +694,6 @@ mod tests {
         }
     }
 
-    /// An identity whose claims header is its claims' JSON, as a token's
-    /// payload would carry it.
     fn identity(claims: serde_json::Value) -> Identity {
         let serde_json::Value::Object(map) = claims else {
             unreachable!()
@@ -799,97 +703,32 @@ mod tests {
             google: true,
             pool: None,
         };
-        Identity::from_verified_claims(&tag, "aud".into(), map, String::new())
-    }
-
-    fn b64(claims: &serde_json::Value) -> String {
-        use base64::Engine as _;
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(claims.to_string())
+        Identity::from_verified_claims(&tag, "aud".into(), map, "eyJwYXlsb2FkIjp0cnVlfQ".into())
     }
 
     #[test]
     fn identity_headers() {
-        // Each case three times: the values are built, built and kept, then
-        // reused; a header left out stays out.
-        let claims = json!({"sub": "42", "email": "a@b.com", "email_verified": true});
-        let id = identity(claims.clone());
-        for _ in 0..3 {
-            let mut h = HeaderMap::new();
-            set_identity(&mut h, &id);
-            assert_eq!(h[PRINCIPAL], "user:a@b.com");
-            assert_eq!(h[EMAIL], "a@b.com");
-            assert_eq!(h[SUB], "42");
-            assert_eq!(h[CLAIMS], b64(&claims).as_str());
-        }
+        let mut h = HeaderMap::new();
+        let id = identity(json!({"sub": "42", "email": "a@b.com", "email_verified": true}));
+        set_identity(&mut h, &id);
+        assert_eq!(h[PRINCIPAL], "user:a@b.com");
+        assert_eq!(h[EMAIL], "a@b.com");
+        assert_eq!(h[SUB], "42");
+        assert_eq!(h[CLAIMS], "eyJwYXlsb2FkIjp0cnVlfQ");
 
+        let mut h = HeaderMap::new();
         let id = identity(json!({"sub": "43", "email": "a@b.com", "email_verified": false}));
-        for _ in 0..3 {
-            let mut h = HeaderMap::new();
-            set_identity(&mut h, &id);
-            assert!(
-                !h.contains_key(EMAIL),
-                "unverified emails are not forwarded"
-            );
-            assert_eq!(h[PRINCIPAL], "subject:43");
-        }
+        set_identity(&mut h, &id);
+        assert!(
+            !h.contains_key(EMAIL),
+            "unverified emails are not forwarded"
+        );
+        assert_eq!(h[PRINCIPAL], "subject:43");
 
+        let mut h = HeaderMap::new();
         let id = identity(json!({"sub": "a\r\nx-evil: 1"}));
-        for _ in 0..3 {
-            let mut h = HeaderMap::new();
-            set_identity(&mut h, &id);
-            assert!(!h.contains_key(SUB));
-            assert!(h.contains_key(CLAIMS));
-        }
-    }
-
-    #[test]
-    fn each_identity_gets_its_own_headers_when_they_are_kept() {
-        // The same caller in two tokens (claims that differ in `iat`), and
-        // more callers than are kept, each seen in turn three times over.
-        let claims: Vec<serde_json::Value> = (0..KEPT_IDENTITIES + 3)
-            .map(|i| {
-                let caller = i.min(KEPT_IDENTITIES + 1);
-                json!({"sub": caller.to_string(), "email": format!("u{caller}@b.com"),
-                       "email_verified": true, "iat": i})
-            })
-            .collect();
-        let ids: Vec<Identity> = claims.iter().cloned().map(identity).collect();
-        // Each three times in a row: built, built and kept, then reused.
-        for _ in 0..3 {
-            for (id, c) in ids.iter().zip(&claims).flat_map(|p| [p, p, p]) {
-                let mut h = HeaderMap::new();
-                set_identity(&mut h, id);
-                let email = c["email"].as_str().unwrap();
-                assert_eq!(h[PRINCIPAL], format!("user:{email}").as_str());
-                assert_eq!(h[EMAIL], email);
-                assert_eq!(h[SUB], c["sub"].as_str().unwrap());
-                assert_eq!(h[CLAIMS], b64(c).as_str());
-            }
-        }
-
-        // An identity's values are kept from its second sighting and then
-        // reused, until more identities than are kept have come between.
-        // (Each value is held on to here, so that no new one can be given
-        // its freed memory and look kept.)
-        let mut memo = IdentityMemo::new();
-        let claims_value = |memo: &mut IdentityMemo, id: &Identity| memo.values(id).claims.unwrap();
-        let same =
-            |a: &HeaderValue, b: &HeaderValue| a.as_bytes().as_ptr() == b.as_bytes().as_ptr();
-        let once = claims_value(&mut memo, &ids[0]);
-        let twice = claims_value(&mut memo, &ids[0]);
-        assert!(!same(&once, &twice), "seen once: not kept");
-        for id in &ids[1..KEPT_IDENTITIES] {
-            claims_value(&mut memo, id);
-        }
-        assert!(same(&claims_value(&mut memo, &ids[0]), &twice), "kept");
-        claims_value(&mut memo, &ids[KEPT_IDENTITIES]);
-        let again = claims_value(&mut memo, &ids[0]);
-        assert!(!same(&again, &twice), "replaced, so built anew");
-        assert_eq!(again, twice);
-        let again = claims_value(&mut memo, &ids[0]);
-        // An equal identity that is another object gets values of its own.
-        let twin = identity(claims[0].clone());
-        assert!(!same(&claims_value(&mut memo, &twin), &again));
+        set_identity(&mut h, &id);
+        assert!(!h.contains_key(SUB));
     }
 
     #[test]

@@ -166,14 +166,6 @@ pub fn is_service_account_email(email: &str) -> bool {
 }
 
 impl Identity {
-    /// Whether `other` is this very identity (a clone of it), not merely an
-    /// equal one: as `Arc::ptr_eq`, not a comparison of contents. An
-    /// identity never changes, so whatever is derived from it (header
-    /// values, say) can be kept and reused for as long as it is.
-    pub fn ptr_eq(&self, other: &Identity) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
-    }
-
     /// Build an identity from claims that were already verified. The claims
     /// must include string `iss`, `sub` and `aud` and numeric `iat`/`exp`;
     /// missing ones read as empty or zero. `payload_b64` is the token's
