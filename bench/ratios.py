@@ -89,14 +89,20 @@ def read(paths):
             these = [r for r in csv.DictReader(f, delimiter="\t") if number(r, "rps")]
         last = offset
         for r in these:
-            m = re.match(r"r(\d+)(?=:)", r["variant"])
-            if m:
-                n = int(m.group(1)) + offset
+            label, base = split(r["variant"])
+            rnd, name = round_of(label)
+            if rnd:
+                n = int(rnd[1:]) + offset
                 last = max(last, n)
-                r["variant"] = f"r{n}" + r["variant"][m.end():]
+                r["variant"] = ":".join(filter(None, (f"r{n}", name, base)))
         rows += these
         offset = last
     return rows
+
+
+def series(name, base):
+    """The key of a variant's figures over the rounds: each binary's apart."""
+    return f"{name}:{base}" if name else base
 
 
 def spread(v):
@@ -165,7 +171,7 @@ def main(paths):
         # rows (BINS, labelled by binary alone) are two builds.
         if rnd:
             for k, v in found:
-                medians.setdefault((f"{name}:{base}" if name else base, k), []).append(v)
+                medians.setdefault((series(name, base), k), []).append(v)
 
     width = max((len(v) for v, _ in lines), default=0)
     for variant, found in lines:
@@ -194,7 +200,7 @@ def main(paths):
             label, base = split(r["variant"])
             rnd, name = round_of(label)
             if rnd:
-                own.setdefault(f"{name}:{base}" if name else base, []).append(r)
+                own.setdefault(series(name, base), []).append(r)
         for variant, rs in own.items():
             figures = []
             for key in RAW:

@@ -9,6 +9,9 @@
 #                                     # nice level (root), to see the effect
 #   SERVER_SCHED=batch bench/sched.sh # the same, under SCHED_BATCH (chrt)
 #   TOP=40 IDGATE=build/idgate bench/sched.sh   # more symbols, another build
+#   PERF_SECS=5 SECS=14 bench/sched.sh  # record the CPU split for 5 s, not 1
+#                                     # (steadier per-symbol figures; SECS
+#                                     # at least 7 + PERF_SECS)
 #   TOKENS=target/bench/sidecar/1000-tokens.txt bench/sched.sh   # tokens in rotation
 #   TOKENS=target/bench/sidecar/1000-tokens.txt SERVER_ARGS="--token-cache-capacity 0" \
 #     bench/sched.sh                  # idgate's extra flags (not nginx's):
@@ -26,7 +29,8 @@
 # Needs the files bench/sidecar.sh leaves in OUT (run it first, at least
 # with ONLY=none), the release binary, wrk, and perf (Debian linux-perf)
 # for the run lengths and the CPU split (kernel, binary, libc: µs per
-# request, and the top symbols; the recording stays in OUT/cpu.data);
+# request, and the top symbols in µs per request; the recording stays in
+# OUT/cpu.data);
 # without perf only the switch counts are printed.
 # Loopback only; bounded in time (SECS of load, default 10, at least 8).
 set -euo pipefail
@@ -35,6 +39,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=${OUT:-$ROOT/target/bench/sidecar}
 SERVER=${1:-idgate}
 SECS=${SECS:-10}
+PERF_SECS=${PERF_SECS:-1}
 SERVER_CPU=${SERVER_CPU:-0} CLIENT_CPU=${CLIENT_CPU:-1}
 tokens=${TOKENS:-$OUT/one-token.txt}
 [[ -f $tokens ]] || { echo "run bench/sidecar.sh first (no $tokens)" >&2; exit 1; }
@@ -44,7 +49,7 @@ TOKEN=$(head -n 1 "$tokens")
 trap cleanup EXIT
 
 # The measured window runs from 2 s to about 7 s into the load.
-(( SECS >= 8 )) || die "SECS=$SECS: at least 8, so the load outlasts the measured window"
+(( SECS >= 7 + PERF_SECS )) || die "SECS=$SECS: at least 7 + PERF_SECS ($PERF_SECS), so the load outlasts the measured window"
 case $SERVER in
   idgate|nginx) ;;
   *) die "unknown server $SERVER (idgate or nginx)" ;;
@@ -65,7 +70,7 @@ si0=$(switches "$SERVER_PID" nonvoluntary_); uv0=$(switches "$UPSTREAM_PID" volu
 if command -v perf >/dev/null; then
   perf sched record -q -C "$SERVER_CPU" -o "$OUT/sched.data" -- sleep 1 >/dev/null 2>&1 || true
   # Where the server's own CPU time goes: kernel, its binary, libc.
-  perf record -q -e cpu-clock -F 4999 -p "$SERVER_PID" -o "$OUT/cpu.data" -- sleep 1 >/dev/null 2>&1 || true
+  perf record -q -e cpu-clock -F 4999 -p "$SERVER_PID" -o "$OUT/cpu.data" -- sleep "$PERF_SECS" >/dev/null 2>&1 || true
 fi
 sleep 2
 s1=$(switches "$SERVER_PID"); u1=$(switches "$UPSTREAM_PID"); t1=$(date +%s.%N)
@@ -101,13 +106,18 @@ if [[ -f $OUT/sched.data ]]; then
   rm -f "$OUT/sched.data"
 fi
 if [[ -f $OUT/cpu.data ]]; then
-  # cpu-clock counts nanoseconds; the window is 1 s, so at rps requests
-  # per second each share divides into microseconds per request.
-  perf report -i "$OUT/cpu.data" --stdio --sort dso 2>/dev/null |
-    awk -v r="$rps" '/^# Event count/ {ns = $NF} /^ +[0-9.]+%/ && ns {
-        sub("%", "", $1); d = $2; gsub(/[][]|\.kallsyms|\.so.*/, "", d)
-        printf "%s_us_per_req=%.1f ", d, ns * $1 / 100 / 1000 / r
-      } END {print ""}'
-  perf report -i "$OUT/cpu.data" --stdio --sort sym 2>/dev/null | grep -E '^ +[0-9.]+%' | head -n "${TOP:-12}" || true
+  # cpu-clock counts nanoseconds; over PERF_SECS at rps requests per
+  # second each share divides into microseconds per request. By dso, one
+  # line (kernel, binary, libc); by symbol, the top ones.
+  per_request() {
+    perf report -i "$OUT/cpu.data" --stdio --sort "$1" 2>/dev/null |
+      awk -v r="$rps" -v secs="$PERF_SECS" -v by="$1" '/^# Event count/ {ns = $NF} /^ +[0-9.]+%/ && ns {
+          sub("%", "", $1); us = ns * $1 / 100 / 1000 / r / secs
+          if (by == "dso") { d = $2; gsub(/[][]|\.kallsyms|\.so.*/, "", d); printf "%s_us_per_req=%.1f ", d, us }
+          else printf "%7.2f us/req %s\n", us, substr($0, index($0, $2))
+        } END {if (by == "dso") print ""}'
+  }
+  per_request dso
+  per_request sym | head -n "${TOP:-12}" || true
   # Kept for a closer look: perf report -i OUT/cpu.data --sort dso,sym
 fi
