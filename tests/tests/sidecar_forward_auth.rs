@@ -1,10 +1,14 @@
 //! The real `idgate serve --mode forward-auth` behind a real nginx
-//! (`auth_request`), in front of a real upstream.
+//! (`auth_request`, configured with the README's recipe as written there),
+//! in front of a real upstream.
 //!
 //! nginx is Debian's (`nginx-light`, which `./scripts/test` installs). When
 //! it is missing the test fails saying so, unless `IDGATE_SKIP_NGINX=1`.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use idgate_e2e::*;
@@ -25,7 +29,37 @@ fn find_nginx() -> Option<PathBuf> {
     candidates.into_iter().find(|p| p.is_file())
 }
 
+/// The README's nginx recipe for forward-auth, as it is written there: the
+/// part before the first `location` goes in `http { }` (the `upstream`
+/// for idgate), the rest in the `server { }`. The test runs the recipe
+/// itself, so a user who copies it gets what the test checked.
+fn readme_recipe() -> (String, String) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
+    let readme = std::fs::read_to_string(&path).expect("read README.md");
+    let blocks: Vec<&str> = readme
+        .split("```nginx\n")
+        .skip(1)
+        .filter_map(|rest| rest.split_once("\n```").map(|(block, _)| block))
+        .filter(|block| block.contains("auth_request"))
+        .collect();
+    assert_eq!(blocks.len(), 1, "one nginx auth_request block in README.md");
+    let (http, server) = blocks[0]
+        .split_once("\nlocation / {")
+        .expect("the recipe's location /");
+    (http.to_owned(), format!("location / {{{server}"))
+}
+
+/// nginx's config: the README's recipe, with idgate at `idgate` (the
+/// recipe's 127.0.0.1:8080) and `upstream` as the app.
 fn nginx_conf(dir: &Path, port: u16, idgate: &str, upstream: &str) -> String {
+    let (http, server) = readme_recipe();
+    let default_idgate = "server 127.0.0.1:8080;";
+    assert_eq!(
+        http.matches(default_idgate).count(),
+        1,
+        "the recipe's upstream idgate names 127.0.0.1:8080 once: {http}"
+    );
+    let http = http.replace(default_idgate, &format!("server {idgate};"));
     let d = dir.display();
     format!(
         r#"daemon off;
@@ -40,35 +74,59 @@ http {{
     fastcgi_temp_path {d}/fastcgi;
     uwsgi_temp_path {d}/uwsgi;
     scgi_temp_path {d}/scgi;
+    upstream app {{ server {upstream}; }}
+{http}
     server {{
         listen 127.0.0.1:{port};
-        location / {{
-            auth_request /_idgate;
-            auth_request_set $idgate_principal $upstream_http_x_idgate_principal;
-            auth_request_set $idgate_email $upstream_http_x_idgate_email;
-            auth_request_set $idgate_sub $upstream_http_x_idgate_sub;
-            auth_request_set $idgate_claims $upstream_http_x_idgate_claims;
-            proxy_set_header X-Idgate-Principal $idgate_principal;
-            proxy_set_header X-Idgate-Email $idgate_email;
-            proxy_set_header X-Idgate-Sub $idgate_sub;
-            proxy_set_header X-Idgate-Claims $idgate_claims;
-            proxy_set_header Authorization "";
-            proxy_set_header X-Serverless-Authorization "";
-            proxy_pass http://{upstream};
-        }}
-        location = /_idgate {{
-            internal;
-            proxy_pass http://{idgate}/;
-            proxy_pass_request_body off;
-            proxy_set_header Content-Length "";
-            proxy_set_header X-Original-URI $request_uri;
-            proxy_set_header X-Original-Method $request_method;
-            proxy_set_header X-Forwarded-Host $host;
-        }}
+{server}
     }}
 }}
 "#
     )
+}
+
+/// A TCP relay to `to` that counts the connections it accepted: how many
+/// connections nginx opened to idgate.
+struct Relay {
+    addr: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    async fn start(to: SocketAddr) -> Relay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the relay");
+        let addr = listener.local_addr().expect("the relay's address");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(to).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        Relay {
+            addr,
+            accepted,
+            task,
+        }
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -96,6 +154,7 @@ async fn nginx_auth_request_in_front_of_an_upstream() {
         .start()
         .await;
 
+    let relay = Relay::start(idgate.addr()).await;
     let dir = tempfile::tempdir().expect("a temporary directory");
     let port = free_port();
     let conf = dir.path().join("nginx.conf");
@@ -104,7 +163,7 @@ async fn nginx_auth_request_in_front_of_an_upstream() {
         nginx_conf(
             dir.path(),
             port,
-            &idgate.addr().to_string(),
+            &relay.addr.to_string(),
             &up.addr().to_string(),
         ),
     )
@@ -231,6 +290,29 @@ async fn nginx_auth_request_in_front_of_an_upstream() {
     assert!(
         denials.iter().all(|v| v["http.path"] == "/app/items"),
         "{denials:?}"
+    );
+
+    // The recipe keeps nginx's connections to idgate open from one
+    // subrequest to the next, denials included: requests one at a time,
+    // answered 200, 401 and 403 in turn, all go over connections already
+    // open (without keep-alive, each would open one of its own).
+    let opened = relay.accepted();
+    assert!(opened >= 1, "nginx reached idgate through the relay");
+    let alice = google_token(&kit, "alice@example.com");
+    let bob = google_token(&kit, "bob@example.com");
+    for i in 0..12 {
+        let (token, want) = match i % 3 {
+            0 => (Some(alice.clone()), 200),
+            1 => (None, 401),
+            _ => (Some(bob.clone()), 403),
+        };
+        let res = send("/app/items", token).await.expect("a request");
+        assert_eq!(res.status(), want, "request {i}\n{}", error_log());
+    }
+    assert_eq!(
+        relay.accepted(),
+        opened,
+        "nginx opened new connections to idgate for requests one at a time"
     );
     drop(nginx_proc);
 }
