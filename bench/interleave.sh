@@ -23,7 +23,15 @@
 #                     and the fixed-rate nginx-rate idgate-rate envoy-rate
 #                     (oha; latency at RATE, for the p99 goal), as in
 #                     bench/sidecar.sh; default: nginx
-#                     idgate-1000tokens-nocache envoy-1000tokens-nocache
+#                     idgate-1000tokens-nocache envoy-1000tokens-nocache.
+#                     Forward-auth, here only: a front nginx with README.md's
+#                     recipe asks `idgate serve --mode forward-auth` (one
+#                     idgate for all of them; CPU and switches are the two
+#                     processes' together): authreq (one token),
+#                     authreq-denied (a token that is not one: 401s),
+#                     authreq-get-denied (the same without the recipe's
+#                     proxy_method HEAD), authreq-close (one token, without
+#                     its keepalive: a connection to idgate per request)
 #   CYCLES=10 SLICE=3 cycles, and seconds measured per variant per cycle
 #   WARMUP=3          seconds of load on each variant before the first cycle
 #   CONNS=50          wrk's (and oha's) connections
@@ -72,11 +80,12 @@ TOKEN=$(cat "$OUT/one-token.txt")
 # The instances, one per row name: server kind, pid, port, admin port
 # (idgate's metrics) and tokens file. How one is measured follows from its
 # name (mode_of).
-names=() kinds=() pids=() ports=() admins=() tokfiles=()
+names=() kinds=() pids=() ports=() admins=() tokfiles=() extras=()
+fa_pid='' fa_port='' fa_admin=''
 stop_all() {
   local p
   # SERVER_PID too: a server start_server gave up on is in no list.
-  for p in "${pids[@]}" "$SERVER_PID" "$UPSTREAM_PID"; do [[ -n $p ]] && kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}" "$fa_pid" "$SERVER_PID" "$UPSTREAM_PID"; do [[ -n $p ]] && kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
 }
 trap stop_all EXIT
@@ -85,7 +94,7 @@ trap stop_all EXIT
 # admin on P_IDGATE_ADMIN) is the instance NAME.
 record() {
   names+=("$1") kinds+=("$2") tokfiles+=("$3") pids+=("$SERVER_PID") ports+=("$SERVER_PORT")
-  admins+=("$P_IDGATE_ADMIN")
+  admins+=("$P_IDGATE_ADMIN") extras+=("${EXTRA_PID:-}")
 }
 
 # add NAME KIND TOKENS [START_SERVER ARGS...]: starts an instance on the
@@ -144,6 +153,26 @@ for v in $VARIANTS; do
       envoy_config "$cache" > "$OUT/interleave-$v.yaml"
       add "$v" envoy "$tokens" "$OUT/interleave-$v.yaml"
       n=$((n + 1)) ;;
+    authreq|authreq-denied|authreq-get-denied|authreq-close)
+      if [[ -z $fa_pid ]]; then
+        P_IDGATE=$((18120 + 2 * n)) P_IDGATE_ADMIN=$((18121 + 2 * n))
+        start_server idgate-fa
+        fa_pid=$SERVER_PID fa_port=$P_IDGATE fa_admin=$P_IDGATE_ADMIN
+        log "idgate --mode forward-auth: pid $fa_pid on :$fa_port"
+        n=$((n + 1))
+      fi
+      tokens=$OUT/one-token.txt drop=''
+      if [[ $v == *-denied ]]; then
+        tokens=$OUT/not-a-token.txt
+        echo not-a-token >"$tokens"
+      fi
+      [[ $v == authreq-get-denied ]] && drop='proxy_method HEAD'
+      [[ $v == authreq-close ]] && drop='keepalive 64|keepalive_timeout'
+      dir=$OUT/interleave-$v port=$((18120 + 2 * n))
+      mkdir -p "$dir"
+      authreq_conf "$dir" "$port" "$fa_port" "$drop" >"$dir/nginx.conf" || die "$v: no recipe in README.md"
+      P_IDGATE_ADMIN=$fa_admin EXTRA_PID=$fa_pid add "$v" front "$tokens" "$dir" "$port"
+      n=$((n + 1)) ;;
     *) die "unknown variant $v (see the list at the top of bench/interleave.sh)" ;;
   esac
 done
@@ -151,7 +180,7 @@ log "upstream pid $UPSTREAM_PID; servers on cpu $SERVER_CPU, wrk on cpu $CLIENT_
 
 # use_instance I: make instance I the one measure_run and wrk_run talk to.
 use_instance() {
-  SERVER_PID=${pids[$1]} SERVER_PORT=${ports[$1]} P_IDGATE_ADMIN=${admins[$1]}
+  SERVER_PID=${pids[$1]} SERVER_PORT=${ports[$1]} P_IDGATE_ADMIN=${admins[$1]} EXTRA_PID=${extras[$1]}
 }
 
 for i in "${!names[@]}"; do

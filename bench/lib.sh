@@ -54,6 +54,46 @@ nginx_jwks() {
 EOF
 }
 
+# authreq_conf DIR PORT IDGATE_PORT [DROP]: the nginx.conf of a front nginx
+# run from DIR on PORT, with README.md's forward-auth recipe (its nginx
+# block, as written there: the lines before `location / {` in `http`, the
+# rest in the `server`), idgate on IDGATE_PORT for the recipe's
+# 127.0.0.1:8080, and the upstream as the recipe's `app`, kept open as
+# nginx's own hop keeps it. DROP, an awk regex: the recipe's lines it
+# matches are left out (the recipe without keep-alive, say).
+authreq_conf() {
+  local dir=$1 port=$2 idgate=$3 drop=${4:-}
+  nginx_main "$dir"
+  cat <<EOF
+http {
+  access_log off;
+  keepalive_requests 100000000; keepalive_timeout 300s;
+  upstream app { server 127.0.0.1:$P_UP; keepalive 1024; keepalive_requests 100000000; keepalive_timeout 300s; }
+EOF
+  awk -v port="$port" -v idgate="127.0.0.1:$idgate" -v drop="$drop" '
+    /^```nginx$/ { block = 1; text = ""; next }
+    block && /^```$/ {
+      block = 0
+      if (!found && text ~ /auth_request/) { found = 1; out = text }
+      next
+    }
+    block { text = text $0 "\n" }
+    END {
+      if (!found) { print "no nginx auth_request block in README.md" > "/dev/stderr"; exit 1 }
+      k = split(out, lines, "\n"); server = 0; swapped = 0
+      for (j = 1; j < k; j++) {
+        line = lines[j]
+        if (drop != "" && line ~ drop) continue
+        if (!server && line ~ /^location \/ \{/) { server = 1; printf "  server {\n    listen 127.0.0.1:%s backlog=4096;\n", port }
+        if (sub(/server 127\.0\.0\.1:8080;/, "server " idgate ";", line)) swapped++
+        print (server ? "    " : "  ") line
+      }
+      if (!server || swapped != 1) { print "README.md recipe: no location / or not one 127.0.0.1:8080" > "/dev/stderr"; exit 1 }
+      print "  }"
+      print "}"
+    }' "$ROOT/README.md"
+}
+
 # The upstream nginx (also serving the JWKS), pinned to SERVER_CPU, in a
 # CPU cgroup of UPSTREAM_SHARES if set (cpu_share).
 start_upstream() {
@@ -71,7 +111,9 @@ start_upstream() {
 
 # start_server NAME [ARGS...]: the server under test (nginx, idgate,
 # envoy with its config file as ARGS, or bare: loadkit's bare-proxy, the
-# hyper floor, with its gate's JWKS URL, audience and member as ARGS), pinned to SERVER_CPU at nice
+# hyper floor, with its gate's JWKS URL, audience and member as ARGS;
+# idgate-fa, idgate in forward-auth mode, and front, a front nginx with
+# its directory and port as ARGS, for forward-auth), pinned to SERVER_CPU at nice
 # SERVER_NICE (default 0), under the scheduling policy SERVER_SCHED (other,
 # the default, or batch: chrt's names), with SERVER_SLICE_US, if set, as
 # the EEVDF slice of its threads (bench/slice.py), in a CPU cgroup of
@@ -99,7 +141,15 @@ start_server() {
     bare)
       "${pin[@]}" "$BARE_PROXY" "127.0.0.1:$P_BARE" "127.0.0.1:$P_UP" "$@" 2>>"$OUT/bare-proxy.log" &
       port=$P_BARE ;;
-    *) die "unknown server $name (nginx, idgate, envoy or bare)" ;;
+    idgate-fa)
+      "${pin[@]}" "$IDGATE" serve --mode forward-auth --listen "127.0.0.1:$P_IDGATE" \
+        --admin-listen "127.0.0.1:$P_IDGATE_ADMIN" --jwks-url "http://127.0.0.1:$P_JWKS/jwks.json" \
+        --audience "$AUD" --member "serviceAccount:$EMAIL" "$@" 2>>"$OUT/idgate.log" &
+      port=$P_IDGATE ;;
+    front)
+      "${pin[@]}" nginx -p "$1" -c "$1/nginx.conf" -e "$1/error.log" &
+      port=$2 ;;
+    *) die "unknown server $name (nginx, idgate, idgate-fa, front, envoy or bare)" ;;
   esac
   SERVER_PID=$!
   for _ in $(seq 100); do
@@ -241,22 +291,30 @@ hit_pct() {
 }
 
 header() {
-  printf 'variant\tserver\trps\tp50_us\tp99_us\tp999_us\terrors\tcpu_us_per_req\tserver_core_pct\tupstream_cpu_us_per_req\tvm_hwm_kib\tvm_rss_kib\tbusy_before_pct\tforeign_cpu_pct\tload1\tcache_hit_pct\thot_hit_pct\tserver_cs_per_req\tupstream_cs_per_req\n' > "$RESULTS"
+  printf 'variant\tserver\trps\tp50_us\tp99_us\tp999_us\terrors\tcpu_us_per_req\tserver_core_pct\tupstream_cpu_us_per_req\tvm_hwm_kib\tvm_rss_kib\tbusy_before_pct\tforeign_cpu_pct\tload1\tcache_hit_pct\thot_hit_pct\tserver_cs_per_req\tupstream_cs_per_req\textra_cpu_us_per_req\n' > "$RESULTS"
 }
+
+# server_ticks, server_switches: cpu_ticks and switches of the server
+# under test, SERVER_PID, and of EXTRA_PID with it when set (forward-auth:
+# the front nginx and idgate together).
+server_ticks() { echo $(( $(cpu_ticks "$SERVER_PID") + ${EXTRA_PID:+$(cpu_ticks "$EXTRA_PID")} + 0 )); }
+server_switches() { echo $(( $(switches "$SERVER_PID") + ${EXTRA_PID:+$(switches "$EXTRA_PID")} + 0 )); }
 
 # measure_run VARIANT SERVER TOKENS_FILE CONNS BUSY: one measured run of
 # DURATION seconds against SERVER_PID on SERVER_PORT (idgate's admin on
 # P_IDGATE_ADMIN), a row of RESULTS (header) with BUSY as busy_before_pct.
+# CPU and switches count EXTRA_PID's too, when set, and its CPU alone is
+# the last column; memory is SERVER_PID's.
 measure_run() {
   local variant=$1 server=$2 tokens=$3 conns=$4 busy=$5
-  local c0 u0 b0 c1 u1 b1 k0 k1 line reqs secs cpu_us up_us total_us ours_us s0 s1 v0 v1
+  local c0 u0 b0 e0 c1 u1 b1 e1 k0 k1 line reqs secs cpu_us up_us total_us ours_us s0 s1 v0 v1
   k0=$(cache_counters "$server")
-  c0=$(cpu_ticks "$SERVER_PID"); u0=$(cpu_ticks "$UPSTREAM_PID"); b0=$(busy_ticks)
-  s0=$(switches "$SERVER_PID"); v0=$(switches "$UPSTREAM_PID")
+  c0=$(server_ticks); u0=$(cpu_ticks "$UPSTREAM_PID"); b0=$(busy_ticks) e0=${EXTRA_PID:+$(cpu_ticks "$EXTRA_PID")}
+  s0=$(server_switches); v0=$(switches "$UPSTREAM_PID")
   log "$variant: measuring ${DURATION}s, $conns connections"
   line=$(wrk_run "$DURATION" "$conns" "$tokens")
-  c1=$(cpu_ticks "$SERVER_PID"); u1=$(cpu_ticks "$UPSTREAM_PID"); b1=$(busy_ticks)
-  s1=$(switches "$SERVER_PID"); v1=$(switches "$UPSTREAM_PID")
+  c1=$(server_ticks); u1=$(cpu_ticks "$UPSTREAM_PID"); b1=$(busy_ticks) e1=${EXTRA_PID:+$(cpu_ticks "$EXTRA_PID")}
+  s1=$(server_switches); v1=$(switches "$UPSTREAM_PID")
   k1=$(cache_counters "$server")
   [[ -n $line ]] || die "$variant: wrk printed no result"
   reqs=$(field requests "$line"); secs=$(awk -v d="$(field duration_us "$line")" 'BEGIN {print d / 1e6}')
@@ -266,7 +324,7 @@ measure_run() {
   # wrk's own CPU is about one core's share when saturated: what is left
   # beyond server + upstream + one client core is someone else's.
   ours_us=$(awk -v s="$secs" 'BEGIN {print int(s * 1e6)}')
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.1f\t%.0f\t%.1f\t%s\t%s\t%s\t%s\t%s\t%s\t%.2f\t%.2f\n' \
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.1f\t%.0f\t%.1f\t%s\t%s\t%s\t%s\t%s\t%s\t%.2f\t%.2f\t%s\n' \
     "$variant" "$server" "$(field rps "$line")" "$(field p50_us "$line")" "$(field p99_us "$line")" \
     "$(field p999_us "$line")" "$(field errors "$line")" \
     "$(awk -v c="$cpu_us" -v r="$reqs" 'BEGIN {print c / r}')" \
@@ -277,7 +335,9 @@ measure_run() {
         'BEGIN {f = (t - c - u - o) / (s * 1e6 * 2) * 100; print (f < 0 ? 0 : int(f))}')" \
     "$(load1)" "$(hit_pct "$k0" "$k1")" \
     "$(awk -v a="$s0" -v b="$s1" -v r="$reqs" 'BEGIN {print (b - a) / r}')" \
-    "$(awk -v a="$v0" -v b="$v1" -v r="$reqs" 'BEGIN {print (b - a) / r}')" | tee -a "$RESULTS" >&2
+    "$(awk -v a="$v0" -v b="$v1" -v r="$reqs" 'BEGIN {print (b - a) / r}')" \
+    "$(awk -v a="$e0" -v b="$e1" -v r="$reqs" -v t="$TICK" 'BEGIN {if (a != "") printf "%.1f", (b - a) * 1e6 / t / r}')" |
+    tee -a "$RESULTS" >&2
 }
 
 # rate_load SECONDS [OHA ARGS...]: oha (OHA) at RATE req/s with CONNS

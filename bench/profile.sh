@@ -9,6 +9,9 @@
 #                                     # idgate's proxy without the gate
 #   bench/profile.sh bare             # loadkit's bare-proxy instead of idgate:
 #                                     # what hyper and tokio cost alone
+#   bench/profile.sh forward-auth     # idgate --mode forward-auth, asked
+#                                     # directly (no front proxy, no
+#                                     # upstream): one token, answered 200
 #   bench/profile.sh heap-1000conn    # the heap with 1,000 connections
 #                                     # open (valgrind's massif): its peak
 #                                     # and where it was allocated
@@ -53,7 +56,7 @@ cache=()
 [[ ${CACHE_SIM:-0} == 1 ]] && cache=(--cache-sim=yes --I1=32768,8,64 --D1=49152,12,64 --LL=1048576,16,64)
 tool=(--tool=callgrind "${cache[@]}" --callgrind-out-file="$PROF/callgrind.out")
 case $VARIANT in
-  one-token|bare) tokens=$OUT/one-token.txt extra=() ;;
+  one-token|bare|forward-auth) tokens=$OUT/one-token.txt extra=() ;;
   public) tokens=$OUT/one-token.txt extra=(--public-path /) ;;
   1000-tokens) tokens=$OUT/1000-tokens.txt extra=() ;;
   1000-tokens-nocache) tokens=$OUT/1000-tokens.txt extra=(--token-cache-capacity 0) ;;
@@ -71,6 +74,10 @@ rm -f "$PROF"/callgrind.out* "$PROF"/massif.out "$PROF"/dhat.out
 if [[ $VARIANT == bare ]]; then
   port=$P_BARE
   server=("$BARE_PROXY" "127.0.0.1:$P_BARE" "127.0.0.1:$P_UP")
+elif [[ $VARIANT == forward-auth ]]; then
+  port=$P_IDGATE
+  server=("$IDGATE" serve --mode forward-auth --listen "127.0.0.1:$P_IDGATE" --admin-listen "127.0.0.1:$P_IDGATE_ADMIN"
+    --jwks-url "http://127.0.0.1:$P_JWKS/jwks.json" --audience "$AUD" --member "serviceAccount:$EMAIL")
 else
   port=$P_IDGATE
   server=("$IDGATE" serve --listen "127.0.0.1:$P_IDGATE" --admin-listen "127.0.0.1:$P_IDGATE_ADMIN"

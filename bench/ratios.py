@@ -55,7 +55,8 @@ GOALS = {
 }
 
 # A variant's own figures, whose medians over the rounds follow the ratios.
-RAW = ["rps", "p99_us", "cpu_us_per_req", "upstream_cpu_us_per_req", "server_cs_per_req"]
+RAW = ["rps", "p99_us", "cpu_us_per_req", "upstream_cpu_us_per_req", "server_cs_per_req",
+       "extra_cpu_us_per_req"]
 
 
 def split(name):
