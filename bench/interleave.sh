@@ -31,7 +31,7 @@
 #                     authreq-denied (a token that is not one: 401s),
 #                     authreq-get-denied (the same without the recipe's
 #                     proxy_method HEAD), authreq-close (one token, without
-#                     its keepalive: a connection to idgate per request)
+#                     keepalive for idgate: a connection to it per request)
 #   CYCLES=10 SLICE=3 cycles, and seconds measured per variant per cycle
 #   WARMUP=3          seconds of load on each variant before the first cycle
 #   CONNS=50          wrk's (and oha's) connections
@@ -154,6 +154,7 @@ for v in $VARIANTS; do
       add "$v" envoy "$tokens" "$OUT/interleave-$v.yaml"
       n=$((n + 1)) ;;
     authreq|authreq-denied|authreq-get-denied|authreq-close)
+      [[ -z ${BINS:-} ]] || die "$v: one forward-auth idgate serves every authreq variant; run them without BINS"
       if [[ -z $fa_pid ]]; then
         P_IDGATE=$((18120 + 2 * n)) P_IDGATE_ADMIN=$((18121 + 2 * n))
         start_server idgate-fa
@@ -161,16 +162,16 @@ for v in $VARIANTS; do
         log "idgate --mode forward-auth: pid $fa_pid on :$fa_port"
         n=$((n + 1))
       fi
-      tokens=$OUT/one-token.txt drop=''
+      tokens=$OUT/one-token.txt drop='' in=''
       if [[ $v == *-denied ]]; then
         tokens=$OUT/not-a-token.txt
         echo not-a-token >"$tokens"
       fi
       [[ $v == authreq-get-denied ]] && drop='proxy_method HEAD'
-      [[ $v == authreq-close ]] && drop='keepalive 64|keepalive_timeout'
+      [[ $v == authreq-close ]] && drop=keepalive in='^upstream idgate'
       dir=$OUT/interleave-$v port=$((18120 + 2 * n))
       mkdir -p "$dir"
-      authreq_conf "$dir" "$port" "$fa_port" "$drop" >"$dir/nginx.conf" || die "$v: no recipe in README.md"
+      authreq_conf "$dir" "$port" "$fa_port" "$drop" "$in" >"$dir/nginx.conf" || die "$v: no recipe in README.md"
       P_IDGATE_ADMIN=$fa_admin EXTRA_PID=$fa_pid add "$v" front "$tokens" "$dir" "$port"
       n=$((n + 1)) ;;
     *) die "unknown variant $v (see the list at the top of bench/interleave.sh)" ;;

@@ -54,41 +54,46 @@ nginx_jwks() {
 EOF
 }
 
-# authreq_conf DIR PORT IDGATE_PORT [DROP]: the nginx.conf of a front nginx
-# run from DIR on PORT, with README.md's forward-auth recipe (its nginx
-# block, as written there: the lines before `location / {` in `http`, the
-# rest in the `server`), idgate on IDGATE_PORT for the recipe's
-# 127.0.0.1:8080, and the upstream as the recipe's `app`, kept open as
-# nginx's own hop keeps it. DROP, an awk regex: the recipe's lines it
-# matches are left out (the recipe without keep-alive, say).
+# authreq_conf DIR PORT IDGATE_PORT [DROP [IN]]: the nginx.conf of a front nginx
+# run from DIR on PORT, with README.md's forward-auth recipe (its one nginx
+# block with auth_request, as written there: the lines before
+# `location / {` in `http`, the rest in the `server`), idgate on
+# IDGATE_PORT for the recipe's 127.0.0.1:8080 and the upstream for its app
+# at 127.0.0.1:8081. DROP, an awk regex: the recipe's lines it matches are
+# left out (the recipe without keep-alive, say), only within the blocks
+# whose first line matches IN when given (`^upstream idgate`); it must
+# match one line at least.
 authreq_conf() {
-  local dir=$1 port=$2 idgate=$3 drop=${4:-}
+  local dir=$1 port=$2 idgate=$3 drop=${4:-} in=${5:-}
   nginx_main "$dir"
-  cat <<EOF
-http {
-  access_log off;
-  keepalive_requests 100000000; keepalive_timeout 300s;
-  upstream app { server 127.0.0.1:$P_UP; keepalive 1024; keepalive_requests 100000000; keepalive_timeout 300s; }
-EOF
-  awk -v port="$port" -v idgate="127.0.0.1:$idgate" -v drop="$drop" '
+  echo "http {"
+  echo "  access_log off;"
+  echo "  keepalive_requests 100000000; keepalive_timeout 300s;"
+  awk -v port="$port" -v idgate="127.0.0.1:$idgate" -v app="127.0.0.1:$P_UP" -v drop="$drop" -v within="$in" '
+    function fail(msg) { print "README.md recipe: " msg > "/dev/stderr"; bad = 1; exit 1 }
     /^```nginx$/ { block = 1; text = ""; next }
     block && /^```$/ {
       block = 0
-      if (!found && text ~ /auth_request/) { found = 1; out = text }
+      if (text ~ /auth_request/) { found++; out = text }
       next
     }
     block { text = text $0 "\n" }
     END {
-      if (!found) { print "no nginx auth_request block in README.md" > "/dev/stderr"; exit 1 }
-      k = split(out, lines, "\n"); server = 0; swapped = 0
+      if (bad) exit 1
+      if (found != 1) fail("not one nginx block with auth_request (" found + 0 ")")
+      k = split(out, lines, "\n"); server = 0; to_idgate = 0; to_app = 0; dropped = 0
       for (j = 1; j < k; j++) {
         line = lines[j]
-        if (drop != "" && line ~ drop) continue
+        if (line ~ /^[^ #].*\{/) block_head = line
+        if (drop != "" && line ~ drop && (within == "" || block_head ~ within)) { dropped++; continue }
         if (!server && line ~ /^location \/ \{/) { server = 1; printf "  server {\n    listen 127.0.0.1:%s backlog=4096;\n", port }
-        if (sub(/server 127\.0\.0\.1:8080;/, "server " idgate ";", line)) swapped++
+        if (!server && sub(/server 127\.0\.0\.1:8080;/, "server " idgate ";", line)) to_idgate++
+        if (!server && sub(/server 127\.0\.0\.1:8081;/, "server " app ";", line)) to_app++
         print (server ? "    " : "  ") line
       }
-      if (!server || swapped != 1) { print "README.md recipe: no location / or not one 127.0.0.1:8080" > "/dev/stderr"; exit 1 }
+      if (!server) fail("no location /")
+      if (to_idgate != 1 || to_app != 1) fail("not one upstream server 127.0.0.1:8080 and one 127.0.0.1:8081")
+      if (drop != "" && !dropped) fail("no line matches " drop)
       print "  }"
       print "}"
     }' "$ROOT/README.md"
@@ -275,9 +280,9 @@ wrk_run() {
 field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<"$2"; }
 
 # idgate's verified-token cache counters: "HITS MISSES HOT_HITS" (empty
-# for others).
+# for others; a front nginx's are its idgate's).
 cache_counters() {
-  [[ $1 == idgate ]] || return 0
+  [[ $1 == idgate || $1 == front ]] || return 0
   curl -s "http://127.0.0.1:$P_IDGATE_ADMIN/metrics" |
     awk '/^[a-z_]*token_cache_hits_total/ {h = $2} /^[a-z_]*token_cache_misses_total/ {m = $2}
       /^[a-z_]*token_cache_hot_hits_total/ {t = $2} END {print h + 0, m + 0, t + 0}'
@@ -294,11 +299,18 @@ header() {
   printf 'variant\tserver\trps\tp50_us\tp99_us\tp999_us\terrors\tcpu_us_per_req\tserver_core_pct\tupstream_cpu_us_per_req\tvm_hwm_kib\tvm_rss_kib\tbusy_before_pct\tforeign_cpu_pct\tload1\tcache_hit_pct\thot_hit_pct\tserver_cs_per_req\tupstream_cs_per_req\textra_cpu_us_per_req\n' > "$RESULTS"
 }
 
-# server_ticks, server_switches: cpu_ticks and switches of the server
-# under test, SERVER_PID, and of EXTRA_PID with it when set (forward-auth:
-# the front nginx and idgate together).
-server_ticks() { echo $(( $(cpu_ticks "$SERVER_PID") + ${EXTRA_PID:+$(cpu_ticks "$EXTRA_PID")} + 0 )); }
-server_switches() { echo $(( $(switches "$SERVER_PID") + ${EXTRA_PID:+$(switches "$EXTRA_PID")} + 0 )); }
+# server_sum FUNC: FUNC (cpu_ticks or switches) of the server under test,
+# SERVER_PID, plus EXTRA_PID's when set (forward-auth: the front nginx and
+# idgate together). Dies when either process is gone.
+server_sum() {
+  local pid n total=0
+  for pid in "$SERVER_PID" ${EXTRA_PID:+"$EXTRA_PID"}; do
+    [[ -r /proc/$pid/stat ]] || die "server process $pid is gone"
+    n=$("$1" "$pid")
+    total=$((total + n))
+  done
+  echo "$total"
+}
 
 # measure_run VARIANT SERVER TOKENS_FILE CONNS BUSY: one measured run of
 # DURATION seconds against SERVER_PID on SERVER_PORT (idgate's admin on
@@ -309,12 +321,12 @@ measure_run() {
   local variant=$1 server=$2 tokens=$3 conns=$4 busy=$5
   local c0 u0 b0 e0 c1 u1 b1 e1 k0 k1 line reqs secs cpu_us up_us total_us ours_us s0 s1 v0 v1
   k0=$(cache_counters "$server")
-  c0=$(server_ticks); u0=$(cpu_ticks "$UPSTREAM_PID"); b0=$(busy_ticks) e0=${EXTRA_PID:+$(cpu_ticks "$EXTRA_PID")}
-  s0=$(server_switches); v0=$(switches "$UPSTREAM_PID")
+  c0=$(server_sum cpu_ticks); u0=$(cpu_ticks "$UPSTREAM_PID"); b0=$(busy_ticks) e0=${EXTRA_PID:+$(cpu_ticks "$EXTRA_PID")}
+  s0=$(server_sum switches); v0=$(switches "$UPSTREAM_PID")
   log "$variant: measuring ${DURATION}s, $conns connections"
   line=$(wrk_run "$DURATION" "$conns" "$tokens")
-  c1=$(server_ticks); u1=$(cpu_ticks "$UPSTREAM_PID"); b1=$(busy_ticks) e1=${EXTRA_PID:+$(cpu_ticks "$EXTRA_PID")}
-  s1=$(server_switches); v1=$(switches "$UPSTREAM_PID")
+  c1=$(server_sum cpu_ticks); u1=$(cpu_ticks "$UPSTREAM_PID"); b1=$(busy_ticks) e1=${EXTRA_PID:+$(cpu_ticks "$EXTRA_PID")}
+  s1=$(server_sum switches); v1=$(switches "$UPSTREAM_PID")
   k1=$(cache_counters "$server")
   [[ -n $line ]] || die "$variant: wrk printed no result"
   reqs=$(field requests "$line"); secs=$(awk -v d="$(field duration_us "$line")" 'BEGIN {print d / 1e6}')

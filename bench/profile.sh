@@ -11,7 +11,9 @@
 #                                     # what hyper and tokio cost alone
 #   bench/profile.sh forward-auth     # idgate --mode forward-auth, asked
 #                                     # directly (no front proxy, no
-#                                     # upstream): one token, answered 200
+#                                     # upstream): one token, answered 200;
+#                                     # plain GETs, without the X-Original-*
+#                                     # headers a front proxy adds
 #   bench/profile.sh heap-1000conn    # the heap with 1,000 connections
 #                                     # open (valgrind's massif): its peak
 #                                     # and where it was allocated

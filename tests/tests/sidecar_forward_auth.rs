@@ -50,16 +50,18 @@ fn readme_recipe() -> (String, String) {
 }
 
 /// nginx's config: the README's recipe, with idgate at `idgate` (the
-/// recipe's 127.0.0.1:8080) and `upstream` as the app.
+/// recipe's 127.0.0.1:8080) and `upstream` as the app (its 127.0.0.1:8081).
 fn nginx_conf(dir: &Path, port: u16, idgate: &str, upstream: &str) -> String {
-    let (http, server) = readme_recipe();
-    let default_idgate = "server 127.0.0.1:8080;";
-    assert_eq!(
-        http.matches(default_idgate).count(),
-        1,
-        "the recipe's upstream idgate names 127.0.0.1:8080 once: {http}"
-    );
-    let http = http.replace(default_idgate, &format!("server {idgate};"));
+    let (mut http, server) = readme_recipe();
+    for (default, addr) in [("127.0.0.1:8080", idgate), ("127.0.0.1:8081", upstream)] {
+        let line = format!("server {default};");
+        assert_eq!(
+            http.matches(&line).count(),
+            1,
+            "the recipe's upstreams name {default} once: {http}"
+        );
+        http = http.replace(&line, &format!("server {addr};"));
+    }
     let d = dir.display();
     format!(
         r#"daemon off;
@@ -74,7 +76,6 @@ http {{
     fastcgi_temp_path {d}/fastcgi;
     uwsgi_temp_path {d}/uwsgi;
     scgi_temp_path {d}/scgi;
-    upstream app {{ server {upstream}; }}
 {http}
     server {{
         listen 127.0.0.1:{port};
