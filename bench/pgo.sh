@@ -7,6 +7,10 @@
 #   bench/pgo.sh
 #   IDGATE=target/pgo/idgate NO_BUILD=1 bench/sidecar.sh      # measure it
 #   BINS="target/release/idgate target/pgo/idgate" ROUNDS=3 NO_BUILD=1 bench/sidecar.sh
+#   BOLT=1 bench/pgo.sh   # then laid out again by llvm-bolt (Debian's
+#                         # bolt-N): target/pgo/idgate, and the PGO build
+#                         # alone as target/pgo/idgate-nobolt (BENCHMARKS.md,
+#                         # "Stop 38"; not what the image ships)
 #
 # Needs nginx and wrk (Debian packages), curl and taskset, and an
 # llvm-profdata of the same LLVM major version as rustc (`rustc -vV`):
@@ -18,7 +22,8 @@
 # one), so on that benchmark the PGO build shows its best case.
 # The server and upstream go on one CPU and wrk on another, of those this
 # process may use; with only one (a container build), all three share it.
-# Loopback only; bounded in time (about 10 minutes, two release builds).
+# Loopback only; bounded in time (about 10 minutes, two release builds;
+# BOLT=1 adds about 2 minutes).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -78,17 +83,22 @@ load() { # label connections tokens-file
   taskset -c "$CLIENT_CPU" wrk -t 1 -c "$2" -d "${SECS}s" -s "$ROOT/bench/wrk-tokens.lua" \
     "http://127.0.0.1:$SERVER_PORT/" -- "$3" | grep '^BENCH' | sed "s|^|[pgo] $1: |" >&2
 }
-start_upstream
-for args in "" "--token-cache-capacity 0" "--public-path /"; do
-  label="idgate serve ${args:-(defaults)}"
-  # shellcheck disable=SC2086 # the flags are words
-  start_server idgate $args
-  load "$label" 50 "$OUT/one-token.txt"
-  load "$label" 50 "$OUT/1000-tokens.txt"
-  load "$label" 1 "$OUT/one-token.txt"
-  stop_server # SIGTERM: a clean exit writes the profile
-done
-cleanup
+# train: the training traffic, through IDGATE, one server process per
+# set of flags; each writes its profile as it exits.
+train() {
+  start_upstream
+  for args in "" "--token-cache-capacity 0" "--public-path /"; do
+    label="idgate serve ${args:-(defaults)}"
+    # shellcheck disable=SC2086 # the flags are words
+    start_server idgate $args
+    load "$label" 50 "$OUT/one-token.txt"
+    load "$label" 50 "$OUT/1000-tokens.txt"
+    load "$label" 1 "$OUT/one-token.txt"
+    stop_server # SIGTERM: a clean exit writes the profile
+  done
+  cleanup
+}
+train
 trap - EXIT
 profiles=("$PGO"/data/*.profraw)
 [[ -e ${profiles[0]} ]] || { echo "the instrumented idgate wrote no profile in $PGO/data" >&2; exit 1; }
@@ -99,6 +109,41 @@ used=$PGO/idgate-$(sha256sum "$PGO/idgate.profdata" | cut -c1-16).profdata
 cp "$PGO/idgate.profdata" "$used"
 
 echo "[pgo] optimized build ($PGO/use)" >&2
-build "$PGO/use" "-Cprofile-use=$used" idgate-sidecar idgate
+relocs=
+# BOLT lays the linked binary out again, and needs its relocations kept.
+[[ ${BOLT:-0} == 1 ]] && relocs=" -Clink-arg=-Wl,--emit-relocs"
+build "$PGO/use" "-Cprofile-use=$used$relocs" idgate-sidecar idgate
 install -m 0755 "$PGO/use/release/idgate" "$PGO/idgate"
 echo "[pgo] $PGO/idgate" >&2
+[[ ${BOLT:-0} == 1 ]] || exit 0
+
+# BOLT=1: then llvm-bolt instruments the PGO build, which serves the same
+# training traffic, and lays it out again by what ran: functions ordered,
+# and split into the parts that ran and those that did not; blocks
+# ordered. The PGO build alone stays as $PGO/idgate-nobolt.
+bolt='' merge=''
+for d in "/usr/lib/llvm-$llvm/bin/" ""; do
+  if command -v "${d}llvm-bolt" >/dev/null && command -v "${d}merge-fdata" >/dev/null; then
+    bolt=${d}llvm-bolt merge=${d}merge-fdata; break
+  fi
+done
+[[ -n $bolt ]] || { echo "no llvm-bolt and merge-fdata: apt-get install bolt-$llvm" >&2; exit 1; }
+mkdir -p "$PGO/bolt"
+rm -f "$PGO/bolt/"*.fdata
+"$bolt" "$PGO/idgate" --instrument -o "$PGO/bolt/idgate-inst" --instrumentation-file-append-pid \
+  --instrumentation-file="$PGO/bolt/train" >"$PGO/bolt/instrument.log" 2>&1 ||
+  { cat "$PGO/bolt/instrument.log" >&2; exit 1; }
+IDGATE=$PGO/bolt/idgate-inst
+trap cleanup EXIT
+train
+trap - EXIT
+fdata=("$PGO"/bolt/train*.fdata)
+[[ -e ${fdata[0]} ]] || { echo "the instrumented idgate wrote no BOLT profile in $PGO/bolt" >&2; exit 1; }
+"$merge" "${fdata[@]}" >"$PGO/bolt/idgate.fdata"
+"$bolt" "$PGO/idgate" -o "$PGO/bolt/idgate" --data="$PGO/bolt/idgate.fdata" \
+  --reorder-blocks=ext-tsp --reorder-functions=cdsort --split-functions --split-all-cold \
+  --split-eh --icf=1 --use-gnu-stack --dyno-stats >"$PGO/bolt/optimize.log" 2>&1 ||
+  { cat "$PGO/bolt/optimize.log" >&2; exit 1; }
+mv "$PGO/idgate" "$PGO/idgate-nobolt"
+install -m 0755 "$PGO/bolt/idgate" "$PGO/idgate"
+echo "[pgo] $PGO/idgate (BOLT; the PGO build alone: $PGO/idgate-nobolt)" >&2
