@@ -109,6 +109,9 @@ add() {
 # mode_of NAME: rate for a fixed-rate variant, wrk for the rest.
 mode_of() { if [[ $1 == *-rate ]]; then echo rate; else echo wrk; fi; }
 
+[[ -z ${BINS:-} || $VARIANTS != *authreq* ]] ||
+  die "one forward-auth idgate serves every authreq variant: run them without BINS"
+
 ulimit -n "$(ulimit -Hn)"
 start_upstream
 bins=${BINS:-$IDGATE}
@@ -154,7 +157,6 @@ for v in $VARIANTS; do
       add "$v" envoy "$tokens" "$OUT/interleave-$v.yaml"
       n=$((n + 1)) ;;
     authreq|authreq-denied|authreq-get-denied|authreq-close)
-      [[ -z ${BINS:-} ]] || die "$v: one forward-auth idgate serves every authreq variant; run them without BINS"
       if [[ -z $fa_pid ]]; then
         P_IDGATE=$((18120 + 2 * n)) P_IDGATE_ADMIN=$((18121 + 2 * n))
         start_server idgate-fa
@@ -171,7 +173,7 @@ for v in $VARIANTS; do
       [[ $v == authreq-close ]] && drop=keepalive in='^upstream idgate'
       dir=$OUT/interleave-$v port=$((18120 + 2 * n))
       mkdir -p "$dir"
-      authreq_conf "$dir" "$port" "$fa_port" "$drop" "$in" >"$dir/nginx.conf" || die "$v: no recipe in README.md"
+      authreq_conf "$dir" "$port" "$fa_port" "$drop" "$in" >"$dir/nginx.conf" || die "$v: README.md's recipe is not usable (above)"
       P_IDGATE_ADMIN=$fa_admin EXTRA_PID=$fa_pid add "$v" front "$tokens" "$dir" "$port"
       n=$((n + 1)) ;;
     *) die "unknown variant $v (see the list at the top of bench/interleave.sh)" ;;

@@ -59,7 +59,7 @@ EOF
 # block with auth_request, as written there: the lines before
 # `location / {` in `http`, the rest in the `server`), idgate on
 # IDGATE_PORT for the recipe's 127.0.0.1:8080 and the upstream for its app
-# at 127.0.0.1:8081. DROP, an awk regex: the recipe's lines it matches are
+# at 127.0.0.1:8081 (the same rules as tests/tests/sidecar_forward_auth.rs). DROP, an awk regex: the recipe's lines it matches are
 # left out (the recipe without keep-alive, say), only within the blocks
 # whose first line matches IN when given (`^upstream idgate`); it must
 # match one line at least.
@@ -69,8 +69,8 @@ authreq_conf() {
   echo "http {"
   echo "  access_log off;"
   echo "  keepalive_requests 100000000; keepalive_timeout 300s;"
-  awk -v port="$port" -v idgate="127.0.0.1:$idgate" -v app="127.0.0.1:$P_UP" -v drop="$drop" -v within="$in" '
-    function fail(msg) { print "README.md recipe: " msg > "/dev/stderr"; bad = 1; exit 1 }
+  DROP=$drop WITHIN=$in awk -v port="$port" -v idgate="127.0.0.1:$idgate" -v app="127.0.0.1:$P_UP" '
+    function fail(msg) { print "README.md recipe: " msg > "/dev/stderr"; exit 1 }
     /^```nginx$/ { block = 1; text = ""; next }
     block && /^```$/ {
       block = 0
@@ -79,12 +79,13 @@ authreq_conf() {
     }
     block { text = text $0 "\n" }
     END {
-      if (bad) exit 1
+      drop = ENVIRON["DROP"]; within = ENVIRON["WITHIN"]
       if (found != 1) fail("not one nginx block with auth_request (" found + 0 ")")
       k = split(out, lines, "\n"); server = 0; to_idgate = 0; to_app = 0; dropped = 0
       for (j = 1; j < k; j++) {
         line = lines[j]
         if (line ~ /^[^ #].*\{/) block_head = line
+        if (line ~ /^\}/) block_head = ""
         if (drop != "" && line ~ drop && (within == "" || block_head ~ within)) { dropped++; continue }
         if (!server && line ~ /^location \/ \{/) { server = 1; printf "  server {\n    listen 127.0.0.1:%s backlog=4096;\n", port }
         if (!server && sub(/server 127\.0\.0\.1:8080;/, "server " idgate ";", line)) to_idgate++

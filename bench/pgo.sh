@@ -27,6 +27,7 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BOLT=${BOLT:-0}
 OUT=${OUT:-$ROOT/target/bench/sidecar}
 PGO=${PGO:-$ROOT/target/pgo}
 SECS=${SECS:-4}
@@ -56,6 +57,16 @@ done
   echo "no llvm-profdata for LLVM $llvm: rustup component add llvm-tools, or apt-get install llvm-$llvm" >&2
   exit 1
 }
+# BOLT=1: llvm-bolt and merge-fdata, looked for before any build.
+bolt='' merge=''
+if [[ $BOLT == 1 ]]; then
+  for d in "/usr/lib/llvm-$llvm/bin/" ""; do
+    if command -v "${d}llvm-bolt" >/dev/null && command -v "${d}merge-fdata" >/dev/null; then
+      bolt=${d}llvm-bolt merge=${d}merge-fdata; break
+    fi
+  done
+  [[ -n $bolt ]] || { echo "BOLT=1: no llvm-bolt and merge-fdata (apt-get install bolt-$llvm)" >&2; exit 1; }
+fi
 
 build() { # target-dir rustflags package binary
   (cd "$ROOT" && RUSTFLAGS=$2 CARGO_TARGET_DIR=$1 cargo build --release --locked --quiet \
@@ -111,23 +122,16 @@ cp "$PGO/idgate.profdata" "$used"
 echo "[pgo] optimized build ($PGO/use)" >&2
 relocs=
 # BOLT lays the linked binary out again, and needs its relocations kept.
-[[ ${BOLT:-0} == 1 ]] && relocs=" -Clink-arg=-Wl,--emit-relocs"
+[[ $BOLT == 1 ]] && relocs=" -Clink-arg=-Wl,--emit-relocs"
 build "$PGO/use" "-Cprofile-use=$used$relocs" idgate-sidecar idgate
 install -m 0755 "$PGO/use/release/idgate" "$PGO/idgate"
 echo "[pgo] $PGO/idgate" >&2
-[[ ${BOLT:-0} == 1 ]] || exit 0
+[[ $BOLT == 1 ]] || exit 0
 
 # BOLT=1: then llvm-bolt instruments the PGO build, which serves the same
 # training traffic, and lays it out again by what ran: functions ordered,
 # and split into the parts that ran and those that did not; blocks
 # ordered. The PGO build alone stays as $PGO/idgate-nobolt.
-bolt='' merge=''
-for d in "/usr/lib/llvm-$llvm/bin/" ""; do
-  if command -v "${d}llvm-bolt" >/dev/null && command -v "${d}merge-fdata" >/dev/null; then
-    bolt=${d}llvm-bolt merge=${d}merge-fdata; break
-  fi
-done
-[[ -n $bolt ]] || { echo "no llvm-bolt and merge-fdata: apt-get install bolt-$llvm" >&2; exit 1; }
 mkdir -p "$PGO/bolt"
 rm -f "$PGO/bolt/"*.fdata
 "$bolt" "$PGO/idgate" --instrument -o "$PGO/bolt/idgate-inst" --instrumentation-file-append-pid \
@@ -142,7 +146,7 @@ fdata=("$PGO"/bolt/train*.fdata)
 "$merge" "${fdata[@]}" >"$PGO/bolt/idgate.fdata"
 "$bolt" "$PGO/idgate" -o "$PGO/bolt/idgate" --data="$PGO/bolt/idgate.fdata" \
   --reorder-blocks=ext-tsp --reorder-functions=cdsort --split-functions --split-all-cold \
-  --split-eh --icf=1 --use-gnu-stack --dyno-stats >"$PGO/bolt/optimize.log" 2>&1 ||
+  --split-eh --icf=all --use-gnu-stack --dyno-stats >"$PGO/bolt/optimize.log" 2>&1 ||
   { cat "$PGO/bolt/optimize.log" >&2; exit 1; }
 mv "$PGO/idgate" "$PGO/idgate-nobolt"
 install -m 0755 "$PGO/bolt/idgate" "$PGO/idgate"

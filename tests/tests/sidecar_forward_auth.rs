@@ -30,9 +30,10 @@ fn find_nginx() -> Option<PathBuf> {
 }
 
 /// The README's nginx recipe for forward-auth, as it is written there: the
-/// part before the first `location` goes in `http { }` (the `upstream`
-/// for idgate), the rest in the `server { }`. The test runs the recipe
-/// itself, so a user who copies it gets what the test checked.
+/// part before the first `location` goes in `http { }` (the `upstream`s
+/// for idgate and the app), the rest in the `server { }`. The test runs
+/// the recipe itself, so a user who copies it gets what the test checked.
+/// (`authreq_conf` in bench/lib.sh reads it by the same rules.)
 fn readme_recipe() -> (String, String) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
     let readme = std::fs::read_to_string(&path).expect("read README.md");
