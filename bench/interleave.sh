@@ -22,7 +22,9 @@
 #                     envoy-1token envoy-1000tokens envoy-1000tokens-nocache,
 #                     and the fixed-rate nginx-rate idgate-rate envoy-rate
 #                     (oha; latency at RATE, for the p99 goal), as in
-#                     bench/sidecar.sh; default: nginx
+#                     bench/sidecar.sh; nginx-newconn idgate-newconn (oha as
+#                     fast as it goes, a connection per request, one
+#                     token; here only); default: nginx
 #                     idgate-1000tokens-nocache envoy-1000tokens-nocache.
 #                     Forward-auth, here only: a front nginx with README.md's
 #                     recipe asks `idgate serve --mode forward-auth` (one
@@ -68,7 +70,8 @@ for tool in nginx wrk taskset curl python3; do
   command -v $tool >/dev/null || die "$tool is missing (see bench/sidecar.sh)"
 done
 OHA=$(command -v oha || true)
-[[ -n $OHA || $VARIANTS != *-rate* ]] || die "the fixed-rate variants need oha (cargo install oha --locked)"
+[[ -n $OHA || ($VARIANTS != *-rate* && $VARIANTS != *-newconn*) ]] ||
+  die "the fixed-rate and newconn variants need oha (cargo install oha --locked)"
 [[ -f $OUT/nginx-up/nginx.conf && -f $OUT/1000-tokens.txt && -f $OUT/jwks.json ]] ||
   die "no tokens or configs in $OUT: run ONLY=none bench/sidecar.sh first"
 # Minted tokens last an hour: leave room for the run.
@@ -106,8 +109,11 @@ add() {
   log "$name: pid $SERVER_PID on :$SERVER_PORT"
 }
 
-# mode_of NAME: rate for a fixed-rate variant, wrk for the rest.
-mode_of() { if [[ $1 == *-rate ]]; then echo rate; else echo wrk; fi; }
+# mode_of NAME: rate for a fixed-rate variant, newconn for a connection
+# per request, wrk for the rest.
+mode_of() {
+  case $1 in *-rate) echo rate ;; *-newconn) echo newconn ;; *) echo wrk ;; esac
+}
 
 [[ -z ${BINS:-} || $VARIANTS != *authreq* ]] ||
   die "one forward-auth idgate serves every authreq variant: run them without BINS"
@@ -121,7 +127,7 @@ for v in $VARIANTS; do
   [[ $listed != *" $v "* ]] || die "VARIANTS names $v twice"
   listed+="$v "
   case $v in
-    nginx|nginx-1000tokens|nginx-rate)
+    nginx|nginx-1000tokens|nginx-rate|nginx-newconn)
       # One nginx serves all three: the same server, other tokens or load.
       tokens=$OUT/one-token.txt
       [[ $v == nginx-1000tokens ]] && tokens=$OUT/1000-tokens.txt
@@ -131,7 +137,7 @@ for v in $VARIANTS; do
         SERVER_PID=$nginx_pid SERVER_PORT=$P_NGINX
         record "$v" nginx "$tokens"
       fi ;;
-    idgate-1token|idgate-1000tokens|idgate-1000tokens-nocache|idgate-public|idgate-rate)
+    idgate-1token|idgate-1000tokens|idgate-1000tokens-nocache|idgate-public|idgate-rate|idgate-newconn)
       args=() tokens=$OUT/one-token.txt
       case $v in
         idgate-1000tokens) tokens=$OUT/1000-tokens.txt ;;
@@ -188,9 +194,10 @@ use_instance() {
 
 for i in "${!names[@]}"; do
   use_instance "$i"
-  if [[ $(mode_of "${names[$i]}") == rate ]]; then
-    log "${names[$i]}: warm-up ${WARMUP}s at $RATE req/s"
-    rate_load "$WARMUP" >/dev/null
+  mode=$(mode_of "${names[$i]}")
+  if [[ $mode == rate || $mode == newconn ]]; then
+    log "${names[$i]}: warm-up ${WARMUP}s ($mode)"
+    NEWCONN=$([[ $mode == newconn ]] && echo 1 || echo 0) rate_load "$WARMUP" >/dev/null
   else
     log "${names[$i]}: warm-up ${WARMUP}s"
     wrk_run "$WARMUP" "$CONNS" "${tokfiles[$i]}" >/dev/null
@@ -207,8 +214,9 @@ for c in $(seq "$CYCLES"); do
     i=$(( (k + (c - 1) / 2) % count ))
     (( c % 2 )) || i=$(( count - 1 - i ))
     use_instance "$i"
-    if [[ $(mode_of "${names[$i]}") == rate ]]; then
-      fixed_rate_run "r$c:${names[$i]}" "${kinds[$i]}" ""
+    mode=$(mode_of "${names[$i]}")
+    if [[ $mode == rate || $mode == newconn ]]; then
+      NEWCONN=$([[ $mode == newconn ]] && echo 1 || echo 0) fixed_rate_run "r$c:${names[$i]}" "${kinds[$i]}" ""
     else
       measure_run "r$c:${names[$i]}" "${kinds[$i]}" "${tokfiles[$i]}" "$CONNS" ""
     fi

@@ -355,9 +355,14 @@ measure_run() {
 
 # rate_load SECONDS [OHA ARGS...]: oha (OHA) at RATE req/s with CONNS
 # connections and TOKEN against SERVER_PORT, on the client's core.
+# With NEWCONN=1, as fast as it goes instead, each request on a connection
+# of its own (oha's --disable-keepalive): what a client that keeps no
+# connection open costs the server.
 rate_load() {
   local secs=$1; shift
-  taskset -c "$CLIENT_CPU" "$OHA" --no-tui "$@" -z "${secs}s" -q "$RATE" -c "$CONNS" \
+  local pace=(-q "$RATE")
+  [[ ${NEWCONN:-0} == 1 ]] && pace=(--disable-keepalive)
+  taskset -c "$CLIENT_CPU" "$OHA" --no-tui "$@" -z "${secs}s" "${pace[@]}" -c "$CONNS" \
     -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$SERVER_PORT/"
 }
 
@@ -368,7 +373,7 @@ rate_load() {
 fixed_rate_run() {
   local variant=$1 server=$2 busy=$3 c0 c1
   c0=$(cpu_ticks "$SERVER_PID")
-  log "$variant: measuring ${DURATION}s at $RATE req/s"
+  log "$variant: measuring ${DURATION}s $([[ ${NEWCONN:-0} == 1 ]] && echo "a connection per request" || echo "at $RATE req/s")"
   rate_load "$DURATION" --output-format json --latency-correction > "$OUT/$variant.json"
   c1=$(cpu_ticks "$SERVER_PID")
   local rps p50 p99 p999 errors cpu

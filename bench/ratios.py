@@ -42,6 +42,10 @@ ENVOY = {
 }
 
 
+# A variant's nginx row by the end of its name, else `nginx`.
+NGINX_PEER = {"-1000conn": "nginx-1000conn", "-newconn": "nginx-newconn"}
+
+
 # (variant, ratio) -> (goal, whether a round meets it) for the goals of
 # issue 8 that a ratio states.
 GOALS = {
@@ -145,7 +149,7 @@ def main(paths):
                 found.append(("p50 / nginx", against(ref, "p50_us")))
                 found.append(("p99 / nginx", against(ref, "p99_us")))
         else:
-            ref = peer(label, "nginx-1000conn" if base.endswith("-1000conn") else "nginx")
+            ref = peer(label, next((n for s, n in NGINX_PEER.items() if base.endswith(s)), "nginx"))
             if ref:
                 found.append(("req/s / nginx", against(ref, "rps")))
                 found.append(("CPU/req / nginx", against(ref, "cpu_us_per_req")))
