@@ -187,17 +187,20 @@ for v in $VARIANTS; do
 done
 log "upstream pid $UPSTREAM_PID; servers on cpu $SERVER_CPU, wrk on cpu $CLIENT_CPU"
 
-# use_instance I: make instance I the one measure_run and wrk_run talk to.
+# use_instance I: make instance I the one measure_run and wrk_run talk to,
+# measured as its MODE says (NEWCONN for rate_load).
 use_instance() {
   SERVER_PID=${pids[$1]} SERVER_PORT=${ports[$1]} P_IDGATE_ADMIN=${admins[$1]} EXTRA_PID=${extras[$1]}
+  MODE=$(mode_of "${names[$1]}") NEWCONN=0
+  [[ $MODE == newconn ]] && NEWCONN=1
+  return 0
 }
 
 for i in "${!names[@]}"; do
   use_instance "$i"
-  mode=$(mode_of "${names[$i]}")
-  if [[ $mode == rate || $mode == newconn ]]; then
-    log "${names[$i]}: warm-up ${WARMUP}s ($mode)"
-    NEWCONN=$([[ $mode == newconn ]] && echo 1 || echo 0) rate_load "$WARMUP" >/dev/null
+  if [[ $MODE != wrk ]]; then
+    log "${names[$i]}: warm-up ${WARMUP}s ($MODE)"
+    rate_load "$WARMUP" >/dev/null
   else
     log "${names[$i]}: warm-up ${WARMUP}s"
     wrk_run "$WARMUP" "$CONNS" "${tokfiles[$i]}" >/dev/null
@@ -214,9 +217,8 @@ for c in $(seq "$CYCLES"); do
     i=$(( (k + (c - 1) / 2) % count ))
     (( c % 2 )) || i=$(( count - 1 - i ))
     use_instance "$i"
-    mode=$(mode_of "${names[$i]}")
-    if [[ $mode == rate || $mode == newconn ]]; then
-      NEWCONN=$([[ $mode == newconn ]] && echo 1 || echo 0) fixed_rate_run "r$c:${names[$i]}" "${kinds[$i]}" ""
+    if [[ $MODE != wrk ]]; then
+      fixed_rate_run "r$c:${names[$i]}" "${kinds[$i]}" ""
     else
       measure_run "r$c:${names[$i]}" "${kinds[$i]}" "${tokfiles[$i]}" "$CONNS" ""
     fi

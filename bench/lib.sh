@@ -100,6 +100,14 @@ authreq_conf() {
     }' "$ROOT/README.md"
 }
 
+# idgate_line [FLAGS...]: sets IDGATE_LINE to `IDGATE serve` on P_IDGATE
+# (admin on P_IDGATE_ADMIN) with the bench's JWKS, audience and member,
+# then FLAGS (`--upstream URL`, or `--mode forward-auth`, and the rest).
+idgate_line() {
+  IDGATE_LINE=("$IDGATE" serve --listen "127.0.0.1:$P_IDGATE" --admin-listen "127.0.0.1:$P_IDGATE_ADMIN"
+    --jwks-url "http://127.0.0.1:$P_JWKS/jwks.json" --audience "$AUD" --member "serviceAccount:$EMAIL" "$@")
+}
+
 # The upstream nginx (also serving the JWKS), pinned to SERVER_CPU, in a
 # CPU cgroup of UPSTREAM_SHARES if set (cpu_share).
 start_upstream() {
@@ -135,10 +143,13 @@ start_server() {
     nginx)
       "${pin[@]}" nginx -p "$OUT/nginx-proxy" -c "$OUT/nginx-proxy/nginx.conf" -e "$OUT/nginx-proxy/error.log" &
       port=$P_NGINX ;;
-    idgate)
-      "${pin[@]}" "$IDGATE" serve --listen "127.0.0.1:$P_IDGATE" --admin-listen "127.0.0.1:$P_IDGATE_ADMIN" \
-        --upstream "${IDGATE_UPSTREAM:-http://127.0.0.1:$P_UP}" --jwks-url "http://127.0.0.1:$P_JWKS/jwks.json" \
-        --audience "$AUD" --member "serviceAccount:$EMAIL" "$@" 2>>"$OUT/idgate.log" &
+    idgate|idgate-fa)
+      if [[ $name == idgate ]]; then
+        idgate_line --upstream "${IDGATE_UPSTREAM:-http://127.0.0.1:$P_UP}" "$@"
+      else
+        idgate_line --mode forward-auth "$@"
+      fi
+      "${pin[@]}" "${IDGATE_LINE[@]}" 2>>"$OUT/idgate.log" &
       port=$P_IDGATE ;;
     envoy)
       "${pin[@]}" "$ENVOY" -c "$1" --concurrency 1 --disable-hot-restart -l error \
@@ -147,11 +158,6 @@ start_server() {
     bare)
       "${pin[@]}" "$BARE_PROXY" "127.0.0.1:$P_BARE" "127.0.0.1:$P_UP" "$@" 2>>"$OUT/bare-proxy.log" &
       port=$P_BARE ;;
-    idgate-fa)
-      "${pin[@]}" "$IDGATE" serve --mode forward-auth --listen "127.0.0.1:$P_IDGATE" \
-        --admin-listen "127.0.0.1:$P_IDGATE_ADMIN" --jwks-url "http://127.0.0.1:$P_JWKS/jwks.json" \
-        --audience "$AUD" --member "serviceAccount:$EMAIL" "$@" 2>>"$OUT/idgate.log" &
-      port=$P_IDGATE ;;
     front)
       "${pin[@]}" nginx -p "$1" -c "$1/nginx.conf" -e "$1/error.log" &
       port=$2 ;;

@@ -76,15 +76,14 @@ rm -f "$PROF"/callgrind.out* "$PROF"/massif.out "$PROF"/dhat.out
 if [[ $VARIANT == bare ]]; then
   port=$P_BARE
   server=("$BARE_PROXY" "127.0.0.1:$P_BARE" "127.0.0.1:$P_UP")
-elif [[ $VARIANT == forward-auth ]]; then
-  port=$P_IDGATE
-  server=("$IDGATE" serve --mode forward-auth --listen "127.0.0.1:$P_IDGATE" --admin-listen "127.0.0.1:$P_IDGATE_ADMIN"
-    --jwks-url "http://127.0.0.1:$P_JWKS/jwks.json" --audience "$AUD" --member "serviceAccount:$EMAIL")
 else
   port=$P_IDGATE
-  server=("$IDGATE" serve --listen "127.0.0.1:$P_IDGATE" --admin-listen "127.0.0.1:$P_IDGATE_ADMIN"
-    --upstream "http://127.0.0.1:$P_UP" --jwks-url "http://127.0.0.1:$P_JWKS/jwks.json"
-    --audience "$AUD" --member "serviceAccount:$EMAIL" "${extra[@]}")
+  if [[ $VARIANT == forward-auth ]]; then
+    idgate_line --mode forward-auth
+  else
+    idgate_line --upstream "http://127.0.0.1:$P_UP" "${extra[@]}"
+  fi
+  server=("${IDGATE_LINE[@]}")
 fi
 taskset -c "$SERVER_CPU" valgrind "${tool[@]}" "${server[@]}" 2>"$PROF/valgrind.log" &
 vg=$!
