@@ -33,7 +33,13 @@
 #                     authreq-denied (a token that is not one: 401s),
 #                     authreq-get-denied (the same without the recipe's
 #                     proxy_method HEAD), authreq-close (one token, without
-#                     keepalive for idgate: a connection to it per request)
+#                     keepalive for idgate: a connection to it per request);
+#                     extauthz and extauthz-denied, the same with a front
+#                     Envoy and README.md's Envoy recipe (ext_authz, h2c to
+#                     idgate), extauthz-h1 (the recipe with HTTP/1.1 to
+#                     idgate); envoy-hop, the recipe's Envoy without its
+#                     auth filters, a plain Envoy hop; envoy-idgate, that
+#                     Envoy in front of idgate's proxy (one token)
 #   CYCLES=10 SLICE=3 cycles, and seconds measured per variant per cycle
 #   WARMUP=3          seconds of load on each variant before the first cycle
 #   CONNS=50          wrk's (and oha's) connections
@@ -84,11 +90,11 @@ TOKEN=$(cat "$OUT/one-token.txt")
 # (idgate's metrics) and tokens file. How one is measured follows from its
 # name (mode_of).
 names=() kinds=() pids=() ports=() admins=() tokfiles=() extras=()
-fa_pid='' fa_port='' fa_admin=''
+fa_pid='' fa_port='' fa_admin='' extra_pids=()
 stop_all() {
   local p
   # SERVER_PID too: a server start_server gave up on is in no list.
-  for p in "${pids[@]}" "$fa_pid" "$SERVER_PID" "$UPSTREAM_PID"; do [[ -n $p ]] && kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}" "${extra_pids[@]}" "$fa_pid" "$SERVER_PID" "$UPSTREAM_PID"; do [[ -n $p ]] && kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
 }
 trap stop_all EXIT
@@ -115,8 +121,8 @@ mode_of() {
   case $1 in *-rate) echo rate ;; *-newconn) echo newconn ;; *) echo wrk ;; esac
 }
 
-[[ -z ${BINS:-} || $VARIANTS != *authreq* ]] ||
-  die "one forward-auth idgate serves every authreq variant: run them without BINS"
+[[ -z ${BINS:-} || ( $VARIANTS != *authreq* && $VARIANTS != *extauthz* ) ]] ||
+  die "one forward-auth idgate serves every authreq and extauthz variant: run them without BINS"
 
 ulimit -n "$(ulimit -Hn)"
 start_upstream
@@ -162,7 +168,23 @@ for v in $VARIANTS; do
       envoy_config "$cache" > "$OUT/interleave-$v.yaml"
       add "$v" envoy "$tokens" "$OUT/interleave-$v.yaml"
       n=$((n + 1)) ;;
-    authreq|authreq-denied|authreq-get-denied|authreq-close)
+    envoy-hop|envoy-idgate)
+      app=$P_UP extra='' admin='' mode=hop
+      if [[ $v == envoy-idgate ]]; then
+        [[ -z ${BINS:-} ]] || die "envoy-idgate runs IDGATE: run it without BINS"
+        P_IDGATE=$((18120 + 2 * n)) P_IDGATE_ADMIN=$((18121 + 2 * n))
+        start_server idgate
+        app=$P_IDGATE extra=$SERVER_PID admin=$P_IDGATE_ADMIN mode=front
+        extra_pids+=("$extra")
+        log "$v: idgate's proxy, pid $extra on :$app"
+        n=$((n + 1))
+      fi
+      port=$((18120 + 2 * n))
+      # The recipe's idgate cluster, unused here, names a port nothing serves.
+      APP_PORT=$app extauthz_conf "$port" $((port + 1)) "$mode" >"$OUT/interleave-$v.yaml" || die "$v: README.md's recipe is not usable (above)"
+      P_ENVOY=$port P_IDGATE_ADMIN=$admin EXTRA_PID=$extra add "$v" envoy "$OUT/one-token.txt" "$OUT/interleave-$v.yaml"
+      n=$((n + 1)) ;;
+    authreq|authreq-denied|authreq-get-denied|authreq-close|extauthz|extauthz-denied|extauthz-h1)
       if [[ -z $fa_pid ]]; then
         P_IDGATE=$((18120 + 2 * n)) P_IDGATE_ADMIN=$((18121 + 2 * n))
         start_server idgate-fa
@@ -174,6 +196,15 @@ for v in $VARIANTS; do
       if [[ $v == *-denied ]]; then
         tokens=$OUT/not-a-token.txt
         echo not-a-token >"$tokens"
+      fi
+      if [[ $v == extauthz* ]]; then
+        port=$((18120 + 2 * n))
+        mode=''
+        [[ $v == extauthz-h1 ]] && mode=h1
+        extauthz_conf "$port" "$fa_port" "$mode" >"$OUT/interleave-$v.yaml" || die "$v: README.md's recipe is not usable (above)"
+        P_ENVOY=$port P_IDGATE_ADMIN=$fa_admin EXTRA_PID=$fa_pid add "$v" envoy "$tokens" "$OUT/interleave-$v.yaml"
+        n=$((n + 1))
+        continue
       fi
       [[ $v == authreq-get-denied ]] && drop='proxy_method HEAD'
       [[ $v == authreq-close ]] && drop=keepalive in='^upstream idgate'

@@ -100,6 +100,50 @@ authreq_conf() {
     }' "$ROOT/README.md"
 }
 
+# extauthz_conf PORT IDGATE_PORT [MODE]: the envoy.yaml of a front Envoy on
+# PORT, README.md's Envoy forward-auth recipe as written there (its one
+# yaml block with envoy.filters.http.ext_authz), idgate on IDGATE_PORT for
+# the recipe's 8080 and the upstream (APP_PORT if set) for its app's 8081
+# (the same rules as tests/tests/sidecar_forward_auth.rs). MODE h1: the
+# recipe with HTTP/1.1 to idgate instead of its h2c; hop: without its two
+# auth filters (ext_authz and the header_mutation before it), Envoy's plain
+# proxy hop; front: that hop passing the token on (for idgate's proxy behind
+# it).
+extauthz_conf() {
+  local port=$1 idgate=$2 mode=${3:-}
+  awk -v port="$port" -v idgate="$idgate" -v app="${APP_PORT:-$P_UP}" -v mode="$mode" '
+    function fail(msg) { print "README.md recipe: " msg > "/dev/stderr"; exit 1 }
+    /^```yaml$/ { block = 1; text = ""; next }
+    block && /^```$/ {
+      block = 0
+      if (text ~ /envoy\.filters\.http\.ext_authz/) { found++; out = text }
+      next
+    }
+    block { text = text $0 "\n" }
+    END {
+      if (found != 1) fail("not one yaml block with envoy.filters.http.ext_authz (" found + 0 ")")
+      n1 = gsub(/address: 0\.0\.0\.0, port_value: 8000 /, "address: 127.0.0.1, port_value: " port " ", out)
+      n2 = gsub(/address: 127\.0\.0\.1, port_value: 8080 /, "address: 127.0.0.1, port_value: " idgate " ", out)
+      n3 = gsub(/address: 127\.0\.0\.1, port_value: 8081 /, "address: 127.0.0.1, port_value: " app " ", out)
+      if (n1 != 1 || n2 != 1 || n3 != 1) fail("not one listener on 0.0.0.0:8000, one idgate on 127.0.0.1:8080 and one app on 127.0.0.1:8081")
+      if (mode == "h1" && gsub(/http2_protocol_options: \{\}/, "http_protocol_options: {}", out) != 1)
+        fail("not one http2_protocol_options for idgate")
+      if (mode != "hop" && mode != "front") { printf "%s", out; exit }
+      # hop: leave out each of the two filters, from its "- name:" line to
+      # the next line as little indented (the next filter, or what follows).
+      k = split(out, lines, "\n"); skip = -1; left_out = 0; kept = 0
+      for (j = 1; j < k; j++) {
+        line = lines[j]; match(line, /^ */); indent = RLENGTH
+        if (skip >= 0 && indent <= skip && line !~ /^ *#/) skip = -1
+        if (skip < 0 && line ~ /^ *- name: envoy\.filters\.http\.(ext_authz|header_mutation)$/) { skip = indent; left_out++ }
+        if (mode == "front" && line ~ /^ *request_headers_to_remove: \[authorization,/) { kept++; continue }
+        if (skip < 0) print line
+      }
+      if (left_out != 2) fail("not the two auth filters (" left_out ")")
+      if (mode == "front" && kept != 1) fail("not one request_headers_to_remove for the token")
+    }' "$ROOT/README.md"
+}
+
 # idgate_line [FLAGS...]: sets IDGATE_LINE to `IDGATE serve` on P_IDGATE
 # (admin on P_IDGATE_ADMIN) with the bench's JWKS, audience and member,
 # then FLAGS (`--upstream URL`, or `--mode forward-auth`, and the rest).

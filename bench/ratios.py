@@ -39,6 +39,8 @@ ENVOY = {
     "idgate-1000tokens": "envoy-1000tokens",
     "idgate-1000tokens-nocache": "envoy-1000tokens-nocache",
     "idgate-rate": "envoy-rate",
+    # idgate's forward-auth behind Envoy against Envoy's own jwt_authn
+    "extauthz": "envoy-1token",
 }
 
 

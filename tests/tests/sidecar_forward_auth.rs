@@ -662,6 +662,25 @@ async fn envoy_ext_authz_in_front_of_an_upstream() {
         "envoy opened new connections to idgate for requests one at a time"
     );
 
+    // More checks at once than idgate's HTTP/2 streams a connection (200):
+    // Envoy opens another connection rather than have the surplus refused.
+    let burst = 400;
+    let answers = futures_util::future::join_all((0..burst).map(|_| {
+        let (c, url, auth) = (c.clone(), format!("{base}/app/items"), bearer(&alice));
+        async move {
+            let res = c.get(url).header("authorization", auth).send().await;
+            res.map(|r| r.status().as_u16()).unwrap_or(0)
+        }
+    }))
+    .await;
+    let refused = answers.iter().filter(|&&s| s != 200).count();
+    assert_eq!(
+        refused,
+        0,
+        "of {burst} at once: {answers:?}\n{}",
+        envoy_log()
+    );
+
     // idgate gone: 503, as idgate answers when it cannot judge, not
     // Envoy's default 403, which would send the caller to check IAM.
     idgate.signal("KILL");
@@ -670,7 +689,7 @@ async fn envoy_ext_authz_in_front_of_an_upstream() {
     assert_eq!(res.status(), 503, "idgate unreachable\n{}", envoy_log());
     assert_eq!(
         up.hits(),
-        hits + 12 / 3,
+        hits + 12 / 3 + burst,
         "only allowed requests reached the app"
     );
     drop(envoy_proc);
