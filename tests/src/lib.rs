@@ -35,7 +35,7 @@ use serde_json::Value;
 
 pub use bin::{idgate_bin, workspace_root};
 pub use grpc::{GrpcUpstream, health_check};
-pub use process::{Finished, Memory, Process, open_files_limits};
+pub use process::{Finished, Memory, Process, command_line, ensure_nofile, open_files_limits};
 pub use sidecar::{AT_THE_CONNECTION_CAP, Serve, Sidecar};
 pub use upstream::{SSE_EVENTS, Upstream, header_values};
 

