@@ -200,6 +200,103 @@ impl Drop for Relay {
     }
 }
 
+/// Runs the front proxy `cmd` and waits until it answers at `base` (idgate
+/// behind it serves `/public/*` to anyone).
+async fn spawn_front(name: &str, cmd: Command, base: &str) -> Process {
+    let command = command_line(&cmd);
+    let front = Process::spawn(name, cmd, command);
+    let c = client();
+    eventually(
+        &format!("{name} to accept connections"),
+        Duration::from_secs(30),
+        || {
+            let (c, url) = (c.clone(), format!("{base}/public/ping"));
+            async move { c.get(url).send().await.ok().map(|_| ()) }
+        },
+    )
+    .await;
+    front
+}
+
+/// The upstream's echo of alice's `GET /app/items?page=2` through `front`,
+/// checked: 200, the path and query the client sent, and idgate's
+/// principal and email for alice, never the client's forged ones.
+async fn alice_echo(res: reqwest::Response, front: &str, log: String) -> Value {
+    let status = res.status().as_u16();
+    let text = res.text().await.unwrap_or_default();
+    assert_eq!(status, 200, "alice through {front}: {text}\n{log}");
+    let echo: Value = serde_json::from_str(&text).expect("the upstream's echo");
+    assert_eq!(echo["path"], "/app/items");
+    assert_eq!(echo["query"], "page=2");
+    assert_eq!(
+        header_values(&echo, "x-idgate-principal"),
+        ["user:alice@example.com"],
+        "the principal idgate vouched for, never the client's"
+    );
+    assert_eq!(
+        header_values(&echo, "x-idgate-email"),
+        ["alice@example.com"],
+        "every identity header is idgate's"
+    );
+    echo
+}
+
+/// idgate's `n` denials, once its log has them all (lines come through a
+/// pipe: wait for them rather than assume), each of the original request
+/// `/app/items`, never the subrequest's own path.
+async fn denials_of_app_items(idgate: &Sidecar, n: usize) -> Vec<Value> {
+    let denials: Vec<Value> = eventually(
+        &format!("{n} denials in the log"),
+        Duration::from_secs(10),
+        || {
+            let denials: Vec<Value> = idgate
+                .json_logs()
+                .into_iter()
+                .filter(|v| v["message"] == "request denied")
+                .collect();
+            std::future::ready((denials.len() >= n).then_some(denials))
+        },
+    )
+    .await;
+    assert_eq!(denials.len(), n, "{denials:?}");
+    assert!(
+        denials.iter().all(|v| v["http.path"] == "/app/items"),
+        "{denials:?}"
+    );
+    denials
+}
+
+/// Requests one at a time, answered 200, 401 and 403 in turn (`alice`, no
+/// token, `bob`), go over the connections `front` already holds to idgate
+/// through `relay`: without keep-alive, each would open one of its own.
+async fn assert_connections_kept<F, Fut>(
+    relay: &Relay,
+    front: &str,
+    (alice, bob): (&str, &str),
+    send: F,
+    log: impl Fn() -> String,
+) where
+    F: Fn(Option<&str>) -> Fut,
+    Fut: Future<Output = reqwest::Result<reqwest::Response>>,
+{
+    let opened = relay.accepted();
+    assert!(opened >= 1, "{front} reached idgate through the relay");
+    for i in 0..12 {
+        let (token, want) = match i % 3 {
+            0 => (Some(alice), 200),
+            1 => (None, 401),
+            _ => (Some(bob), 403),
+        };
+        let res = send(token).await.expect("a request");
+        assert_eq!(res.status(), want, "request {i}\n{}", log());
+    }
+    assert_eq!(
+        relay.accepted(),
+        opened,
+        "{front} opened new connections to idgate for requests one at a time"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nginx_auth_request_in_front_of_an_upstream() {
     let found = find_program("nginx", &[PathBuf::from("/usr/sbin/nginx")]);
@@ -241,19 +338,9 @@ async fn nginx_auth_request_in_front_of_an_upstream() {
         .arg(&conf)
         .arg("-e")
         .arg(dir.path().join("error.log"));
-    let command = command_line(&cmd);
-    let nginx_proc = Process::spawn("nginx", cmd, command);
     let base = format!("http://127.0.0.1:{port}");
+    let nginx_proc = spawn_front("nginx", cmd, &base).await;
     let c = client();
-    eventually(
-        "nginx to accept connections",
-        Duration::from_secs(20),
-        || {
-            let (c, url) = (c.clone(), format!("{base}/public/ping"));
-            async move { c.get(url).send().await.ok().map(|_| ()) }
-        },
-    )
-    .await;
     let error_log = || std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default();
 
     let send = |path: &str, token: Option<String>| {
@@ -270,21 +357,7 @@ async fn nginx_auth_request_in_front_of_an_upstream() {
     // Allowed: nginx asks idgate, copies the principal it answered with.
     let alice = google_token(&kit, "alice@example.com");
     let res = send("/app/items?page=2", Some(alice)).await.expect("alice");
-    let status = res.status().as_u16();
-    let text = res.text().await.unwrap_or_default();
-    assert_eq!(status, 200, "alice through nginx: {text}\n{}", error_log());
-    let echo: Value = serde_json::from_str(&text).expect("the upstream's echo");
-    assert_eq!(echo["path"], "/app/items");
-    assert_eq!(
-        header_values(&echo, "x-idgate-principal"),
-        ["user:alice@example.com"],
-        "the principal idgate vouched for, never the client's"
-    );
-    assert_eq!(
-        header_values(&echo, "x-idgate-email"),
-        ["alice@example.com"],
-        "every identity header is idgate's"
-    );
+    let echo = alice_echo(res, "nginx", error_log()).await;
     assert!(
         header_values(&echo, "authorization").is_empty(),
         "the README's config keeps the token from the app: {echo}"
@@ -337,44 +410,14 @@ async fn nginx_auth_request_in_front_of_an_upstream() {
     );
 
     // idgate judged the original request, not the subrequest's /.
-    // (Log lines are read from a pipe: wait for them rather than assume.)
-    let denials: Vec<Value> = eventually("4 denials in the log", Duration::from_secs(10), || {
-        let denials: Vec<Value> = idgate
-            .json_logs()
-            .into_iter()
-            .filter(|v| v["message"] == "request denied")
-            .collect();
-        std::future::ready((denials.len() >= 4).then_some(denials))
-    })
-    .await;
-    assert_eq!(denials.len(), 4, "{denials:?}");
-    assert!(
-        denials.iter().all(|v| v["http.path"] == "/app/items"),
-        "{denials:?}"
-    );
+    denials_of_app_items(&idgate, 4).await;
 
     // The recipe keeps nginx's connections to idgate open from one
-    // subrequest to the next, denials included: requests one at a time,
-    // answered 200, 401 and 403 in turn, all go over connections already
-    // open (without keep-alive, each would open one of its own).
-    let opened = relay.accepted();
-    assert!(opened >= 1, "nginx reached idgate through the relay");
+    // subrequest to the next, denials included.
     let alice = google_token(&kit, "alice@example.com");
     let bob = google_token(&kit, "bob@example.com");
-    for i in 0..12 {
-        let (token, want) = match i % 3 {
-            0 => (Some(alice.clone()), 200),
-            1 => (None, 401),
-            _ => (Some(bob.clone()), 403),
-        };
-        let res = send("/app/items", token).await.expect("a request");
-        assert_eq!(res.status(), want, "request {i}\n{}", error_log());
-    }
-    assert_eq!(
-        relay.accepted(),
-        opened,
-        "nginx opened new connections to idgate for requests one at a time"
-    );
+    let send_app = |token: Option<&str>| send("/app/items", token.map(str::to_owned));
+    assert_connections_kept(&relay, "nginx", (&alice, &bob), send_app, error_log).await;
     drop(nginx_proc);
 }
 
@@ -512,19 +555,9 @@ async fn envoy_ext_authz_in_front_of_an_upstream() {
         ])
         .arg("--log-path")
         .arg(&log);
-    let command = command_line(&cmd);
-    let envoy_proc = Process::spawn("envoy", cmd, command);
     let base = format!("http://127.0.0.1:{port}");
+    let envoy_proc = spawn_front("envoy", cmd, &base).await;
     let c = client();
-    eventually(
-        "envoy to accept connections",
-        Duration::from_secs(30),
-        || {
-            let (c, url) = (c.clone(), format!("{base}/public/ping"));
-            async move { c.get(url).send().await.ok().map(|_| ()) }
-        },
-    )
-    .await;
     let envoy_log = || std::fs::read_to_string(&log).unwrap_or_default();
 
     // Every request carries a client's forged identity headers.
@@ -543,21 +576,7 @@ async fn envoy_ext_authz_in_front_of_an_upstream() {
     // Allowed: Envoy asks idgate, sets the identity headers it answered.
     let alice = google_token(&kit, "alice@example.com");
     let res = get("/app/items?page=2", Some(&alice)).await.expect("alice");
-    let status = res.status().as_u16();
-    let text = res.text().await.unwrap_or_default();
-    assert_eq!(status, 200, "alice through envoy: {text}\n{}", envoy_log());
-    let echo: Value = serde_json::from_str(&text).expect("the upstream's echo");
-    assert_eq!(echo["path"], "/app/items");
-    assert_eq!(echo["query"], "page=2");
-    assert_eq!(
-        header_values(&echo, "x-idgate-principal"),
-        ["user:alice@example.com"],
-        "the principal idgate vouched for, never the client's"
-    );
-    assert_eq!(
-        header_values(&echo, "x-idgate-email"),
-        ["alice@example.com"]
-    );
+    let echo = alice_echo(res, "envoy", envoy_log()).await;
     for name in ["x-idgate-sub", "x-idgate-claims"] {
         let values = header_values(&echo, name);
         assert_eq!(values.len(), 1, "{name}: {echo}");
@@ -661,20 +680,7 @@ async fn envoy_ext_authz_in_front_of_an_upstream() {
         "denied requests never reached the upstream"
     );
 
-    let denials: Vec<Value> = eventually("6 denials in the log", Duration::from_secs(10), || {
-        let denials: Vec<Value> = idgate
-            .json_logs()
-            .into_iter()
-            .filter(|v| v["message"] == "request denied")
-            .collect();
-        std::future::ready((denials.len() >= 6).then_some(denials))
-    })
-    .await;
-    assert_eq!(denials.len(), 6, "{denials:?}");
-    assert!(
-        denials.iter().all(|v| v["http.path"] == "/app/items"),
-        "{denials:?}"
-    );
+    let denials = denials_of_app_items(&idgate, 6).await;
     assert_eq!(denials[0]["http.method"], "GET", "{denials:?}");
     assert_eq!(denials[1]["http.method"], "POST", "{denials:?}");
 
@@ -694,22 +700,8 @@ async fn envoy_ext_authz_in_front_of_an_upstream() {
     assert_eq!(up.hits(), hits, "they never reached the upstream");
 
     // Envoy keeps its connections to idgate open, denials included.
-    let opened = relay.accepted();
-    assert!(opened >= 1, "envoy reached idgate through the relay");
-    for i in 0..12 {
-        let (token, want) = match i % 3 {
-            0 => (Some(alice.as_str()), 200),
-            1 => (None, 401),
-            _ => (Some(bob.as_str()), 403),
-        };
-        let res = get("/app/items", token).await.expect("a request");
-        assert_eq!(res.status(), want, "request {i}\n{}", envoy_log());
-    }
-    assert_eq!(
-        relay.accepted(),
-        opened,
-        "envoy opened new connections to idgate for requests one at a time"
-    );
+    let get_app = |token: Option<&str>| get("/app/items", token);
+    assert_connections_kept(&relay, "envoy", (&alice, &bob), get_app, envoy_log).await;
 
     // More checks at once than idgate's HTTP/2 streams a connection (200):
     // Envoy opens another connection rather than have the surplus refused.
