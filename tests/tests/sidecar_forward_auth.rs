@@ -18,6 +18,25 @@ use idgate_testkit::Issuer;
 use serde_json::Value;
 use tokio::process::Command;
 
+/// The headers a client may forge to pass as someone: idgate's four (one
+/// with `_`, as CGI-style servers read it), and those proxy mode strips for
+/// other gates. The recipe must keep every one of them from the app.
+const FORGED: [(&str, &str); 10] = [
+    ("x-idgate-principal", "user:boss@example.com"),
+    ("x-idgate-email", "boss@example.com"),
+    ("x-idgate-sub", "boss"),
+    ("x-idgate-claims", "e30"),
+    ("x_idgate_email", "boss@example.com"),
+    (
+        "x-goog-authenticated-user-email",
+        "accounts.google.com:boss@example.com",
+    ),
+    ("x-auth-request-email", "boss@example.com"),
+    ("x-goog-iap-jwt-assertion", "e30.e30.e30"),
+    ("x-forwarded-user", "boss"),
+    ("x-forwarded-email", "boss@example.com"),
+];
+
 /// The first of `candidates` that is a file, then `name` on `PATH`.
 fn find_program(name: &str, candidates: &[PathBuf]) -> Option<PathBuf> {
     let on_path = std::env::var_os("PATH")
@@ -219,8 +238,8 @@ async fn spawn_front(name: &str, cmd: Command, base: &str) -> Process {
 }
 
 /// The upstream's echo of alice's `GET /app/items?page=2` through `front`,
-/// checked: 200, the path and query the client sent, and idgate's
-/// principal and email for alice, never the client's forged ones.
+/// checked: 200, the path and query the client sent, idgate's identity
+/// headers for alice and none of the client's [`FORGED`] ones.
 async fn alice_echo(res: reqwest::Response, front: &str, log: String) -> Value {
     let status = res.status().as_u16();
     let text = res.text().await.unwrap_or_default();
@@ -238,6 +257,17 @@ async fn alice_echo(res: reqwest::Response, front: &str, log: String) -> Value {
         ["alice@example.com"],
         "every identity header is idgate's"
     );
+    for name in ["x-idgate-sub", "x-idgate-claims"] {
+        let values = header_values(&echo, name);
+        assert_eq!(values.len(), 1, "{name}: {echo}");
+        assert!(
+            FORGED.iter().all(|(_, v)| values[0] != *v),
+            "{name}: {echo}"
+        );
+    }
+    for (name, _) in &FORGED[4..] {
+        assert!(header_values(&echo, name).is_empty(), "{name}: {echo}");
+    }
     echo
 }
 
@@ -343,11 +373,12 @@ async fn nginx_auth_request_in_front_of_an_upstream() {
     let c = client();
     let error_log = || std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default();
 
+    // Every request carries a client's forged identity headers.
     let send = |path: &str, token: Option<String>| {
-        let mut req = c
-            .get(format!("{base}{path}"))
-            .header("x-idgate-principal", "user:boss@example.com")
-            .header("x-idgate-email", "boss@example.com");
+        let mut req = c.get(format!("{base}{path}"));
+        for (name, value) in FORGED {
+            req = req.header(name, value);
+        }
         if let Some(t) = token {
             req = req.header("authorization", bearer(&t));
         }
@@ -364,11 +395,11 @@ async fn nginx_auth_request_in_front_of_an_upstream() {
     );
 
     // A public path: idgate allows it without a token; nginx's header
-    // rule sends an empty principal, never the client's.
+    // rules send the identity headers empty, never the client's.
     let res = send("/public/logo.svg", None).await.expect("public");
     assert_eq!(res.status(), 200);
     let echo: Value = res.json().await.expect("the upstream's echo");
-    for name in ["x-idgate-principal", "x-idgate-email"] {
+    for (name, _) in FORGED {
         assert!(
             header_values(&echo, name).iter().all(String::is_empty),
             "{name}: {echo}"
@@ -431,25 +462,6 @@ fn find_envoy() -> Option<PathBuf> {
     let wheel = workspace_root().join("target/bench/sidecar/envoy-wheel/envoy/_bin/envoy");
     find_program("envoy", &[wheel])
 }
-
-/// The headers a client may forge to pass as someone: idgate's four (one
-/// with `_`, as CGI-style servers read it), and those proxy mode strips for
-/// other gates. The recipe must keep every one of them from the app.
-const FORGED: [(&str, &str); 10] = [
-    ("x-idgate-principal", "user:boss@example.com"),
-    ("x-idgate-email", "boss@example.com"),
-    ("x-idgate-sub", "boss"),
-    ("x-idgate-claims", "e30"),
-    ("x_idgate_email", "boss@example.com"),
-    (
-        "x-goog-authenticated-user-email",
-        "accounts.google.com:boss@example.com",
-    ),
-    ("x-auth-request-email", "boss@example.com"),
-    ("x-goog-iap-jwt-assertion", "e30.e30.e30"),
-    ("x-forwarded-user", "boss"),
-    ("x-forwarded-email", "boss@example.com"),
-];
 
 /// Sends `GET path` over a new connection, the path exactly as written
 /// (an HTTP client would resolve its dot segments first), and returns the
@@ -577,17 +589,6 @@ async fn envoy_ext_authz_in_front_of_an_upstream() {
     let alice = google_token(&kit, "alice@example.com");
     let res = get("/app/items?page=2", Some(&alice)).await.expect("alice");
     let echo = alice_echo(res, "envoy", envoy_log()).await;
-    for name in ["x-idgate-sub", "x-idgate-claims"] {
-        let values = header_values(&echo, name);
-        assert_eq!(values.len(), 1, "{name}: {echo}");
-        assert!(
-            FORGED.iter().all(|(_, v)| values[0] != *v),
-            "{name}: {echo}"
-        );
-    }
-    for (name, _) in &FORGED[4..] {
-        assert!(header_values(&echo, name).is_empty(), "{name}: {echo}");
-    }
     assert!(header_values(&echo, "authorization").is_empty(), "{echo}");
 
     // The token in X-Serverless-Authorization, as Cloud Run reads it.
