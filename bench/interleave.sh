@@ -115,6 +115,16 @@ add() {
   log "$name: pid $SERVER_PID on :$SERVER_PORT"
 }
 
+# add_envoy NAME TOKENS IDGATE_PORT MODE: a front Envoy on the next port,
+# running README.md's Envoy recipe (extauthz_conf MODE, the app at APP_PORT
+# if set), as the instance NAME.
+add_envoy() {
+  local port=$((18120 + 2 * n))
+  extauthz_conf "$port" "$3" "$4" >"$OUT/interleave-$1.yaml" || die "$1: README.md's recipe is not usable (above)"
+  P_ENVOY=$port add "$1" envoy "$2" "$OUT/interleave-$1.yaml"
+  n=$((n + 1))
+}
+
 # mode_of NAME: rate for a fixed-rate variant, newconn for a connection
 # per request, wrk for the rest.
 mode_of() {
@@ -181,11 +191,8 @@ for v in $VARIANTS; do
         log "$v: idgate's proxy, pid $extra on :$app"
         n=$((n + 1))
       fi
-      port=$((18120 + 2 * n))
-      # The recipe's idgate cluster, unused here, names a port nothing serves.
-      APP_PORT=$app extauthz_conf "$port" $((port + 1)) "$mode" >"$OUT/interleave-$v.yaml" || die "$v: README.md's recipe is not usable (above)"
-      P_ENVOY=$port P_IDGATE_ADMIN=$admin EXTRA_PID=$extra add "$v" envoy "$OUT/one-token.txt" "$OUT/interleave-$v.yaml"
-      n=$((n + 1)) ;;
+      # The recipe's idgate cluster, unused here, names port 1: nothing serves it.
+      APP_PORT=$app P_IDGATE_ADMIN=$admin EXTRA_PID=$extra add_envoy "$v" "$OUT/one-token.txt" 1 "$mode" ;;
     authreq|authreq-denied|authreq-get-denied|authreq-close|extauthz|extauthz-denied|extauthz-h1)
       if [[ -z $fa_pid ]]; then
         P_IDGATE=$((18120 + 2 * n)) P_IDGATE_ADMIN=$((18121 + 2 * n))
@@ -200,12 +207,9 @@ for v in $VARIANTS; do
         echo not-a-token >"$tokens"
       fi
       if [[ $v == extauthz* ]]; then
-        port=$((18120 + 2 * n))
         mode=''
         [[ $v == extauthz-h1 ]] && mode=h1
-        extauthz_conf "$port" "$fa_port" "$mode" >"$OUT/interleave-$v.yaml" || die "$v: README.md's recipe is not usable (above)"
-        P_ENVOY=$port P_IDGATE_ADMIN=$fa_admin EXTRA_PID=$fa_pid add "$v" envoy "$tokens" "$OUT/interleave-$v.yaml"
-        n=$((n + 1))
+        P_IDGATE_ADMIN=$fa_admin EXTRA_PID=$fa_pid add_envoy "$v" "$tokens" "$fa_port" "$mode"
         continue
       fi
       [[ $v == authreq-get-denied ]] && drop='proxy_method HEAD'

@@ -54,74 +54,81 @@ nginx_jwks() {
 EOF
 }
 
-# authreq_conf DIR PORT IDGATE_PORT [DROP [IN]]: the nginx.conf of a front nginx
-# run from DIR on PORT, with README.md's forward-auth recipe (its one nginx
-# block with auth_request, as written there: the lines before
-# `location / {` in `http`, the rest in the `server`), idgate on
-# IDGATE_PORT for the recipe's 127.0.0.1:8080 and the upstream for its app
-# at 127.0.0.1:8081 (the same rules as tests/tests/sidecar_forward_auth.rs). DROP, an awk regex: the recipe's lines it matches are
-# left out (the recipe without keep-alive, say), only within the blocks
-# whose first line matches IN when given (`^upstream idgate`); it must
-# match one line at least.
+# readme_block LANG NEEDLE: the one block of README.md fenced as LANG that
+# contains NEEDLE (a plain string), as written there; fails, saying so,
+# unless exactly one does. The same rule as readme_block in
+# tests/tests/sidecar_forward_auth.rs, which runs the same recipes.
+readme_block() {
+  awk -v lang="$1" -v needle="$2" '
+    $0 == "```" lang { block = 1; text = ""; next }
+    block && /^```$/ {
+      block = 0
+      if (index(text, needle)) { found++; out = text }
+      next
+    }
+    block { text = text $0 "\n" }
+    END {
+      if (found != 1) {
+        print "README.md: not one " lang " block with " needle " (" found + 0 ")" > "/dev/stderr"
+        exit 1
+      }
+      printf "%s", out
+    }' "$ROOT/README.md"
+}
+
+# authreq_conf DIR PORT IDGATE_PORT [DROP [IN]]: the nginx.conf of a front
+# nginx run from DIR on PORT, with README.md's forward-auth recipe (its one
+# nginx block with auth_request: the lines before `location / {` in
+# `http`, the rest in the `server`), idgate on IDGATE_PORT for the
+# recipe's 127.0.0.1:8080 and the upstream for its app at 127.0.0.1:8081.
+# DROP, an awk regex: the recipe's lines it matches are left out (the
+# recipe without keep-alive, say), only within the blocks whose first line
+# matches IN when given (`^upstream idgate`); it must match one line at
+# least.
 authreq_conf() {
-  local dir=$1 port=$2 idgate=$3 drop=${4:-} in=${5:-}
+  local dir=$1 port=$2 idgate=$3 drop=${4:-} in=${5:-} block
+  block=$(readme_block nginx auth_request) || return 1
   nginx_main "$dir"
   echo "http {"
   echo "  access_log off;"
   echo "  keepalive_requests 100000000; keepalive_timeout 300s;"
   DROP=$drop WITHIN=$in awk -v port="$port" -v idgate="127.0.0.1:$idgate" -v app="127.0.0.1:$P_UP" '
     function fail(msg) { print "README.md recipe: " msg > "/dev/stderr"; exit 1 }
-    /^```nginx$/ { block = 1; text = ""; next }
-    block && /^```$/ {
-      block = 0
-      if (text ~ /auth_request/) { found++; out = text }
-      next
+    BEGIN { drop = ENVIRON["DROP"]; within = ENVIRON["WITHIN"] }
+    {
+      line = $0
+      if (line ~ /^[^ #].*\{/) block_head = line
+      if (line ~ /^\}/) block_head = ""
+      if (drop != "" && line ~ drop && (within == "" || block_head ~ within)) { dropped++; next }
+      if (!server && line ~ /^location \/ \{/) { server = 1; printf "  server {\n    listen 127.0.0.1:%s backlog=4096;\n", port }
+      if (!server && sub(/server 127\.0\.0\.1:8080;/, "server " idgate ";", line)) to_idgate++
+      if (!server && sub(/server 127\.0\.0\.1:8081;/, "server " app ";", line)) to_app++
+      print (server ? "    " : "  ") line
     }
-    block { text = text $0 "\n" }
     END {
-      drop = ENVIRON["DROP"]; within = ENVIRON["WITHIN"]
-      if (found != 1) fail("not one nginx block with auth_request (" found + 0 ")")
-      k = split(out, lines, "\n"); server = 0; to_idgate = 0; to_app = 0; dropped = 0
-      for (j = 1; j < k; j++) {
-        line = lines[j]
-        if (line ~ /^[^ #].*\{/) block_head = line
-        if (line ~ /^\}/) block_head = ""
-        if (drop != "" && line ~ drop && (within == "" || block_head ~ within)) { dropped++; continue }
-        if (!server && line ~ /^location \/ \{/) { server = 1; printf "  server {\n    listen 127.0.0.1:%s backlog=4096;\n", port }
-        if (!server && sub(/server 127\.0\.0\.1:8080;/, "server " idgate ";", line)) to_idgate++
-        if (!server && sub(/server 127\.0\.0\.1:8081;/, "server " app ";", line)) to_app++
-        print (server ? "    " : "  ") line
-      }
       if (!server) fail("no location /")
       if (to_idgate != 1 || to_app != 1) fail("not one upstream server 127.0.0.1:8080 and one 127.0.0.1:8081")
       if (drop != "" && !dropped) fail("no line matches " drop)
       print "  }"
       print "}"
-    }' "$ROOT/README.md"
+    }' <<<"$block"
 }
 
 # extauthz_conf PORT IDGATE_PORT [MODE]: the envoy.yaml of a front Envoy on
 # PORT, README.md's Envoy forward-auth recipe as written there (its one
 # yaml block with envoy.filters.http.ext_authz), idgate on IDGATE_PORT for
-# the recipe's 8080 and the upstream (APP_PORT if set) for its app's 8081
-# (the same rules as tests/tests/sidecar_forward_auth.rs). MODE h1: the
-# recipe with HTTP/1.1 to idgate instead of its h2c; hop: without its two
-# auth filters (ext_authz and the header_mutation before it), Envoy's plain
-# proxy hop; pass-token: that hop passing the token on (for idgate's proxy
-# behind it).
+# the recipe's 8080 and the upstream (APP_PORT if set) for its app's 8081.
+# MODE h1: the recipe with HTTP/1.1 to idgate instead of its h2c; hop:
+# without its two auth filters (ext_authz and the header_mutation before
+# it), Envoy's plain proxy hop; pass-token: that hop passing the token on
+# (for idgate's proxy behind it).
 extauthz_conf() {
-  local port=$1 idgate=$2 mode=${3:-}
+  local port=$1 idgate=$2 mode=${3:-} block
+  block=$(readme_block yaml envoy.filters.http.ext_authz) || return 1
   awk -v port="$port" -v idgate="$idgate" -v app="${APP_PORT:-$P_UP}" -v mode="$mode" '
     function fail(msg) { print "README.md recipe: " msg > "/dev/stderr"; exit 1 }
-    /^```yaml$/ { block = 1; text = ""; next }
-    block && /^```$/ {
-      block = 0
-      if (text ~ /envoy\.filters\.http\.ext_authz/) { found++; out = text }
-      next
-    }
-    block { text = text $0 "\n" }
+    { out = out $0 "\n" }
     END {
-      if (found != 1) fail("not one yaml block with envoy.filters.http.ext_authz (" found + 0 ")")
       n1 = gsub(/address: 0\.0\.0\.0, port_value: 8000 /, "address: 127.0.0.1, port_value: " port " ", out)
       n2 = gsub(/address: 127\.0\.0\.1, port_value: 8080 /, "address: 127.0.0.1, port_value: " idgate " ", out)
       n3 = gsub(/address: 127\.0\.0\.1, port_value: 8081 /, "address: 127.0.0.1, port_value: " app " ", out)
@@ -141,7 +148,7 @@ extauthz_conf() {
       }
       if (left_out != 2) fail("not the two auth filters (" left_out ")")
       if (mode == "pass-token" && kept != 1) fail("not one request_headers_to_remove for the token")
-    }' "$ROOT/README.md"
+    }' <<<"$block"
 }
 
 # idgate_line [FLAGS...]: sets IDGATE_LINE to `IDGATE serve` on P_IDGATE
@@ -331,9 +338,9 @@ wrk_run() {
 field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<"$2"; }
 
 # idgate's verified-token cache counters: "HITS MISSES HOT_HITS" (empty
-# for others; a front nginx's are its idgate's).
+# for others; a front proxy's, EXTRA_PID set, are its idgate's).
 cache_counters() {
-  [[ $1 == idgate || $1 == front ]] || return 0
+  [[ $1 == idgate || -n ${EXTRA_PID:-} ]] || return 0
   curl -s "http://127.0.0.1:$P_IDGATE_ADMIN/metrics" |
     awk '/^[a-z_]*token_cache_hits_total/ {h = $2} /^[a-z_]*token_cache_misses_total/ {m = $2}
       /^[a-z_]*token_cache_hot_hits_total/ {t = $2} END {print h + 0, m + 0, t + 0}'
