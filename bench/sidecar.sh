@@ -188,6 +188,9 @@ measure() {
 
 # after_burst VARIANT: the server's VmRSS at the end of a burst of
 # connections and AFTER_WAITS seconds later (memory given back, or not).
+# The file starts afresh with each run, as RESULTS does: its header names
+# this run's AFTER_WAITS, which an earlier run's rows need not share.
+after_burst_rows=0
 after_burst() {
   local variant=$1 t0 line w left
   t0=$(date +%s)
@@ -197,7 +200,7 @@ after_burst() {
     (( left <= 0 )) || sleep "$left"
     line+="\t$(status_kib "$SERVER_PID" VmRSS)"
   done
-  if [[ ! -f $OUT/after-burst.tsv ]]; then
+  if (( after_burst_rows++ == 0 )); then
     local head='variant\tpeak_kib\tend_kib'
     for w in $AFTER_WAITS; do head+="\tafter_${w}s_kib"; done
     printf "$head\n" > "$OUT/after-burst.tsv"
