@@ -61,8 +61,8 @@ GOALS = {
 }
 
 # A variant's own figures, whose medians over the rounds follow the ratios.
-RAW = ["rps", "p99_us", "cpu_us_per_req", "upstream_cpu_us_per_req", "server_cs_per_req",
-       "extra_cpu_us_per_req"]
+RAW = ["rps", "p50_us", "p99_us", "p999_us", "cpu_us_per_req", "upstream_cpu_us_per_req",
+       "vm_hwm_kib", "server_cs_per_req", "extra_cpu_us_per_req"]
 
 
 def split(name):
