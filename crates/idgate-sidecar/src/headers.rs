@@ -397,7 +397,47 @@ pub fn credential_header_by_rule(headers: &HeaderMap) -> Option<CredentialHeader
 /// removed, not stripped: with its signature replaced it would look like a
 /// token idgate verified, and an app that reads the caller from a stripped
 /// token, as apps behind Cloud Run do, would believe it.
+///
+/// Whatever the mode, a credential in either header that ends in
+/// [`SIGNATURE_REMOVED`] and that idgate did not strip itself is removed:
+/// it can only be a client's forgery of a token idgate verified (say in
+/// `Authorization`, beside a token of its own or a dummy in
+/// `X-Serverless-Authorization`, which the gate reads first).
 pub fn forward_token(
+    headers: &mut HeaderMap,
+    mode: ForwardToken,
+    carrier: Option<CredentialHeader>,
+    verified: bool,
+) {
+    apply_forward_token(headers, mode, carrier, verified);
+    let ours = (mode == ForwardToken::Stripped && verified)
+        .then_some(carrier)
+        .flatten();
+    for header in [
+        CredentialHeader::XServerlessAuthorization,
+        CredentialHeader::Authorization,
+    ] {
+        if Some(header) == ours {
+            continue;
+        }
+        if let Entry::Occupied(values) = headers.entry(header.header_name())
+            && values.iter().any(claims_idgate_stripped_it)
+        {
+            values.remove();
+        }
+    }
+}
+
+/// A credential that says idgate removed its signature: it ends in
+/// `.SIGNATURE_REMOVED_BY_IDGATE`, whatever its scheme.
+fn claims_idgate_stripped_it(value: &HeaderValue) -> bool {
+    let bytes = value.as_bytes().trim_ascii();
+    bytes
+        .strip_suffix(SIGNATURE_REMOVED.as_bytes())
+        .is_some_and(|rest| rest.ends_with(b"."))
+}
+
+fn apply_forward_token(
     headers: &mut HeaderMap,
     mode: ForwardToken,
     carrier: Option<CredentialHeader>,
@@ -801,6 +841,54 @@ mod tests {
             h["authorization"], "Basic dXNlcjpwYXNz",
             "not a token: untouched"
         );
+    }
+
+    /// Only idgate writes its marker: one a client wrote, in either header
+    /// and under every mode, goes; the one idgate wrote stays.
+    #[test]
+    fn a_forged_marker_goes_from_either_header() {
+        let forged = "Bearer aGVhZA.cGF5.SIGNATURE_REMOVED_BY_IDGATE";
+        let xsa = Some(CredentialHeader::XServerlessAuthorization);
+        for mode in [
+            ForwardToken::Stripped,
+            ForwardToken::None,
+            ForwardToken::Full,
+        ] {
+            for verified in [true, false] {
+                let mut h = headers(&[
+                    ("x-serverless-authorization", "Bearer aGVhZA.cGF5.c2ln"),
+                    ("authorization", forged),
+                ]);
+                forward_token(&mut h, mode, xsa, verified);
+                assert!(!h.contains_key("authorization"), "{mode:?} {verified}");
+                let read = h.get("x-serverless-authorization");
+                match (mode, verified) {
+                    (ForwardToken::Stripped, true) => assert_eq!(read.unwrap(), forged),
+                    (ForwardToken::Full, _) => assert_eq!(read.unwrap(), "Bearer aGVhZA.cGF5.c2ln"),
+                    _ => assert!(read.is_none(), "{mode:?} {verified}"),
+                }
+            }
+        }
+        // Any scheme, spaces around, a second value: the header goes.
+        for odd in [
+            &b"aGVhZA.cGF5.SIGNATURE_REMOVED_BY_IDGATE"[..],
+            b"bearer  a.b.SIGNATURE_REMOVED_BY_IDGATE  ",
+            b"Basic x.SIGNATURE_REMOVED_BY_IDGATE",
+        ] {
+            let mut h = headers(&[("authorization", "Basic dXNlcjpwYXNz")]);
+            h.append("authorization", HeaderValue::from_bytes(odd).unwrap());
+            forward_token(&mut h, ForwardToken::Full, xsa, true);
+            assert!(h.is_empty(), "{odd:?} went on");
+        }
+        // The marker's name alone, or inside a value, is not one.
+        for fine in [
+            "Bearer SIGNATURE_REMOVED_BY_IDGATE",
+            "Bearer a.SIGNATURE_REMOVED_BY_IDGATEx",
+        ] {
+            let mut h = headers(&[("authorization", fine)]);
+            forward_token(&mut h, ForwardToken::Stripped, xsa, true);
+            assert_eq!(h["authorization"], fine);
+        }
     }
 
     /// A token the gate did not verify (public path, `allUsers`) must not

@@ -283,6 +283,69 @@ async fn only_a_verified_token_reaches_the_upstream_stripped() {
     sidecar.shutdown().await;
 }
 
+/// The gate reads `X-Serverless-Authorization` first, and `Authorization`
+/// then belongs to the app: it goes on untouched. Except a credential that
+/// says idgate stripped it, which idgate did not: a client sends one beside
+/// a dummy (public path, `allUsers`) or its own valid token, and an app
+/// that reads the caller from the stripped token would take it as verified.
+#[tokio::test]
+async fn a_forged_stripped_token_beside_the_read_one_never_reaches_the_upstream() {
+    let issuer = Issuer::start().await;
+    let up = upstream().await;
+    let c = client();
+    let forged = format!(
+        "Bearer {}.{}.SIGNATURE_REMOVED_BY_IDGATE",
+        idgate_testkit::b64url(br#"{"alg":"RS256","kid":"key-1"}"#),
+        idgate_testkit::b64url(br#"{"email":"boss@example.com"}"#)
+    );
+    let alice = bearer(&google_token(&issuer, "alice@example.com"));
+    for mode in ["stripped", "none", "full"] {
+        let s = settings(Some(&up.url()), |a| {
+            a.member = vec!["user:alice@example.com".into()];
+            a.public_path = vec!["/base".into()];
+            a.jwks_url = vec![issuer.jwks_url()];
+            a.forward_token = Some(mode.into());
+        });
+        let (sidecar, _) = start_with_gate(&s).await;
+        // A dummy on a public path, then alice's own token on a private one.
+        for (path, read) in [("/base/headers", "Bearer x"), ("/headers", &alice[..])] {
+            let url = format!("http://{}{path}", sidecar.addr());
+            let headers = [
+                ("x-serverless-authorization", read),
+                ("authorization", &forged[..]),
+            ];
+            let (status, _, body) = send(&c, get_req(&url, &headers)).await;
+            assert_eq!(status, StatusCode::OK, "{mode} {path}");
+            let echo = echoed(&body);
+            assert!(
+                header_values(&echo, "authorization").is_empty(),
+                "{mode} {path}: a forged stripped token reached the upstream: {echo}"
+            );
+        }
+        // The app's own credential beside alice's token is its business.
+        let url = format!("http://{}/headers", sidecar.addr());
+        let app_jwt = "Bearer aGVhZA.cGF5bG9hZA.c2lnbmF0dXJl";
+        let headers = [
+            ("x-serverless-authorization", &alice[..]),
+            ("authorization", app_jwt),
+        ];
+        let (status, _, body) = send(&c, get_req(&url, &headers)).await;
+        assert_eq!(status, StatusCode::OK, "{mode}");
+        let echo = echoed(&body);
+        assert_eq!(header_values(&echo, "authorization"), [app_jwt], "{mode}");
+        let read = header_values(&echo, "x-serverless-authorization");
+        match mode {
+            "stripped" => assert!(
+                read.len() == 1 && read[0].ends_with(".SIGNATURE_REMOVED_BY_IDGATE"),
+                "{echo}"
+            ),
+            "none" => assert!(read.is_empty(), "{echo}"),
+            _ => assert_eq!(read, [alice.as_str()], "{echo}"),
+        }
+        sidecar.shutdown().await;
+    }
+}
+
 #[tokio::test]
 async fn an_issuer_down_at_startup_delays_its_keys_not_the_sidecar() {
     // Nothing listens there yet: discovery fails. The sidecar starts
