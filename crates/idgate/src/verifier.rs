@@ -181,7 +181,14 @@ struct Issuer {
 #[derive(Clone)]
 struct CachedToken {
     identity: Identity,
-    issuer: usize,
+    /// Its index in `Verifier::issuers`. This and `valid_from` are 32
+    /// bits each, so the entry is no larger than before `valid_from` came.
+    issuer: u32,
+    /// The later of `iat` and `nbf`: a hit re-checks it as it does `exp`,
+    /// so a clock stepped back (NTP, a restored VM) refuses on a hit what
+    /// the full check would refuse. Unix seconds; past 2106 it saturates,
+    /// and every hit then takes the full check instead.
+    valid_from: u32,
     /// The key that verified it (shared with the key set: no copy of the
     /// kid per entry).
     key: Arc<VerifyingKey>,
@@ -198,11 +205,11 @@ pub(crate) enum Lookup {
 }
 
 /// A cache miss, and what the lookup already worked out for the full
-/// verification: the time it looked at, and the cache key (hashing the
-/// token twice would cost a miss 0.5 µs).
+/// verification: the cache key (hashing the token twice would cost a miss
+/// 0.5 µs). Not the time: the full check reads the clock again once it
+/// has the key, which can take a fetch of the key set (seconds).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct CacheMiss {
-    now: u64,
     digest: Option<[u8; 32]>,
 }
 
@@ -645,7 +652,7 @@ impl Verifier {
             }
             cache.invalidate(d);
         }
-        Lookup::Miss(CacheMiss { now, digest })
+        Lookup::Miss(CacheMiss { digest })
     }
 
     /// The full verification of a token [`Verifier::lookup`] missed, then
@@ -656,16 +663,10 @@ impl Verifier {
         miss: CacheMiss,
     ) -> Result<Identity, Rejection> {
         self.counters.cache_misses.fetch_add(1, Ordering::Relaxed);
-        let (identity, issuer, key) = self.verify_uncached(token, miss.now).await?;
+        let verified = self.verify_uncached(token).await?;
+        let identity = verified.identity.clone();
         if let (Some(cache), Some(d)) = (&self.token_cache, miss.digest) {
-            cache.insert(
-                d,
-                CachedToken {
-                    identity: identity.clone(),
-                    issuer,
-                    key,
-                },
-            );
+            cache.insert(d, verified);
         }
         Ok(identity)
     }
@@ -674,14 +675,14 @@ impl Verifier {
     /// with time or rotation: expiry, and the signing key still published.
     fn still_good(&self, hit: &CachedToken, now: u64) -> bool {
         now < hit.identity.expires_at().saturating_add(self.clock_skew)
-            && self.issuers[hit.issuer].keys.holds(&hit.key)
+            && u64::from(hit.valid_from) <= now.saturating_add(self.clock_skew)
+            && self
+                .issuers
+                .get(hit.issuer as usize)
+                .is_some_and(|i| i.keys.holds(&hit.key))
     }
 
-    async fn verify_uncached(
-        &self,
-        token: &str,
-        now: u64,
-    ) -> Result<(Identity, usize, Arc<VerifyingKey>), Rejection> {
+    async fn verify_uncached(&self, token: &str) -> Result<CachedToken, Rejection> {
         let t = UnverifiedToken::parse(token)?;
 
         // Header.
@@ -774,7 +775,11 @@ impl Verifier {
             ));
         }
 
-        // Claims, now that they are known to come from the issuer.
+        // Claims, now that they are known to come from the issuer, against
+        // the clock as it reads now that the key is in hand: getting it can
+        // take a fetch of the key set, and a token must not expire during
+        // the wait unnoticed.
+        let now = self.clock.unix_now().as_secs();
         let exp = numeric_date(&t.claims, "exp")?
             .ok_or_else(|| Rejection::new(Reason::MalformedToken, "token has no exp"))?;
         let iat = numeric_date(&t.claims, "iat")?
@@ -849,8 +854,15 @@ impl Verifier {
             Some(Json::String(s)) if !s.is_empty() => {}
             _ => return Err(Rejection::new(Reason::MalformedToken, "token has no sub")),
         }
+        let valid_from = u32::try_from(iat.max(nbf.unwrap_or(0))).unwrap_or(u32::MAX);
         let identity = Identity::from_claims(&issuer.tag, t.claims);
-        Ok((identity, issuer_idx, key))
+        Ok(CachedToken {
+            identity,
+            // Issuers are configured by the handful.
+            issuer: u32::try_from(issuer_idx).unwrap_or(u32::MAX),
+            valid_from,
+            key,
+        })
     }
 }
 

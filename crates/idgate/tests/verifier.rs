@@ -841,3 +841,55 @@ async fn key_fetches_follow_five_redirects_and_no_more() {
         }
     }
 }
+
+/// A hit re-checks what the full check would refuse as time moves, both
+/// ways: `exp` forward, and `iat`/`nbf` when the clock is stepped back
+/// (an NTP correction, a restored VM) after the token was cached.
+#[tokio::test]
+async fn a_hit_refuses_a_token_the_stepped_back_clock_makes_too_new() {
+    let s = setup().await;
+    let now = s.now();
+    let t = s.kit.mint(&s.claims());
+    let not_before = s.with(|c| {
+        c.insert("iat".into(), json!(now - 100));
+        c.insert("nbf".into(), json!(now));
+    });
+    for token in [&t, &not_before] {
+        // A miss, a hit in the hashed cache, then one in a hot slot.
+        for _ in 0..3 {
+            s.verifier.verify(token).await.unwrap();
+        }
+    }
+    assert_eq!(s.verifier.stats().token_cache_hot_hits, 2);
+    // Back past the 30 s of skew: both levels refuse, as the full check.
+    s.clock.set_unix(Duration::from_secs(now - 31));
+    for _ in 0..2 {
+        assert_eq!(s.reason(&t).await, Reason::IssuedInFuture);
+        assert_eq!(s.reason(&not_before).await, Reason::NotYetValid);
+    }
+    // Within the skew, both are good again.
+    s.clock.set_unix(Duration::from_secs(now - 30));
+    s.verifier.verify(&t).await.unwrap();
+    s.verifier.verify(&not_before).await.unwrap();
+}
+
+/// A miss may wait for keys (a fetch of the key set can take seconds): the
+/// token's times are checked against the clock once the key is in hand,
+/// not as it read when the request came in.
+#[tokio::test]
+async fn a_token_that_expires_while_its_keys_are_fetched_is_refused() {
+    use std::future::Future;
+    let s = setup().await;
+    let t = s.with(|c| {
+        c.insert("exp".into(), json!(s.now() + 10));
+    });
+    // No keys fetched yet: the first poll checks the cache, misses, and
+    // waits for the fetch (its answer needs this runtime's issuer task).
+    let mut verify = Box::pin(s.verifier.verify(&t));
+    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(verify.as_mut().poll(cx))).await;
+    assert!(first.is_pending(), "answered without fetching keys");
+    // 10 s to expiry and 30 s of skew: 41 s later it has expired.
+    s.clock.advance(Duration::from_secs(41));
+    assert_eq!(verify.await.unwrap_err().reason, Reason::Expired);
+    assert_eq!(s.kit.jwks_fetches(), 1);
+}

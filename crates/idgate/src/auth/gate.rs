@@ -319,8 +319,9 @@ impl Gate {
                 status_codes: self.status_codes,
             }));
         }
-        // One reading of the clock for the policy's `request.time` and the
-        // token's times.
+        // One reading of the clock for the policy's `request.time` and a
+        // cache hit's times (a miss checks the token's times again once it
+        // has the key, which may take a fetch).
         let now = self.verifier.clock().unix_now();
         let ctx = context(req, now);
         let policy = self.policy.current();
