@@ -567,6 +567,16 @@ async fn requests_the_gate_cannot_judge_as_the_upstream_reads_them_are_refused()
     .await;
     assert!(head.starts_with("http/1.1 200"), "{head}");
     assert_eq!(echoed(&body)["uri"], "/headers?q");
+    // Without a path it is `/`, judged and forwarded as that (not as an
+    // empty request target, which the upstream would refuse).
+    for (request, uri) in [
+        (&b"GET http://x HTTP/1.1\r\nHost: x\r\n\r\n"[..], "/"),
+        (b"GET http://x?q HTTP/1.1\r\nHost: x\r\n\r\n", "/?q"),
+    ] {
+        let (head, body) = raw_exchange(sidecar.addr(), request).await;
+        assert!(head.starts_with("http/1.1 200"), "{uri}: {head}");
+        assert_eq!(echoed(&body)["uri"], uri);
+    }
 }
 
 /// A request head over 64 KiB is refused (431) rather than buffered: each

@@ -210,6 +210,7 @@ async fn ws(upgrade: WebSocketUpgrade) -> Response {
 pub async fn upstream() -> Upstream {
     let state = Arc::new(UpstreamState::default());
     let app = Router::new()
+        .route("/", any(echo_headers))
         .route("/headers", any(echo_headers))
         .route("/base/headers", any(echo_headers))
         .route("/stream-down", get(stream_down))
