@@ -15,7 +15,9 @@
 //!
 //! Traefik sets the `X-Forwarded-*` ones itself. With nginx, set them in the
 //! auth location (`proxy_set_header X-Original-URI $request_uri;`,
-//! `proxy_set_header X-Original-Method $request_method;`). A front proxy
+//! `proxy_set_header X-Original-Method $request_method;`,
+//! `proxy_set_header X-Forwarded-Host $host;`: the host has no second
+//! header to disagree with, so a client's own would be judged). A front proxy
 //! passes on the client's other headers, so a client could add the pair the
 //! proxy does not set (`X-Forwarded-Uri: /public/x` through nginx) to have
 //! another request judged: when both of a pair are present and differ, the

@@ -153,8 +153,12 @@ impl GateBuilder {
 
     /// Let requests under this path prefix through without a token. The
     /// prefix matches whole segments: `/public` covers `/public` and
-    /// `/public/x`, not `/publicity`; `/` covers every path (the gate then
-    /// checks nothing). No identity is attached on them. A prefix with `%`,
+    /// `/public/x`, not `/publicity`; `/` covers every path. No identity is
+    /// attached on them. A request path the upstream could read as another
+    /// one is never public, whatever the prefix: one with a `%` escape (of
+    /// any character, so that no decoder can turn it into `..` or `/`), a
+    /// `;`, `\`, `//` or a dot segment goes through the gate as any other
+    /// path, and without a token gets 401. A prefix with `%`,
     /// `\`, `//`, `?`, `#` or dot segments is refused by
     /// [`GateBuilder::build`]: no request path could match it.
     pub fn public_path(mut self, prefix: impl Into<String>) -> Self {
