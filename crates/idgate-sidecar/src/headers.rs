@@ -162,8 +162,12 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     if present & HOP_CONNECTION != 0 {
         // Only the named headers that are present: usually `Connection`
         // names just `keep-alive` or `close`, and there is nothing to remove.
+        // Never `Host`: it is end to end, and the gate judges it
+        // (`request.host`); a client naming it would have the gate judge no
+        // host while its own `X-Forwarded-Host` went on.
         let named: Vec<HeaderName> = list_elements(headers, CONNECTION)
             .filter(|t| !(t.is_empty() || keep_upgrade && t.eq_ignore_ascii_case("upgrade")))
+            .filter(|t| !t.eq_ignore_ascii_case("host"))
             .filter(|t| headers.contains_key(*t))
             .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
             .collect();
@@ -608,6 +612,16 @@ mod tests {
         let mut h = headers(&[("te", "gzip")]);
         remove_hop_by_hop(&mut h, false);
         assert!(h.is_empty());
+
+        // Host is end to end, and what the gate judges: naming it does not
+        // take it away.
+        let mut h = headers(&[
+            ("connection", "Host, x-other"),
+            ("host", "a.example"),
+            ("x-other", "1"),
+        ]);
+        remove_hop_by_hop(&mut h, false);
+        assert_eq!(names(&h), ["host"]);
     }
 
     #[test]
