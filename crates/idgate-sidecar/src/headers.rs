@@ -417,17 +417,26 @@ pub fn forward_token(
     let ours = (mode == ForwardToken::Stripped && verified)
         .then_some(carrier)
         .flatten();
-    for header in [
-        CredentialHeader::XServerlessAuthorization,
-        CredentialHeader::Authorization,
-    ] {
+    // The carrier is named by Cloud Run's rule (the gate reads by it too):
+    // `X-Serverless-Authorization` when present, else `Authorization`. So
+    // with `Authorization` as the carrier the other is absent, and with no
+    // carrier both are: only the headers that can be there are looked up.
+    let present: &[CredentialHeader] = match carrier {
+        None => &[],
+        Some(CredentialHeader::Authorization) => &[CredentialHeader::Authorization],
+        Some(CredentialHeader::XServerlessAuthorization) => &[
+            CredentialHeader::XServerlessAuthorization,
+            CredentialHeader::Authorization,
+        ],
+    };
+    for &header in present {
         if Some(header) == ours {
             continue;
         }
-        if let Entry::Occupied(values) = headers.entry(header.header_name())
-            && values.iter().any(claims_idgate_stripped_it)
-        {
-            values.remove();
+        // A lookup, not an entry: an entry reserves room for an insert.
+        let name = header.header_name();
+        if headers.get_all(&name).iter().any(claims_idgate_stripped_it) {
+            headers.remove(name);
         }
     }
 }
