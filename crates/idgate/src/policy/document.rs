@@ -201,6 +201,16 @@ pub(super) fn policy_from_tree(
             return doc;
         }
     };
+    // A misspelt or wrapped `bindings` (`binding:`, `Bindings:`, the policy
+    // under `policy:`) would otherwise load as a policy with no binding and
+    // deny everyone, on a reload too.
+    for key in top.keys() {
+        if !matches!(key.as_str(), "version" | "etag" | "auditConfigs") {
+            errors.push(doc_error(format!(
+                "unknown field {key:?}: an IAM policy has bindings, etag, version and auditConfigs"
+            )));
+        }
+    }
     let mut conditional = false;
     for (index, b) in bindings.into_iter().enumerate() {
         if let Some(spec) = binding_from_tree(file, index, b, errors) {
@@ -474,6 +484,31 @@ mod tests {
             );
         }
         assert_eq!(lines.len(), expected.len(), "{lines:#?}");
+    }
+
+    /// A misspelt or wrapped `bindings` is an error, not a policy with no
+    /// binding (which would deny everyone, on a reload too).
+    #[test]
+    fn unknown_top_level_fields_are_refused() {
+        let binding = serde_json::json!([{"role": "roles/run.invoker", "members": ["allUsers"]}]);
+        for tree in [
+            serde_json::json!({"binding": binding}),
+            serde_json::json!({"Bindings": binding, "etag": "x"}),
+            serde_json::json!({"policy": {"bindings": binding}}),
+        ] {
+            let mut errors = Vec::new();
+            policy_from_tree("p.json", tree.clone(), &mut errors);
+            let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            assert_eq!(lines.len(), 1, "{tree}: {lines:#?}");
+            assert!(lines[0].starts_with("p.json: unknown field"), "{lines:#?}");
+        }
+        let mut errors = Vec::new();
+        let tree = serde_json::json!({"bindings": binding, "etag": "BwX", "version": 3, "auditConfigs": []});
+        assert_eq!(
+            policy_from_tree("p.json", tree, &mut errors).bindings.len(),
+            1
+        );
+        assert!(errors.is_empty(), "{errors:?}");
     }
 
     /// A `condition:` emptied by hand (its expression deleted or commented
