@@ -5,9 +5,16 @@
 //! writing a new file and renaming it over the old one, and Kubernetes
 //! updates a mounted ConfigMap by swapping a `..data` symlink, neither of
 //! which a watch on the old file would see. Any change in a watched
-//! directory starts a debounce (200 ms of quiet); then the watched files are
-//! read, and the reload runs only if their bytes changed. SIGHUP (or
+//! directory starts a debounce (200 ms of quiet, and at most ten times that
+//! in all, so that a directory that never goes quiet, a log file beside the
+//! policy, cannot hold a reload off); then the watched files are read, and
+//! the reload runs only if their bytes changed. SIGHUP (or
 //! [`ReloadHandle::trigger`]) always reloads.
+//!
+//! The policy in force was loaded before the watch began (startup waits
+//! for keys in between), so once watching, the reloader loads the files
+//! once more: a change made in between would otherwise go unseen until the
+//! next one.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -28,6 +35,10 @@ pub type ReloadFn = Arc<dyn Fn() -> Result<Vec<String>, String> + Send + Sync>;
 
 /// The default quiet period before a reload.
 pub const DEBOUNCE: Duration = Duration::from_millis(200);
+
+/// However busy a watched directory, a reload waits at most this many
+/// debounce periods after the first change.
+const MAX_DEBOUNCES: u32 = 10;
 
 #[derive(Debug, Clone, Copy)]
 enum Trigger {
@@ -141,8 +152,23 @@ async fn run(
 ) {
     let files = Arc::new(files);
     let mut last = read(&files).await;
+    if !files.is_empty() {
+        // Catch up with a change made between the first load and the watch.
+        match run_reload(&reload).await {
+            Ok(_) => debug!("policy files loaded again now that they are watched"),
+            Err(problems) => {
+                metrics.record_reload(false);
+                warn!(
+                    reload.trigger = "file change",
+                    error = %problems,
+                    "policy reload refused; the previous policy stays in force"
+                );
+            }
+        }
+    }
     while let Some(first) = rx.recv().await {
         let mut forced = matches!(first, Trigger::Forced);
+        let deadline = tokio::time::Instant::now() + debounce * MAX_DEBOUNCES;
         loop {
             tokio::select! {
                 next = rx.recv() => match next {
@@ -151,6 +177,7 @@ async fn run(
                     None => return,
                 },
                 () = tokio::time::sleep(debounce) => break,
+                () = tokio::time::sleep_until(deadline) => break,
             }
         }
         let now = read(&files).await;
@@ -159,10 +186,7 @@ async fn run(
             continue;
         }
         last = now;
-        let r = reload.clone();
-        let result = tokio::task::spawn_blocking(move || r())
-            .await
-            .unwrap_or_else(|e| Err(format!("reload panicked: {e}")));
+        let result = run_reload(&reload).await;
         let why = if forced { "signal" } else { "file change" };
         match result {
             Ok(warnings) => {
@@ -184,9 +208,100 @@ async fn run(
     }
 }
 
+async fn run_reload(reload: &ReloadFn) -> Result<Vec<String>, String> {
+    let r = reload.clone();
+    tokio::task::spawn_blocking(move || r())
+        .await
+        .unwrap_or_else(|e| Err(format!("reload panicked: {e}")))
+}
+
 async fn read(files: &Arc<Vec<PathBuf>>) -> Vec<Option<Vec<u8>>> {
     let f = files.clone();
     tokio::task::spawn_blocking(move || contents(&f))
         .await
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+
+    /// A reload that records what the file held when it ran.
+    fn recording(file: &Path) -> (ReloadFn, Arc<Mutex<Vec<String>>>) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (file, s) = (file.to_owned(), seen.clone());
+        let reload: ReloadFn = Arc::new(move || {
+            let text = std::fs::read_to_string(&file).unwrap_or_default();
+            s.lock().unwrap().push(text);
+            Ok(Vec::new())
+        });
+        (reload, seen)
+    }
+
+    async fn until_seen(seen: &Mutex<Vec<String>>, text: &str) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !seen.lock().unwrap().iter().any(|t| t == text) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no reload saw {text:?}: {:?}",
+                seen.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// The sidecar loads the policy, then waits for keys, then watches: a
+    /// change in between is loaded once the watch is up, not left until the
+    /// next change.
+    #[tokio::test]
+    async fn a_change_before_the_watch_began_is_loaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("policy.json");
+        std::fs::write(&file, "as loaded").unwrap();
+        let (reload, seen) = recording(&file);
+        std::fs::write(&file, "changed before the watch").unwrap();
+        let _watching = spawn(
+            vec![file],
+            reload,
+            Arc::new(Metrics::new()),
+            Duration::from_millis(50),
+        )
+        .unwrap();
+        until_seen(&seen, "changed before the watch").await;
+    }
+
+    /// A directory that never goes quiet (a log beside the policy) does not
+    /// hold a reload off.
+    #[tokio::test]
+    async fn a_busy_directory_does_not_hold_a_reload_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("policy.json");
+        std::fs::write(&file, "first").unwrap();
+        let (reload, seen) = recording(&file);
+        let _watching = spawn(
+            vec![file.clone()],
+            reload,
+            Arc::new(Metrics::new()),
+            Duration::from_millis(100),
+        )
+        .unwrap();
+        until_seen(&seen, "first").await;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (log, s) = (dir.path().join("app.log"), stop.clone());
+        let writer = tokio::spawn(async move {
+            let mut n = 0u64;
+            while !s.load(Ordering::Relaxed) {
+                n += 1;
+                std::fs::write(&log, n.to_string()).unwrap();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        std::fs::write(&file, "second").unwrap();
+        until_seen(&seen, "second").await;
+        stop.store(true, Ordering::Relaxed);
+        writer.await.unwrap();
+    }
 }
