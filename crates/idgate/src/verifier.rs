@@ -387,6 +387,22 @@ impl VerifierBuilder {
         if j.fetch_timeout.is_zero() || j.max_body_bytes == 0 {
             problems.push("jwks fetch timeout and body cap must be positive".into());
         }
+        // Under a second, an issuer's `Cache-Control: no-cache` or a stream
+        // of unknown `kid`s would have the key set fetched back to back.
+        for (what, d) in [
+            ("jwks min ttl", j.min_ttl),
+            ("jwks refresh interval", j.refresh_interval),
+        ] {
+            if d < Duration::from_secs(1) {
+                problems.push(format!("{what} {d:?} is under 1 s"));
+            }
+        }
+        if j.backoff_initial.is_zero() || j.backoff_initial > j.backoff_max {
+            problems.push(format!(
+                "jwks backoff {:?} must be positive and at most the maximum {:?}",
+                j.backoff_initial, j.backoff_max
+            ));
+        }
         let mut by_iss = HashMap::new();
         let mut names = std::collections::HashSet::new();
         for (i, cfg) in issuers.iter().enumerate() {

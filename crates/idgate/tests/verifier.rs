@@ -745,10 +745,20 @@ async fn configuration_problems_are_all_listed() {
                 .with_algorithms([idgate::Algorithm::EdDSA]),
         )
         .clock_skew(Duration::from_secs(600))
+        .jwks({
+            let mut j = JwksSettings::default();
+            j.min_ttl = Duration::ZERO;
+            j.refresh_interval = Duration::from_millis(10);
+            j.backoff_initial = Duration::ZERO;
+            j
+        })
         .build()
         .unwrap_err();
     let text = err.to_string();
     for needle in [
+        "jwks min ttl 0ns is under 1 s",
+        "jwks refresh interval 10ms is under 1 s",
+        "jwks backoff 0ns must be positive",
         "audience",
         "clock skew",
         "used twice",

@@ -674,6 +674,22 @@ fn resolve(
             defaults::JWKS_STALE_IF_ERROR,
         ),
     };
+    // Either under a second lets one issuer's `Cache-Control: no-cache`,
+    // or a stream of unknown `kid`s, have the key set fetched back to back.
+    for (flag, d) in [
+        ("--jwks-min-ttl", jwks.min_ttl),
+        ("--jwks-refresh-interval", jwks.refresh_interval),
+    ] {
+        if d < Duration::from_secs(1) {
+            src.errors.push(ConfigError::Conflict {
+                origin: src.origin(flag).unwrap_or(Origin::Default),
+                message: format!(
+                    "{} is under 1s: the key set could be fetched many times a second",
+                    humantime::format_duration(d)
+                ),
+            });
+        }
+    }
     if jwks.min_ttl > jwks.max_ttl {
         src.errors.push(ConfigError::Conflict {
             origin: src.origin("--jwks-min-ttl").unwrap_or(Origin::Default),

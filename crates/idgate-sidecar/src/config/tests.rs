@@ -722,3 +722,28 @@ fn settings_the_policy_refuses_are_named_by_their_source() {
     let e = load_err(&[MINIMAL, &["--invoker-role", "run.invoker"]].concat(), &[]);
     assert!(e.starts_with("1 configuration problem:"), "{e}");
 }
+
+/// Under a second, an issuer's `Cache-Control: no-cache` or a stream of
+/// unknown `kid`s would have the key set fetched back to back.
+#[test]
+fn jwks_intervals_under_a_second_are_refused() {
+    let flags = [
+        MINIMAL,
+        &["--jwks-min-ttl", "0s", "--jwks-refresh-interval", "500ms"],
+    ]
+    .concat();
+    let e = load_err(&flags, &[]);
+    for expected in [
+        "--jwks-min-ttl: 0s is under 1s",
+        "--jwks-refresh-interval: 500ms is under 1s",
+    ] {
+        assert!(e.contains(expected), "missing {expected:?} in:\n{e}");
+    }
+    assert!(e.starts_with("2 configuration problems:"), "{e}");
+    let flags = [
+        MINIMAL,
+        &["--jwks-min-ttl", "1s", "--jwks-refresh-interval", "1s"],
+    ]
+    .concat();
+    load_ok(&flags, &[]);
+}
