@@ -870,6 +870,19 @@ impl Verifier {
             Some(Json::String(s)) if !s.is_empty() => {}
             _ => return Err(Rejection::new(Reason::MalformedToken, "token has no sub")),
         }
+        // The caller's names go on as header values (`x-idgate-sub`, the
+        // principal), where a control character cannot: refused here, not
+        // left out of the headers of a request that goes on anyway.
+        for claim in ["sub", "email"] {
+            if let Some(Json::String(s)) = t.claims.get(claim)
+                && s.chars().any(|c| c.is_control() && c != '\t')
+            {
+                return Err(Rejection::new(
+                    Reason::MalformedToken,
+                    format!("{claim} holds a control character"),
+                ));
+            }
+        }
         let valid_from = u32::try_from(iat.max(nbf.unwrap_or(0))).unwrap_or(u32::MAX);
         let identity = Identity::from_claims(&issuer.tag, t.claims);
         Ok(CachedToken {

@@ -282,12 +282,26 @@ async fn required_claims() {
         ("iat", json!(null)),
         ("iss", json!(1)),
         ("nbf", json!([1])),
+        // The caller's names become header values, which a control
+        // character cannot be: refused, not sent on without its headers.
+        ("sub", json!("1234\n5678")),
+        ("sub", json!("1234\u{7f}")),
+        (
+            "email",
+            json!("alice@example.com\r\nx-idgate-principal: boss"),
+        ),
+        ("email", json!("alice\u{0}@example.com")),
     ] {
         let t = s.with(|c| {
             c.insert(claim.into(), v.clone());
         });
         assert_eq!(s.reason(&t).await, Reason::MalformedToken, "{claim} = {v}");
     }
+    // A tab is a header value's own.
+    let t = s.with(|c| {
+        c.insert("sub".into(), json!("1234\t5678"));
+    });
+    s.verifier.verify(&t).await.unwrap();
 }
 
 #[tokio::test]
