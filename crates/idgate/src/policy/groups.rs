@@ -70,8 +70,16 @@ pub(super) fn from_tree(
     };
     let map = match tree {
         Value::Object(m) => m,
-        // An empty file: no groups.
-        Value::Null => Default::default(),
+        // An empty file is more often one being written, or a generator
+        // that failed, than a wish for no groups (`{}` says that): taken as
+        // no groups, a reload would turn away everyone a group admits.
+        Value::Null => {
+            errors.push(PolicyError::Document {
+                file: file.clone(),
+                message: "the file is empty; write {} for no groups".into(),
+            });
+            return None;
+        }
         other => {
             errors.push(PolicyError::Document {
                 file: file.clone(),
@@ -240,6 +248,17 @@ mod tests {
             errors.iter().map(ToString::to_string).collect(),
             warnings,
         )
+    }
+
+    #[test]
+    fn an_empty_file_is_refused_and_an_empty_map_is_no_groups() {
+        let (g, errors, _) = run(Value::Null);
+        assert!(g.is_none());
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].contains("the file is empty"), "{errors:?}");
+        let (g, errors, _) = run(json!({}));
+        assert!(errors.is_empty(), "{errors:?}");
+        assert!(g.unwrap().flat.is_empty());
     }
 
     #[test]
