@@ -125,6 +125,14 @@ const ALGORITHMS: [(Algorithm, Params); 8] = [
     (Algorithm::ES384, Params::Ec(&sig::ECDSA_P384_SHA384_FIXED)),
 ];
 
+/// A big-endian number as aws-lc takes it: some encoders (Java's
+/// `BigInteger`) put a zero byte in front of a modulus whose top bit is set.
+fn without_leading_zeros(mut v: Vec<u8>) -> Vec<u8> {
+    let zeros = v.iter().take_while(|b| **b == 0).count();
+    v.drain(..zeros);
+    v
+}
+
 /// The algorithms a key of this cache can verify.
 pub(crate) fn supported_algorithms() -> impl Iterator<Item = Algorithm> {
     ALGORITHMS.iter().map(|(a, _)| *a)
@@ -139,12 +147,19 @@ enum Params {
 
 impl VerifyingKey {
     fn rsa(n: &str, e: &str) -> Option<VerifyingKey> {
-        let n = URL_SAFE_NO_PAD.decode(n).ok()?;
-        let e = URL_SAFE_NO_PAD.decode(e).ok()?;
-        // What aws-lc requires of the components: no leading zeros. Checked
-        // here so that a bad key is skipped when the set is read, not found
-        // out on the first token.
-        if n.first().is_none_or(|b| *b == 0) || e.first().is_none_or(|b| *b == 0) {
+        let n = without_leading_zeros(URL_SAFE_NO_PAD.decode(n).ok()?);
+        let e = without_leading_zeros(URL_SAFE_NO_PAD.decode(e).ok()?);
+        // What aws-lc verifies with (2,048 to 8,192 bits; an odd exponent
+        // from 3 to 33 bits), checked when the set is read: a key that
+        // could verify nothing is skipped, so that a set of only such keys
+        // is refused (the keys in force stay) and such a key cannot shadow
+        // a good one listed after it under the same kid.
+        let bits = |v: &[u8]| {
+            v.first()
+                .map_or(0, |b| v.len() * 8 - b.leading_zeros() as usize)
+        };
+        let odd = e.last().is_some_and(|b| b & 1 == 1);
+        if !(2048..=8192).contains(&bits(&n)) || !(2..=33).contains(&bits(&e)) || !odd {
             return None;
         }
         Some(VerifyingKey::new(Material::Rsa { n, e }))
@@ -880,7 +895,8 @@ pub fn parse_jwks(body: &[u8]) -> Result<HashMap<String, Arc<VerifyingKey>>, Str
         key.kid = kid.into();
         if let Some(alg) = alg {
             // Parsed now, off the request path. A key that cannot do its own
-            // alg (too short) stays listed: its tokens fail as bad signatures.
+            // alg (an RSA key aws-lc refuses) stays listed: its tokens fail
+            // as bad signatures.
             key.prepare(alg);
         }
         // A kid listed twice is ambiguous: keep the first, as most issuers'
@@ -1025,5 +1041,44 @@ mod tests {
         let mut kids: Vec<&str> = keys.keys().map(String::as_str).collect();
         kids.sort_unstable();
         assert_eq!(kids, ["nulls", "plain", "sig", "verify"]);
+    }
+
+    /// An RSA key aws-lc could verify nothing with is skipped when the set
+    /// is read: a set of only such keys is refused (the keys in force
+    /// stay), and one cannot shadow a good key listed after it under its
+    /// kid. A zero byte in front of the modulus is the same key.
+    #[test]
+    fn rsa_keys_that_can_verify_nothing_are_skipped() {
+        let good = idgate_testkit::TestKey::generate("k").jwk();
+        let b64 = |v: &[u8]| URL_SAFE_NO_PAD.encode(v);
+        let n = URL_SAFE_NO_PAD.decode(good["n"].as_str().unwrap()).unwrap();
+        let rsa = |n: &[u8], e: &[u8]| serde_json::json!({"kty": "RSA", "kid": "k", "n": b64(n), "e": b64(e)});
+        let short = [0xC5; 128];
+        for bad in [
+            rsa(&short, &[1, 0, 1]),
+            rsa(&[0xC5; 1025], &[1, 0, 1]),
+            rsa(&n, &[1]),
+            rsa(&n, &[1, 0, 0]),
+            rsa(&n, &[1, 0, 0, 0, 0, 1]),
+        ] {
+            let set = serde_json::json!({"keys": [bad]});
+            assert!(parse_jwks(set.to_string().as_bytes()).is_err(), "{bad}");
+            let set = serde_json::json!({"keys": [bad, good]});
+            let keys = parse_jwks(set.to_string().as_bytes()).unwrap();
+            assert!(
+                matches!(&keys["k"].material, Material::Rsa { n: kept, .. } if *kept == n),
+                "{bad} shadowed the good key"
+            );
+        }
+        let padded = [&[0u8][..], &n].concat();
+        let keys = parse_jwks(
+            serde_json::json!({"keys": [rsa(&padded, &[0, 1, 0, 1])]})
+                .to_string()
+                .as_bytes(),
+        )
+        .unwrap();
+        assert!(
+            matches!(&keys["k"].material, Material::Rsa { n: kept, e } if *kept == n && *e == [1, 0, 1])
+        );
     }
 }
