@@ -309,12 +309,15 @@ struct Inner {
 pub(crate) enum KeySource {
     /// At this URL.
     Url(String),
-    /// At the `jwks_uri` of the issuer's discovery document, read at the
-    /// first fetch that needs it (and at every one until a read succeeds:
-    /// an issuer down at startup delays its keys, not the process).
+    /// At the `jwks_uri` of the issuer's discovery document, read again
+    /// before every fetch of the key set: an issuer that moves its keys is
+    /// followed, rather than fetched at the old URL until a restart. While
+    /// the document cannot be read, the last URL it gave is used; until it
+    /// has been read once, there is no key set to fetch (an issuer down at
+    /// startup delays its keys, not the process).
     Discovery {
         issuer: String,
-        found: std::sync::OnceLock<String>,
+        found: arc_swap::ArcSwapOption<String>,
     },
 }
 
@@ -324,8 +327,8 @@ impl KeySource {
     pub(crate) fn describe(&self) -> String {
         match self {
             KeySource::Url(url) => url.clone(),
-            KeySource::Discovery { issuer, found } => match found.get() {
-                Some(url) => url.clone(),
+            KeySource::Discovery { issuer, found } => match &*found.load() {
+                Some(url) => url.to_string(),
                 None => discovery_url(issuer),
             },
         }
@@ -725,15 +728,12 @@ impl Inner {
     }
 
     /// The key set's URL, reading the discovery document if need be.
-    async fn jwks_url(&self) -> Result<&str, String> {
+    async fn jwks_url(&self) -> Result<Arc<String>, String> {
         match &self.source {
-            KeySource::Url(url) => Ok(url),
+            KeySource::Url(url) => Ok(Arc::new(url.clone())),
             KeySource::Discovery { issuer, found } => {
-                if let Some(url) = found.get() {
-                    return Ok(url);
-                }
                 let discovery = discover_jwks_url(&self.client, issuer);
-                let url = tokio::time::timeout(self.settings.fetch_timeout, discovery)
+                let read = tokio::time::timeout(self.settings.fetch_timeout, discovery)
                     .await
                     .map_err(|_| {
                         format!(
@@ -741,10 +741,31 @@ impl Inner {
                             discovery_url(issuer),
                             self.settings.fetch_timeout
                         )
-                    })?
-                    .map_err(|e| format!("discovery: {}", error_chain(&e)))?;
-                tracing::info!(jwks.issuer = %self.issuer, jwks.url = %url, "discovered JWKS URL");
-                Ok(found.get_or_init(|| url))
+                    })
+                    .and_then(|r| r.map_err(|e| format!("discovery: {}", error_chain(&e))));
+                let known = found.load_full();
+                match read {
+                    Ok(url) => {
+                        let url = Arc::new(url);
+                        if known.as_ref() != Some(&url) {
+                            tracing::info!(jwks.issuer = %self.issuer, jwks.url = %url, "discovered JWKS URL");
+                            found.store(Some(url.clone()));
+                        }
+                        Ok(url)
+                    }
+                    Err(error) => match known {
+                        Some(url) => {
+                            tracing::warn!(
+                                jwks.issuer = %self.issuer,
+                                jwks.url = %url,
+                                error,
+                                "discovery failed; fetching keys from the last URL it gave"
+                            );
+                            Ok(url)
+                        }
+                        None => Err(error),
+                    },
+                }
             }
         }
     }
@@ -754,7 +775,7 @@ impl Inner {
         let url = self.jwks_url().await?;
         let mut resp = self
             .client
-            .get(url)
+            .get(url.as_str())
             .timeout(s.fetch_timeout)
             .send()
             .await

@@ -534,7 +534,7 @@ fn key_source(cfg: &IssuerConfig) -> KeySource {
     match cfg.issuers.first() {
         Some(iss) if cfg.discovery => KeySource::Discovery {
             issuer: iss.clone(),
-            found: std::sync::OnceLock::new(),
+            found: arc_swap::ArcSwapOption::const_empty(),
         },
         _ => KeySource::Url(cfg.jwks_url.clone()),
     }

@@ -917,3 +917,68 @@ async fn a_token_that_expires_while_its_keys_are_fetched_is_refused() {
     assert_eq!(verify.await.unwrap_err().reason, Reason::Expired);
     assert_eq!(s.kit.jwks_fetches(), 1);
 }
+
+/// An issuer found by discovery is followed when it moves its keys: the
+/// document is read again before each fetch of the key set (not only the
+/// first), and while it cannot be read the last URL it gave still serves.
+#[tokio::test]
+async fn a_discovered_issuer_that_moves_its_keys_is_followed() {
+    use std::sync::Mutex;
+
+    // Two key sets, each with its own kid, and a discovery document that
+    // names one of them, or fails.
+    let (old, new) = (Issuer::start().await, Issuer::start().await);
+    new.publish(TestKey::generate("moved-1"));
+    new.activate("moved-1");
+    let named = Arc::new(Mutex::new(Some(old.jwks_url())));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let iss = format!("http://{}", listener.local_addr().unwrap());
+    let (doc_iss, doc_named) = (iss.clone(), named.clone());
+    let document = move || {
+        let named = doc_named.lock().unwrap().clone();
+        let iss = doc_iss.clone();
+        async move {
+            match named {
+                Some(uri) => axum::Json(json!({"issuer": iss, "jwks_uri": uri})).into_response(),
+                None => http::StatusCode::SERVICE_UNAVAILABLE.into_response(),
+            }
+        }
+    };
+    use axum::response::IntoResponse;
+    let app = axum::Router::new().route(
+        "/.well-known/openid-configuration",
+        axum::routing::get(document),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let clock = Arc::new(ManualClock::starting_now());
+    let verifier = Verifier::builder()
+        .issuer(IssuerConfig::new("moving", &iss, "").with_discovery())
+        .audience(AUD)
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let token = |kit: &Issuer| {
+        let mut c = kit.claims("alice@example.com", AUD);
+        c["iss"] = json!(iss);
+        kit.mint(&c)
+    };
+    verifier.verify(&token(&old)).await.unwrap();
+
+    // The keys move; the old URL now answers 404.
+    *named.lock().unwrap() = Some(new.jwks_url());
+    old.set_failure(Failure::Status(404));
+    // Past the least time between two fetches an unknown kid may force.
+    clock.advance(Duration::from_secs(31));
+    let moved = verifier.verify(&token(&new)).await.unwrap();
+    assert_eq!(moved.email(), Some("alice@example.com"));
+    assert_eq!(new.jwks_fetches(), 1);
+
+    // Discovery down: the keys still come from the last URL it gave.
+    *named.lock().unwrap() = None;
+    new.publish(TestKey::generate("moved-2"));
+    new.activate("moved-2");
+    clock.advance(Duration::from_secs(31));
+    verifier.verify(&token(&new)).await.unwrap();
+    assert_eq!(new.jwks_fetches(), 2);
+}
