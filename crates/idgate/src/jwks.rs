@@ -382,7 +382,7 @@ pub enum DiscoveryError {
     NoJwksUri,
     /// An `https://` issuer whose document points at keys over plain HTTP,
     /// where anyone on the path could swap them.
-    #[error("the https issuer's jwks_uri {url:?} is plain http")]
+    #[error("the jwks_uri {url:?} is plain http to another host than the issuer's")]
     InsecureJwksUri {
         /// The `jwks_uri` it gave.
         url: String,
@@ -411,12 +411,24 @@ fn is_downgrade(previous: &[reqwest::Url], to: &reqwest::Url) -> bool {
 }
 
 /// The discovery document's `jwks_uri`, if keys may be fetched from it: an
-/// http(s) URL, and https when the issuer is.
+/// http(s) URL; https when the issuer is; and a plain-http one only on the
+/// issuer's own host or on loopback. A plain-http issuer was warned about
+/// at start (or is a dev issuer on loopback); its document must not send
+/// the key fetch in the clear to a host no warning named.
 fn usable_jwks_uri(issuer: &str, jwks_uri: Option<String>) -> Result<String, DiscoveryError> {
     let url = jwks_uri
         .filter(|u| u.starts_with("https://") || u.starts_with("http://"))
         .ok_or(DiscoveryError::NoJwksUri)?;
-    if issuer.starts_with("https://") && !url.starts_with("https://") {
+    if url.starts_with("https://") {
+        return Ok(url);
+    }
+    let host = |u: &str| reqwest::Url::parse(u).ok()?.host_str().map(str::to_owned);
+    let keys_host = host(&url);
+    let same_host = keys_host.is_some() && keys_host == host(issuer);
+    let loopback = keys_host
+        .as_deref()
+        .is_some_and(crate::verifier::is_loopback_host);
+    if issuer.starts_with("https://") || !(same_host || loopback) {
         return Err(DiscoveryError::InsecureJwksUri { url });
     }
     Ok(url)
@@ -967,8 +979,21 @@ mod tests {
             found("https://idp.example", Some("https://keys.example/jwks")).unwrap(),
             "https://keys.example/jwks"
         );
-        // A plain-http issuer (a dev issuer on loopback) keeps http keys.
+        // A plain-http issuer (a dev issuer on loopback) keeps http keys on
+        // its own host or on loopback, and nowhere else in the clear.
         assert!(found("http://127.0.0.1:8900", Some("http://127.0.0.1:8900/jwks")).is_ok());
+        assert!(found("http://127.0.0.1:8900", Some("http://localhost:8901/jwks")).is_ok());
+        assert!(found("http://idp.internal", Some("http://idp.internal:8080/jwks")).is_ok());
+        assert!(found("http://127.0.0.1:8900", Some("https://keys.example/jwks")).is_ok());
+        for elsewhere in ["http://10.0.0.5/jwks", "http://keys.example/jwks"] {
+            assert!(
+                matches!(
+                    found("http://127.0.0.1:8900", Some(elsewhere)),
+                    Err(DiscoveryError::InsecureJwksUri { .. })
+                ),
+                "{elsewhere}"
+            );
+        }
         assert!(matches!(
             found("https://idp.example", Some("ftp://idp.example/jwks")),
             Err(DiscoveryError::NoJwksUri)
