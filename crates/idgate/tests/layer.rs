@@ -656,6 +656,36 @@ async fn a_reloaded_policy_applies_at_once() {
     assert_eq!(f.get_with_token("/whoami", &bob).await.status, 200);
 }
 
+/// A request that waits for keys (a fetch can take seconds) is judged by
+/// the policy in force once they come: a member removed in the meantime is
+/// refused, not let in by the policy read before the wait.
+#[tokio::test]
+async fn a_policy_reloaded_while_keys_are_fetched_judges_the_waiting_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("policy.json");
+    write_policy(&file, &[("user:alice@example.com", "")]);
+    let kit = Issuer::start().await;
+    // No keys fetched yet, and the first fetch streams for about a second.
+    kit.set_failure(Failure::Slow {
+        chunk: 32,
+        every: std::time::Duration::from_millis(60),
+    });
+    let (f, gate) = start_with_policy(kit, |_| policy_file(&file), StatusCodes::Rfc6750).await;
+    let alice = f.token(ALICE);
+    let reload_during_the_fetch = async {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while f.kit.jwks_fetches() == 0 {
+            assert!(std::time::Instant::now() < deadline, "no key fetch began");
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        write_policy(&file, &[("user:bob@example.com", "")]);
+        gate.policy().reload().unwrap();
+    };
+    let (answer, ()) = tokio::join!(f.get_with_token("/whoami", &alice), reload_during_the_fetch);
+    assert_eq!(answer.status, 403, "{answer:?}");
+    assert_eq!(f.kit.jwks_fetches(), 1);
+}
+
 /// The refusal is in the response extensions for outer layers: checked
 /// in-process, since extensions do not cross the wire.
 #[tokio::test]

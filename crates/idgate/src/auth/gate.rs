@@ -336,7 +336,7 @@ impl Gate {
         match self.verifier.lookup(cred.token, now.as_secs()) {
             Lookup::Hit(identity) => Ok(self.verified(&policy, &ctx, identity, cred.header)),
             Lookup::Refused(rejection) => Ok(self.anonymous(&policy, &ctx, rejection)),
-            Lookup::Miss(miss) => Err(Pending { miss, now, started }),
+            Lookup::Miss(miss) => Err(Pending { miss, started }),
         }
     }
 
@@ -347,15 +347,22 @@ impl Gate {
     }
 
     async fn decide_after_miss(&self, req: &RequestFacts<'_>, pending: Pending) -> Outcome {
-        let ctx = context(req, pending.now);
-        let policy = self.policy.current();
         // The same headers as in `decide_now`, which found a token in them.
-        let cred = match self.credential(req) {
-            Ok(c) => c,
-            Err(rejection) => return self.anonymous(&policy, &ctx, rejection),
+        let verified = match self.credential(req) {
+            Ok(cred) => self
+                .verifier
+                .verify_miss(cred.token, pending.miss)
+                .await
+                .map(|identity| (identity, cred.header)),
+            Err(rejection) => Err(rejection),
         };
-        match self.verifier.verify_miss(cred.token, pending.miss).await {
-            Ok(identity) => self.verified(&policy, &ctx, identity, cred.header),
+        // The policy and the time as they are once the key is in hand: the
+        // wait can be a key fetch (seconds), and a policy reloaded in the
+        // meantime (a member removed) applies to this request too.
+        let ctx = context(req, self.verifier.clock().unix_now());
+        let policy = self.policy.current();
+        match verified {
+            Ok((identity, header)) => self.verified(&policy, &ctx, identity, header),
             Err(rejection) => self.anonymous(&policy, &ctx, rejection),
         }
     }
@@ -366,7 +373,6 @@ impl Gate {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Pending {
     miss: CacheMiss,
-    now: Duration,
     started: Instant,
 }
 
