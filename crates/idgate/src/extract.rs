@@ -30,7 +30,9 @@ impl<S: Send + Sync> FromRequestParts<S> for Identity {
         let Some(admission) = parts.extensions.get::<Admission>() else {
             return Err(missing_layer());
         };
-        match parts.extensions.get::<Identity>() {
+        // The gate's own admission says who the caller is, not whatever
+        // `Identity` another layer may have put in the extensions.
+        match &admission.identity {
             Some(id) => Ok(id.clone()),
             // Let in without an identity (`allUsers`, a public path): refused
             // here as the gate refuses, with the reason its token got.
@@ -51,9 +53,9 @@ impl<S: Send + Sync> OptionalFromRequestParts<S> for Identity {
         parts: &mut Parts,
         _state: &S,
     ) -> Result<Option<Self>, Self::Rejection> {
-        if parts.extensions.get::<Admission>().is_none() {
-            return Err(missing_layer());
+        match parts.extensions.get::<Admission>() {
+            Some(admission) => Ok(admission.identity.clone()),
+            None => Err(missing_layer()),
         }
-        Ok(parts.extensions.get::<Identity>().cloned())
     }
 }

@@ -686,6 +686,59 @@ async fn a_policy_reloaded_while_keys_are_fetched_judges_the_waiting_request() {
     assert_eq!(f.kit.jwks_fetches(), 1);
 }
 
+/// An `Identity` another layer put in the extensions never passes for one
+/// the gate verified: on a public path (or an `allUsers` admission) the
+/// handler sees no caller, and `Identity` is refused as without a token.
+#[tokio::test]
+async fn an_identity_from_another_layer_is_not_the_callers() {
+    let kit = Issuer::start().await;
+    let Value::Object(claims) = json!({
+        "iss": "https://accounts.google.com", "sub": "1", "aud": AUD,
+        "email": "boss@example.com", "email_verified": true, "iat": 1, "exp": 2,
+    }) else {
+        unreachable!()
+    };
+    let injected = idgate::Identity::from_verified_claims(
+        &idgate::IssuerTag {
+            name: "google".into(),
+            google: true,
+            pool: None,
+        },
+        AUD.into(),
+        claims,
+        String::new(),
+    );
+    let router = app(AuthLayer::new(gate(
+        &kit,
+        members(&["allUsers"]),
+        StatusCodes::Rfc6750,
+    )))
+    .layer(tower::util::MapRequestLayer::new(
+        move |mut req: Request<Body>| {
+            req.extensions_mut().insert(injected.clone());
+            req
+        },
+    ));
+    for (path, status, body) in [
+        ("/public/hello", StatusCode::OK, r#"{"principal":null}"#),
+        ("/maybe", StatusCode::OK, r#"{"principal":null}"#),
+        ("/public/whoami", StatusCode::UNAUTHORIZED, ""),
+        ("/whoami", StatusCode::UNAUTHORIZED, ""),
+    ] {
+        let req = Request::get(path).body(Body::empty()).unwrap();
+        let resp = router.clone().oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), status, "{path}");
+        let got = axum::body::to_bytes(resp.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        if status == StatusCode::OK {
+            assert_eq!(got, body.as_bytes(), "{path}");
+        } else {
+            assert!(!String::from_utf8_lossy(&got).contains("boss"), "{path}");
+        }
+    }
+}
+
 /// The refusal is in the response extensions for outer layers: checked
 /// in-process, since extensions do not cross the wire.
 #[tokio::test]

@@ -79,8 +79,15 @@ where
 /// request.
 pub(crate) fn admit<B>(req: &mut Request<B>, admission: Admission) {
     let ext = req.extensions_mut();
-    if let Some(id) = &admission.identity {
-        ext.insert(id.clone());
+    match &admission.identity {
+        Some(id) => {
+            ext.insert(id.clone());
+        }
+        // Let in without a caller: no `Identity` an earlier layer put in
+        // the extensions may pass for one this gate verified.
+        None => {
+            ext.remove::<crate::Identity>();
+        }
     }
     ext.insert(admission);
 }
