@@ -454,6 +454,36 @@ fn resolve(
         });
     }
 
+    // The upstream must not be idgate itself: each request would come back
+    // through the gate, thousands of times over, until its headers grew too
+    // long (a loop one `allUsers` or public-path request sets off).
+    if let (Some(Mode::Proxy { upstream }), Some(l)) = (&mode, listen)
+        && upstream.authority.port_u16().unwrap_or(80) == l.port()
+    {
+        let host = upstream
+            .authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let ip = host.parse::<std::net::IpAddr>().ok();
+        let localhost = host.eq_ignore_ascii_case("localhost");
+        let loops = if l.ip().is_unspecified() {
+            // Listening everywhere: any address of this machine comes back.
+            localhost || ip.is_some_and(|ip| ip.is_loopback() || ip.is_unspecified())
+        } else {
+            ip == Some(l.ip()) || (localhost && l.ip().is_loopback())
+        };
+        if loops {
+            src.errors.push(ConfigError::Conflict {
+                origin: src.origin("--upstream").unwrap_or(Origin::Default),
+                message: format!(
+                    "{} is idgate's own --listen ({l}): requests would loop",
+                    upstream.authority
+                ),
+            });
+        }
+    }
+
     let audiences = match src.origin("--audience") {
         None => {
             src.errors.push(ConfigError::MissingAudience);

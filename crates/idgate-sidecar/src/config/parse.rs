@@ -35,6 +35,18 @@ pub(crate) fn positive(s: &str) -> Result<u64, ValueError> {
 /// `http://host:port[/base]`. Only plain HTTP: the sidecar talks to an
 /// upstream beside it (same pod, same instance), never across a network.
 pub(crate) fn upstream(s: &str) -> Result<Upstream, ValueError> {
+    // What `Uri` lets through: a port that is no port (`:80811`, `:8o81`,
+    // which requests then sent to port 80), no host, a fragment.
+    let url = reqwest::Url::parse(s).map_err(|e| ValueError::Url(format!("not a URL: {e}")))?;
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(ValueError::Url("has no host".into()));
+    }
+    if url.port() == Some(0) {
+        return Err(ValueError::Url("port 0 is no port to connect to".into()));
+    }
+    if url.fragment().is_some() {
+        return Err(ValueError::Url("must not have a #fragment".into()));
+    }
     let uri: Uri = s
         .parse()
         .map_err(|e| ValueError::Url(format!("not a URL: {e}")))?;
@@ -207,6 +219,25 @@ mod tests {
         assert!(upstream("app:8081").is_err());
         assert!(upstream("http://u:p@app").is_err());
         assert!(upstream("http://app/?q=1").is_err());
+        // No port that is not one (requests would go to port 80), no empty
+        // host, no fragment.
+        for bad in [
+            "http://127.0.0.1:80811",
+            "http://127.0.0.1:8o81",
+            "http://127.0.0.1:0",
+            "http://:8081",
+            "http://app:8081/#x",
+        ] {
+            assert!(upstream(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            upstream("http://[::1]:65535").unwrap().authority.as_str(),
+            "[::1]:65535"
+        );
+        assert_eq!(
+            upstream("http://app:80").unwrap().authority.as_str(),
+            "app:80"
+        );
     }
 
     #[test]

@@ -747,3 +747,42 @@ fn jwks_intervals_under_a_second_are_refused() {
     .concat();
     load_ok(&flags, &[]);
 }
+
+/// An upstream that is idgate's own listener would have every request come
+/// back through the gate until its headers grew too long.
+#[test]
+fn an_upstream_that_is_the_sidecar_itself_is_refused() {
+    let with = |upstream: &str, listen: &str| {
+        let flags = [
+            "--audience",
+            "https://svc",
+            "--member",
+            "allUsers",
+            "--upstream",
+            upstream,
+            "--listen",
+            listen,
+        ];
+        load(&args(&flags), &env(&[]))
+    };
+    for (upstream, listen) in [
+        ("http://127.0.0.1:8080", "0.0.0.0:8080"),
+        ("http://localhost:8080", "127.0.0.1:8080"),
+        ("http://[::1]:8080", "[::]:8080"),
+        ("http://10.1.2.3:8080", "10.1.2.3:8080"),
+        ("http://127.0.0.1", "0.0.0.0:80"),
+    ] {
+        let e = with(upstream, listen).unwrap_err().to_string();
+        assert!(
+            e.contains("requests would loop"),
+            "{upstream} {listen}: {e}"
+        );
+    }
+    for (upstream, listen) in [
+        ("http://127.0.0.1:8081", "0.0.0.0:8080"),
+        ("http://127.0.0.2:8080", "127.0.0.1:8080"),
+        ("http://app:8080", "0.0.0.0:8080"),
+    ] {
+        assert!(with(upstream, listen).is_ok(), "{upstream} {listen}");
+    }
+}
