@@ -419,18 +419,25 @@ async fn unreachable_upstream_is_502() {
         serde_json::json!({"error": "bad_gateway", "reason": "upstream_unreachable"})
     );
 
-    let (status, headers, _) = send(
-        &h2c_client(),
-        get_req(&url, &[("content-type", "application/grpc")]),
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK, "gRPC errors travel in grpc-status");
-    assert_eq!(headers["grpc-status"], "14");
+    // Media types compare case-insensitively, as the gate compares them.
+    for content_type in ["application/grpc", "Application/gRPC+proto"] {
+        let (status, headers, _) = send(
+            &h2c_client(),
+            get_req(&url, &[("content-type", content_type)]),
+        )
+        .await;
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "{content_type}: gRPC errors travel in grpc-status"
+        );
+        assert_eq!(headers["grpc-status"], "14", "{content_type}");
+    }
 
     assert!(
         metrics
             .encode()
-            .contains("idgate_upstream_duration_seconds_count{result=\"upstream_unreachable\"} 2")
+            .contains("idgate_upstream_duration_seconds_count{result=\"upstream_unreachable\"} 3")
     );
     sidecar.shutdown().await;
 }

@@ -79,14 +79,7 @@ pub fn grpc_error(code: &'static str, message: &'static str) -> Response<Body> {
     res
 }
 
-/// Whether the request is gRPC (`application/grpc`, `application/grpc+proto`…).
-pub fn is_grpc(headers: &http::HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| {
-            ct == "application/grpc"
-                || ct.starts_with("application/grpc+")
-                || ct.starts_with("application/grpc;")
-        })
-}
+/// Whether the request is gRPC: the gate's own test (media types compare
+/// case-insensitively), so that the gate and the proxy answer a request in
+/// the same shape.
+pub use idgate::auth::is_grpc;
