@@ -136,9 +136,11 @@ impl Service<Request<Body>> for Sanitize {
             None
         };
         if let Some(reason) = refused {
+            // A method is any token the client likes, of any length.
+            let method = req.method().as_str();
             tracing::info!(
                 http.reason = reason,
-                http.method = %req.method(),
+                http.method = method.get(..32).unwrap_or(method),
                 "request refused before the gate"
             );
             let refusal =

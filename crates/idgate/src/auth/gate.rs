@@ -440,6 +440,10 @@ impl Gate {
 /// refusal is logged at INFO, so a line must not cost as much as a request.
 const LOGGED_FIELD_MAX: usize = 512;
 
+/// The longest method a log line carries whole (the longest registered
+/// one is 17 bytes).
+const LOGGED_METHOD_MAX: usize = 32;
+
 /// `s` cut to at most `max` bytes, at a character boundary.
 fn clipped(s: &str, max: usize) -> &str {
     if s.len() <= max {
@@ -454,6 +458,8 @@ fn clipped(s: &str, max: usize) -> &str {
 
 fn log_decision(e: &DecisionEvent<'_>) {
     let path = clipped(e.path, LOGGED_FIELD_MAX);
+    // A method is any token the client likes, of any length.
+    let method = clipped(e.method, LOGGED_METHOD_MAX);
     match e.outcome {
         Outcome::Allowed(a) => tracing::debug!(
             auth.decision = "allowed",
@@ -465,7 +471,7 @@ fn log_decision(e: &DecisionEvent<'_>) {
                 .unwrap_or("anonymous"),
             auth.role = a.grant.as_ref().map(|g| &*g.role).unwrap_or(""),
             auth.member = a.grant.as_ref().map(|g| &*g.member).unwrap_or(""),
-            http.method = e.method,
+            http.method = method,
             http.path = path,
             elapsed_us = e.elapsed.as_micros() as u64,
             "request allowed"
@@ -475,7 +481,7 @@ fn log_decision(e: &DecisionEvent<'_>) {
             auth.reason = d.rejection.reason.as_str(),
             auth.detail = clipped(&d.rejection.detail, LOGGED_FIELD_MAX),
             auth.principal = d.principal.as_deref().unwrap_or(""),
-            http.method = e.method,
+            http.method = method,
             http.path = path,
             elapsed_us = e.elapsed.as_micros() as u64,
             "request denied"
