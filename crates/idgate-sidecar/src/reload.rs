@@ -156,14 +156,7 @@ async fn run(
         // Catch up with a change made between the first load and the watch.
         match run_reload(&reload).await {
             Ok(_) => debug!("policy files loaded again now that they are watched"),
-            Err(problems) => {
-                metrics.record_reload(false);
-                warn!(
-                    reload.trigger = "file change",
-                    error = %problems,
-                    "policy reload refused; the previous policy stays in force"
-                );
-            }
+            Err(problems) => refused(&metrics, "file change", &problems),
         }
     }
     while let Some(first) = rx.recv().await {
@@ -196,16 +189,19 @@ async fn run(
                     warn!(reload.trigger = why, "policy: {w}");
                 }
             }
-            Err(problems) => {
-                metrics.record_reload(false);
-                warn!(
-                    reload.trigger = why,
-                    error = %problems,
-                    "policy reload refused; the previous policy stays in force"
-                );
-            }
+            Err(problems) => refused(&metrics, why, &problems),
         }
     }
+}
+
+/// A reload the policy refused: counted and logged; the old policy stays.
+fn refused(metrics: &Metrics, why: &str, problems: &str) {
+    metrics.record_reload(false);
+    warn!(
+        reload.trigger = why,
+        error = %problems,
+        "policy reload refused; the previous policy stays in force"
+    );
 }
 
 async fn run_reload(reload: &ReloadFn) -> Result<Vec<String>, String> {
@@ -241,6 +237,19 @@ mod tests {
         (reload, seen)
     }
 
+    /// Watches `file` (its directory) with a reload that records it.
+    fn watch(file: &Path, debounce_ms: u64) -> (ReloadHandle, Arc<Mutex<Vec<String>>>) {
+        let (reload, seen) = recording(file);
+        let handle = spawn(
+            vec![file.to_owned()],
+            reload,
+            Arc::new(Metrics::new()),
+            Duration::from_millis(debounce_ms),
+        )
+        .unwrap();
+        (handle, seen)
+    }
+
     async fn until_seen(seen: &Mutex<Vec<String>>, text: &str) {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while !seen.lock().unwrap().iter().any(|t| t == text) {
@@ -261,15 +270,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("policy.json");
         std::fs::write(&file, "as loaded").unwrap();
-        let (reload, seen) = recording(&file);
         std::fs::write(&file, "changed before the watch").unwrap();
-        let _watching = spawn(
-            vec![file],
-            reload,
-            Arc::new(Metrics::new()),
-            Duration::from_millis(50),
-        )
-        .unwrap();
+        let (_watching, seen) = watch(&file, 50);
         until_seen(&seen, "changed before the watch").await;
     }
 
@@ -280,14 +282,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("policy.json");
         std::fs::write(&file, "first").unwrap();
-        let (reload, seen) = recording(&file);
-        let _watching = spawn(
-            vec![file.clone()],
-            reload,
-            Arc::new(Metrics::new()),
-            Duration::from_millis(100),
-        )
-        .unwrap();
+        let (_watching, seen) = watch(&file, 100);
         until_seen(&seen, "first").await;
         let stop = Arc::new(AtomicBool::new(false));
         let (log, s) = (dir.path().join("app.log"), stop.clone());

@@ -688,7 +688,8 @@ impl Verifier {
     }
 
     /// What a cached verification must still pass, since it can change
-    /// with time or rotation: expiry, and the signing key still published.
+    /// with time or rotation: the token's times (`exp`, and `iat`/`nbf`
+    /// against a clock stepped back), and the signing key still published.
     fn still_good(&self, hit: &CachedToken, now: u64) -> bool {
         now < hit.identity.expires_at().saturating_add(self.clock_skew)
             && u64::from(hit.valid_from) <= now.saturating_add(self.clock_skew)
@@ -866,17 +867,19 @@ impl Verifier {
             }
             None => return Err(Rejection::new(Reason::AudienceMismatch, "token has no aud")),
         }
-        match t.claims.get("sub") {
-            Some(Json::String(s)) if !s.is_empty() => {}
+        let sub = match t.claims.get("sub") {
+            Some(Json::String(s)) if !s.is_empty() => s,
             _ => return Err(Rejection::new(Reason::MalformedToken, "token has no sub")),
-        }
+        };
         // The caller's names go on as header values (`x-idgate-sub`, the
         // principal), where a control character cannot: refused here, not
         // left out of the headers of a request that goes on anyway.
-        for claim in ["sub", "email"] {
-            if let Some(Json::String(s)) = t.claims.get(claim)
-                && s.chars().any(|c| c.is_control() && c != '\t')
-            {
+        let email = match t.claims.get("email") {
+            Some(Json::String(e)) => Some(e),
+            _ => None,
+        };
+        for (claim, value) in [("sub", Some(sub)), ("email", email)] {
+            if value.is_some_and(|v| v.chars().any(|c| c.is_control() && c != '\t')) {
                 return Err(Rejection::new(
                     Reason::MalformedToken,
                     format!("{claim} holds a control character"),
