@@ -29,9 +29,10 @@
 # Loopback only; bounded in time.
 #
 # Callgrind counts user-space instructions only (no kernel), and under
-# valgrind aws-lc takes its AVX SHA-256 path instead of the SHA-NI one, so
-# hashing weighs several times more here than on the real CPU. Use it to
-# compare builds, not to predict CPU time.
+# valgrind aws-lc takes other paths than on the real CPU (AVX for SHA-256
+# instead of SHA-NI, which weighed the cache key several times more here
+# before stop 42), so its counts are for comparing builds, not for
+# predicting CPU time.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)

@@ -46,7 +46,7 @@ pub struct VerifierSnapshot {
     pub token_cache_hits: u64,
     /// Verified-token cache misses so far.
     pub token_cache_misses: u64,
-    /// The hits that a hot-token slot answered (no hash, no map lookup).
+    /// The hits that a hot slot answered (no map lookup).
     pub token_cache_hot_hits: u64,
     /// One entry per configured issuer.
     pub issuers: Vec<IssuerSnapshot>,

@@ -148,7 +148,7 @@ async fn allows_denies_forwards_identity_and_counts() {
         assert!(text.contains(line), "missing {line} in\n{text}");
     }
     assert!(text.contains("idgate_jwks_key_set_age_seconds{issuer=\"google\"}"));
-    // Alice again, twice: a hit in the hashed cache, which gives her token
+    // Alice again, twice: a hit in the cache's map, which gives her token
     // a hot slot, then a hit in that slot.
     for _ in 0..2 {
         let (status, _, _) = send(&c, get_req(&url, &[("authorization", &bearer(&alice))])).await;

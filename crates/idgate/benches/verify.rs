@@ -1,6 +1,6 @@
 //! Verification cost: a verified-token cache hit (the same token again,
-//! from its hot slot; and one of 1,000 tokens in rotation, from the hashed
-//! cache), a miss (full parse + RS256 signature + claims) and its parse
+//! from its token slot; and one of 1,000 tokens in rotation, from its key
+//! slot or the map), a miss (full parse + RS256 signature + claims) and its parse
 //! alone, and beside them
 //! the bare RS256 verify of the crypto backend, which a miss can only add
 //! to; and the per-request encoding of the identity's payload for
@@ -47,7 +47,8 @@ fn bench(c: &mut Criterion) {
         b.to_async(&rt)
             .iter(|| async { black_box(cached.verify(black_box(&token)).await.unwrap()) })
     });
-    // 1,000 callers' tokens in turn: none stays hot, each hit hashes.
+    // 1,000 callers' tokens in turn: few keep a token slot, so most hits
+    // compute the key and find it in a key slot.
     let rotation: Vec<String> = (0..1000)
         .map(|i| kit.token(&format!("caller-{i}@example.com"), AUD))
         .collect();

@@ -1,28 +1,49 @@
-//! The verified-token cache's first level: a few slots holding the tokens
-//! seen most recently again, looked up by the token's own bytes.
+//! The verified-token cache's first levels: slots holding the entries of
+//! the tokens seen most recently again, each found without searching a
+//! map, and for a caller that repeats its token, without computing a key.
 //!
-//! The cache proper is keyed by the SHA-256 of the whole token (a key that
-//! collided would let one token borrow another's verification), and on a
-//! hit the hash is most of the work: about 0.5 µs for a Google ID token
-//! with SHA-NI, as much as the rest of the gate's checks together
-//! (BENCHMARKS.md, "The hot-token slots"). A caller usually sends the same
-//! token for an hour, request after request; for those, a slot chosen by
-//! the token's last bytes holds a copy of the token itself, and a hit is a
-//! byte-for-byte comparison instead of a hash and a map lookup.
+//! The cache proper is a moka map, keyed by a secret-keyed function of the
+//! whole token ([`crate::token_key`]). On this project's build machine the
+//! key costs about 0.3 µs for a Google ID token, and the map's lookup, with
+//! the upkeep moka does for its eviction policy, about 0.8 µs more. Two
+//! kinds of slot stand in front of it:
 //!
-//! - A slot only ever holds a token that verified, so a hit can only be the
-//!   very token that did; anything else, whichever slot it lands in, fails
-//!   the comparison and goes on to the hashed cache.
-//! - The comparison takes the same time however many bytes match
-//!   (`aws_lc_rs::constant_time`): a slot holds another caller's bearer
-//!   token, and timing must not tell a prober how close a guess came.
-//! - A token gets a slot on its second sighting (a hit in the hashed
-//!   cache): an empty slot at once; an occupied one when its token has not
-//!   been hit since the last offer (a second chance) and then only on one
-//!   offer in [`REPLACE_ONE_IN`], so that many tokens in rotation, none of
-//!   them hot, cost a copy now and then rather than on every request.
-//! - What a hit returns is checked as a hit in the hashed cache is (expiry,
-//!   key still published) by the caller.
+//! - **Token slots** ([`TokenCopy`], [`TOKEN_SLOTS`] of them), chosen by a
+//!   token's last bytes, each holding a copy of its token. A caller usually
+//!   sends the same token for an hour, request after request; its hit is a
+//!   comparison, with no key computed. A copy is most of a kilobyte, which
+//!   keeps them few.
+//! - **Key slots** (up to [`MAX_KEY_SLOTS`]), chosen by the token's cache key
+//!   and holding the key (16 bytes). With many callers in rotation (a gate
+//!   behind a front end sees a few thousand at most) few tokens keep a
+//!   token slot, and their hit is the key computed and read back from its
+//!   slot, with no map searched. (Stop 42; before it, those hits took the
+//!   map, and the key was SHA-256, 0.6 µs.)
+//!
+//! What they share:
+//! - A slot only ever holds a token that verified, so a hit is that very
+//!   token: the same bytes, or the same full key, which the key's
+//!   construction makes as unlikely for another token as a forged
+//!   signature.
+//! - A token slot compares in a time that depends on the tokens' lengths
+//!   only (`aws_lc_rs::constant_time`), after a one-word check of their
+//!   last eight bytes: a slot holds another caller's bearer token, and
+//!   timing must not tell a prober how close a guess came. The word check
+//!   tells only whether a guess had all 64 of those bits right. A key is
+//!   pseudorandom and secret: no one can choose which key slot their token
+//!   lands in, or learn anything from which one another token's does.
+//! - A token gets a key slot on its second sighting (a hit in the map) and
+//!   a token slot on its third (a hit in a key slot): an empty slot at
+//!   once; an occupied one when its entry has not been hit since the last
+//!   offer (a second chance) and then only on one offer in
+//!   [`REPLACE_ONE_IN`], so that tokens sharing a slot settle rather than
+//!   take it from each other on every request, and tokens in rotation cost
+//!   a copy now and then rather than on every request.
+//! - What a hit returns is checked as a hit in the map is (times, key still
+//!   published) by the caller.
+//! - There are never more key slots than the map's capacity, so entries the
+//!   map has evicted and the slots still hold can at most double what the
+//!   cache keeps alive.
 
 use std::cell::Cell;
 use std::sync::Arc;
@@ -30,21 +51,88 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use arc_swap::ArcSwapOption;
 
-/// Slots: a power of two. A slot costs a pointer when empty and a token's
-/// copy (under 1 KiB for Google's) plus a shared entry when full.
-const SLOTS: usize = 256;
+/// Token slots. Empty, a slot costs a pointer; full, a token's copy (under
+/// 1 KiB for Google's) and a shared entry.
+pub(crate) const TOKEN_SLOTS: usize = 256;
+
+/// Most key slots: as many callers as a gate in front of one service
+/// usually sees. Empty, they cost a pointer each (32 KiB); full, about 80
+/// bytes more each.
+pub(crate) const MAX_KEY_SLOTS: usize = 4096;
 
 /// An occupied slot without a recent hit is given to a new token on one
 /// offer in this many (per thread).
 const REPLACE_ONE_IN: u32 = 8;
 
-/// The hot-token slots, holding a `V` for each token.
-pub(crate) struct HotTokens<V> {
-    slots: Box<[ArcSwapOption<Hot<V>>]>,
+/// What a slot is looked up by (`Q`) and holds to tell its token from
+/// others (`Self`).
+pub(crate) trait SlotKey<Q: ?Sized> {
+    /// What the slot keeps of `q`.
+    fn of(q: &Q) -> Self;
+    /// Pseudorandom bits of `q` that pick its slot (the high ones).
+    fn spread(q: &Q) -> u64;
+    /// Whether this is the key of exactly `q`.
+    fn is(&self, q: &Q) -> bool;
 }
 
-struct Hot<V> {
+/// A token slot's key: a copy of the token, and its last eight bytes as a
+/// word, checked first so that a lookup landing on another token's slot
+/// stops without reading that token's bytes (cold in memory).
+pub(crate) struct TokenCopy {
+    tail: u64,
     token: Box<str>,
+}
+
+fn tail(token: &str) -> u64 {
+    let bytes = token.as_bytes();
+    let mut tail = [0u8; 8];
+    let n = bytes.len().min(8);
+    tail[..n].copy_from_slice(&bytes[bytes.len() - n..]);
+    u64::from_le_bytes(tail)
+}
+
+impl SlotKey<str> for TokenCopy {
+    fn of(token: &str) -> Self {
+        TokenCopy {
+            tail: tail(token),
+            token: token.into(),
+        }
+    }
+    /// From the last eight bytes (a signature's, for a JWS: spread
+    /// evenly), mixed. Anyone may pick the slot their token lands in; that
+    /// gains nothing, since a hit needs the whole token.
+    fn spread(token: &str) -> u64 {
+        tail(token).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    }
+    fn is(&self, token: &str) -> bool {
+        self.tail == tail(token)
+            && aws_lc_rs::constant_time::verify_slices_are_equal(
+                self.token.as_bytes(),
+                token.as_bytes(),
+            )
+            .is_ok()
+    }
+}
+
+impl SlotKey<u128> for u128 {
+    fn of(key: &u128) -> Self {
+        *key
+    }
+    fn spread(key: &u128) -> u64 {
+        *key as u64
+    }
+    fn is(&self, key: &u128) -> bool {
+        self == key
+    }
+}
+
+/// Slots keyed by `K`, holding a `V` each.
+pub(crate) struct Slots<K, V> {
+    slots: Box<[ArcSwapOption<Hot<K, V>>]>,
+}
+
+struct Hot<K, V> {
+    key: K,
     value: V,
     /// Set by a hit, cleared by an offer of another token for the slot.
     used: AtomicBool,
@@ -54,30 +142,38 @@ thread_local! {
     static OFFERS: Cell<u32> = const { Cell::new(0) };
 }
 
-impl<V: Clone> HotTokens<V> {
-    pub(crate) fn new() -> Self {
-        HotTokens {
-            slots: (0..SLOTS).map(|_| ArcSwapOption::const_empty()).collect(),
+impl<K, V: Clone> Slots<K, V> {
+    /// `n` slots, rounded down to a power of two (at least one).
+    pub(crate) fn new(n: usize) -> Self {
+        let n = 1 << n.max(1).ilog2();
+        Slots {
+            slots: (0..n).map(|_| ArcSwapOption::const_empty()).collect(),
         }
     }
 
-    /// The slot of a token, from its last eight bytes (a signature's, for
-    /// a JWS: spread evenly). Anyone may pick the slot their token lands
-    /// in; that gains nothing, since a hit needs the whole token.
-    fn slot(&self, token: &str) -> &ArcSwapOption<Hot<V>> {
-        let bytes = token.as_bytes();
-        let mut tail = [0u8; 8];
-        let n = bytes.len().min(8);
-        tail[..n].copy_from_slice(&bytes[bytes.len() - n..]);
-        let mixed = u64::from_le_bytes(tail).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        &self.slots[(mixed >> (64 - SLOTS.trailing_zeros())) as usize]
+    /// Key slots for a map of `capacity` entries: [`MAX_KEY_SLOTS`], or no
+    /// more than the map holds.
+    pub(crate) fn for_capacity(capacity: u64) -> Self {
+        Self::new(capacity.min(MAX_KEY_SLOTS as u64) as usize)
     }
 
-    /// The value held for exactly this token.
-    pub(crate) fn get(&self, token: &str) -> Option<V> {
-        let guard = self.slot(token).load();
+    fn slot<Q: ?Sized>(&self, q: &Q) -> &ArcSwapOption<Hot<K, V>>
+    where
+        K: SlotKey<Q>,
+    {
+        let bits = self.slots.len().trailing_zeros();
+        let i = K::spread(q).checked_shr(64 - bits).unwrap_or(0);
+        &self.slots[i as usize]
+    }
+
+    /// The value held for exactly `q`.
+    pub(crate) fn get<Q: ?Sized>(&self, q: &Q) -> Option<V>
+    where
+        K: SlotKey<Q>,
+    {
+        let guard = self.slot(q).load();
         let hot = guard.as_ref()?;
-        if !same(&hot.token, token) {
+        if !hot.key.is(q) {
             return None;
         }
         if !hot.used.load(Ordering::Relaxed) {
@@ -86,9 +182,12 @@ impl<V: Clone> HotTokens<V> {
         Some(hot.value.clone())
     }
 
-    /// Offers a token seen again (a hit in the hashed cache) for a slot.
-    pub(crate) fn offer(&self, token: &str, value: &V) {
-        let slot = self.slot(token);
+    /// Offers a token seen again for a slot.
+    pub(crate) fn offer<Q: ?Sized>(&self, q: &Q, value: &V)
+    where
+        K: SlotKey<Q>,
+    {
+        let slot = self.slot(q);
         if let Some(hot) = slot.load().as_ref() {
             if hot.used.swap(false, Ordering::Relaxed) {
                 return;
@@ -103,83 +202,133 @@ impl<V: Clone> HotTokens<V> {
             }
         }
         slot.store(Some(Arc::new(Hot {
-            token: token.into(),
+            key: K::of(q),
             value: value.clone(),
             used: AtomicBool::new(false),
         })));
     }
 
-    /// Empties the slot if it holds this token (its entry failed a check).
-    pub(crate) fn forget(&self, token: &str) {
-        let slot = self.slot(token);
-        let holds = slot
-            .load()
-            .as_ref()
-            .is_some_and(|hot| same(&hot.token, token));
-        if holds {
+    /// Empties the slot if it holds `q` (its entry failed a check).
+    pub(crate) fn forget<Q: ?Sized>(&self, q: &Q)
+    where
+        K: SlotKey<Q>,
+    {
+        let slot = self.slot(q);
+        if slot.load().as_ref().is_some_and(|hot| hot.key.is(q)) {
             slot.store(None);
         }
     }
-}
 
-/// Whether two tokens are the same, in a time that depends on their lengths
-/// only.
-fn same(a: &str, b: &str) -> bool {
-    aws_lc_rs::constant_time::verify_slices_are_equal(a.as_bytes(), b.as_bytes()).is_ok()
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.slots.len()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn tokens() -> Slots<TokenCopy, i32> {
+        Slots::new(TOKEN_SLOTS)
+    }
+
     #[test]
-    fn a_hit_needs_the_whole_token() {
-        let hot = HotTokens::new();
+    fn a_token_hit_needs_the_whole_token() {
+        let hot = tokens();
         hot.offer("aaaa.bbbb.signature", &1);
         assert_eq!(hot.get("aaaa.bbbb.signature"), Some(1));
         // Same last bytes, so the same slot: still a miss.
         assert_eq!(hot.get("aaaa.bbbc.signature"), None);
         assert_eq!(hot.get("aaaa.bbbb.signature."), None);
         assert_eq!(hot.get("signature"), None);
-    }
-
-    #[test]
-    fn a_hot_token_keeps_its_slot_and_a_cold_one_gives_it_up() {
-        let hot = HotTokens::new();
-        // Same slot (same last eight bytes), different tokens.
-        let (a, b) = ("first.x.SAMETAIL", "second.y.SAMETAIL");
-        hot.offer(a, &'a');
-        assert_eq!(hot.get(a), Some('a'));
-        // `a` was hit since it came in: every offer of `b` only takes its
-        // second chance away, and `a` takes it back with its next hit.
-        for _ in 0..3 * REPLACE_ONE_IN {
-            hot.offer(b, &'b');
-            assert_eq!(hot.get(a), Some('a'));
-        }
-        // Once `a` goes cold, `b` gets the slot within REPLACE_ONE_IN offers.
-        for _ in 0..=REPLACE_ONE_IN {
-            hot.offer(b, &'b');
-        }
-        assert_eq!(hot.get(b), Some('b'));
-        assert_eq!(hot.get(a), None);
-    }
-
-    #[test]
-    fn forget_empties_only_its_own_slot() {
-        let hot = HotTokens::new();
-        hot.offer("one.SAMETAIL", &1);
-        hot.forget("two.SAMETAIL");
-        assert_eq!(hot.get("one.SAMETAIL"), Some(1));
-        hot.forget("one.SAMETAIL");
-        assert_eq!(hot.get("one.SAMETAIL"), None);
+        assert_eq!(hot.get("ature"), None);
     }
 
     #[test]
     fn short_tokens_have_a_slot_too() {
         for token in ["", "a", "abcdefg"] {
-            let hot = HotTokens::new();
-            hot.offer(token, &token.len());
-            assert_eq!(hot.get(token), Some(token.len()), "{token:?}");
+            let hot = tokens();
+            hot.offer(token, &(token.len() as i32));
+            assert_eq!(hot.get(token), Some(token.len() as i32), "{token:?}");
         }
+        // "" and "\0" have the same tail word; only the bytes tell them apart.
+        let hot = tokens();
+        hot.offer("", &1);
+        assert_eq!(hot.get("\0"), None);
+    }
+
+    /// Two keys for one slot, different in their high bits.
+    const A: u128 = 5 << 60;
+    const B: u128 = (1 << 100) | A;
+
+    #[test]
+    fn a_key_hit_needs_the_whole_key() {
+        let hot = Slots::<u128, i32>::for_capacity(10_000);
+        hot.offer(&A, &1);
+        assert_eq!(hot.get(&A), Some(1));
+        // Same low bits, so the same slot: still a miss.
+        assert_eq!(hot.get(&B), None);
+        assert_eq!(hot.get(&(A ^ (1 << 127))), None);
+        assert_eq!(hot.get(&(A + 1)), None);
+    }
+
+    #[test]
+    fn a_hot_token_keeps_its_slot_and_a_cold_one_gives_it_up() {
+        let hot = Slots::<u128, char>::for_capacity(10_000);
+        hot.offer(&A, &'a');
+        assert_eq!(hot.get(&A), Some('a'));
+        // `A` was hit since it came in: every offer of `B` only takes its
+        // second chance away, and `A` takes it back with its next hit.
+        for _ in 0..3 * REPLACE_ONE_IN {
+            hot.offer(&B, &'b');
+            assert_eq!(hot.get(&A), Some('a'));
+        }
+        // Once `A` goes cold, `B` gets the slot within REPLACE_ONE_IN offers.
+        for _ in 0..=REPLACE_ONE_IN {
+            hot.offer(&B, &'b');
+        }
+        assert_eq!(hot.get(&B), Some('b'));
+        assert_eq!(hot.get(&A), None);
+    }
+
+    #[test]
+    fn forget_empties_only_its_own_slot() {
+        let hot = tokens();
+        hot.offer("one.SAMETAIL", &1);
+        hot.forget("two.SAMETAIL");
+        assert_eq!(hot.get("one.SAMETAIL"), Some(1));
+        hot.forget("one.SAMETAIL");
+        assert_eq!(hot.get("one.SAMETAIL"), None);
+        let keys = Slots::<u128, i32>::for_capacity(10_000);
+        keys.offer(&A, &1);
+        keys.forget(&B);
+        assert_eq!(keys.get(&A), Some(1));
+        keys.forget(&A);
+        assert_eq!(keys.get(&A), None);
+    }
+
+    #[test]
+    fn key_slots_follow_the_capacity_up_to_the_most() {
+        for (capacity, slots) in [
+            (1, 1),
+            (2, 2),
+            (3, 2),
+            (1000, 512),
+            (4096, 4096),
+            (10_000, MAX_KEY_SLOTS),
+            (u64::MAX, MAX_KEY_SLOTS),
+        ] {
+            assert_eq!(
+                Slots::<u128, u8>::for_capacity(capacity).len(),
+                slots,
+                "{capacity}"
+            );
+        }
+        // One slot still works.
+        let hot = Slots::<u128, i32>::for_capacity(1);
+        hot.offer(&B, &2);
+        assert_eq!(hot.get(&B), Some(2));
+        assert_eq!(hot.get(&A), None);
     }
 }

@@ -16,6 +16,7 @@ pub mod policy;
 pub mod reason;
 mod segment;
 mod strict_json;
+mod token_key;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use identity::{Identity, IssuerTag, Principal};

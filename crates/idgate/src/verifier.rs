@@ -10,9 +10,10 @@ use std::time::Duration;
 
 use jsonwebtoken::Algorithm;
 
-use crate::hot_tokens::HotTokens;
+use crate::hot_tokens::{Slots, TOKEN_SLOTS, TokenCopy};
 use crate::jwks::{JwksSettings, KeyCache, KeyCacheStatus, KeyMiss, KeySource, VerifyingKey};
 use crate::token::{Json, Segment, UnverifiedToken};
+use crate::token_key::{KeyBits, TokenKeyer};
 use crate::{Clock, Identity, IssuerTag, Reason, SystemClock};
 
 /// Google's JWKS for ID tokens (the v3 certs endpoint).
@@ -161,8 +162,8 @@ struct Counters {
 pub struct VerifierStats {
     /// Verified-token cache hits.
     pub token_cache_hits: u64,
-    /// Of those, the hits served by the hot-token slots (the token compared
-    /// byte for byte with a copy, no hash computed).
+    /// Of those, the hits served by the hot-token slots (the token's cache
+    /// key read back from its slot, no map searched).
     pub token_cache_hot_hits: u64,
     /// Verified-token cache misses (signature checked).
     pub token_cache_misses: u64,
@@ -205,12 +206,23 @@ pub(crate) enum Lookup {
 }
 
 /// A cache miss, and what the lookup already worked out for the full
-/// verification: the cache key (hashing the token twice would cost a miss
-/// 0.5 µs). Not the time: the full check reads the clock again once it
+/// verification: the cache key (computing it twice would cost a miss
+/// 0.3 µs). Not the time: the full check reads the clock again once it
 /// has the key, which can take a fetch of the key set (seconds).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct CacheMiss {
-    digest: Option<[u8; 32]>,
+    key: Option<u128>,
+}
+
+/// The verified-token cache: a map from each token's key to its
+/// verification, the hot slots in front of it, and what makes the keys.
+struct TokenCache {
+    keyer: TokenKeyer,
+    map: moka::sync::Cache<u128, CachedToken, KeyBits>,
+    /// Tokens repeated by their callers, found by their bytes.
+    by_token: Slots<TokenCopy, CachedToken>,
+    /// Tokens seen again, found by their key.
+    by_key: Slots<u128, CachedToken>,
 }
 
 /// Verifies ID tokens: strict parsing, issuer, key, signature, times and
@@ -223,9 +235,7 @@ pub struct Verifier {
     clock_skew: u64,
     max_lifetime: u64,
     max_token_bytes: usize,
-    token_cache: Option<moka::sync::Cache<[u8; 32], CachedToken>>,
-    /// In front of `token_cache`, with it or not at all.
-    hot_tokens: Option<HotTokens<CachedToken>>,
+    token_cache: Option<TokenCache>,
     clock: Arc<dyn Clock>,
     counters: Counters,
     warnings: Vec<String>,
@@ -501,16 +511,24 @@ impl VerifierBuilder {
                 }
             })
             .collect();
-        let token_cache = (self.token_cache_capacity > 0).then(|| {
-            moka::sync::Cache::builder()
-                .max_capacity(self.token_cache_capacity)
-                .expire_after(UntilExpiry {
-                    clock: clock.clone(),
-                    skew: self.clock_skew.as_secs(),
-                })
-                .build()
-        });
-        let hot_tokens = token_cache.is_some().then(HotTokens::new);
+        let token_cache = if self.token_cache_capacity == 0 {
+            None
+        } else {
+            // A system whose random source fails (never seen) gets no
+            // cache rather than a key anyone could guess.
+            TokenKeyer::new().map(|keyer| TokenCache {
+                keyer,
+                map: moka::sync::Cache::builder()
+                    .max_capacity(self.token_cache_capacity)
+                    .expire_after(UntilExpiry {
+                        clock: clock.clone(),
+                        skew: self.clock_skew.as_secs(),
+                    })
+                    .build_with_hasher(KeyBits),
+                by_token: Slots::new(TOKEN_SLOTS),
+                by_key: Slots::for_capacity(self.token_cache_capacity),
+            })
+        };
         Ok(Verifier {
             issuers,
             by_iss,
@@ -520,7 +538,6 @@ impl VerifierBuilder {
             max_lifetime: self.max_lifetime.as_secs(),
             max_token_bytes: self.max_token_bytes,
             token_cache,
-            hot_tokens,
             clock,
             counters: Counters::default(),
             warnings,
@@ -551,10 +568,10 @@ struct UntilExpiry {
     skew: u64,
 }
 
-impl moka::Expiry<[u8; 32], CachedToken> for UntilExpiry {
+impl moka::Expiry<u128, CachedToken> for UntilExpiry {
     fn expire_after_create(
         &self,
-        _key: &[u8; 32],
+        _key: &u128,
         value: &CachedToken,
         _now: std::time::Instant,
     ) -> Option<Duration> {
@@ -614,7 +631,7 @@ impl Verifier {
             token_cache_hits: self.counters.cache_hits.load(Ordering::Relaxed),
             token_cache_hot_hits: self.counters.hot_hits.load(Ordering::Relaxed),
             token_cache_misses: self.counters.cache_misses.load(Ordering::Relaxed),
-            token_cache_entries: self.token_cache.as_ref().map_or(0, |c| c.entry_count()),
+            token_cache_entries: self.token_cache.as_ref().map_or(0, |c| c.map.entry_count()),
             issuers: self.issuers.iter().map(|i| i.keys.status()).collect(),
         }
     }
@@ -631,7 +648,7 @@ impl Verifier {
 
     /// What can be said of `token` without a signature check, so without
     /// waiting for keys: too large, or a verified-token cache hit (its hot
-    /// slot, else the hashed cache); otherwise a miss, which
+    /// slot, else the map); otherwise a miss, which
     /// [`Verifier::verify_miss`] takes on. `now` is the clock's Unix time in
     /// seconds.
     pub(crate) fn lookup(&self, token: &str, now: u64) -> Lookup {
@@ -645,30 +662,40 @@ impl Verifier {
                 ),
             ));
         }
-        if let Some(hot) = &self.hot_tokens
-            && let Some(hit) = hot.get(token)
-        {
+        let Some(cache) = &self.token_cache else {
+            return Lookup::Miss(CacheMiss { key: None });
+        };
+        if let Some(hit) = cache.by_token.get(token) {
+            if self.still_good(&hit, now) {
+                return self.hot_hit(hit);
+            }
+            cache.by_token.forget(token);
+        }
+        let Some(key) = cache.keyer.key(token) else {
+            return Lookup::Miss(CacheMiss { key: None });
+        };
+        if let Some(hit) = cache.by_key.get(&key) {
+            if self.still_good(&hit, now) {
+                cache.by_token.offer(token, &hit);
+                return self.hot_hit(hit);
+            }
+            cache.by_key.forget(&key);
+        }
+        if let Some(hit) = cache.map.get(&key) {
             if self.still_good(&hit, now) {
                 self.counters.cache_hits.fetch_add(1, Ordering::Relaxed);
-                self.counters.hot_hits.fetch_add(1, Ordering::Relaxed);
+                cache.by_key.offer(&key, &hit);
                 return Lookup::Hit(hit.identity);
             }
-            hot.forget(token);
+            cache.map.invalidate(&key);
         }
-        let digest = self.token_cache.as_ref().map(|_| token_digest(token));
-        if let (Some(cache), Some(d)) = (&self.token_cache, &digest)
-            && let Some(hit) = cache.get(d)
-        {
-            if self.still_good(&hit, now) {
-                self.counters.cache_hits.fetch_add(1, Ordering::Relaxed);
-                if let Some(hot) = &self.hot_tokens {
-                    hot.offer(token, &hit);
-                }
-                return Lookup::Hit(hit.identity);
-            }
-            cache.invalidate(d);
-        }
-        Lookup::Miss(CacheMiss { digest })
+        Lookup::Miss(CacheMiss { key: Some(key) })
+    }
+
+    fn hot_hit(&self, hit: CachedToken) -> Lookup {
+        self.counters.cache_hits.fetch_add(1, Ordering::Relaxed);
+        self.counters.hot_hits.fetch_add(1, Ordering::Relaxed);
+        Lookup::Hit(hit.identity)
     }
 
     /// The full verification of a token [`Verifier::lookup`] missed, then
@@ -681,8 +708,8 @@ impl Verifier {
         self.counters.cache_misses.fetch_add(1, Ordering::Relaxed);
         let verified = self.verify_uncached(token).await?;
         let identity = verified.identity.clone();
-        if let (Some(cache), Some(d)) = (&self.token_cache, miss.digest) {
-            cache.insert(d, verified);
+        if let (Some(cache), Some(key)) = (&self.token_cache, miss.key) {
+            cache.map.insert(key, verified);
         }
         Ok(identity)
     }
@@ -914,13 +941,4 @@ fn numeric_date(claims: &Segment, name: &str) -> Result<Option<u64>, Rejection> 
             format!("{name} is not a number"),
         )),
     }
-}
-
-/// SHA-256 of the whole token: the cache key. A collision would let one
-/// token borrow another's verification, so the hash must be cryptographic.
-fn token_digest(token: &str) -> [u8; 32] {
-    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
-    let mut out = [0u8; 32];
-    out.copy_from_slice(d.as_ref());
-    out
 }
