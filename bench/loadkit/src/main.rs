@@ -10,10 +10,12 @@
 //!   real `idgate::Verifier` (keys from a testkit issuer on loopback) and
 //!   prints the heap bytes and allocations the verified-token cache holds
 //!   per entry, counted by a global allocator wrapper; then verifies them
-//!   all again (cache hits) and prints what that added: the hot slots'
-//!   token copies and moka's frequency sketch (sized for the capacity,
-//!   twice N here); `per_entry_in_use` is the first figure with malloc's
-//!   headers plus that, per entry: what is held against 1 KiB.
+//!   all twice more (cache hits) and prints what that added: the hot slots,
+//!   full (key slots after the first round, token slots and their copies
+//!   of tokens after the second), and moka's frequency sketch (sized for
+//!   the capacity, twice N here); `per_entry_in_use` is the first figure
+//!   with malloc's headers plus that, per entry: what is held against
+//!   1 KiB.
 //!
 //! Run `cargo run --release -p idgate-loadkit -- help`.
 
@@ -171,12 +173,16 @@ fn cache_cost(count: usize, audience: &str, email: &str) -> anyhow::Result<()> {
                     verifier.verify(t).await?;
                 }
                 let after = live();
-                // Every token again: each is a hit and is offered a hot
-                // slot, so every slot ends up holding a copy of a token,
-                // and moka sizes its frequency sketch for the capacity:
-                // the rest of what a cache in use holds.
-                for t in tokens {
-                    verifier.verify(t).await?;
+                // Every token again, twice: each is a hit, offered a key
+                // slot in the first round and, if it has one, a token slot
+                // in the second, so every slot ends up full (the token
+                // slots with copies of tokens), and moka sizes its
+                // frequency sketch for the capacity: the rest of what a
+                // cache in use holds.
+                for _ in 0..2 {
+                    for t in tokens {
+                        verifier.verify(t).await?;
+                    }
                 }
                 let in_use = live();
                 let stats = verifier.stats();
