@@ -41,13 +41,14 @@
 //!   a copy now and then rather than on every request.
 //! - What a hit returns is checked as a hit in the map is (times, key still
 //!   published) by the caller.
-//! - There are never more key slots than the map's capacity, so entries the
-//!   map has evicted and the slots still hold can at most double what the
-//!   cache keeps alive.
+//! - A slot keeps its entry alive after the map has evicted it, until the
+//!   slot is given to another token or forgotten. There are never more key
+//!   slots than the map's capacity, so those hold at most as many entries
+//!   again; the 256 token slots hold up to 256 more, each with its token's
+//!   copy (at most the verifier's token size limit).
 
-use std::cell::Cell;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use arc_swap::ArcSwapOption;
 
@@ -57,11 +58,11 @@ pub(crate) const TOKEN_SLOTS: usize = 256;
 
 /// Most key slots: as many callers as a gate in front of one service
 /// usually sees. Empty, they cost a pointer each (32 KiB); full, about 80
-/// bytes more each.
+/// bytes more each while the map holds the same entry (they share it).
 pub(crate) const MAX_KEY_SLOTS: usize = 4096;
 
 /// An occupied slot without a recent hit is given to a new token on one
-/// offer in this many (per thread).
+/// offer in this many (for occupied slots of one kind, whichever).
 const REPLACE_ONE_IN: u32 = 8;
 
 /// What a slot is looked up by (`Q`) and holds to tell its token from
@@ -129,6 +130,9 @@ impl SlotKey<u128> for u128 {
 /// Slots keyed by `K`, holding a `V` each.
 pub(crate) struct Slots<K, V> {
     slots: Box<[ArcSwapOption<Hot<K, V>>]>,
+    /// Offers for occupied slots so far, to give one in
+    /// [`REPLACE_ONE_IN`] its turn.
+    offers: AtomicU32,
 }
 
 struct Hot<K, V> {
@@ -138,16 +142,13 @@ struct Hot<K, V> {
     used: AtomicBool,
 }
 
-thread_local! {
-    static OFFERS: Cell<u32> = const { Cell::new(0) };
-}
-
 impl<K, V: Clone> Slots<K, V> {
     /// `n` slots, rounded down to a power of two (at least one).
     pub(crate) fn new(n: usize) -> Self {
         let n = 1 << n.max(1).ilog2();
         Slots {
             slots: (0..n).map(|_| ArcSwapOption::const_empty()).collect(),
+            offers: AtomicU32::new(0),
         }
     }
 
@@ -192,12 +193,8 @@ impl<K, V: Clone> Slots<K, V> {
             if hot.used.swap(false, Ordering::Relaxed) {
                 return;
             }
-            let turn = OFFERS.with(|n| {
-                let next = n.get().wrapping_add(1);
-                n.set(next);
-                next % REPLACE_ONE_IN == 0
-            });
-            if !turn {
+            let n = self.offers.fetch_add(1, Ordering::Relaxed);
+            if n.wrapping_add(1) % REPLACE_ONE_IN != 0 {
                 return;
             }
         }

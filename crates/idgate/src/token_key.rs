@@ -12,17 +12,18 @@
 //! AES. About half the time of SHA-256 (BENCHMARKS.md, "Stop 42").
 //!
 //! - **Why it is safe as a cache key.** Two different tokens share a tag
-//!   only if their POLYVAL hashes under the secret key meet, which for
-//!   tokens of up to 16 KiB happens with probability under 2⁻¹¹⁶ whoever
-//!   chooses them (POLYVAL's bound: twice the length in 16-byte blocks
-//!   over 2¹²⁸, one bit being cleared). So a token made to borrow a cached
-//!   one's verification succeeds with probability under `entries × 2⁻¹¹⁶`
-//!   per try, and a try shows nothing but a miss. Nothing can be searched
+//!   only if their POLYVAL hashes under the secret key meet on 127 bits
+//!   (AES is a permutation), which happens with probability under
+//!   2(L + 1)/2¹²⁸ for tokens of up to L 16-byte blocks, whoever chooses
+//!   them: under 2⁻¹¹⁶ at the default 16 KiB limit, 2⁻¹¹⁰ at 1 MiB. So a
+//!   token made to borrow a cached one's verification succeeds with
+//!   probability under `entries` times that per try, and a try shows
+//!   nothing but a miss. Nothing can be searched
 //!   offline: the key exists only in the process's memory.
 //! - **Why GCM-SIV and not a bare universal hash** (POLYVAL or GHASH alone,
 //!   or GCM's tag with a fixed nonce, which is GHASH plus a constant): the
-//!   hot slot a token lands in is read from its key, so the key's low bits
-//!   show in which memory a lookup touches. Bits of a polynomial hash of
+//!   hot slot a token lands in is read from its key, so some of the key's
+//!   bits show in which memory a lookup touches. Bits of a polynomial hash of
 //!   known tokens would give away its key, and with it collisions at will.
 //!   GCM-SIV encrypts the hash, so its tags are a pseudorandom function of
 //!   the token: bits of them say nothing of the key.

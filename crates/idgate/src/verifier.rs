@@ -162,8 +162,9 @@ struct Counters {
 pub struct VerifierStats {
     /// Verified-token cache hits.
     pub token_cache_hits: u64,
-    /// Of those, the hits served by the hot-token slots (the token's cache
-    /// key read back from its slot, no map searched).
+    /// Of those, the hits served by a hot slot, with no map searched: a
+    /// token slot (the token compared with its copy) or a key slot (the
+    /// token's cache key read back).
     pub token_cache_hot_hits: u64,
     /// Verified-token cache misses (signature checked).
     pub token_cache_misses: u64,
@@ -515,8 +516,15 @@ impl VerifierBuilder {
             None
         } else {
             // A system whose random source fails (never seen) gets no
-            // cache rather than a key anyone could guess.
-            TokenKeyer::new().map(|keyer| TokenCache {
+            // cache rather than a key anyone could guess, and is told.
+            let keyer = TokenKeyer::new();
+            if keyer.is_none() {
+                warnings.push(
+                    "the system's random source failed: the verified-token cache is off, and every token's signature is checked"
+                        .to_string(),
+                );
+            }
+            keyer.map(|keyer| TokenCache {
                 keyer,
                 map: moka::sync::Cache::builder()
                     .max_capacity(self.token_cache_capacity)
@@ -603,8 +611,9 @@ impl Verifier {
         self.issuers.iter().all(|i| i.keys.status().ready)
     }
 
-    /// What the settings allow but should not: key URLs over plain http to a
-    /// host that is not loopback. Log them at start.
+    /// What the settings allow but should not (key URLs over plain http to
+    /// a host that is not loopback), and a verified-token cache turned off
+    /// for want of a random key. Log them at start.
     pub fn warnings(&self) -> &[String] {
         &self.warnings
     }
@@ -709,6 +718,9 @@ impl Verifier {
         let verified = self.verify_uncached(token).await?;
         let identity = verified.identity.clone();
         if let (Some(cache), Some(key)) = (&self.token_cache, miss.key) {
+            // The key must be this token's: another token's would let that
+            // one borrow this verification.
+            debug_assert_eq!(cache.keyer.key(token), Some(key));
             cache.map.insert(key, verified);
         }
         Ok(identity)

@@ -720,8 +720,8 @@ async fn verified_token_cache() {
     let st = s.verifier.stats();
     assert_eq!((st.token_cache_hits, st.token_cache_hot_hits), (2, 1));
     // Another payload of the same length under the hot token's signature
-    // (which chose the slot until stop 42, and still ends the token) must
-    // not borrow its verification.
+    // lands in its token slot (chosen by the last bytes) and must not
+    // borrow its verification: the bytes differ, and so does the key.
     let (head, rest) = t.split_once('.').unwrap();
     let signature = rest.split_once('.').unwrap().1;
     let forged_claims = s.with(|c| {
@@ -768,9 +768,9 @@ async fn a_thousand_callers_in_rotation_are_served_from_hot_slots() {
     }
     let st = s.verifier.stats();
     assert_eq!((st.token_cache_misses, st.token_cache_hits), (1000, 2000));
-    // With 4,096 slots, about 890 of the 1,000 keys land alone in theirs;
-    // the 256 slots chosen by a token's last bytes before stop 42 held at
-    // most 256.
+    // With 4,096 key slots, about 890 end up holding one of the 1,000
+    // tokens; the 256 slots chosen by a token's last bytes, which were all
+    // there was before stop 42, can hold at most 256.
     assert!(
         st.token_cache_hot_hits >= 800,
         "{} hot hits",
@@ -903,31 +903,36 @@ async fn key_fetches_follow_five_redirects_and_no_more() {
 /// (an NTP correction, a restored VM) after the token was cached.
 #[tokio::test]
 async fn a_hit_refuses_a_token_the_stepped_back_clock_makes_too_new() {
-    let s = setup().await;
-    let now = s.now();
-    let t = s.kit.mint(&s.claims());
-    let not_before = s.with(|c| {
-        c.insert("iat".into(), json!(now - 100));
-        c.insert("nbf".into(), json!(now));
-    });
-    for token in [&t, &not_before] {
+    // One verifier per token, so that no two share a slot.
+    for with_nbf in [false, true] {
+        let s = setup().await;
+        let now = s.now();
+        let (token, refused) = if with_nbf {
+            let token = s.with(|c| {
+                c.insert("iat".into(), json!(now - 100));
+                c.insert("nbf".into(), json!(now));
+            });
+            (token, Reason::NotYetValid)
+        } else {
+            (s.kit.mint(&s.claims()), Reason::IssuedInFuture)
+        };
         // A miss, a hit in the map, then one in a key slot and one in a
         // token slot.
         for _ in 0..4 {
-            s.verifier.verify(token).await.unwrap();
+            s.verifier.verify(&token).await.unwrap();
         }
+        assert_eq!(s.verifier.stats().token_cache_hot_hits, 2);
+        // Back past the 30 s of skew: every level refuses, as the full
+        // check does (the first lookup meets the token slot, the key slot
+        // and the map in turn).
+        s.clock.set_unix(Duration::from_secs(now - 31));
+        for _ in 0..2 {
+            assert_eq!(s.reason(&token).await, refused, "nbf: {with_nbf}");
+        }
+        // Within the skew, it is good again.
+        s.clock.set_unix(Duration::from_secs(now - 30));
+        s.verifier.verify(&token).await.unwrap();
     }
-    assert_eq!(s.verifier.stats().token_cache_hot_hits, 4);
-    // Back past the 30 s of skew: every level refuses, as the full check.
-    s.clock.set_unix(Duration::from_secs(now - 31));
-    for _ in 0..2 {
-        assert_eq!(s.reason(&t).await, Reason::IssuedInFuture);
-        assert_eq!(s.reason(&not_before).await, Reason::NotYetValid);
-    }
-    // Within the skew, both are good again.
-    s.clock.set_unix(Duration::from_secs(now - 30));
-    s.verifier.verify(&t).await.unwrap();
-    s.verifier.verify(&not_before).await.unwrap();
 }
 
 /// A miss may wait for keys (a fetch of the key set can take seconds): the
