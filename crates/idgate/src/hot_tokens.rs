@@ -194,7 +194,7 @@ impl<K, V: Clone> Slots<K, V> {
                 return;
             }
             let n = self.offers.fetch_add(1, Ordering::Relaxed);
-            if n.wrapping_add(1) % REPLACE_ONE_IN != 0 {
+            if !n.wrapping_add(1).is_multiple_of(REPLACE_ONE_IN) {
                 return;
             }
         }
