@@ -47,8 +47,9 @@
 //!   again; the 256 token slots hold up to 256 more, each with its token's
 //!   copy (at most the verifier's token size limit).
 
+use std::cell::Cell;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use arc_swap::ArcSwapOption;
 
@@ -62,12 +63,14 @@ pub(crate) const TOKEN_SLOTS: usize = 256;
 pub(crate) const MAX_KEY_SLOTS: usize = 4096;
 
 /// An occupied slot without a recent hit is given to a new token on one
-/// offer in this many (for occupied slots of one kind, whichever).
+/// offer in this many (per kind of slot and thread).
 const REPLACE_ONE_IN: u32 = 8;
 
 /// What a slot is looked up by (`Q`) and holds to tell its token from
 /// others (`Self`).
 pub(crate) trait SlotKey<Q: ?Sized> {
+    /// This kind's own count of offers (see [`OFFERS`]).
+    const KIND: usize;
     /// What the slot keeps of `q`.
     fn of(q: &Q) -> Self;
     /// Pseudorandom bits of `q` that pick its slot (the high ones).
@@ -93,6 +96,7 @@ fn tail(token: &str) -> u64 {
 }
 
 impl SlotKey<str> for TokenCopy {
+    const KIND: usize = 0;
     fn of(token: &str) -> Self {
         TokenCopy {
             tail: tail(token),
@@ -116,6 +120,7 @@ impl SlotKey<str> for TokenCopy {
 }
 
 impl SlotKey<u128> for u128 {
+    const KIND: usize = 1;
     fn of(key: &u128) -> Self {
         *key
     }
@@ -130,9 +135,13 @@ impl SlotKey<u128> for u128 {
 /// Slots keyed by `K`, holding a `V` each.
 pub(crate) struct Slots<K, V> {
     slots: Box<[ArcSwapOption<Hot<K, V>>]>,
-    /// Offers for occupied slots so far, to give one in
-    /// [`REPLACE_ONE_IN`] its turn.
-    offers: AtomicU32,
+}
+
+thread_local! {
+    /// Offers for occupied slots so far, per kind of slot (one count for
+    /// both could, with offers alternating, never give one kind a turn),
+    /// and per thread (no shared counter for threads to contend on).
+    static OFFERS: [Cell<u32>; 2] = const { [Cell::new(0), Cell::new(0)] };
 }
 
 struct Hot<K, V> {
@@ -148,7 +157,6 @@ impl<K, V: Clone> Slots<K, V> {
         let n = 1 << n.max(1).ilog2();
         Slots {
             slots: (0..n).map(|_| ArcSwapOption::const_empty()).collect(),
-            offers: AtomicU32::new(0),
         }
     }
 
@@ -193,8 +201,12 @@ impl<K, V: Clone> Slots<K, V> {
             if hot.used.swap(false, Ordering::Relaxed) {
                 return;
             }
-            let n = self.offers.fetch_add(1, Ordering::Relaxed);
-            if !n.wrapping_add(1).is_multiple_of(REPLACE_ONE_IN) {
+            let turn = OFFERS.with(|counts| {
+                let n = &counts[K::KIND];
+                n.set(n.get().wrapping_add(1));
+                n.get().is_multiple_of(REPLACE_ONE_IN)
+            });
+            if !turn {
                 return;
             }
         }
@@ -287,6 +299,21 @@ mod tests {
         }
         assert_eq!(hot.get(&B), Some('b'));
         assert_eq!(hot.get(&A), None);
+    }
+
+    #[test]
+    fn each_kind_of_slot_gets_its_turns() {
+        let (tokens, keys) = (tokens(), Slots::<u128, i32>::for_capacity(10_000));
+        tokens.offer("old.SAMETAIL", &1);
+        keys.offer(&A, &1);
+        // Offers alternating between the kinds: with one count for both,
+        // every turn could fall to the same kind.
+        for _ in 0..REPLACE_ONE_IN {
+            tokens.offer("new.SAMETAIL", &2);
+            keys.offer(&B, &2);
+        }
+        assert_eq!(tokens.get("new.SAMETAIL"), Some(2));
+        assert_eq!(keys.get(&B), Some(2));
     }
 
     #[test]
