@@ -56,6 +56,7 @@ mkdir -p "$PROF"
 # script prints L1 misses per request too: what a request's code and data
 # cost the caches, on a VM that exposes no hardware counters.
 cache=()
+# shellcheck disable=SC2054 # valgrind's sizes are comma-separated, one word each
 [[ ${CACHE_SIM:-0} == 1 ]] && cache=(--cache-sim=yes --I1=32768,8,64 --D1=49152,12,64 --LL=1048576,16,64)
 tool=(--tool=callgrind "${cache[@]}" --callgrind-out-file="$PROF/callgrind.out")
 case $VARIANT in
@@ -115,6 +116,7 @@ if [[ $VARIANT == heap-1000conn ]]; then
   # shutdown). Then the peak snapshot's tree, five levels deep, with each
   # site's bytes per connection (the upstream side has fewer than 1,000).
   kill -TERM "$vg"; wait "$vg" || true
+  # shellcheck disable=SC2034 # read by lib.sh's cleanup trap
   SERVER_PID=
   ms_print "$PROF/massif.out" > "$PROF/massif.txt"
   awk '/^ Detailed snapshots:/ {peak = $0; sub(/ \(peak\).*/, "", peak); sub(/.*[[ ]/, "", peak); next}
