@@ -134,6 +134,7 @@ if [[ $VARIANT == allocs ]]; then
   # allocations fall under the half-a-block-per-request cut.
   line=$(measured "$SECS")
   kill -TERM "$vg"; wait "$vg" || true
+  # shellcheck disable=SC2034 # read by lib.sh's cleanup trap
   SERVER_PID=
   python3 "$ROOT/bench/dhat-sites.py" "$PROF/dhat.out" "$(sed -n 's/.*requests=\([0-9]*\).*/\1/p' <<<"$line")"
   exit 0
