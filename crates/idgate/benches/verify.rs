@@ -3,8 +3,8 @@
 //! slot or the map), a miss (full parse + RS256 signature + claims) and its parse
 //! alone, and beside them
 //! the bare RS256 verify of the crypto backend, which a miss can only add
-//! to; and the per-request encoding of the identity's payload for
-//! `x-idgate-claims`.
+//! to; the per-request encoding of the identity's payload for
+//! `x-idgate-claims`; and the cache key's primitive against SHA-256.
 //!
 //! `cargo bench -p idgate --bench verify`
 
@@ -122,6 +122,26 @@ fn bench(c: &mut Criterion) {
                     black_box(&sig),
                 )
                 .unwrap()
+        })
+    });
+    // The cache key's primitive (`token_key.rs`: AES-128-GCM-SIV's tag over
+    // the token, fixed nonce, nothing encrypted) against the SHA-256 it
+    // replaced in stop 42, over the same token.
+    g.bench_function("cache_key_gcm_siv_tag", |b| {
+        use aws_lc_rs::aead::{AES_128_GCM_SIV, Aad, LessSafeKey, Nonce, UnboundKey};
+        let key = LessSafeKey::new(UnboundKey::new(&AES_128_GCM_SIV, &[7; 16]).unwrap());
+        b.iter(|| {
+            key.seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key([0; 12]),
+                Aad::from(black_box(token.as_bytes())),
+                &mut [],
+            )
+            .unwrap()
+        })
+    });
+    g.bench_function("cache_key_sha256", |b| {
+        b.iter(|| {
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, black_box(token.as_bytes()))
         })
     });
     // What idgate's miss does for the signature: a key parsed once (its
