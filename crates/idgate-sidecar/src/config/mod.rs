@@ -460,18 +460,17 @@ fn resolve(
     if let (Some(Mode::Proxy { upstream }), Some(l)) = (&mode, listen)
         && upstream.authority.port_u16().unwrap_or(80) == l.port()
     {
-        let host = upstream
-            .authority
-            .host()
+        let host = upstream.authority.host();
+        let ip = host
             .trim_start_matches('[')
-            .trim_end_matches(']');
-        let ip = host.parse::<std::net::IpAddr>().ok();
-        let localhost = host.eq_ignore_ascii_case("localhost");
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .ok();
         let loops = if l.ip().is_unspecified() {
             // Listening everywhere: any address of this machine comes back.
-            localhost || ip.is_some_and(|ip| ip.is_loopback() || ip.is_unspecified())
+            idgate::verifier::is_loopback_host(host) || ip.is_some_and(|ip| ip.is_unspecified())
         } else {
-            ip == Some(l.ip()) || (localhost && l.ip().is_loopback())
+            ip == Some(l.ip()) || (host.eq_ignore_ascii_case("localhost") && l.ip().is_loopback())
         };
         if loops {
             src.errors.push(ConfigError::Conflict {

@@ -37,15 +37,9 @@ pub(crate) fn positive(s: &str) -> Result<u64, ValueError> {
 pub(crate) fn upstream(s: &str) -> Result<Upstream, ValueError> {
     // What `Uri` lets through: a port that is no port (`:80811`, `:8o81`,
     // which requests then sent to port 80), no host, a fragment.
-    let url = reqwest::Url::parse(s).map_err(|e| ValueError::Url(format!("not a URL: {e}")))?;
-    if url.host_str().is_none_or(str::is_empty) {
-        return Err(ValueError::Url("has no host".into()));
-    }
+    let url = url_with_host(s)?;
     if url.port() == Some(0) {
         return Err(ValueError::Url("port 0 is no port to connect to".into()));
-    }
-    if url.fragment().is_some() {
-        return Err(ValueError::Url("must not have a #fragment".into()));
     }
     let uri: Uri = s
         .parse()
@@ -77,17 +71,25 @@ pub(crate) fn upstream(s: &str) -> Result<Upstream, ValueError> {
     })
 }
 
-/// An issuer or JWKS URL: absolute http(s) with a host, no fragment. Plain
-/// http is accepted (dev issuers on loopback or in a compose network) but
-/// earns a warning when the host is not loopback.
-pub(crate) fn key_url(s: &str, warnings: &mut Vec<String>, what: &str) -> Result<(), ValueError> {
+/// An absolute URL with a host and no fragment, the first check of the
+/// upstream and of key URLs.
+fn url_with_host(s: &str) -> Result<reqwest::Url, ValueError> {
     let url = reqwest::Url::parse(s).map_err(|e| ValueError::Url(format!("not a URL: {e}")))?;
     if url.fragment().is_some() {
         return Err(ValueError::Url("must not have a #fragment".into()));
     }
-    let host = url
-        .host_str()
-        .ok_or_else(|| ValueError::Url("has no host".into()))?;
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(ValueError::Url("has no host".into()));
+    }
+    Ok(url)
+}
+
+/// An issuer or JWKS URL: absolute http(s) with a host, no fragment. Plain
+/// http is accepted (dev issuers on loopback or in a compose network) but
+/// earns a warning when the host is not loopback.
+pub(crate) fn key_url(s: &str, warnings: &mut Vec<String>, what: &str) -> Result<(), ValueError> {
+    let url = url_with_host(s)?;
+    let host = url.host_str().unwrap_or_default();
     match url.scheme() {
         "https" => Ok(()),
         "http" => {
