@@ -225,21 +225,16 @@ mod tests {
 
     use super::*;
 
-    /// A reload that records what the file held when it ran.
-    fn recording(file: &Path) -> (ReloadFn, Arc<Mutex<Vec<String>>>) {
+    /// Watches `file` (its directory) with a reload that records what the
+    /// file held each time it ran.
+    fn watch(file: &Path, debounce_ms: u64) -> (ReloadHandle, Arc<Mutex<Vec<String>>>) {
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let (file, s) = (file.to_owned(), seen.clone());
+        let (path, s) = (file.to_owned(), seen.clone());
         let reload: ReloadFn = Arc::new(move || {
-            let text = std::fs::read_to_string(&file).unwrap_or_default();
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
             s.lock().unwrap().push(text);
             Ok(Vec::new())
         });
-        (reload, seen)
-    }
-
-    /// Watches `file` (its directory) with a reload that records it.
-    fn watch(file: &Path, debounce_ms: u64) -> (ReloadHandle, Arc<Mutex<Vec<String>>>) {
-        let (reload, seen) = recording(file);
         let handle = spawn(
             vec![file.to_owned()],
             reload,
