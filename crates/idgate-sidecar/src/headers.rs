@@ -358,9 +358,10 @@ impl IpText {
     }
 }
 
-/// Sets the identity headers for a verified caller. A claim that cannot be a
-/// header value (control characters) leaves its header out rather than
-/// being mangled.
+/// Sets the identity headers for a verified caller. A value that cannot be a
+/// header value leaves its header out rather than being mangled; the
+/// verifier already refuses a `sub` or email with a control character, so
+/// this is a last guard.
 pub fn set_identity(headers: &mut HeaderMap, identity: &Identity) {
     let mut set = |name: HeaderName, value: Bytes| {
         if let Ok(v) = HeaderValue::from_maybe_shared(value) {

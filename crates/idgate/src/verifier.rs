@@ -65,10 +65,11 @@ pub struct IssuerConfig {
     pub jwks_url: String,
     /// Read the JWK Set's URL from the issuer's discovery document
     /// (`ISSUER/.well-known/openid-configuration`, whose `issuer` must be
-    /// the first of `issuers`) at the first key fetch, and at each one
-    /// until a read succeeds, with the fetches' backoff: an issuer down at
-    /// startup leaves its keys unavailable (and readiness false) rather
-    /// than failing the build.
+    /// the first of `issuers`) before each key fetch, so that keys that
+    /// move are followed; while it cannot be read, the last URL it gave
+    /// serves. An issuer down at startup leaves its keys unavailable (and
+    /// readiness false), with the fetches' backoff, rather than failing the
+    /// build.
     pub discovery: bool,
     /// The algorithms it may use. Google: RS256 only.
     pub algorithms: Vec<Algorithm>,
