@@ -310,7 +310,8 @@ pub(crate) enum KeySource {
     /// At this URL.
     Url(String),
     /// At the `jwks_uri` of the issuer's discovery document, read again
-    /// before every fetch of the key set: an issuer that moves its keys is
+    /// with every fetch of the key set (beside the fetch from the URL it
+    /// last gave, so in one round trip): an issuer that moves its keys is
     /// followed, rather than fetched at the old URL until a restart. While
     /// the document cannot be read, the last URL it gave is used; until it
     /// has been read once, there is no key set to fetch (an issuer down at
@@ -739,55 +740,69 @@ impl Inner {
         }
     }
 
-    /// The key set's URL, reading the discovery document if need be.
-    async fn jwks_url(&self) -> Result<Arc<String>, String> {
-        match &self.source {
-            KeySource::Url(url) => Ok(Arc::new(url.clone())),
-            KeySource::Discovery { issuer, found } => {
-                let discovery = discover_jwks_url(&self.client, issuer);
-                let read = tokio::time::timeout(self.settings.fetch_timeout, discovery)
-                    .await
-                    .map_err(|_| {
-                        format!(
-                            "discovery: no answer from {} within {:?}",
-                            discovery_url(issuer),
-                            self.settings.fetch_timeout
-                        )
-                    })
-                    .and_then(|r| r.map_err(|e| format!("discovery: {}", error_chain(&e))));
-                let known = found.load_full();
-                match read {
-                    Ok(url) => {
-                        let url = Arc::new(url);
-                        if known.as_ref() != Some(&url) {
-                            tracing::info!(jwks.issuer = %self.issuer, jwks.url = %url, "discovered JWKS URL");
-                            found.store(Some(url.clone()));
-                        }
-                        Ok(url)
-                    }
-                    Err(error) => match known {
-                        Some(url) => {
-                            tracing::warn!(
-                                jwks.issuer = %self.issuer,
-                                jwks.url = %url,
-                                error,
-                                "discovery failed; fetching keys from the last URL it gave"
-                            );
-                            Ok(url)
-                        }
-                        None => Err(error),
-                    },
-                }
+    /// Reads the discovery document's `jwks_uri` and remembers it in
+    /// `found` (logging a new one).
+    async fn discover(
+        &self,
+        issuer: &str,
+        found: &arc_swap::ArcSwapOption<String>,
+    ) -> Result<Arc<String>, String> {
+        let discovery = discover_jwks_url(&self.client, issuer);
+        let url = tokio::time::timeout(self.settings.fetch_timeout, discovery)
+            .await
+            .map_err(|_| {
+                format!(
+                    "discovery: no answer from {} within {:?}",
+                    discovery_url(issuer),
+                    self.settings.fetch_timeout
+                )
+            })?
+            .map_err(|e| format!("discovery: {}", error_chain(&e)))?;
+        let url = Arc::new(url);
+        if found.load().as_ref() != Some(&url) {
+            tracing::info!(jwks.issuer = %self.issuer, jwks.url = %url, "discovered JWKS URL");
+            found.store(Some(url.clone()));
+        }
+        Ok(url)
+    }
+
+    /// A fresh key set from wherever the issuer keeps it. For a discovery
+    /// issuer whose URL is known, the document is read again beside the
+    /// fetch from that URL rather than before it, so a fetch a request
+    /// waits on (an unknown `kid`) takes one round trip, not two; a URL that
+    /// moved is fetched once the document names it, and a document that
+    /// cannot be read leaves the keys from the URL it last gave.
+    async fn fetch(&self) -> Result<KeySet, String> {
+        let (issuer, found) = match &self.source {
+            KeySource::Url(url) => return self.fetch_from(url).await,
+            KeySource::Discovery { issuer, found } => (issuer, found),
+        };
+        let Some(known) = found.load_full() else {
+            let url = self.discover(issuer, found).await?;
+            return self.fetch_from(&url).await;
+        };
+        let (read, keys) =
+            futures_util::future::join(self.discover(issuer, found), self.fetch_from(&known)).await;
+        match read {
+            Ok(url) if url != known => self.fetch_from(&url).await,
+            Ok(_) => keys,
+            Err(error) => {
+                tracing::warn!(
+                    jwks.issuer = %self.issuer,
+                    jwks.url = %known,
+                    error,
+                    "discovery failed; keys come from the last URL it gave"
+                );
+                keys
             }
         }
     }
 
-    async fn fetch(&self) -> Result<KeySet, String> {
+    async fn fetch_from(&self, url: &str) -> Result<KeySet, String> {
         let s = &self.settings;
-        let url = self.jwks_url().await?;
         let mut resp = self
             .client
-            .get(url.as_str())
+            .get(url)
             .timeout(s.fetch_timeout)
             .send()
             .await

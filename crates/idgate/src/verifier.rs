@@ -65,9 +65,10 @@ pub struct IssuerConfig {
     pub jwks_url: String,
     /// Read the JWK Set's URL from the issuer's discovery document
     /// (`ISSUER/.well-known/openid-configuration`, whose `issuer` must be
-    /// the first of `issuers`) before each key fetch, so that keys that
-    /// move are followed; while it cannot be read, the last URL it gave
-    /// serves. An issuer down at startup leaves its keys unavailable (and
+    /// the first of `issuers`) with each key fetch, so that keys that
+    /// move are followed (once a URL is known, the document is read beside
+    /// the fetch from it, not before); while it cannot be read, the last
+    /// URL it gave serves. An issuer down at startup leaves its keys unavailable (and
     /// readiness false), with the fetches' backoff, rather than failing the
     /// build.
     pub discovery: bool,

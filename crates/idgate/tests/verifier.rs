@@ -1020,3 +1020,78 @@ async fn a_discovered_issuer_that_moves_its_keys_is_followed() {
     verifier.verify(&token(&new)).await.unwrap();
     assert_eq!(new.jwks_fetches(), 2);
 }
+
+/// With its key set's URL known, a discovery issuer's document is read
+/// beside the fetch from that URL, not before it: a fetch a request waits
+/// on (here for an unknown kid) takes one round trip, not two. The document
+/// below answers a re-read only once the key set has been asked for again;
+/// read first, it would wait out its deadline and fail.
+#[tokio::test]
+async fn a_discovered_issuer_reads_its_document_beside_the_key_fetch() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    use axum::response::IntoResponse;
+
+    let kit = Arc::new(Issuer::start().await);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let iss = format!("http://{}", listener.local_addr().unwrap());
+    // Once armed, the document waits for a key fetch past `seen`.
+    let armed = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(AtomicUsize::new(0));
+    let fetched_first = Arc::new(AtomicBool::new(false));
+    let document = {
+        let (kit, iss) = (kit.clone(), iss.clone());
+        let (armed, seen, fetched_first) = (armed.clone(), seen.clone(), fetched_first.clone());
+        move || {
+            let (kit, iss) = (kit.clone(), iss.clone());
+            let (armed, seen, fetched_first) = (armed.clone(), seen.clone(), fetched_first.clone());
+            async move {
+                if armed.load(Ordering::SeqCst) {
+                    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+                    while kit.jwks_fetches() <= seen.load(Ordering::SeqCst) {
+                        if tokio::time::Instant::now() > deadline {
+                            return http::StatusCode::SERVICE_UNAVAILABLE.into_response();
+                        }
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    fetched_first.store(true, Ordering::SeqCst);
+                }
+                axum::Json(json!({"issuer": iss, "jwks_uri": kit.jwks_url()})).into_response()
+            }
+        }
+    };
+    let app = axum::Router::new().route(
+        "/.well-known/openid-configuration",
+        axum::routing::get(document),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let clock = Arc::new(ManualClock::starting_now());
+    let verifier = Verifier::builder()
+        .issuer(IssuerConfig::new("known", &iss, "").with_discovery())
+        .audience(AUD)
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let token = || {
+        let mut c = kit.claims("alice@example.com", AUD);
+        c["iss"] = json!(iss);
+        kit.mint(&c)
+    };
+    // The first fetch has no URL yet: the document, then the keys.
+    verifier.verify(&token()).await.unwrap();
+    assert_eq!(kit.jwks_fetches(), 1);
+
+    // A new key: the token naming it forces a fetch.
+    kit.publish(TestKey::generate("next-1"));
+    kit.activate("next-1");
+    seen.store(kit.jwks_fetches(), Ordering::SeqCst);
+    armed.store(true, Ordering::SeqCst);
+    clock.advance(Duration::from_secs(31));
+    verifier.verify(&token()).await.unwrap();
+    assert!(
+        fetched_first.load(Ordering::SeqCst),
+        "the document was read before the key set was asked for"
+    );
+    assert_eq!(kit.jwks_fetches(), 2);
+}
