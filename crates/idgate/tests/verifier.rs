@@ -957,7 +957,7 @@ async fn a_token_that_expires_while_its_keys_are_fetched_is_refused() {
 }
 
 /// An issuer found by discovery is followed when it moves its keys: the
-/// document is read again before each fetch of the key set (not only the
+/// document is read again with each fetch of the key set (not only the
 /// first), and while it cannot be read the last URL it gave still serves.
 #[tokio::test]
 async fn a_discovered_issuer_that_moves_its_keys_is_followed() {
