@@ -17,7 +17,9 @@
 #   BINS="a/idgate-old b/idgate-new" VARIANTS="nginx idgate-1000tokens-nocache" bench/interleave.sh
 #
 # Settings (environment):
-#   VARIANTS="…"      any of nginx nginx-1000tokens idgate-1token
+#   VARIANTS="…"      any of nginx nginx-1000tokens nginx-identity (the
+#                     plain hop setting the headers idgate's proxy sets,
+#                     here only) idgate-1token
 #                     idgate-1000tokens idgate-1000tokens-nocache idgate-public
 #                     envoy-1token envoy-1000tokens envoy-1000tokens-nocache,
 #                     and the fixed-rate nginx-rate idgate-rate envoy-rate
@@ -115,6 +117,43 @@ add() {
   log "$name: pid $SERVER_PID on :$SERVER_PORT"
 }
 
+# identity_conf DIR PORT: nginx.conf for nginx's plain hop (the `nginx`
+# variant's) on PORT, setting on each request what idgate's proxy sends
+# the upstream for TOKEN: its four identity headers (fixed values: those of
+# TOKEN's caller), the token with its signature replaced, and
+# X-Forwarded-For, -Proto and -Host. What idgate's header contract costs a
+# hop that does no auth, the upstream's parsing included.
+identity_conf() {
+  local head=${TOKEN%%.*} rest=${TOKEN#*.}
+  local payload=${rest%%.*} sub
+  sub=$(python3 -c 'import base64, json, sys
+p = sys.argv[1]
+print(json.loads(base64.urlsafe_b64decode(p + "=" * (-len(p) % 4)))["sub"])' "$payload") || return 1
+  cat <<EOF
+# nginx's plain hop, setting the headers idgate's proxy sets.
+$(nginx_main "$1")
+http {
+  access_log off;
+  keepalive_requests 100000000; keepalive_timeout 300s;
+  upstream app { server 127.0.0.1:$P_UP; keepalive 1024; keepalive_requests 100000000; keepalive_timeout 300s; }
+  server {
+    listen 127.0.0.1:$2 backlog=4096;
+    location / {
+      proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_set_header Authorization "Bearer $head.$payload.SIGNATURE_REMOVED_BY_IDGATE";
+      proxy_set_header x-idgate-principal "serviceAccount:$EMAIL";
+      proxy_set_header x-idgate-email "$EMAIL";
+      proxy_set_header x-idgate-sub "$sub";
+      proxy_set_header x-idgate-claims "$payload";
+      proxy_set_header X-Forwarded-For \$remote_addr;
+      proxy_set_header X-Forwarded-Proto \$scheme;
+      proxy_set_header X-Forwarded-Host \$http_host;
+    }
+  }
+}
+EOF
+}
+
 # add_envoy NAME TOKENS IDGATE_PORT MODE: a front Envoy on the next port,
 # running README.md's Envoy recipe (extauthz_conf MODE, the app at APP_PORT
 # if set), as the instance NAME.
@@ -155,6 +194,13 @@ for v in $VARIANTS; do
         SERVER_PID=$nginx_pid SERVER_PORT=$P_NGINX
         record "$v" nginx "$tokens"
       fi ;;
+    nginx-identity)
+      # The plain hop forwarding what idgate forwards for the one token.
+      dir=$OUT/interleave-$v port=$((18120 + 2 * n))
+      mkdir -p "$dir"
+      identity_conf "$dir" "$port" >"$dir/nginx.conf" || die "$v: cannot read the token's claims"
+      add "$v" front "$OUT/one-token.txt" "$dir" "$port"
+      n=$((n + 1)) ;;
     idgate-1token|idgate-1000tokens|idgate-1000tokens-nocache|idgate-public|idgate-rate|idgate-newconn)
       args=() tokens=$OUT/one-token.txt
       case $v in
