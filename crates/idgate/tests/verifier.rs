@@ -956,6 +956,33 @@ async fn a_token_that_expires_while_its_keys_are_fetched_is_refused() {
     assert_eq!(s.kit.jwks_fetches(), 1);
 }
 
+/// An issuer found by discovery: its document served on a port of its own
+/// by the handler `document` makes from the issuer's URL, and a verifier
+/// for it on a manual clock. Returns the URL, the verifier and the clock.
+async fn discovered_issuer<H, T>(
+    document: impl FnOnce(String) -> H,
+) -> (String, Verifier, Arc<ManualClock>)
+where
+    H: axum::handler::Handler<T, ()>,
+    T: 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let iss = format!("http://{}", listener.local_addr().unwrap());
+    let app = axum::Router::new().route(
+        "/.well-known/openid-configuration",
+        axum::routing::get(document(iss.clone())),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let clock = Arc::new(ManualClock::starting_now());
+    let verifier = Verifier::builder()
+        .issuer(IssuerConfig::new("discovered", &iss, "").with_discovery())
+        .audience(AUD)
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    (iss, verifier, clock)
+}
+
 /// An issuer found by discovery is followed when it moves its keys: the
 /// document is read again with each fetch of the key set (not only the
 /// first), and while it cannot be read the last URL it gave still serves.
@@ -963,39 +990,30 @@ async fn a_token_that_expires_while_its_keys_are_fetched_is_refused() {
 async fn a_discovered_issuer_that_moves_its_keys_is_followed() {
     use std::sync::Mutex;
 
+    use axum::response::IntoResponse;
+
     // Two key sets, each with its own kid, and a discovery document that
     // names one of them, or fails.
     let (old, new) = (Issuer::start().await, Issuer::start().await);
     new.publish(TestKey::generate("moved-1"));
     new.activate("moved-1");
     let named = Arc::new(Mutex::new(Some(old.jwks_url())));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let iss = format!("http://{}", listener.local_addr().unwrap());
-    let (doc_iss, doc_named) = (iss.clone(), named.clone());
-    let document = move || {
-        let named = doc_named.lock().unwrap().clone();
-        let iss = doc_iss.clone();
-        async move {
-            match named {
-                Some(uri) => axum::Json(json!({"issuer": iss, "jwks_uri": uri})).into_response(),
-                None => http::StatusCode::SERVICE_UNAVAILABLE.into_response(),
+    let doc_named = named.clone();
+    let (iss, verifier, clock) = discovered_issuer(move |iss: String| {
+        move || {
+            let named = doc_named.lock().unwrap().clone();
+            let iss = iss.clone();
+            async move {
+                match named {
+                    Some(uri) => {
+                        axum::Json(json!({"issuer": iss, "jwks_uri": uri})).into_response()
+                    }
+                    None => http::StatusCode::SERVICE_UNAVAILABLE.into_response(),
+                }
             }
         }
-    };
-    use axum::response::IntoResponse;
-    let app = axum::Router::new().route(
-        "/.well-known/openid-configuration",
-        axum::routing::get(document),
-    );
-    tokio::spawn(async move { axum::serve(listener, app).await });
-
-    let clock = Arc::new(ManualClock::starting_now());
-    let verifier = Verifier::builder()
-        .issuer(IssuerConfig::new("moving", &iss, "").with_discovery())
-        .audience(AUD)
-        .clock(clock.clone())
-        .build()
-        .unwrap();
+    })
+    .await;
     let token = |kit: &Issuer| {
         let mut c = kit.claims("alice@example.com", AUD);
         c["iss"] = json!(iss);
@@ -1033,46 +1051,35 @@ async fn a_discovered_issuer_reads_its_document_beside_the_key_fetch() {
     use axum::response::IntoResponse;
 
     let kit = Arc::new(Issuer::start().await);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let iss = format!("http://{}", listener.local_addr().unwrap());
     // Once armed, the document waits for a key fetch past `seen`.
     let armed = Arc::new(AtomicBool::new(false));
     let seen = Arc::new(AtomicUsize::new(0));
     let fetched_first = Arc::new(AtomicBool::new(false));
-    let document = {
-        let (kit, iss) = (kit.clone(), iss.clone());
+    let (iss, verifier, clock) = discovered_issuer({
+        let kit = kit.clone();
         let (armed, seen, fetched_first) = (armed.clone(), seen.clone(), fetched_first.clone());
-        move || {
-            let (kit, iss) = (kit.clone(), iss.clone());
-            let (armed, seen, fetched_first) = (armed.clone(), seen.clone(), fetched_first.clone());
-            async move {
-                if armed.load(Ordering::SeqCst) {
-                    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-                    while kit.jwks_fetches() <= seen.load(Ordering::SeqCst) {
-                        if tokio::time::Instant::now() > deadline {
-                            return http::StatusCode::SERVICE_UNAVAILABLE.into_response();
+        move |iss: String| {
+            move || {
+                let (kit, iss) = (kit.clone(), iss.clone());
+                let (armed, seen, fetched_first) =
+                    (armed.clone(), seen.clone(), fetched_first.clone());
+                async move {
+                    if armed.load(Ordering::SeqCst) {
+                        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+                        while kit.jwks_fetches() <= seen.load(Ordering::SeqCst) {
+                            if tokio::time::Instant::now() > deadline {
+                                return http::StatusCode::SERVICE_UNAVAILABLE.into_response();
+                            }
+                            tokio::time::sleep(Duration::from_millis(5)).await;
                         }
-                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        fetched_first.store(true, Ordering::SeqCst);
                     }
-                    fetched_first.store(true, Ordering::SeqCst);
+                    axum::Json(json!({"issuer": iss, "jwks_uri": kit.jwks_url()})).into_response()
                 }
-                axum::Json(json!({"issuer": iss, "jwks_uri": kit.jwks_url()})).into_response()
             }
         }
-    };
-    let app = axum::Router::new().route(
-        "/.well-known/openid-configuration",
-        axum::routing::get(document),
-    );
-    tokio::spawn(async move { axum::serve(listener, app).await });
-
-    let clock = Arc::new(ManualClock::starting_now());
-    let verifier = Verifier::builder()
-        .issuer(IssuerConfig::new("known", &iss, "").with_discovery())
-        .audience(AUD)
-        .clock(clock.clone())
-        .build()
-        .unwrap();
+    })
+    .await;
     let token = || {
         let mut c = kit.claims("alice@example.com", AUD);
         c["iss"] = json!(iss);
