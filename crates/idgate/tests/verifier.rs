@@ -1102,3 +1102,40 @@ async fn a_discovered_issuer_reads_its_document_beside_the_key_fetch() {
     );
     assert_eq!(kit.jwks_fetches(), 2);
 }
+
+/// Keys that move while the old URL still answers, with the keys it had:
+/// the fetch a request waits on reads the document beside the old URL,
+/// sees the move, and fetches the new URL before it answers, so the
+/// request naming the moved key is served.
+#[tokio::test]
+async fn keys_that_move_while_the_old_url_still_answers_are_followed_at_once() {
+    use std::sync::Mutex;
+
+    use axum::response::IntoResponse;
+
+    let (old, new) = (Issuer::start().await, Issuer::start().await);
+    new.publish(TestKey::generate("moved-1"));
+    new.activate("moved-1");
+    let named = Arc::new(Mutex::new(old.jwks_url()));
+    let doc_named = named.clone();
+    let (iss, verifier, clock) = discovered_issuer(move |iss: String| {
+        move || {
+            let uri = doc_named.lock().unwrap().clone();
+            let iss = iss.clone();
+            async move { axum::Json(json!({"issuer": iss, "jwks_uri": uri})).into_response() }
+        }
+    })
+    .await;
+    let token = |kit: &Issuer| {
+        let mut c = kit.claims("alice@example.com", AUD);
+        c["iss"] = json!(iss);
+        kit.mint(&c)
+    };
+    verifier.verify(&token(&old)).await.unwrap();
+
+    *named.lock().unwrap() = new.jwks_url();
+    clock.advance(Duration::from_secs(31));
+    let moved = verifier.verify(&token(&new)).await.unwrap();
+    assert_eq!(moved.email(), Some("alice@example.com"));
+    assert_eq!((old.jwks_fetches(), new.jwks_fetches()), (2, 1));
+}
