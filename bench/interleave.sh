@@ -117,8 +117,8 @@ add() {
   log "$name: pid $SERVER_PID on :$SERVER_PORT"
 }
 
-# identity_conf DIR PORT: nginx.conf for nginx's plain hop (the `nginx`
-# variant's) on PORT, setting on each request what idgate's proxy sends
+# identity_conf DIR PORT: nginx.conf for nginx's plain hop (nginx_hop, the
+# `nginx` variant's) on PORT, setting on each request what idgate's proxy sends
 # the upstream for TOKEN: its four identity headers (fixed values: those of
 # TOKEN's caller), the token with its signature replaced, and
 # X-Forwarded-For, -Proto and -Host. What idgate's header contract costs a
@@ -129,29 +129,15 @@ identity_conf() {
   sub=$(python3 -c 'import base64, json, sys
 p = sys.argv[1]
 print(json.loads(base64.urlsafe_b64decode(p + "=" * (-len(p) % 4)))["sub"])' "$payload") || return 1
-  cat <<EOF
-# nginx's plain hop, setting the headers idgate's proxy sets.
-$(nginx_main "$1")
-http {
-  access_log off;
-  keepalive_requests 100000000; keepalive_timeout 300s;
-  upstream app { server 127.0.0.1:$P_UP; keepalive 1024; keepalive_requests 100000000; keepalive_timeout 300s; }
-  server {
-    listen 127.0.0.1:$2 backlog=4096;
-    location / {
-      proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection "";
-      proxy_set_header Authorization "Bearer $head.$payload.SIGNATURE_REMOVED_BY_IDGATE";
-      proxy_set_header x-idgate-principal "serviceAccount:$EMAIL";
-      proxy_set_header x-idgate-email "$EMAIL";
-      proxy_set_header x-idgate-sub "$sub";
-      proxy_set_header x-idgate-claims "$payload";
+  echo "# nginx's plain hop, setting the headers idgate's proxy sets."
+  nginx_hop "$1" "$2" "      proxy_set_header Authorization \"Bearer $head.$payload.SIGNATURE_REMOVED_BY_IDGATE\";
+      proxy_set_header x-idgate-principal \"serviceAccount:$EMAIL\";
+      proxy_set_header x-idgate-email \"$EMAIL\";
+      proxy_set_header x-idgate-sub \"$sub\";
+      proxy_set_header x-idgate-claims \"$payload\";
       proxy_set_header X-Forwarded-For \$remote_addr;
       proxy_set_header X-Forwarded-Proto \$scheme;
-      proxy_set_header X-Forwarded-Host \$http_host;
-    }
-  }
-}
-EOF
+      proxy_set_header X-Forwarded-Host \$http_host;"
 }
 
 # add_envoy NAME TOKENS IDGATE_PORT MODE: a front Envoy on the next port,

@@ -44,6 +44,27 @@ events { worker_connections 16384; }
 EOF
 }
 
+# nginx_hop DIR PORT [LINES]: the http block of nginx's plain proxy hop
+# run from DIR, listening on PORT, to the upstream with keep-alive; LINES
+# (directives, one per line) go in its location after the proxy's own.
+nginx_hop() {
+  local nl=$'\n'
+  cat <<EOF
+$(nginx_main "$1")
+http {
+  access_log off;
+  keepalive_requests 100000000; keepalive_timeout 300s;
+  upstream app { server 127.0.0.1:$P_UP; keepalive 1024; keepalive_requests 100000000; keepalive_timeout 300s; }
+  server {
+    listen 127.0.0.1:$2 backlog=4096;
+    location / {
+      proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection "";${3:+$nl$3}
+    }
+  }
+}
+EOF
+}
+
 # nginx_jwks: the server block that serves OUT/jwks.json on P_JWKS.
 nginx_jwks() {
   cat <<EOF

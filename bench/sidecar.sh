@@ -125,19 +125,10 @@ http {
 $(nginx_jwks)
 }
 EOF
-cat > "$OUT/nginx-proxy/nginx.conf" <<EOF
-# One plain proxy hop, upstream keep-alive, no auth: the ceiling.
-$(nginx_main "$OUT/nginx-proxy")
-http {
-  access_log off;
-  keepalive_requests 100000000; keepalive_timeout 300s;
-  upstream app { server 127.0.0.1:$P_UP; keepalive 1024; keepalive_requests 100000000; keepalive_timeout 300s; }
-  server {
-    listen 127.0.0.1:$P_NGINX backlog=4096;
-    location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; }
-  }
-}
-EOF
+{
+  echo "# One plain proxy hop, upstream keep-alive, no auth: the ceiling."
+  nginx_hop "$OUT/nginx-proxy" "$P_NGINX"
+} > "$OUT/nginx-proxy/nginx.conf"
 
 envoy_config 10000 > "$OUT/envoy-cached.yaml"
 envoy_config 0 > "$OUT/envoy-nocache.yaml"
