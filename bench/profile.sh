@@ -17,6 +17,10 @@
 #   bench/profile.sh heap-1000conn    # the heap with 1,000 connections
 #                                     # open (valgrind's massif): its peak
 #                                     # and where it was allocated
+#   CALLERS='Timespec>::now' bench/profile.sh one-token   # also the calls
+#                                     # per request into that function, by
+#                                     # caller (bench/callers.py; here: the
+#                                     # clock reads)
 #   CACHE_SIM=1 bench/profile.sh public   # also L1 misses per request
 #   bench/profile.sh allocs           # allocations per request on the
 #                                     # cached path (valgrind's dhat), by
@@ -151,6 +155,9 @@ if [[ ${CACHE_SIM:-0} == 1 ]]; then
   callgrind_annotate --show=I1mr,D1mr,D1mw "$dump" 2>/dev/null | awk -v r="$reqs" '/PROGRAM TOTALS/ {
     for (i = 1; i <= 3; i++) { n[i] = $(2 * i - 1); gsub(",", "", n[i]) }
     printf "L1i_misses_per_request=%d L1d_misses_per_request=%d\n", n[1] / r, (n[2] + n[3]) / r }'
+fi
+if [[ -n ${CALLERS:-} ]]; then
+  python3 "$ROOT/bench/callers.py" "$dump" "$CALLERS" "$reqs"
 fi
 callgrind_annotate --inclusive=yes --show=Ir --threshold=100 "$dump" 2>/dev/null |
   sed 's/([ 0-9.]*%)//' | awk -v r="$reqs" '/^ *[0-9,]+ / {n = $1; gsub(",", "", n); $1 = ""; printf "%8d Ir/req %s\n", n / r, $0}' |
