@@ -68,9 +68,9 @@ pub struct IssuerConfig {
     /// the first of `issuers`) with each key fetch, so that keys that
     /// move are followed (once a URL is known, the document is read beside
     /// the fetch from it, not before); while it cannot be read, the last
-    /// URL it gave serves. An issuer down at startup leaves its keys unavailable (and
-    /// readiness false), with the fetches' backoff, rather than failing the
-    /// build.
+    /// URL it gave serves. An issuer down at startup leaves its keys
+    /// unavailable (and readiness false), with the fetches' backoff, rather
+    /// than failing the build.
     pub discovery: bool,
     /// The algorithms it may use. Google: RS256 only.
     pub algorithms: Vec<Algorithm>,
