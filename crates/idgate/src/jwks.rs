@@ -311,7 +311,8 @@ pub(crate) enum KeySource {
     Url(String),
     /// At the `jwks_uri` of the issuer's discovery document, read again
     /// with every fetch of the key set (beside the fetch from the URL it
-    /// last gave, so in one round trip): an issuer that moves its keys is
+    /// last gave, so in one round trip while that URL holds; a moved URL is
+    /// fetched once the document names it): an issuer that moves its keys is
     /// followed, rather than fetched at the old URL until a restart. While
     /// the document cannot be read, the last URL it gave is used; until it
     /// has been read once, there is no key set to fetch (an issuer down at
@@ -769,10 +770,15 @@ impl Inner {
     /// A fresh key set from wherever the issuer keeps it. For a discovery
     /// issuer whose URL is known, the document is read again beside the
     /// fetch from that URL rather than before it, so a fetch a request
-    /// waits on (an unknown `kid`) takes one round trip, not two; a URL that
-    /// moved is fetched once the document names it, and a document that
-    /// cannot be read leaves the keys from the URL it last gave.
+    /// waits on (an unknown `kid`) takes one round trip, not two, while the
+    /// URL stays put. A URL that moved is fetched as soon as the document
+    /// names it, and the fetch from the old one is dropped, answered or not
+    /// (an old host that no longer answers must not hold the request for
+    /// the fetch timeout). A document that cannot be read leaves the keys
+    /// from the URL it last gave.
     async fn fetch(&self) -> Result<KeySet, String> {
+        use futures_util::future::{Either, ready, select};
+
         let (issuer, found) = match &self.source {
             KeySource::Url(url) => return self.fetch_from(url).await,
             KeySource::Discovery { issuer, found } => (issuer, found),
@@ -781,11 +787,20 @@ impl Inner {
             let url = self.discover(issuer, found).await?;
             return self.fetch_from(&url).await;
         };
-        let (read, keys) =
-            futures_util::future::join(self.discover(issuer, found), self.fetch_from(&known)).await;
+        let document = std::pin::pin!(self.discover(issuer, found));
+        // Boxed, so that dropping it below closes its connection at once.
+        let from_known = Box::pin(self.fetch_from(&known));
+        // The keys from the known URL, still coming or already here.
+        let (read, keys) = match select(document, from_known).await {
+            Either::Left((read, coming)) => (read, Either::Left(coming)),
+            Either::Right((here, document)) => (document.await, Either::Right(ready(here))),
+        };
         match read {
-            Ok(url) if url != known => self.fetch_from(&url).await,
-            Ok(_) => keys,
+            Ok(url) if url != known => {
+                drop(keys);
+                self.fetch_from(&url).await
+            }
+            Ok(_) => keys.await,
             Err(error) => {
                 tracing::warn!(
                     jwks.issuer = %self.issuer,
@@ -793,7 +808,7 @@ impl Inner {
                     error,
                     "discovery failed; keys come from the last URL it gave"
                 );
-                keys
+                keys.await
             }
         }
     }

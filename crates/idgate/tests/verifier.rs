@@ -956,60 +956,39 @@ async fn a_token_that_expires_while_its_keys_are_fetched_is_refused() {
     assert_eq!(s.kit.jwks_fetches(), 1);
 }
 
-/// An issuer found by discovery: its document served on a port of its own
-/// by the handler `document` makes from the issuer's URL, and a verifier
-/// for it on a manual clock. Returns the URL, the verifier and the clock.
-async fn discovered_issuer<H, T>(
-    document: impl FnOnce(String) -> H,
-) -> (String, Verifier, Arc<ManualClock>)
-where
-    H: axum::handler::Handler<T, ()>,
-    T: 'static,
-{
+/// An issuer found by discovery: its routes (the document at least) served
+/// on a port of their own by the router `app` makes from the issuer's URL,
+/// and a verifier for it with `settings` on a manual clock. Returns the
+/// URL, the verifier and the clock.
+async fn discovered_issuer(
+    settings: JwksSettings,
+    app: impl FnOnce(String) -> axum::Router,
+) -> (String, Verifier, Arc<ManualClock>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let iss = format!("http://{}", listener.local_addr().unwrap());
-    let app = axum::Router::new().route(
-        "/.well-known/openid-configuration",
-        axum::routing::get(document(iss.clone())),
-    );
+    let app = app(iss.clone());
     tokio::spawn(async move { axum::serve(listener, app).await });
     let clock = Arc::new(ManualClock::starting_now());
     let verifier = Verifier::builder()
         .issuer(IssuerConfig::new("discovered", &iss, "").with_discovery())
         .audience(AUD)
         .clock(clock.clone())
+        .jwks(settings)
         .build()
         .unwrap();
     (iss, verifier, clock)
 }
 
-/// An issuer found by discovery is followed when it moves its keys: the
-/// document is read again with each fetch of the key set (not only the
-/// first), and while it cannot be read the last URL it gave still serves.
-/// A move is followed within the fetch a request waits on, whether the old
-/// URL still answers (with the keys it had) or not.
-#[tokio::test]
-async fn a_discovered_issuer_that_moves_its_keys_is_followed() {
-    use std::sync::Mutex;
+const DISCOVERY_PATH: &str = "/.well-known/openid-configuration";
 
+/// A discovery document that names the key set URL `named` holds when it
+/// is asked, or answers 503 while it holds none.
+fn naming(named: Arc<std::sync::Mutex<Option<String>>>) -> impl FnOnce(String) -> axum::Router {
     use axum::response::IntoResponse;
 
-    // Three key sets, each with its own kid, and a discovery document that
-    // names one of them, or fails.
-    let (old, mid, new) = (
-        Issuer::start().await,
-        Issuer::start().await,
-        Issuer::start().await,
-    );
-    mid.publish(TestKey::generate("moved-0"));
-    mid.activate("moved-0");
-    new.publish(TestKey::generate("moved-1"));
-    new.activate("moved-1");
-    let named = Arc::new(Mutex::new(Some(old.jwks_url())));
-    let doc_named = named.clone();
-    let (iss, verifier, clock) = discovered_issuer(move |iss: String| {
-        move || {
-            let named = doc_named.lock().unwrap().clone();
+    move |iss: String| {
+        let document = move || {
+            let named = named.lock().unwrap().clone();
             let iss = iss.clone();
             async move {
                 match named {
@@ -1019,30 +998,76 @@ async fn a_discovered_issuer_that_moves_its_keys_is_followed() {
                     None => http::StatusCode::SERVICE_UNAVAILABLE.into_response(),
                 }
             }
-        }
-    })
-    .await;
-    let token = |kit: &Issuer| {
-        let mut c = kit.claims("alice@example.com", AUD);
-        c["iss"] = json!(iss);
-        kit.mint(&c)
-    };
-    verifier.verify(&token(&old)).await.unwrap();
+        };
+        axum::Router::new().route(DISCOVERY_PATH, axum::routing::get(document))
+    }
+}
+
+/// A token from `kit`'s active key, under the discovered issuer `iss`.
+fn discovered_token(kit: &Issuer, iss: &str) -> String {
+    let mut c = kit.claims("alice@example.com", AUD);
+    c["iss"] = json!(iss);
+    kit.mint(&c)
+}
+
+/// A key set of its own, whose tokens name `kid`.
+async fn key_host(kid: &str) -> Issuer {
+    let kit = Issuer::start().await;
+    kit.publish(TestKey::generate(kid));
+    kit.activate(kid);
+    kit
+}
+
+/// An issuer found by discovery is followed when it moves its keys: the
+/// document is read again with each fetch of the key set (not only the
+/// first), and while it cannot be read the last URL it gave still serves.
+/// A move is followed within the fetch a request waits on, whether the old
+/// URL still answers (with the keys it had) or not, and the old keys go.
+#[tokio::test]
+async fn a_discovered_issuer_that_moves_its_keys_is_followed() {
+    // Three key sets, each with its own kid, and a discovery document that
+    // names one of them, or fails.
+    let (old, mid, new) = (
+        Issuer::start().await,
+        key_host("moved-0").await,
+        key_host("moved-1").await,
+    );
+    let named = Arc::new(std::sync::Mutex::new(Some(old.jwks_url())));
+    let (iss, verifier, clock) =
+        discovered_issuer(JwksSettings::default(), naming(named.clone())).await;
+    let old_token = discovered_token(&old, &iss);
+    verifier.verify(&old_token).await.unwrap();
 
     // The keys move; the old URL still answers, with the old keys. The
     // document, read beside it, names the new URL, fetched before the
-    // request naming the moved key is answered.
+    // request naming the moved key is answered. (Whether the old URL's
+    // answer came before the document's is a race; either way it is not
+    // used.)
     *named.lock().unwrap() = Some(mid.jwks_url());
     clock.advance(Duration::from_secs(31));
-    verifier.verify(&token(&mid)).await.unwrap();
-    assert_eq!((old.jwks_fetches(), mid.jwks_fetches()), (2, 1));
+    verifier
+        .verify(&discovered_token(&mid, &iss))
+        .await
+        .unwrap();
+    assert_eq!(mid.jwks_fetches(), 1);
+    assert!((1..=2).contains(&old.jwks_fetches()));
+    // The old URL's keys are not kept beside the new ones. (Every test
+    // issuer starts with a key named `key-1`: the new set's own `key-1`
+    // does not verify the old one's signature.)
+    assert_eq!(
+        verifier.verify(&old_token).await.unwrap_err().reason,
+        Reason::BadSignature
+    );
 
     // They move again; the old URL now answers 404.
     *named.lock().unwrap() = Some(new.jwks_url());
     mid.set_failure(Failure::Status(404));
     // Past the least time between two fetches an unknown kid may force.
     clock.advance(Duration::from_secs(31));
-    let moved = verifier.verify(&token(&new)).await.unwrap();
+    let moved = verifier
+        .verify(&discovered_token(&new, &iss))
+        .await
+        .unwrap();
     assert_eq!(moved.email(), Some("alice@example.com"));
     assert_eq!(new.jwks_fetches(), 1);
 
@@ -1051,70 +1076,176 @@ async fn a_discovered_issuer_that_moves_its_keys_is_followed() {
     new.publish(TestKey::generate("moved-2"));
     new.activate("moved-2");
     clock.advance(Duration::from_secs(31));
-    verifier.verify(&token(&new)).await.unwrap();
+    verifier
+        .verify(&discovered_token(&new, &iss))
+        .await
+        .unwrap();
     assert_eq!(new.jwks_fetches(), 2);
 }
 
+/// A move is followed as soon as the document names the new URL: an old
+/// key host that no longer answers does not hold the request until the
+/// fetch from it times out. The fetch timeout here is two minutes; the
+/// request must be answered well before.
+#[tokio::test]
+async fn a_move_does_not_wait_on_an_old_key_host_that_hangs() {
+    let (old, new) = (Issuer::start().await, key_host("moved-0").await);
+    let named = Arc::new(std::sync::Mutex::new(Some(old.jwks_url())));
+    let mut settings = JwksSettings::default();
+    settings.fetch_timeout = Duration::from_secs(120);
+    let (iss, verifier, clock) = discovered_issuer(settings, naming(named.clone())).await;
+    verifier
+        .verify(&discovered_token(&old, &iss))
+        .await
+        .unwrap();
+
+    old.set_failure(Failure::Hang);
+    *named.lock().unwrap() = Some(new.jwks_url());
+    clock.advance(Duration::from_secs(31));
+    let verified = tokio::time::timeout(
+        Duration::from_secs(30),
+        verifier.verify(&discovered_token(&new, &iss)),
+    )
+    .await
+    .expect("the request waited on the old key host");
+    assert_eq!(verified.unwrap().email(), Some("alice@example.com"));
+    assert_eq!(new.jwks_fetches(), 1);
+}
+
+/// Keys that moved to a URL that then fails are not taken from the old URL
+/// instead, even while it still answers: a key host the issuer left (a
+/// bucket or a domain someone else may hold now) vouches for nothing. The
+/// new URL is remembered, and serves once it answers.
+#[tokio::test]
+async fn keys_are_not_taken_from_the_url_they_moved_from() {
+    let (old, new) = (Issuer::start().await, key_host("moved-0").await);
+    let named = Arc::new(std::sync::Mutex::new(Some(old.jwks_url())));
+    let (iss, verifier, clock) =
+        discovered_issuer(JwksSettings::default(), naming(named.clone())).await;
+    verifier
+        .verify(&discovered_token(&old, &iss))
+        .await
+        .unwrap();
+
+    // The document names the new URL, which fails; the old one publishes a
+    // key it did not have.
+    *named.lock().unwrap() = Some(new.jwks_url());
+    new.set_failure(Failure::Status(503));
+    old.publish(TestKey::generate("left-behind"));
+    old.activate("left-behind");
+    clock.advance(Duration::from_secs(31));
+    let refused = verifier
+        .verify(&discovered_token(&old, &iss))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.reason, Reason::UnknownKey);
+    assert_eq!(new.jwks_fetches(), 1);
+
+    // The new URL answers again and the document is down: the keys come
+    // from the URL it last gave, the new one.
+    new.set_failure(Failure::None);
+    *named.lock().unwrap() = None;
+    clock.advance(Duration::from_secs(31));
+    verifier
+        .verify(&discovered_token(&new, &iss))
+        .await
+        .unwrap();
+    assert_eq!(new.jwks_fetches(), 2);
+    assert!(
+        verifier
+            .verify(&discovered_token(&old, &iss))
+            .await
+            .is_err()
+    );
+}
+
 /// With its key set's URL known, a discovery issuer's document is read
-/// beside the fetch from that URL, not before it: a fetch a request waits
-/// on (here for an unknown kid) takes one round trip, not two. The document
-/// below answers a re-read only once the key set has been asked for again;
-/// read first, it would wait out its deadline and fail.
+/// beside the fetch from that URL, not before or after it: a fetch a
+/// request waits on (here for an unknown kid) takes one round trip, not
+/// two. Once armed, the document and the key set below each wait for the
+/// other to be asked before answering; read one after the other, the first
+/// would wait out its deadline and say so.
 #[tokio::test]
 async fn a_discovered_issuer_reads_its_document_beside_the_key_fetch() {
-    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::atomic::{AtomicBool, Ordering};
 
     use axum::response::IntoResponse;
 
-    let kit = Arc::new(Issuer::start().await);
-    // Once armed, the document waits for a key fetch past `seen`.
-    let armed = Arc::new(AtomicBool::new(false));
-    let seen = Arc::new(AtomicUsize::new(0));
-    let fetched_first = Arc::new(AtomicBool::new(false));
-    let (iss, verifier, clock) = discovered_issuer({
-        let kit = kit.clone();
-        let (armed, seen, fetched_first) = (armed.clone(), seen.clone(), fetched_first.clone());
-        move |iss: String| {
-            move || {
-                let (kit, iss) = (kit.clone(), iss.clone());
-                let (armed, seen, fetched_first) =
-                    (armed.clone(), seen.clone(), fetched_first.clone());
-                async move {
-                    if armed.load(Ordering::SeqCst) {
-                        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-                        while kit.jwks_fetches() <= seen.load(Ordering::SeqCst) {
-                            if tokio::time::Instant::now() > deadline {
-                                return http::StatusCode::SERVICE_UNAVAILABLE.into_response();
-                            }
-                            tokio::time::sleep(Duration::from_millis(5)).await;
-                        }
-                        fetched_first.store(true, Ordering::SeqCst);
-                    }
-                    axum::Json(json!({"issuer": iss, "jwks_uri": kit.jwks_url()})).into_response()
-                }
+    /// Notes that `mine` was asked, then waits (when armed) up to 2 s for
+    /// `other`; a wait that runs out sets `late`.
+    async fn meet(armed: &AtomicBool, mine: &AtomicBool, other: &AtomicBool, late: &AtomicBool) {
+        mine.store(true, Ordering::SeqCst);
+        if !armed.load(Ordering::SeqCst) {
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while !other.load(Ordering::SeqCst) {
+            if tokio::time::Instant::now() > deadline {
+                late.store(true, Ordering::SeqCst);
+                return;
             }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    let kit = Arc::new(Issuer::start().await);
+    // armed, the document asked, the key set asked, a wait that ran out.
+    let flags: Arc<[AtomicBool; 4]> = Arc::new(Default::default());
+    let (iss, verifier, clock) = discovered_issuer(JwksSettings::default(), {
+        let (kit, flags) = (kit.clone(), flags.clone());
+        move |iss: String| {
+            let keys_url = format!("{iss}/keys");
+            let document = {
+                let flags = flags.clone();
+                move || {
+                    let (flags, body) =
+                        (flags.clone(), json!({"issuer": iss, "jwks_uri": keys_url}));
+                    async move {
+                        let [armed, doc, keys, late] = &*flags;
+                        meet(armed, doc, keys, late).await;
+                        axum::Json(body).into_response()
+                    }
+                }
+            };
+            let keys = move || {
+                let (flags, body) = (flags.clone(), kit.jwks());
+                async move {
+                    let [armed, doc, keys, late] = &*flags;
+                    meet(armed, keys, doc, late).await;
+                    axum::Json(body).into_response()
+                }
+            };
+            axum::Router::new()
+                .route(DISCOVERY_PATH, axum::routing::get(document))
+                .route("/keys", axum::routing::get(keys))
         }
     })
     .await;
-    let token = || {
-        let mut c = kit.claims("alice@example.com", AUD);
-        c["iss"] = json!(iss);
-        kit.mint(&c)
-    };
     // The first fetch has no URL yet: the document, then the keys.
-    verifier.verify(&token()).await.unwrap();
-    assert_eq!(kit.jwks_fetches(), 1);
+    verifier
+        .verify(&discovered_token(&kit, &iss))
+        .await
+        .unwrap();
 
     // A new key: the token naming it forces a fetch.
     kit.publish(TestKey::generate("next-1"));
     kit.activate("next-1");
-    seen.store(kit.jwks_fetches(), Ordering::SeqCst);
+    let [armed, doc, keys, late] = &*flags;
+    for asked in [doc, keys] {
+        asked.store(false, Ordering::SeqCst);
+    }
     armed.store(true, Ordering::SeqCst);
     clock.advance(Duration::from_secs(31));
-    verifier.verify(&token()).await.unwrap();
+    verifier
+        .verify(&discovered_token(&kit, &iss))
+        .await
+        .unwrap();
     assert!(
-        fetched_first.load(Ordering::SeqCst),
-        "the document was read before the key set was asked for"
+        doc.load(Ordering::SeqCst) && keys.load(Ordering::SeqCst),
+        "both were asked"
     );
-    assert_eq!(kit.jwks_fetches(), 2);
+    assert!(
+        !late.load(Ordering::SeqCst),
+        "the document and the key set were read one after the other"
+    );
 }
