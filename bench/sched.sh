@@ -16,6 +16,7 @@
 #   TOKENS=target/bench/sidecar/1000-tokens.txt SERVER_ARGS="--token-cache-capacity 0" \
 #     bench/sched.sh                  # idgate's extra flags (not nginx's):
 #                                     # here, every request verifies its signature
+#   CONNS=1000 bench/sched.sh         # wrk's connections (default 50)
 #   RUNS=200 bench/sched.sh           # also the first 200 runs on the core,
 #                                     # in order: s (server) or u (upstream),
 #                                     # then µs off the core / µs from wake-up
@@ -58,7 +59,7 @@ start_upstream
 # shellcheck disable=SC2086 # SERVER_ARGS: words on purpose
 start_server "$SERVER" ${SERVER_ARGS:-}
 
-taskset -c "$CLIENT_CPU" wrk -t 1 -c 50 -d "${SECS}s" -s "$ROOT/bench/wrk-tokens.lua" \
+taskset -c "$CLIENT_CPU" wrk -t 1 -c "${CONNS:-50}" -d "${SECS}s" -s "$ROOT/bench/wrk-tokens.lua" \
   "http://127.0.0.1:$SERVER_PORT/" -- "$tokens" > "$OUT/sched-wrk.txt" &
 load=$!
 sleep 2 # into the load; the window below is timed by its own reads
