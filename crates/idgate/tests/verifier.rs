@@ -981,25 +981,68 @@ async fn discovered_issuer(
 
 const DISCOVERY_PATH: &str = "/.well-known/openid-configuration";
 
-/// A discovery document that names the key set URL `named` holds when it
-/// is asked, or answers 503 while it holds none.
-fn naming(named: Arc<std::sync::Mutex<Option<String>>>) -> impl FnOnce(String) -> axum::Router {
-    use axum::response::IntoResponse;
+/// A discovery issuer whose document names the key set of the test issuer
+/// it was last pointed at ([`Moving::point`]), or answers 503 while it
+/// names none, with a verifier for it on a manual clock.
+struct Moving {
+    named: Arc<std::sync::Mutex<Option<String>>>,
+    iss: String,
+    verifier: Verifier,
+    clock: Arc<ManualClock>,
+}
 
-    move |iss: String| {
-        let document = move || {
-            let named = named.lock().unwrap().clone();
-            let iss = iss.clone();
-            async move {
-                match named {
-                    Some(uri) => {
-                        axum::Json(json!({"issuer": iss, "jwks_uri": uri})).into_response()
+impl Moving {
+    /// Pointed at `first`, whose token it has verified once (so its key
+    /// set's URL is known).
+    async fn start(first: &Issuer, settings: JwksSettings) -> Moving {
+        use axum::response::IntoResponse;
+
+        let named = Arc::new(std::sync::Mutex::new(Some(first.jwks_url())));
+        let document = named.clone();
+        let (iss, verifier, clock) = discovered_issuer(settings, move |iss: String| {
+            let document = move || {
+                let (named, iss) = (document.lock().unwrap().clone(), iss.clone());
+                async move {
+                    match named {
+                        Some(uri) => {
+                            axum::Json(json!({"issuer": iss, "jwks_uri": uri})).into_response()
+                        }
+                        None => http::StatusCode::SERVICE_UNAVAILABLE.into_response(),
                     }
-                    None => http::StatusCode::SERVICE_UNAVAILABLE.into_response(),
                 }
-            }
+            };
+            axum::Router::new().route(DISCOVERY_PATH, axum::routing::get(document))
+        })
+        .await;
+        let moving = Moving {
+            named,
+            iss,
+            verifier,
+            clock,
         };
-        axum::Router::new().route(DISCOVERY_PATH, axum::routing::get(document))
+        moving.verify(first).await.unwrap();
+        moving
+    }
+
+    /// The document names `kit`'s key set from now on, or fails for `None`.
+    fn point(&self, kit: Option<&Issuer>) {
+        *self.named.lock().unwrap() = kit.map(Issuer::jwks_url);
+    }
+
+    /// A token from `kit`'s active key, under this issuer.
+    fn token(&self, kit: &Issuer) -> String {
+        discovered_token(kit, &self.iss)
+    }
+
+    async fn verify(&self, kit: &Issuer) -> Result<idgate::Identity, idgate::Rejection> {
+        self.verifier.verify(&self.token(kit)).await
+    }
+
+    /// [`Moving::verify`] past the least time between two key fetches an
+    /// unknown kid may force.
+    async fn verify_later(&self, kit: &Issuer) -> Result<idgate::Identity, idgate::Rejection> {
+        self.clock.advance(Duration::from_secs(31));
+        self.verify(kit).await
     }
 }
 
@@ -1025,61 +1068,44 @@ async fn key_host(kid: &str) -> Issuer {
 /// URL still answers (with the keys it had) or not, and the old keys go.
 #[tokio::test]
 async fn a_discovered_issuer_that_moves_its_keys_is_followed() {
-    // Three key sets, each with its own kid, and a discovery document that
-    // names one of them, or fails.
+    // Three key sets, each with its own kid.
     let (old, mid, new) = (
         Issuer::start().await,
         key_host("moved-0").await,
         key_host("moved-1").await,
     );
-    let named = Arc::new(std::sync::Mutex::new(Some(old.jwks_url())));
-    let (iss, verifier, clock) =
-        discovered_issuer(JwksSettings::default(), naming(named.clone())).await;
-    let old_token = discovered_token(&old, &iss);
-    verifier.verify(&old_token).await.unwrap();
+    let issuer = Moving::start(&old, JwksSettings::default()).await;
+    let old_token = issuer.token(&old);
 
     // The keys move; the old URL still answers, with the old keys. The
     // document, read beside it, names the new URL, fetched before the
     // request naming the moved key is answered. (Whether the old URL's
     // answer came before the document's is a race; either way it is not
     // used.)
-    *named.lock().unwrap() = Some(mid.jwks_url());
-    clock.advance(Duration::from_secs(31));
-    verifier
-        .verify(&discovered_token(&mid, &iss))
-        .await
-        .unwrap();
+    issuer.point(Some(&mid));
+    issuer.verify_later(&mid).await.unwrap();
     assert_eq!(mid.jwks_fetches(), 1);
     assert!((1..=2).contains(&old.jwks_fetches()));
     // The old URL's keys are not kept beside the new ones. (Every test
     // issuer starts with a key named `key-1`: the new set's own `key-1`
     // does not verify the old one's signature.)
     assert_eq!(
-        verifier.verify(&old_token).await.unwrap_err().reason,
+        issuer.verifier.verify(&old_token).await.unwrap_err().reason,
         Reason::BadSignature
     );
 
     // They move again; the old URL now answers 404.
-    *named.lock().unwrap() = Some(new.jwks_url());
+    issuer.point(Some(&new));
     mid.set_failure(Failure::Status(404));
-    // Past the least time between two fetches an unknown kid may force.
-    clock.advance(Duration::from_secs(31));
-    let moved = verifier
-        .verify(&discovered_token(&new, &iss))
-        .await
-        .unwrap();
+    let moved = issuer.verify_later(&new).await.unwrap();
     assert_eq!(moved.email(), Some("alice@example.com"));
     assert_eq!(new.jwks_fetches(), 1);
 
     // Discovery down: the keys still come from the last URL it gave.
-    *named.lock().unwrap() = None;
+    issuer.point(None);
     new.publish(TestKey::generate("moved-2"));
     new.activate("moved-2");
-    clock.advance(Duration::from_secs(31));
-    verifier
-        .verify(&discovered_token(&new, &iss))
-        .await
-        .unwrap();
+    issuer.verify_later(&new).await.unwrap();
     assert_eq!(new.jwks_fetches(), 2);
 }
 
@@ -1090,24 +1116,15 @@ async fn a_discovered_issuer_that_moves_its_keys_is_followed() {
 #[tokio::test]
 async fn a_move_does_not_wait_on_an_old_key_host_that_hangs() {
     let (old, new) = (Issuer::start().await, key_host("moved-0").await);
-    let named = Arc::new(std::sync::Mutex::new(Some(old.jwks_url())));
     let mut settings = JwksSettings::default();
     settings.fetch_timeout = Duration::from_secs(120);
-    let (iss, verifier, clock) = discovered_issuer(settings, naming(named.clone())).await;
-    verifier
-        .verify(&discovered_token(&old, &iss))
-        .await
-        .unwrap();
+    let issuer = Moving::start(&old, settings).await;
 
     old.set_failure(Failure::Hang);
-    *named.lock().unwrap() = Some(new.jwks_url());
-    clock.advance(Duration::from_secs(31));
-    let verified = tokio::time::timeout(
-        Duration::from_secs(30),
-        verifier.verify(&discovered_token(&new, &iss)),
-    )
-    .await
-    .expect("the request waited on the old key host");
+    issuer.point(Some(&new));
+    let verified = tokio::time::timeout(Duration::from_secs(30), issuer.verify_later(&new))
+        .await
+        .expect("the request waited on the old key host");
     assert_eq!(verified.unwrap().email(), Some("alice@example.com"));
     assert_eq!(new.jwks_fetches(), 1);
 }
@@ -1119,44 +1136,25 @@ async fn a_move_does_not_wait_on_an_old_key_host_that_hangs() {
 #[tokio::test]
 async fn keys_are_not_taken_from_the_url_they_moved_from() {
     let (old, new) = (Issuer::start().await, key_host("moved-0").await);
-    let named = Arc::new(std::sync::Mutex::new(Some(old.jwks_url())));
-    let (iss, verifier, clock) =
-        discovered_issuer(JwksSettings::default(), naming(named.clone())).await;
-    verifier
-        .verify(&discovered_token(&old, &iss))
-        .await
-        .unwrap();
+    let issuer = Moving::start(&old, JwksSettings::default()).await;
 
     // The document names the new URL, which fails; the old one publishes a
     // key it did not have.
-    *named.lock().unwrap() = Some(new.jwks_url());
+    issuer.point(Some(&new));
     new.set_failure(Failure::Status(503));
     old.publish(TestKey::generate("left-behind"));
     old.activate("left-behind");
-    clock.advance(Duration::from_secs(31));
-    let refused = verifier
-        .verify(&discovered_token(&old, &iss))
-        .await
-        .unwrap_err();
+    let refused = issuer.verify_later(&old).await.unwrap_err();
     assert_eq!(refused.reason, Reason::UnknownKey);
     assert_eq!(new.jwks_fetches(), 1);
 
     // The new URL answers again and the document is down: the keys come
     // from the URL it last gave, the new one.
     new.set_failure(Failure::None);
-    *named.lock().unwrap() = None;
-    clock.advance(Duration::from_secs(31));
-    verifier
-        .verify(&discovered_token(&new, &iss))
-        .await
-        .unwrap();
+    issuer.point(None);
+    issuer.verify_later(&new).await.unwrap();
     assert_eq!(new.jwks_fetches(), 2);
-    assert!(
-        verifier
-            .verify(&discovered_token(&old, &iss))
-            .await
-            .is_err()
-    );
+    assert!(issuer.verify(&old).await.is_err());
 }
 
 /// With its key set's URL known, a discovery issuer's document is read
@@ -1171,14 +1169,15 @@ async fn a_discovered_issuer_reads_its_document_beside_the_key_fetch() {
 
     use axum::response::IntoResponse;
 
-    /// Notes that `mine` was asked, then waits (when armed) up to 2 s for
-    /// `other`; a wait that runs out sets `late`.
+    /// Notes that `mine` was asked, then waits (when armed) up to 10 s for
+    /// `other`; a wait that runs out sets `late` (well inside the fetch
+    /// timeout below, so the answer still counts).
     async fn meet(armed: &AtomicBool, mine: &AtomicBool, other: &AtomicBool, late: &AtomicBool) {
         mine.store(true, Ordering::SeqCst);
         if !armed.load(Ordering::SeqCst) {
             return;
         }
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while !other.load(Ordering::SeqCst) {
             if tokio::time::Instant::now() > deadline {
                 late.store(true, Ordering::SeqCst);
@@ -1191,7 +1190,9 @@ async fn a_discovered_issuer_reads_its_document_beside_the_key_fetch() {
     let kit = Arc::new(Issuer::start().await);
     // armed, the document asked, the key set asked, a wait that ran out.
     let flags: Arc<[AtomicBool; 4]> = Arc::new(Default::default());
-    let (iss, verifier, clock) = discovered_issuer(JwksSettings::default(), {
+    let mut settings = JwksSettings::default();
+    settings.fetch_timeout = Duration::from_secs(60);
+    let (iss, verifier, clock) = discovered_issuer(settings, {
         let (kit, flags) = (kit.clone(), flags.clone());
         move |iss: String| {
             let keys_url = format!("{iss}/keys");
