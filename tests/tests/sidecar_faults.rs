@@ -717,8 +717,10 @@ async fn in_time<T>(client: tokio::task::JoinHandle<T>, what: &str) -> T {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_held_by_a_burst_of_busy_connections_is_given_back() {
     // Each connection that has carried a request holds hyper's buffers;
-    // glibc would keep them once freed. `idgate_sidecar::memory` trims
-    // after a burst (it looks every 10 s), so RSS comes back down.
+    // the allocator keeps them once freed (jemalloc, as built, without its
+    // background threads: idle, it gave nothing back in 40 s without the
+    // release hook). `idgate_sidecar::memory` purges a second after a
+    // burst, so RSS comes back down.
     const N: usize = 1_000;
     ensure_nofile(N as u64 + 1_000);
     let kit = Issuer::start().await;

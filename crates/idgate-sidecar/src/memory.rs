@@ -4,9 +4,11 @@
 //! Each open connection holds buffers (hyper allocates about 16 KiB per
 //! HTTP/1 connection up front, on each side of the proxy). When a burst of
 //! 1,000 connections ends, the allocator keeps the freed memory for reuse
-//! rather than returning it at once (glibc's malloc for the rest of the
-//! process's life, jemalloc for its decay time, 10 s), so the sidecar's RSS
-//! stays at the burst's peak: the figure a memory limit or a bill sees.
+//! rather than returning it (glibc's malloc for the rest of the process's
+//! life; jemalloc, without its background threads, until later allocations
+//! let its decay run: an idle sidecar gave nothing back in 40 s), so the
+//! sidecar's RSS stays at the burst's peak: the figure a memory limit or a
+//! bill sees.
 //!
 //! Connections that close are counted here ([`closed`]: client connections
 //! by the server, idle upstream connections by the pool). Once
@@ -15,9 +17,9 @@
 //! together, and are released together), and never sooner than
 //! [`MIN_GAP`] after the last release (a stream of short connections
 //! trims at that pace at most). The hook is the binary's ([`set_release`]:
-//! a purge of jemalloc's arenas on Linux); this library has no unsafe code, and without
-//! a hook nothing runs. Steady traffic on long-lived connections never
-//! triggers it.
+//! a purge of jemalloc's arenas on Linux); this library has no unsafe
+//! code, and without a hook nothing runs. Steady traffic on long-lived
+//! connections never triggers it.
 
 use std::future::Future;
 use std::sync::OnceLock;

@@ -400,9 +400,10 @@ mod tests {
     use super::*;
 
     /// Every proxied request boxes this future (and copies it on each
-    /// move). Under 1 KiB it is also served from the allocator's per-thread
-    /// cache rather than its slower path for large chunks. An `async fn` holding
-    /// every step inline made it 3.5 KiB (BENCHMARKS.md, "Smaller futures").
+    /// move). Under 1 KiB it is also served from the allocator's
+    /// per-thread cache rather than its slower path for large chunks. An
+    /// `async fn` holding every step inline made it 3.5 KiB (BENCHMARKS.md,
+    /// "Smaller futures").
     #[tokio::test]
     async fn the_forwarding_future_stays_small() {
         let upstream = crate::config::Upstream {
