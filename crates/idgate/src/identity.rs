@@ -357,8 +357,14 @@ impl Identity {
     /// `x-idgate-claims`: encoded from [`Identity::claims_json`] on each
     /// call, since the verifier accepts only canonical base64url and so
     /// the encoding is the segment the token carried.
+    ///
+    /// Encoded with `base64-simd` (AVX2 or SSSE3 where the CPU has them,
+    /// found at run time): every admitted request sends this header, and
+    /// for a Google ID token's payload (about 520 bytes) it takes about
+    /// 60 ns where the `base64` crate takes about 270 (BENCHMARKS.md,
+    /// "Stop 45"). The tests check the two agree.
     pub fn claims_b64(&self) -> String {
-        URL_SAFE_NO_PAD.encode(
+        base64_simd::URL_SAFE_NO_PAD.encode_to_string(
             self.0
                 .text
                 .get(..self.0.json_len as usize)
@@ -599,6 +605,19 @@ mod tests {
             proptest::prop_assert_eq!(id.email_verified(), m.get("email_verified") == Some(&Value::Bool(true)));
             proptest::prop_assert_eq!((id.issued_at(), id.expires_at()), (n("iat"), n("exp")));
             proptest::prop_assert_eq!(id.claims_json(), json.as_str());
+            proptest::prop_assert_eq!(id.claims_b64(), URL_SAFE_NO_PAD.encode(&json));
+        }
+    }
+
+    proptest::proptest! {
+        /// `x-idgate-claims` is the payload's base64url, at every length
+        /// (the SIMD encoder's blocks and its tail), byte for byte as the
+        /// `base64` crate writes it.
+        #[test]
+        fn the_claims_header_is_the_payloads_base64url(x in "[ -~\u{e9}\u{1f600}]{0,1500}") {
+            let json = json!({"x": x}).to_string();
+            let id = from_payload(&json);
+            proptest::prop_assert_eq!(id.claims_b64(), URL_SAFE_NO_PAD.encode(&json));
         }
     }
 
