@@ -240,6 +240,9 @@ impl std::fmt::Debug for VerifyingKey {
     }
 }
 
+/// Key sets of up to this many keys are scanned by [`KeyCache::holds`].
+const SCANNED_SET: usize = 8;
+
 /// One successful fetch.
 #[derive(Debug)]
 pub(crate) struct KeySet {
@@ -564,11 +567,20 @@ impl KeyCache {
     /// the same material (for verified-token cache hits, so a dropped key,
     /// or a `kid` republished with another key, stops admitting tokens the
     /// old key verified). A refresh keeps the very `Arc` of a key that did
-    /// not change, so this is a pointer comparison.
+    /// not change, so this is a pointer comparison. A set holds only the
+    /// `Arc`s made for its own `kid`s, so for a set of a few keys (Google
+    /// publishes two or three) the pointers are compared without hashing
+    /// the `kid` (SipHash of Google's 40 characters, about as long as the
+    /// scan); a larger set is looked up by `kid`.
     pub(crate) fn holds(&self, key: &Arc<VerifyingKey>) -> bool {
         let now = self.0.clock.monotonic();
         self.0.current.load().as_ref().is_some_and(|s| {
-            self.0.usable(s, now) && s.keys.get(&*key.kid).is_some_and(|k| Arc::ptr_eq(k, key))
+            self.0.usable(s, now)
+                && if s.keys.len() <= SCANNED_SET {
+                    s.keys.values().any(|k| Arc::ptr_eq(k, key))
+                } else {
+                    s.keys.get(&*key.kid).is_some_and(|k| Arc::ptr_eq(k, key))
+                }
         })
     }
 

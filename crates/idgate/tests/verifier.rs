@@ -573,9 +573,26 @@ async fn a_rotated_key_is_accepted_on_first_use() {
     assert_eq!(s.kit.jwks_fetches(), 2);
 }
 
+/// Publishes `n` more keys (copies of the active key's material under
+/// other kids): a set of more than a few keys is checked on a cache hit by
+/// its `kid`, a smaller one by scanning it.
+fn publish_spares(kit: &Issuer, n: usize) {
+    let der = kit.active_key().to_pkcs8_der();
+    for i in 0..n {
+        kit.publish(TestKey::from_pkcs8_der(format!("spare-{i}"), &der).unwrap());
+    }
+}
+
 #[tokio::test]
 async fn a_dropped_key_stops_being_accepted_once_the_cache_refreshes() {
+    for spares in [0, 9] {
+        a_dropped_key_stops_being_accepted(spares).await;
+    }
+}
+
+async fn a_dropped_key_stops_being_accepted(spares: usize) {
     let s = setup().await;
+    publish_spares(&s.kit, spares);
     let old = s.kit.mint(&s.claims());
     s.verifier.verify(&old).await.unwrap();
     s.verifier.verify(&old).await.unwrap(); // now in the verified-token cache
@@ -593,7 +610,14 @@ async fn a_dropped_key_stops_being_accepted_once_the_cache_refreshes() {
 
 #[tokio::test]
 async fn a_kid_republished_with_another_key_stops_admitting_what_the_old_one_verified() {
+    for spares in [0, 9] {
+        a_kid_republished_with_another_key(spares).await;
+    }
+}
+
+async fn a_kid_republished_with_another_key(spares: usize) {
     let s = setup().await;
+    publish_spares(&s.kit, spares);
     let old = s.kit.mint(&s.claims());
     s.verifier.verify(&old).await.unwrap();
     s.verifier.verify(&old).await.unwrap(); // now in the verified-token cache
