@@ -32,8 +32,10 @@ struct Inner {
     /// from [`Identity::from_verified_claims`]), in one buffer: the
     /// verified-token cache holds thousands of identities, and the claims
     /// the headers and the policy read are slices of the payload rather
-    /// than copies.
-    text: Bytes,
+    /// than copies. A `str`, so a claim is a slice with no UTF-8 check on
+    /// each read, and one allocation (a `Bytes` of it took a second, for
+    /// its reference count, the first time a header shared it).
+    text: Box<str>,
     /// The payload's length: it is `text[..json_len]`.
     json_len: u32,
     issuer: Span,
@@ -258,7 +260,12 @@ impl Identity {
             issued_at,
             expires_at,
             json_len: offset(text.json_len),
-            text: Bytes::from(text.text),
+            // The payload passed the strict JSON parser and the copies are
+            // `&str`s, so this never falls back; if it did, every claim
+            // would read as empty, and the verifier refuses empty ones.
+            text: String::from_utf8(text.text)
+                .map(String::into_boxed_str)
+                .unwrap_or_default(),
             issuer: s.issuer,
             subject: s.subject,
             email: s.email,
@@ -269,12 +276,11 @@ impl Identity {
     }
 
     /// One of the identity's strings. Every span was cut from a `&str` at
-    /// its boundaries, so the check never fails.
+    /// its boundaries, so the lookup never fails.
     fn text(&self, span: Span) -> &str {
         self.0
             .text
             .get(span.start as usize..span.end as usize)
-            .and_then(|b| std::str::from_utf8(b).ok())
             .unwrap_or_default()
     }
 
@@ -364,12 +370,7 @@ impl Identity {
     /// 60 ns where the `base64` crate takes about 270 (BENCHMARKS.md,
     /// "Stop 45"). The tests check the two agree.
     pub fn claims_b64(&self) -> String {
-        base64_simd::URL_SAFE_NO_PAD.encode_to_string(
-            self.0
-                .text
-                .get(..self.0.json_len as usize)
-                .unwrap_or_default(),
-        )
+        base64_simd::URL_SAFE_NO_PAD.encode_to_string(self.claims_json())
     }
 
     /// [`Identity::claims_b64`] as bytes for a header value (no further copy).
@@ -377,19 +378,18 @@ impl Identity {
         Bytes::from(self.claims_b64())
     }
 
-    /// [`Identity::subject`] as shared bytes (not a copy).
+    /// [`Identity::subject`] as bytes for a header value: a copy of a few
+    /// bytes, cheaper than a shared slice's reference count on a line of
+    /// its own, cold for an identity the cache has not served lately.
     pub fn subject_bytes(&self) -> Bytes {
-        self.bytes(self.0.subject)
+        Bytes::copy_from_slice(self.subject().as_bytes())
     }
 
-    /// [`Identity::principal_email`] as shared bytes (not a copy).
+    /// [`Identity::principal_email`] as bytes for a header value (a copy,
+    /// as for [`Identity::subject_bytes`]).
     pub fn principal_email_bytes(&self) -> Option<Bytes> {
-        self.principal_email()?;
-        self.0.email.map(|e| self.bytes(e))
-    }
-
-    fn bytes(&self, Span { start, end }: Span) -> Bytes {
-        self.0.text.slice(start as usize..end as usize)
+        self.principal_email()
+            .map(|e| Bytes::copy_from_slice(e.as_bytes()))
     }
 
     /// How IAM names this caller.
