@@ -260,9 +260,10 @@ impl Identity {
             issued_at,
             expires_at,
             json_len: offset(text.json_len),
-            // The payload passed the strict JSON parser and the copies are
-            // `&str`s, so this never falls back; if it did, every claim
-            // would read as empty, and the verifier refuses empty ones.
+            // The strict JSON parser refuses a payload with any byte that
+            // is not UTF-8 (`a_payload_that_is_not_utf8_makes_no_identity`)
+            // and the copies are `&str`s, so this never falls back; if it
+            // did, every claim would read as empty and name no member.
             text: String::from_utf8(text.text)
                 .map(String::into_boxed_str)
                 .unwrap_or_default(),
@@ -607,6 +608,23 @@ mod tests {
             proptest::prop_assert_eq!(id.claims_json(), json.as_str());
             proptest::prop_assert_eq!(id.claims_b64(), URL_SAFE_NO_PAD.encode(&json));
         }
+    }
+
+    /// The identity's text is a `str` built from the payload's bytes: the
+    /// parser must refuse any byte that is not UTF-8, in a claim the
+    /// identity keeps or anywhere else.
+    #[test]
+    fn a_payload_that_is_not_utf8_makes_no_identity() {
+        for json in [
+            &b"{\"sub\":\"a\xff\"}"[..],
+            b"{\"sub\":\"a\",\"x\":\"\xff\"}",
+            b"{\"y\":[\"\xfe\"]}",
+            b"{\"z\":{\"\xfd\":1}}",
+            b"{\"\xc3\":1}",
+        ] {
+            assert!(Segment::parse(json.to_vec()).is_err(), "{json:?}");
+        }
+        assert!(Segment::parse(b"{\"sub\":\"\xc3\xa9\"}".to_vec()).is_ok());
     }
 
     proptest::proptest! {
