@@ -824,6 +824,50 @@ async fn requests_abandoned_midway_are_cancelled_upstream() {
     assert_serves(&sidecar, &kit, "after abandoned requests").await;
 }
 
+#[tokio::test]
+async fn a_client_that_stalls_its_request_body_gets_408_and_the_upstream_is_cancelled() {
+    let kit = Issuer::start().await;
+    let up = Upstream::start().await;
+    let sidecar = proxy(&up, &kit)
+        .args(["--request-timeout", "1s"])
+        .start()
+        .await;
+    let token = fresh_token(&kit, ALICE);
+
+    // A head announcing 1 MiB, 64 KiB of it, then nothing: the upstream
+    // (which answers once it has the whole body) waits on the client, so
+    // the timeout is the client's 408, not the upstream's 504.
+    let mut conn = TcpStream::connect(sidecar.addr()).await.expect("connect");
+    let head = format!(
+        "POST /upload HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\ncontent-length: {}\r\n\r\n",
+        1 << 20
+    );
+    conn.write_all(head.as_bytes())
+        .await
+        .expect("send the head");
+    conn.write_all(&vec![b'x'; 64 << 10])
+        .await
+        .expect("send part of the body");
+    let (got, closed) = read_until_closed(&mut conn, Duration::from_secs(10)).await;
+    let text = String::from_utf8_lossy(&got);
+    assert_eq!(status_line(&got), "HTTP/1.1 408 Request Timeout", "{text}");
+    assert!(
+        text.contains(r#""reason":"request_body_timeout""#),
+        "{text}"
+    );
+    // The rest of the body will not be read: the connection cannot carry
+    // another request.
+    assert!(closed, "the connection stayed open after the 408");
+    eventually(
+        "the upstream to see the stalled upload cancelled",
+        Duration::from_secs(20),
+        || async { (up.cancelled() == 1).then_some(()) },
+    )
+    .await;
+    assert_eq!(up.hits(), 1);
+    assert_serves(&sidecar, &kit, "after a stalled body").await;
+}
+
 /// A setting of the soak from the environment, or its default.
 fn soak_setting(name: &str, default: u64) -> u64 {
     std::env::var(name)

@@ -468,6 +468,129 @@ async fn slow_upstream_is_504() {
     sidecar.shutdown().await;
 }
 
+/// A request body fed from a channel: the test sends its parts, and the
+/// body stalls while the sender is kept and sends nothing.
+fn channel_body() -> (mpsc::Sender<Result<Bytes, std::io::Error>>, Body) {
+    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(1);
+    let body = Body::from_stream(futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    }));
+    (tx, body)
+}
+
+#[tokio::test]
+async fn a_client_that_stops_sending_its_body_gets_408_not_the_upstreams_504() {
+    let up = upstream().await;
+    let (frames_tx, mut frames) = mpsc::unbounded_channel();
+    *up.state.up_frames.lock().unwrap() = Some(frames_tx);
+    let s = settings(Some(&up.url()), |a| {
+        a.request_timeout = Some("300ms".into());
+    });
+    let (sidecar, metrics) = sidecar(&s, no_gate()).await;
+    let url = format!("http://{}/stream-up", sidecar.addr());
+
+    // HTTP/1.1, then gRPC over h2c: the upstream reads the first part and
+    // waits for the rest, which never comes.
+    for (c, content_type) in [(client(), "text/plain"), (h2c_client(), "application/grpc")] {
+        let (tx, body) = channel_body();
+        let req = http::Request::post(&url)
+            .header("content-type", content_type)
+            .body(body)
+            .unwrap();
+        let response = tokio::spawn(async move { send(&c, req).await });
+        tx.send(Ok(Bytes::from_static(b"part one;"))).await.unwrap();
+        let got = within("the first part upstream", frames.recv()).await;
+        assert_eq!(got, Some(Bytes::from_static(b"part one;")));
+        let (status, headers, body) = within("the answer", response).await.unwrap();
+        if content_type == "application/grpc" {
+            assert_eq!(status, StatusCode::OK, "gRPC errors travel in grpc-status");
+            assert_eq!(headers["grpc-status"], "4");
+            assert_eq!(headers["grpc-message"], "request_body_timeout");
+        } else {
+            assert_eq!(status, StatusCode::REQUEST_TIMEOUT);
+            assert_eq!(
+                echoed(&body),
+                serde_json::json!({"error": "request_timeout", "reason": "request_body_timeout"})
+            );
+        }
+        drop(tx);
+    }
+    let text = metrics.encode();
+    assert!(
+        text.contains("idgate_upstream_duration_seconds_count{result=\"request_body_timeout\"} 2"),
+        "{text}"
+    );
+    assert!(!text.contains("upstream_timeout"), "{text}");
+    sidecar.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_body_sent_whole_and_no_answer_is_504() {
+    let up = upstream().await;
+    let s = settings(Some(&up.url()), |a| {
+        a.request_timeout = Some("300ms".into());
+    });
+    let (sidecar, _) = sidecar(&s, no_gate()).await;
+    let (tx, body) = channel_body();
+    let req = http::Request::post(format!("http://{}/slow", sidecar.addr()))
+        .body(body)
+        .unwrap();
+    let c = client();
+    let response = tokio::spawn(async move { send(&c, req).await });
+    tx.send(Ok(Bytes::from_static(b"all of it"))).await.unwrap();
+    drop(tx);
+    let (status, _, body) = within("the answer", response).await.unwrap();
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(
+        echoed(&body),
+        serde_json::json!({"error": "gateway_timeout", "reason": "upstream_timeout"})
+    );
+    sidecar.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_upstream_that_stops_reading_the_body_is_504() {
+    // It accepts and never reads: the proxy stops taking the client's body
+    // once the sockets between them are full, so it is the upstream that
+    // holds the request up, though the body is unfinished.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut conns = Vec::new();
+        while let Ok((conn, _)) = silent.accept().await {
+            conns.push(conn);
+        }
+    });
+    let s = settings(Some(&format!("http://{silent_addr}")), |a| {
+        a.request_timeout = Some("500ms".into());
+    });
+    let (sidecar, metrics) = sidecar(&s, no_gate()).await;
+    // 256 MiB offered, far more than loopback buffers hold, always ready.
+    let chunk = Bytes::from(vec![b'x'; 1 << 20]);
+    let endless =
+        futures_util::stream::iter(std::iter::repeat_n(chunk, 256).map(Ok::<_, std::io::Error>));
+    let req = http::Request::post(format!("http://{}/upload", sidecar.addr()))
+        .body(Body::from_stream(endless))
+        .unwrap();
+    let res = within("the answer", client().request(req)).await.unwrap();
+    assert_eq!(res.status(), StatusCode::GATEWAY_TIMEOUT);
+    let body = within("the body", res.into_body().collect())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert_eq!(
+        echoed(&body),
+        serde_json::json!({"error": "gateway_timeout", "reason": "upstream_timeout"})
+    );
+    assert!(
+        metrics
+            .encode()
+            .contains("idgate_upstream_duration_seconds_count{result=\"upstream_timeout\"} 1")
+    );
+    sidecar.shutdown().await;
+    held.abort();
+}
+
 #[tokio::test]
 async fn client_disconnect_cancels_the_upstream_request() {
     let up = upstream().await;

@@ -14,6 +14,10 @@ pub enum ProxyFailure {
     Broken,
     /// No response headers within `--request-timeout`: 504.
     Timeout,
+    /// No response headers within `--request-timeout` while the upstream
+    /// connection was waiting on the client for more of the request's
+    /// body: 408. The client stalled, not the upstream.
+    BodyTimeout,
 }
 
 impl ProxyFailure {
@@ -23,21 +27,24 @@ impl ProxyFailure {
             ProxyFailure::Unreachable => "upstream_unreachable",
             ProxyFailure::Broken => "upstream_error",
             ProxyFailure::Timeout => "upstream_timeout",
+            ProxyFailure::BodyTimeout => "request_body_timeout",
         }
     }
 
     fn status(self) -> StatusCode {
         match self {
             ProxyFailure::Timeout => StatusCode::GATEWAY_TIMEOUT,
-            _ => StatusCode::BAD_GATEWAY,
+            ProxyFailure::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            ProxyFailure::Unreachable | ProxyFailure::Broken => StatusCode::BAD_GATEWAY,
         }
     }
 
-    /// gRPC 14 UNAVAILABLE or 4 DEADLINE_EXCEEDED.
+    /// gRPC 14 UNAVAILABLE or 4 DEADLINE_EXCEEDED (for a stalled request
+    /// stream too; the message tells the two timeouts apart).
     fn grpc_status(self) -> &'static str {
         match self {
-            ProxyFailure::Timeout => "4",
-            _ => "14",
+            ProxyFailure::Timeout | ProxyFailure::BodyTimeout => "4",
+            ProxyFailure::Unreachable | ProxyFailure::Broken => "14",
         }
     }
 
@@ -48,6 +55,7 @@ impl ProxyFailure {
         }
         let error = match self.status() {
             StatusCode::GATEWAY_TIMEOUT => "gateway_timeout",
+            StatusCode::REQUEST_TIMEOUT => "request_timeout",
             _ => "bad_gateway",
         };
         json_error(self.status(), error, self.as_str())

@@ -9,8 +9,10 @@
 //! - Hop-by-hop headers are removed both ways; `X-Forwarded-*` are set.
 //! - `Upgrade` (WebSocket…) is passed through: once the upstream answers
 //!   101, both connections are upgraded and bytes copied between them.
-//! - No response headers within the request timeout: 504. Upstream
-//!   unreachable or broken: 502. gRPC callers get a gRPC status instead.
+//! - No response headers within the request timeout: 504, or 408 when the
+//!   upstream connection was waiting on the client for more of the
+//!   request's body. Upstream unreachable or broken: 502. gRPC callers get
+//!   a gRPC status instead.
 //! - The upstream call runs inside the service's future, never detached: if
 //!   the client goes away, hyper drops the future and the upstream request
 //!   with it.
@@ -24,6 +26,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -245,10 +248,19 @@ impl Inner {
         // rule; gRPC sends none. (HTTP/1.1 sends none upstream: the
         // `Trailer` header that would announce them is hop-by-hop.)
         // (A body already at its end has none: no wrapper to allocate.)
-        let body = if h2 && !http_body::Body::is_end_stream(&body) {
-            Body::new(body.map_frame(without_trailers))
+        // A body still to come is watched, so that a timeout can tell a
+        // client that stopped sending from an upstream that stopped
+        // answering (or reading).
+        let (body, body_waits) = if http_body::Body::is_end_stream(&body) || upgrade {
+            (body, None)
         } else {
-            body
+            let waits = Arc::new(AtomicBool::new(false));
+            let body = if h2 {
+                Body::new(Watched::new(body.map_frame(without_trailers), &waits))
+            } else {
+                Body::new(Watched::new(body, &waits))
+            };
+            (body, Some(waits))
         };
         let mut out = Request::new(body);
         *out.method_mut() = parts.method;
@@ -280,7 +292,7 @@ impl Inner {
         let me = self.clone();
         Either::Right(
             tokio::time::timeout(self.timeout, exchange)
-                .map(move |result| me.answer(result, started, grpc, client_upgrade)),
+                .map(move |result| me.answer(result, started, grpc, client_upgrade, body_waits)),
         )
     }
 
@@ -291,8 +303,12 @@ impl Inner {
         started: Instant,
         grpc: bool,
         client_upgrade: Option<OnUpgrade>,
+        body_waits: Option<Arc<AtomicBool>>,
     ) -> Response<Body> {
         let failure = match &result {
+            Err(_) if body_waits.is_some_and(|w| w.load(Ordering::Relaxed)) => {
+                Some(ProxyFailure::BodyTimeout)
+            }
             Err(_) => Some(ProxyFailure::Timeout),
             Ok(Err(e)) if e.is_connect() => Some(ProxyFailure::Unreachable),
             Ok(Err(_)) => Some(ProxyFailure::Broken),
@@ -314,12 +330,21 @@ impl Inner {
                 return failure.unwrap_or(ProxyFailure::Broken).response(grpc);
             }
             Err(_) => {
-                warn!(
-                    proxy.failure = ProxyFailure::Timeout.as_str(),
-                    timeout = ?self.timeout,
-                    "upstream did not answer in time"
-                );
-                return ProxyFailure::Timeout.response(grpc);
+                let failure = failure.unwrap_or(ProxyFailure::Timeout);
+                if failure == ProxyFailure::BodyTimeout {
+                    warn!(
+                        proxy.failure = failure.as_str(),
+                        timeout = ?self.timeout,
+                        "the client stopped sending the request body before the upstream answered"
+                    );
+                } else {
+                    warn!(
+                        proxy.failure = failure.as_str(),
+                        timeout = ?self.timeout,
+                        "upstream did not answer in time"
+                    );
+                }
+                return failure.response(grpc);
             }
         };
 
@@ -383,6 +408,47 @@ async fn tunnel(client: OnUpgrade, upstream: OnUpgrade) {
             "upgraded connection closed"
         ),
         Err(e) => debug!(error = %e, "upgraded connection ended with an error"),
+    }
+}
+
+/// A request body on its way upstream that records, each time the upstream
+/// connection asks it for more, whether the client had nothing yet
+/// (`waits`). When the request times out, that tells who held it up: a
+/// client that stopped sending leaves it set; an upstream that stopped
+/// reading stops asking, and leaves it clear after the last part it took.
+struct Watched<B> {
+    body: B,
+    waits: Arc<AtomicBool>,
+}
+
+impl<B> Watched<B> {
+    fn new(body: B, waits: &Arc<AtomicBool>) -> Self {
+        Watched {
+            body,
+            waits: Arc::clone(waits),
+        }
+    }
+}
+
+impl<B: http_body::Body + Unpin> http_body::Body for Watched<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        self.waits.store(polled.is_pending(), Ordering::Relaxed);
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 

@@ -217,7 +217,7 @@ pub async fn upstream() -> Upstream {
         .route("/stream-up", any(stream_up))
         .route("/trailers", any(trailers))
         .route("/hold", get(hold))
-        .route("/slow", get(slow))
+        .route("/slow", any(slow))
         .route("/hop", get(hop))
         .route("/bytes/{n}", get(bytes))
         .route("/endless", get(endless))
