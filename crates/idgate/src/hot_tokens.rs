@@ -175,8 +175,10 @@ impl<K, V: Clone> Slots<K, V> {
         &self.slots[i as usize]
     }
 
-    /// The value held for exactly `q`.
-    pub(crate) fn get<Q: ?Sized>(&self, q: &Q) -> Option<V>
+    /// `read` of the value held for exactly `q`, in place: a hit takes
+    /// from the entry only what it needs (the identity), rather than a
+    /// clone of it all.
+    pub(crate) fn with<Q: ?Sized, R>(&self, q: &Q, read: impl FnOnce(&V) -> R) -> Option<R>
     where
         K: SlotKey<Q>,
     {
@@ -188,7 +190,16 @@ impl<K, V: Clone> Slots<K, V> {
         if !hot.used.load(Ordering::Relaxed) {
             hot.used.store(true, Ordering::Relaxed);
         }
-        Some(hot.value.clone())
+        Some(read(&hot.value))
+    }
+
+    /// The value held for exactly `q`.
+    #[cfg(test)]
+    fn get<Q: ?Sized>(&self, q: &Q) -> Option<V>
+    where
+        K: SlotKey<Q>,
+    {
+        self.with(q, V::clone)
     }
 
     /// Offers a token seen again for a slot.

@@ -676,21 +676,24 @@ impl Verifier {
         let Some(cache) = &self.token_cache else {
             return Lookup::Miss(CacheMiss { key: None });
         };
-        if let Some(hit) = cache.by_token.get(token) {
-            if self.still_good(&hit, now) {
-                return self.hot_hit(hit);
-            }
-            cache.by_token.forget(token);
+        let good = |hit: &CachedToken| self.still_good(hit, now).then(|| hit.identity.clone());
+        match cache.by_token.with(token, good) {
+            Some(Some(identity)) => return self.hot_hit(identity),
+            Some(None) => cache.by_token.forget(token),
+            None => {}
         }
         let Some(key) = cache.keyer.key(token) else {
             return Lookup::Miss(CacheMiss { key: None });
         };
-        if let Some(hit) = cache.by_key.get(&key) {
-            if self.still_good(&hit, now) {
-                cache.by_token.offer(token, &hit);
-                return self.hot_hit(hit);
-            }
-            cache.by_key.forget(&key);
+        let good_and_offered = |hit: &CachedToken| {
+            let identity = good(hit)?;
+            cache.by_token.offer(token, hit);
+            Some(identity)
+        };
+        match cache.by_key.with(&key, good_and_offered) {
+            Some(Some(identity)) => return self.hot_hit(identity),
+            Some(None) => cache.by_key.forget(&key),
+            None => {}
         }
         if let Some(hit) = cache.map.get(&key) {
             if self.still_good(&hit, now) {
@@ -703,10 +706,10 @@ impl Verifier {
         Lookup::Miss(CacheMiss { key: Some(key) })
     }
 
-    fn hot_hit(&self, hit: CachedToken) -> Lookup {
+    fn hot_hit(&self, identity: Identity) -> Lookup {
         self.counters.cache_hits.fetch_add(1, Ordering::Relaxed);
         self.counters.hot_hits.fetch_add(1, Ordering::Relaxed);
-        Lookup::Hit(hit.identity)
+        Lookup::Hit(identity)
     }
 
     /// The full verification of a token [`Verifier::lookup`] missed, then
