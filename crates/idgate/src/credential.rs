@@ -75,6 +75,28 @@ pub fn extract(
     headers: &HeaderMap,
     max_token_bytes: usize,
 ) -> Result<Option<Credential<'_>>, Rejection> {
+    let found = find(headers, max_token_bytes)?;
+    if let Some(cred) = &found
+        && !is_jws_text(cred.token.as_bytes())
+    {
+        return Err(Rejection::new(
+            Reason::MalformedToken,
+            "token has characters outside the base64url alphabet",
+        ));
+    }
+    Ok(found)
+}
+
+/// [`extract`] without the alphabet check, for a token looked up in the
+/// verified-token cache before anything else: a hit is a token that
+/// verified, so its alphabet passed then, and the check reads every byte
+/// of the token on every request (BENCHMARKS.md, "Stop 46"). The gate
+/// checks the alphabet of a token the cache does not hold, with
+/// [`extract`], before verifying it.
+pub(crate) fn find(
+    headers: &HeaderMap,
+    max_token_bytes: usize,
+) -> Result<Option<Credential<'_>>, Rejection> {
     let header = if headers.contains_key(X_SERVERLESS_AUTHORIZATION_NAME) {
         CredentialHeader::XServerlessAuthorization
     } else if headers.contains_key(AUTHORIZATION) {
@@ -122,12 +144,6 @@ pub fn extract(
         return Err(Rejection::new(
             Reason::MalformedToken,
             format!("{name} has an empty token"),
-        ));
-    }
-    if !is_jws_text(token.as_bytes()) {
-        return Err(Rejection::new(
-            Reason::MalformedToken,
-            "token has characters outside the base64url alphabet",
         ));
     }
     Ok(Some(Credential { token, header }))

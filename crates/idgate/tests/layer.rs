@@ -341,6 +341,46 @@ async fn every_invalid_token_gets_401_invalid_token_with_its_reason() {
 }
 
 #[tokio::test]
+async fn a_cached_token_spelled_otherwise_is_malformed_not_a_hit() {
+    // A cache hit skips the alphabet check (the token passed it when it
+    // verified). A token that differs from a cached one by characters
+    // outside the alphabet is no hit: it gets the whole extraction.
+    let (f, gate) = start_with_policy(
+        Issuer::start().await,
+        |_| members(&["user:alice@example.com"]),
+        StatusCodes::Rfc6750,
+    )
+    .await;
+    let good = f.token(ALICE);
+    // Verified, then hits in both kinds of hot slot (a key slot on the
+    // second sighting, a token slot on the third).
+    for _ in 0..4 {
+        let a = f.get_with_token("/whoami", &good).await;
+        assert_eq!(a.status, StatusCode::OK, "{a:?}");
+    }
+    assert!(gate.verifier().stats().token_cache_hot_hits >= 1);
+    let (header, rest) = good.split_once('.').unwrap();
+    let respelled = [
+        format!("{good}="),
+        format!("{good}=="),
+        format!("{header}=.{rest}"),
+        format!("+{good}"),
+        format!("{good}%2E"),
+        format!("{good}\tx"),
+    ];
+    for token in &respelled {
+        let a = f.get_with_token("/whoami", token).await;
+        assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{token:?}: {a:?}");
+        a.assert_invalid_token(Reason::MalformedToken, token);
+    }
+    // The cached token itself is still a hit.
+    let hits = gate.verifier().stats().token_cache_hot_hits;
+    let a = f.get_with_token("/whoami", &good).await;
+    assert_eq!(a.status, StatusCode::OK, "{a:?}");
+    assert_eq!(gate.verifier().stats().token_cache_hot_hits, hits + 1);
+}
+
+#[tokio::test]
 async fn a_valid_caller_the_policy_does_not_allow_gets_403() {
     let f = start(&["user:alice@example.com"], StatusCodes::Rfc6750).await;
     let token = f.token("bob@example.com");

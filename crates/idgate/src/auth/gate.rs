@@ -5,7 +5,7 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use http::HeaderMap;
 
-use crate::credential::{self, Credential, CredentialHeader};
+use crate::credential::{self, CredentialHeader};
 use crate::policy::{Decision, Grant, Policy, PolicyHandle, RequestContext};
 use crate::verifier::{CacheMiss, Lookup};
 use crate::{Identity, Reason, Rejection, Verifier};
@@ -329,7 +329,12 @@ impl Gate {
         let now = self.verifier.clock().unix_now();
         let ctx = context(req, now);
         let policy = self.policy.current();
-        let cred = match self.credential(req) {
+        // Found, not yet checked against the alphabet: a cache hit is a
+        // token that passed that check when it verified, and a miss gets
+        // the whole extraction again (`decide_after_miss`).
+        let found = credential::find(req.headers, self.verifier.max_token_bytes())
+            .and_then(|c| c.ok_or_else(no_token));
+        let cred = match found {
             Ok(c) => c,
             Err(rejection) => return Ok(self.anonymous(&policy, &ctx, rejection)),
         };
@@ -340,15 +345,12 @@ impl Gate {
         }
     }
 
-    /// The request's bearer token, or why there is none to verify.
-    fn credential<'a>(&self, req: &RequestFacts<'a>) -> Result<Credential<'a>, Rejection> {
-        credential::extract(req.headers, self.verifier.max_token_bytes())?
-            .ok_or_else(|| Rejection::new(Reason::MissingToken, "no bearer token in the request"))
-    }
-
     async fn decide_after_miss(&self, req: &RequestFacts<'_>, pending: Pending) -> Outcome {
-        // The same headers as in `decide_now`, which found a token in them.
-        let verified = match self.credential(req) {
+        // The same headers as in `decide_now`, which found a token in them;
+        // now its alphabet is checked too.
+        let extracted = credential::extract(req.headers, self.verifier.max_token_bytes())
+            .and_then(|c| c.ok_or_else(no_token));
+        let verified = match extracted {
             Ok(cred) => self
                 .verifier
                 .verify_miss(cred.token, pending.miss)
@@ -366,6 +368,10 @@ impl Gate {
             Err(rejection) => self.anonymous(&policy, &ctx, rejection),
         }
     }
+}
+
+fn no_token() -> Rejection {
+    Rejection::new(Reason::MissingToken, "no bearer token in the request")
 }
 
 /// A decision [`Gate::check_now`] could not make without waiting, and what
