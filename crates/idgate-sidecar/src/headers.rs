@@ -500,43 +500,49 @@ fn looks_like_a_jwt(value: &HeaderValue) -> bool {
     bearer_token(value).is_some_and(|t| memchr::memchr(b'.', t).is_some())
 }
 
-/// The header and payload of the compact JWS in `Bearer h.p.s`; `None` for
-/// anything else (a non-ASCII byte included).
-fn bearer_jws(value: &HeaderValue) -> Option<(&str, &str)> {
-    let token = bearer_token(value).filter(|t| t.is_ascii())?;
-    jws_head(std::str::from_utf8(token).ok()?)
-}
-
 /// `Bearer h.p.s` becomes `Bearer h.p.SIGNATURE_REMOVED_BY_IDGATE`; anything
-/// that is not a bearer JWT gives `None`.
+/// that is not a bearer JWT gives `None`. Only for the credential that
+/// verified, so the token's bytes are known to be the JWS alphabet: they
+/// are copied as bytes, without a UTF-8 check of their own (the header
+/// value's check is the one scan).
 fn strip_header_value(value: &HeaderValue) -> Option<HeaderValue> {
-    let (header, payload) = bearer_jws(value)?;
+    let token = bearer_token(value)?;
+    let (first, second) = jws_dots(token)?;
+    let (header, payload) = (&token[..first], &token[first + 1..second]);
     let mut out = Vec::with_capacity(
         "Bearer ".len() + header.len() + payload.len() + 2 + SIGNATURE_REMOVED.len(),
     );
-    for part in ["Bearer ", header, ".", payload, ".", SIGNATURE_REMOVED] {
-        out.extend_from_slice(part.as_bytes());
+    for part in [
+        b"Bearer ",
+        header,
+        b".",
+        payload,
+        b".",
+        SIGNATURE_REMOVED.as_bytes(),
+    ] {
+        out.extend_from_slice(part);
     }
     HeaderValue::from_maybe_shared(Bytes::from(out)).ok()
 }
 
-/// The header and payload of a compact JWS: three dot-separated parts, the
+/// Where the two dots of a compact JWS are: three dot-separated parts, the
 /// first two non-empty. Runs on every forwarded token: `memchr` finds the
 /// dots of a 763-byte token in about 30 instructions, `str::splitn` took
 /// about 1,250 (BENCHMARKS.md, "Two header passes made cheaper").
-fn jws_head(token: &str) -> Option<(&str, &str)> {
-    let mut dots = memchr::memchr_iter(b'.', token.as_bytes());
+fn jws_dots(token: &[u8]) -> Option<(usize, usize)> {
+    let mut dots = memchr::memchr_iter(b'.', token);
     let (first, second) = (dots.next()?, dots.next()?);
     if first == 0 || second == first + 1 || dots.next().is_some() {
         return None;
     }
-    Some((&token[..first], &token[first + 1..second]))
+    Some((first, second))
 }
 
 /// Replaces a compact JWS's signature with [`SIGNATURE_REMOVED`], keeping
 /// header and payload. `None` when `token` is not three dot-separated parts.
 pub fn strip_signature(token: &str) -> Option<String> {
-    let (header, payload) = jws_head(token)?;
+    let (first, second) = jws_dots(token.as_bytes())?;
+    let (header, payload) = (&token[..first], &token[first + 1..second]);
     Some(format!("{header}.{payload}.{SIGNATURE_REMOVED}"))
 }
 
