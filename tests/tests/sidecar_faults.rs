@@ -764,6 +764,23 @@ async fn memory_held_by_a_burst_of_busy_connections_is_given_back() {
     );
 }
 
+/// A connection that has sent a `POST /upload` head announcing 1 MiB,
+/// and `sent` bytes of its body.
+async fn start_upload(sidecar: &Sidecar, token: &str, sent: usize) -> TcpStream {
+    let mut conn = TcpStream::connect(sidecar.addr()).await.expect("connect");
+    let head = format!(
+        "POST /upload HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\ncontent-length: {}\r\n\r\n",
+        1 << 20
+    );
+    conn.write_all(head.as_bytes())
+        .await
+        .expect("send the head");
+    conn.write_all(&vec![b'x'; sent])
+        .await
+        .expect("send part of the body");
+    conn
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_abandoned_midway_are_cancelled_upstream() {
     let kit = Issuer::start().await;
@@ -774,17 +791,7 @@ async fn requests_abandoned_midway_are_cancelled_upstream() {
     // Half a body, then the client goes away: the upstream's request body
     // breaks off; it never sees a complete request.
     {
-        let mut conn = TcpStream::connect(sidecar.addr()).await.expect("connect");
-        let head = format!(
-            "POST /upload HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\ncontent-length: {}\r\n\r\n",
-            1 << 20
-        );
-        conn.write_all(head.as_bytes())
-            .await
-            .expect("send the head");
-        conn.write_all(&vec![b'x'; 512 << 10])
-            .await
-            .expect("send half the body");
+        let _conn = start_upload(&sidecar, &token, 512 << 10).await;
         // Let it stream through before leaving.
         eventually(
             "the upload to reach the upstream",
@@ -837,17 +844,7 @@ async fn a_client_that_stalls_its_request_body_gets_408_and_the_upstream_is_canc
     // A head announcing 1 MiB, 64 KiB of it, then nothing: the upstream
     // (which answers once it has the whole body) waits on the client, so
     // the timeout is the client's 408, not the upstream's 504.
-    let mut conn = TcpStream::connect(sidecar.addr()).await.expect("connect");
-    let head = format!(
-        "POST /upload HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\ncontent-length: {}\r\n\r\n",
-        1 << 20
-    );
-    conn.write_all(head.as_bytes())
-        .await
-        .expect("send the head");
-    conn.write_all(&vec![b'x'; 64 << 10])
-        .await
-        .expect("send part of the body");
+    let mut conn = start_upload(&sidecar, &token, 64 << 10).await;
     let (got, closed) = read_until_closed(&mut conn, Duration::from_secs(10)).await;
     let text = String::from_utf8_lossy(&got);
     assert_eq!(status_line(&got), "HTTP/1.1 408 Request Timeout", "{text}");
