@@ -184,19 +184,22 @@ measure() {
 after_burst_rows=0
 after_burst() {
   local variant=$1 t0 line w left
-  t0=$(date +%s)
+  # In microseconds: whole seconds (`date +%s`) made "2 s after" anything
+  # from 1 to 2 s after, either side of the release 1 s after the burst
+  # (crate::memory::SETTLE).
+  t0=${EPOCHREALTIME/./}
   line="$variant\t$(status_kib "$SERVER_PID" VmHWM)\t$(status_kib "$SERVER_PID" VmRSS)"
   for w in $AFTER_WAITS; do
-    left=$(( t0 + w - $(date +%s) ))
-    (( left <= 0 )) || sleep "$left"
+    left=$(( t0 + w * 1000000 - ${EPOCHREALTIME/./} ))
+    (( left <= 0 )) || sleep "$(printf '%d.%06d' $(( left / 1000000 )) $(( left % 1000000 )))"
     line+="\t$(status_kib "$SERVER_PID" VmRSS)"
   done
   if (( after_burst_rows++ == 0 )); then
     local head='variant\tpeak_kib\tend_kib'
     for w in $AFTER_WAITS; do head+="\tafter_${w}s_kib"; done
-    printf "$head\n" > "$OUT/after-burst.tsv"
+    printf '%b\n' "$head" > "$OUT/after-burst.tsv"
   fi
-  printf "$line\n" | tee -a "$OUT/after-burst.tsv" >&2
+  printf '%b\n' "$line" | tee -a "$OUT/after-burst.tsv" >&2
 }
 
 # fixed_rate VARIANT SERVER: waits for an idle machine, warms up at RATE,
