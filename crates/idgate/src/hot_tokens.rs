@@ -175,22 +175,29 @@ impl<K, V: Clone> Slots<K, V> {
         &self.slots[i as usize]
     }
 
-    /// `read` of the value held for exactly `q`, in place: a hit takes
-    /// from the entry only what it needs (the identity), rather than a
-    /// clone of it all.
-    pub(crate) fn with<Q: ?Sized, R>(&self, q: &Q, read: impl FnOnce(&V) -> R) -> Option<R>
+    /// What `check` takes from the value held for exactly `q`, read in
+    /// place: a hit takes from the entry only what it needs (the
+    /// identity), rather than a clone of it all. A value that fails the
+    /// check (`None`: its entry no longer holds) is forgotten on the spot,
+    /// its slot emptied unless another token has taken it since.
+    pub(crate) fn hit<Q: ?Sized, R>(&self, q: &Q, check: impl FnOnce(&V) -> Option<R>) -> Option<R>
     where
         K: SlotKey<Q>,
     {
-        let guard = self.slot(q).load();
+        let slot = self.slot(q);
+        let guard = slot.load();
         let hot = guard.as_ref()?;
         if !hot.key.is(q) {
             return None;
         }
+        let Some(taken) = check(&hot.value) else {
+            slot.compare_and_swap(&guard, None);
+            return None;
+        };
         if !hot.used.load(Ordering::Relaxed) {
             hot.used.store(true, Ordering::Relaxed);
         }
-        Some(read(&hot.value))
+        Some(taken)
     }
 
     /// The value held for exactly `q`.
@@ -199,7 +206,7 @@ impl<K, V: Clone> Slots<K, V> {
     where
         K: SlotKey<Q>,
     {
-        self.with(q, V::clone)
+        self.hit(q, |v| Some(v.clone()))
     }
 
     /// Offers a token seen again for a slot.
@@ -226,17 +233,6 @@ impl<K, V: Clone> Slots<K, V> {
             value: value.clone(),
             used: AtomicBool::new(false),
         })));
-    }
-
-    /// Empties the slot if it holds `q` (its entry failed a check).
-    pub(crate) fn forget<Q: ?Sized>(&self, q: &Q)
-    where
-        K: SlotKey<Q>,
-    {
-        let slot = self.slot(q);
-        if slot.load().as_ref().is_some_and(|hot| hot.key.is(q)) {
-            slot.store(None);
-        }
     }
 
     #[cfg(test)]
@@ -327,19 +323,21 @@ mod tests {
         assert_eq!(keys.get(&B), Some(2));
     }
 
+    /// A hit whose check fails empties the slot of exactly that key.
     #[test]
-    fn forget_empties_only_its_own_slot() {
+    fn a_failed_check_empties_only_its_own_slot() {
+        let fail = |_: &i32| None::<()>;
         let hot = tokens();
         hot.offer("one.SAMETAIL", &1);
-        hot.forget("two.SAMETAIL");
+        hot.hit("two.SAMETAIL", fail);
         assert_eq!(hot.get("one.SAMETAIL"), Some(1));
-        hot.forget("one.SAMETAIL");
+        hot.hit("one.SAMETAIL", fail);
         assert_eq!(hot.get("one.SAMETAIL"), None);
         let keys = Slots::<u128, i32>::for_capacity(10_000);
         keys.offer(&A, &1);
-        keys.forget(&B);
+        keys.hit(&B, fail);
         assert_eq!(keys.get(&A), Some(1));
-        keys.forget(&A);
+        keys.hit(&A, fail);
         assert_eq!(keys.get(&A), None);
     }
 

@@ -676,11 +676,10 @@ impl Verifier {
         let Some(cache) = &self.token_cache else {
             return Lookup::Miss(CacheMiss { key: None });
         };
+        // A slot whose entry no longer holds is emptied by the failed check.
         let good = |hit: &CachedToken| self.still_good(hit, now).then(|| hit.identity.clone());
-        match cache.by_token.with(token, good) {
-            Some(Some(identity)) => return self.hot_hit(identity),
-            Some(None) => cache.by_token.forget(token),
-            None => {}
+        if let Some(identity) = cache.by_token.hit(token, good) {
+            return self.hot_hit(identity);
         }
         let Some(key) = cache.keyer.key(token) else {
             return Lookup::Miss(CacheMiss { key: None });
@@ -690,10 +689,8 @@ impl Verifier {
             cache.by_token.offer(token, hit);
             Some(identity)
         };
-        match cache.by_key.with(&key, good_and_offered) {
-            Some(Some(identity)) => return self.hot_hit(identity),
-            Some(None) => cache.by_key.forget(&key),
-            None => {}
+        if let Some(identity) = cache.by_key.hit(&key, good_and_offered) {
+            return self.hot_hit(identity);
         }
         if let Some(hit) = cache.map.get(&key) {
             if self.still_good(&hit, now) {

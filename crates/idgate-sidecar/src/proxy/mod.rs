@@ -331,19 +331,12 @@ impl Inner {
             }
             Err(_) => {
                 let failure = failure.unwrap_or(ProxyFailure::Timeout);
-                if failure == ProxyFailure::BodyTimeout {
-                    warn!(
-                        proxy.failure = failure.as_str(),
-                        timeout = ?self.timeout,
-                        "the client stopped sending the request body before the upstream answered"
-                    );
+                let what = if failure == ProxyFailure::BodyTimeout {
+                    "the client stopped sending the request body before the upstream answered"
                 } else {
-                    warn!(
-                        proxy.failure = failure.as_str(),
-                        timeout = ?self.timeout,
-                        "upstream did not answer in time"
-                    );
-                }
+                    "upstream did not answer in time"
+                };
+                warn!(proxy.failure = failure.as_str(), timeout = ?self.timeout, "{what}");
                 return failure.response(grpc);
             }
         };
