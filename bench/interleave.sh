@@ -19,7 +19,9 @@
 # Settings (environment):
 #   VARIANTS="…"      any of nginx nginx-1000tokens nginx-identity (the
 #                     plain hop setting the headers idgate's proxy sets,
-#                     here only) idgate-1token
+#                     here only) nginx-stream (the plain hop streaming
+#                     request bodies, `proxy_request_buffering off`, for
+#                     BODY_BYTES; here only) idgate-1token
 #                     idgate-1000tokens idgate-1000tokens-nocache idgate-public
 #                     envoy-1token envoy-1000tokens envoy-1000tokens-nocache,
 #                     and the fixed-rate nginx-rate idgate-rate envoy-rate
@@ -46,6 +48,8 @@
 #   WARMUP=3          seconds of load on each variant before the first cycle
 #   CONNS=50          wrk's (and oha's) connections
 #   RATE=5000         requests/s for the fixed-rate variants
+#   BODY_BYTES=0      every request a POST with this many bytes of body
+#                     (0: GETs, the goals' load)
 #   BINS="A B"        each idgate variant once per binary (distinct file
 #                     names: rows are named rN:NAME:variant, and each is
 #                     also compared with the first binary's in its cycle)
@@ -185,6 +189,15 @@ for v in $VARIANTS; do
       dir=$OUT/interleave-$v port=$((18120 + 2 * n))
       mkdir -p "$dir"
       identity_conf "$dir" "$port" >"$dir/nginx.conf" || die "$v: cannot read the token's claims"
+      add "$v" front "$OUT/one-token.txt" "$dir" "$port"
+      n=$((n + 1)) ;;
+    nginx-stream)
+      # The plain hop, but a request body goes on as it arrives instead of
+      # being read whole first (to a temporary file past 16 KiB).
+      dir=$OUT/interleave-$v port=$((18120 + 2 * n))
+      mkdir -p "$dir"
+      { echo "# nginx's plain hop, streaming request bodies."
+        nginx_hop "$dir" "$port" "      proxy_request_buffering off;"; } >"$dir/nginx.conf"
       add "$v" front "$OUT/one-token.txt" "$dir" "$port"
       n=$((n + 1)) ;;
     idgate-1token|idgate-1000tokens|idgate-1000tokens-nocache|idgate-public|idgate-rate|idgate-newconn)

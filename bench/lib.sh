@@ -348,12 +348,25 @@ EOF
 busy_ticks() { awk '/^cpu / {print $2+$3+$4+$7+$8+$9; exit}' /proc/stat; }
 load1() { cut -d' ' -f1 /proc/loadavg; }
 
-# wrk_run SECONDS CONNS TOKENS_FILE: prints wrk's BENCH line.
+# wrk_run SECONDS CONNS TOKENS_FILE: prints wrk's BENCH line. Every
+# request is a POST with BODY_BYTES of body if that is set and not 0.
 wrk_run() {
   local secs=$1 conns=$2 tokens=$3
   ( ulimit -n "$(ulimit -Hn)"
     taskset -c "$CLIENT_CPU" wrk -t 1 -c "$conns" -d "${secs}s" --timeout 10s \
-      -s "$BENCH/wrk-tokens.lua" "http://127.0.0.1:$SERVER_PORT/" -- "$tokens" ) | grep '^BENCH' || true
+      -s "$BENCH/wrk-tokens.lua" "http://127.0.0.1:$SERVER_PORT/" -- "$tokens" "${BODY_BYTES:-0}" ) |
+    grep '^BENCH' || true
+}
+
+# body_args: oha's arguments for a POST of BODY_BYTES (none for 0 or
+# unset), the body in OUT/body-BODY_BYTES.bin.
+body_args() {
+  local n=${BODY_BYTES:-0} file
+  [[ $n =~ ^[0-9]+$ ]] || die "BODY_BYTES=$n is not a count of bytes"
+  (( n > 0 )) || return 0
+  file=$OUT/body-$n.bin
+  [[ -f $file ]] || head -c "$n" /dev/zero | tr '\0' x >"$file"
+  BODY_ARGS=(-m POST -T application/octet-stream -D "$file")
 }
 
 field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<"$2"; }
@@ -435,12 +448,14 @@ measure_run() {
 # connections and TOKEN against SERVER_PORT, on the client's core.
 # With NEWCONN=1, as fast as it goes instead, each request on a connection
 # of its own (oha's --disable-keepalive): what a client that keeps no
-# connection open costs the server.
+# connection open costs the server. POSTs BODY_BYTES if set (body_args).
 rate_load() {
   local secs=$1; shift
   local pace=(-q "$RATE")
   [[ ${NEWCONN:-0} == 1 ]] && pace=(--disable-keepalive)
-  taskset -c "$CLIENT_CPU" "$OHA" --no-tui "$@" -z "${secs}s" "${pace[@]}" -c "$CONNS" \
+  BODY_ARGS=()
+  body_args
+  taskset -c "$CLIENT_CPU" "$OHA" --no-tui "$@" "${BODY_ARGS[@]}" -z "${secs}s" "${pace[@]}" -c "$CONNS" \
     -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$SERVER_PORT/"
 }
 

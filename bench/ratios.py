@@ -9,7 +9,8 @@ Each row is compared with the nginx row of its own round (a variant named
 between variants does not skew the ratio; rows without a round, or in a
 round without nginx, use the unlabelled nginx row. Throughput variants
 compare requests/s and CPU per request with `nginx` (`nginx-1000conn` for
-the 1,000-connection one), fixed-rate ones p50 and p99 latency with
+the 1,000-connection one), and requests/s with `nginx-stream` if the run
+has it, fixed-rate ones p50 and p99 latency with
 `nginx-rate`, and idgate's throughput variants also with Envoy's of the same
 kind. With several rounds (ROUNDS without BINS), the median of each ratio
 follows; an A/B's rows (bench/sidecar.sh's BINS) are listed one by one,
@@ -155,6 +156,11 @@ def main(paths):
             if ref:
                 found.append(("req/s / nginx", against(ref, "rps")))
                 found.append(("CPU/req / nginx", against(ref, "cpu_us_per_req")))
+            # interleave.sh's nginx hop that streams request bodies, for
+            # loads with a body (BODY_BYTES)
+            stream = peer(label, "nginx-stream")
+            if stream:
+                found.append(("req/s / nginx-stream", against(stream, "rps")))
         other = ENVOY.get(base)
         envoy = other and peer(label, other)
         if envoy:

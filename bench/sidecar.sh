@@ -11,6 +11,8 @@
 #   DURATION=20 WARMUP=10   seconds measured / warm-up excluded, per variant
 #   CONNS=50                wrk connections for the throughput variants
 #   RATE=5000               requests/s for the fixed-rate latency variants
+#   BODY_BYTES=0            every request a POST with this many bytes of body
+#                           (0: GETs, the goals' load)
 #   BIG_CONNS=1000          connections for the RSS-under-connections variant
 #   AFTER_WAITS="15 130"    after that variant, VmRSS again this many seconds
 #                           after the burst ended (OUT/after-burst.tsv)

@@ -2,6 +2,8 @@
 -- `Authorization: Bearer <token>`, the tokens taken in turn from the file
 -- named by the first script argument (one a line). A file of one line is
 -- "one token repeated"; of N lines, N distinct tokens in rotation.
+-- A second argument N > 0 makes every request a POST with a body of N
+-- bytes (`Content-Type: application/octet-stream`); without it, a GET.
 --
 -- The load generator must not be the bottleneck: with one token the
 -- request is static (wrk builds it once); with several, every request is
@@ -23,7 +25,16 @@ end
 function init(args)
   local path = args[1]
   if path == nil then
-    error("usage: wrk -s wrk-tokens.lua URL -- TOKENS_FILE")
+    error("usage: wrk -s wrk-tokens.lua URL -- TOKENS_FILE [BODY_BYTES]")
+  end
+  local size = tonumber(args[2] or "0")
+  if size == nil or size < 0 then
+    error("BODY_BYTES is not a count of bytes: " .. args[2])
+  end
+  local method, body, headers = "GET", nil, {}
+  if size > 0 then
+    method, body = "POST", string.rep("x", size)
+    headers["Content-Type"] = "application/octet-stream"
   end
   local tokens = {}
   for line in io.lines(path) do
@@ -35,10 +46,15 @@ function init(args)
   if n == 0 then
     error("no tokens in " .. path)
   elseif n == 1 then
-    wrk.headers["Authorization"] = tokens[1]
+    headers["Authorization"] = tokens[1]
+    wrk.method, wrk.body = method, body
+    for name, value in pairs(headers) do
+      wrk.headers[name] = value
+    end
   else
     for k = 1, n do
-      requests[k] = wrk.format("GET", "/", { ["Authorization"] = tokens[k] })
+      headers["Authorization"] = tokens[k]
+      requests[k] = wrk.format(method, "/", headers, body)
     end
     -- Each wrk thread starts at a different place in the rotation.
     i = math.random(0, n - 1)
