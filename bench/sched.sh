@@ -17,6 +17,10 @@
 #     bench/sched.sh                  # idgate's extra flags (not nginx's):
 #                                     # here, every request verifies its signature
 #   CONNS=1000 bench/sched.sh         # wrk's connections (default 50)
+#   PERF_OF=upstream bench/sched.sh   # the CPU split of the upstream (the
+#                                     # nginx behind the server) instead of
+#                                     # the server's: what each server's
+#                                     # requests cost the upstream
 #   RUNS=200 bench/sched.sh           # also the first 200 runs on the core,
 #                                     # in order: s (server) or u (upstream),
 #                                     # then µs off the core / µs from wake-up
@@ -70,8 +74,14 @@ s0=$(switches "$SERVER_PID"); u0=$(switches "$UPSTREAM_PID"); t0=$(date +%s.%N)
 si0=$(switches "$SERVER_PID" nonvoluntary_); uv0=$(switches "$UPSTREAM_PID" voluntary_)
 if command -v perf >/dev/null; then
   perf sched record -q -C "$SERVER_CPU" -o "$OUT/sched.data" -- sleep 1 >/dev/null 2>&1 || true
-  # Where the server's own CPU time goes: kernel, its binary, libc.
-  perf record -q -e cpu-clock -F 4999 -p "$SERVER_PID" -o "$OUT/cpu.data" -- sleep "$PERF_SECS" >/dev/null 2>&1 || true
+  # Where the server's own CPU time goes (or the upstream's, PERF_OF):
+  # kernel, its binary, libc.
+  case ${PERF_OF:-server} in
+    server) of=$SERVER_PID ;;
+    upstream) of=$UPSTREAM_PID ;;
+    *) die "PERF_OF=$PERF_OF: server or upstream" ;;
+  esac
+  perf record -q -e cpu-clock -F 4999 -p "$of" -o "$OUT/cpu.data" -- sleep "$PERF_SECS" >/dev/null 2>&1 || true
 fi
 sleep 2
 s1=$(switches "$SERVER_PID"); u1=$(switches "$UPSTREAM_PID"); t1=$(date +%s.%N)
