@@ -24,6 +24,7 @@ mod grpc;
 mod process;
 mod sidecar;
 mod upstream;
+mod ws;
 
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
@@ -38,6 +39,7 @@ pub use grpc::{GrpcUpstream, health_check};
 pub use process::{Finished, Memory, Process, command_line, ensure_nofile, open_files_limits};
 pub use sidecar::{AT_THE_CONNECTION_CAP, Serve, Sidecar};
 pub use upstream::{SSE_EVENTS, Upstream, header_values};
+pub use ws::{WebSocket, next_message, open_websocket};
 
 /// The audience every test's sidecar accepts.
 pub const AUD: &str = "https://svc-e2e.a.run.app";

@@ -186,6 +186,13 @@ impl Process {
         assert!(status.success(), "kill -s {name} {} failed", self.pid);
     }
 
+    /// Its exit status if it has exited, without waiting.
+    pub fn try_exit(&mut self) -> Option<ExitStatus> {
+        self.child
+            .try_wait()
+            .unwrap_or_else(|e| panic!("checking on {}: {e}", self.name))
+    }
+
     /// Waits for the process to exit, at most `timeout`.
     pub async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
         match tokio::time::timeout(timeout, self.child.wait()).await {

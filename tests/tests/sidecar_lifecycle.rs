@@ -1,6 +1,6 @@
 //! The real binary's life: settings refused before anything is bound,
 //! startup while the key endpoint is down, and SIGTERM draining a request
-//! in flight.
+//! in flight and WebSocket tunnels.
 
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
@@ -86,6 +86,89 @@ async fn sigterm_finishes_the_request_in_flight_refuses_new_ones_and_exits_0() {
         "the gate drained within the grace period"
     );
     assert!(port_is_free(addr));
+}
+
+/// SIGTERM with WebSocket tunnels open: they go on through the grace period
+/// (a tunnel is no request in flight, so the server's own drain finishes at
+/// once), the process exits as soon as the last one closes, and one still
+/// open when the grace ends is closed, both sides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_websocket_tunnels_finish_within_the_grace_then_closes_them() {
+    use futures_util::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let kit = Issuer::start().await;
+    let up = Upstream::start().await;
+    let alice = google_token(&kit, "alice@example.com");
+    let echo = |text: &str| Message::Text(text.into());
+    for (grace, closes_itself) in [("60s", true), ("2s", false)] {
+        let mut sidecar = Serve::proxy(&up.url(), &kit)
+            .args([
+                "--member",
+                "user:alice@example.com",
+                "--shutdown-grace",
+                grace,
+            ])
+            .start()
+            .await;
+        let addr = sidecar.addr();
+        let (mut ws, hello) = open_websocket(addr, &alice).await;
+        assert_eq!(hello, echo("principal=user:alice@example.com"));
+
+        sidecar.signal("TERM");
+        sidecar
+            .wait_for_log(
+                "waiting for WebSocket tunnels to close",
+                Duration::from_secs(20),
+            )
+            .await;
+        assert!(
+            TcpStream::connect_timeout(&addr, Duration::from_secs(5)).is_err(),
+            "no new connection is accepted while the tunnels drain"
+        );
+        ws.send(echo("after SIGTERM")).await.expect("send");
+        assert_eq!(next_message(&mut ws).await, echo("after SIGTERM"));
+        assert!(
+            sidecar.try_exit().is_none(),
+            "the process waits for the tunnel (grace {grace})"
+        );
+
+        if closes_itself {
+            // The closing handshake, then the client's socket closes.
+            ws.close(None).await.expect("close");
+            while let Ok(Some(Ok(_))) =
+                tokio::time::timeout(Duration::from_secs(10), ws.next()).await
+            {}
+            drop(ws);
+            let exit = sidecar.wait_exit(Duration::from_secs(30)).await;
+            assert_eq!(exit.code(), Some(0), "exit status {exit}");
+            sidecar
+                .wait_for_log("WebSocket tunnels closed", Duration::from_secs(5))
+                .await;
+            sidecar
+                .wait_for_log("stopped", Duration::from_secs(5))
+                .await;
+        } else {
+            let exit = sidecar.wait_exit(Duration::from_secs(30)).await;
+            assert_eq!(exit.code(), Some(0), "exit status {exit}");
+            sidecar
+                .wait_for_log(
+                    "grace period over with WebSocket tunnels open; closing them",
+                    Duration::from_secs(5),
+                )
+                .await;
+            sidecar
+                .wait_for_log("stopped with requests cut short", Duration::from_secs(5))
+                .await;
+            match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+                Ok(None | Some(Err(_))) => {}
+                Ok(Some(Ok(Message::Close(_)))) => {}
+                Ok(Some(Ok(other))) => panic!("a message from a cut tunnel: {other:?}"),
+                Err(_) => panic!("the cut tunnel's client side is still open after 10 s"),
+            }
+        }
+        assert!(port_is_free(addr));
+    }
 }
 
 /// Each kind of bad setting alone, then all at once: exit 2, every problem

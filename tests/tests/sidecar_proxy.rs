@@ -368,23 +368,6 @@ async fn server_sent_events_arrive_as_they_are_sent() {
     assert!(up.sse_last_sent());
 }
 
-async fn next_message<S>(ws: &mut S) -> tokio_tungstenite::tungstenite::Message
-where
-    S: futures_util::Stream<
-            Item = Result<
-                tokio_tungstenite::tungstenite::Message,
-                tokio_tungstenite::tungstenite::Error,
-            >,
-        > + Unpin,
-{
-    match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
-        Ok(Some(Ok(msg))) => msg,
-        Ok(Some(Err(e))) => panic!("the WebSocket broke: {e}"),
-        Ok(None) => panic!("the WebSocket closed"),
-        Err(_) => panic!("no WebSocket message within 10 s"),
-    }
-}
-
 /// A WebSocket handshake made while a connection waits at the cap (so that
 /// connections between requests are being closed) is still upgraded: its
 /// request is in flight until the `101`, and is not told to close. The

@@ -31,7 +31,7 @@ use crate::headers::{
     method_is_canonical, remove_hop_by_hop, set_identity,
 };
 use crate::metrics::Metrics;
-use crate::proxy::Proxy;
+use crate::proxy::{Proxy, Tunnels};
 
 /// Every service in the sidecar, type-erased.
 pub type HttpService = BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>;
@@ -68,12 +68,22 @@ where
     }
 }
 
+/// The whole request path, and what a shutdown drains besides requests.
+pub struct App {
+    /// Serves every request.
+    pub service: HttpService,
+    /// The proxy's WebSocket tunnels (none in forward-auth mode).
+    pub tunnels: Tunnels,
+}
+
 /// Builds the whole request path for `settings`, with `gate` in its place.
-pub fn build_app(settings: &Settings, gate: &dyn GateLayer, metrics: Arc<Metrics>) -> HttpService {
+pub fn build_app(settings: &Settings, gate: &dyn GateLayer, metrics: Arc<Metrics>) -> App {
     let forward = settings.forward_token;
+    let mut tunnels = Tunnels::default();
     let inner: HttpService = match &settings.mode {
         Mode::Proxy { upstream } => {
             let proxy = Proxy::new(upstream.clone(), settings.request_timeout, Some(metrics));
+            tunnels = proxy.tunnels();
             // A service_fn rather than `Proxy` itself: the boxed service
             // boxes this future once, where `Proxy`'s own (already boxed)
             // future would be boxed twice.
@@ -88,11 +98,12 @@ pub fn build_app(settings: &Settings, gate: &dyn GateLayer, metrics: Arc<Metrics
         })),
     };
     let gated = gate.wrap(inner);
-    BoxCloneSyncService::new(Sanitize {
+    let service = BoxCloneSyncService::new(Sanitize {
         inner: gated,
         strip: Arc::new(IdentityStrip::new(settings.strip_headers.clone())),
         forward_auth: settings.mode == Mode::ForwardAuth,
-    })
+    });
+    App { service, tunnels }
 }
 
 /// Step 1: runs on every request before anything reads its headers.

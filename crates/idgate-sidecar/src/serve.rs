@@ -83,12 +83,16 @@ pub async fn start(settings: &Settings, wiring: Wiring) -> anyhow::Result<Runnin
     };
 
     let readiness = Readiness::new(wiring.ready.clone());
-    let app = build_app(settings, wiring.gate.as_ref(), wiring.metrics.clone());
+    let crate::app::App {
+        service: app,
+        tunnels,
+    } = build_app(settings, wiring.gate.as_ref(), wiring.metrics.clone());
     let admin = BoxCloneSyncService::new(crate::admin::router(
         readiness.clone(),
         wiring.metrics.clone(),
     ));
     let (stop, mut stopped) = watch::channel(false);
+    let mut tunnels_stopped = stop.subscribe();
     let grace = settings.shutdown_grace;
     let max_connections = settings.max_connections.resolve(
         open_files_limit(),
@@ -112,7 +116,7 @@ pub async fn start(settings: &Settings, wiring: Wiring) -> anyhow::Result<Runnin
             std::time::Duration::from_secs(1),
             server::Limits::DEFAULT,
         ));
-        let drained = server::serve(
+        let requests = server::serve(
             "gate",
             listener,
             app,
@@ -121,8 +125,35 @@ pub async fn start(settings: &Settings, wiring: Wiring) -> anyhow::Result<Runnin
             },
             grace,
             limits,
-        )
-        .await;
+        );
+        // WebSocket tunnels have left their connections (the server's drain
+        // does not see them) and get the same grace, from the same moment.
+        let tunnels = async move {
+            let _ = tunnels_stopped.wait_for(|s| *s).await;
+            if tunnels.is_empty() {
+                return 0;
+            }
+            info!(
+                tunnels = tunnels.len(),
+                "waiting for WebSocket tunnels to close"
+            );
+            let cut = tunnels.drain(grace).await;
+            if cut == 0 {
+                info!("WebSocket tunnels closed");
+            } else {
+                warn!(
+                    tunnels = cut,
+                    "grace period over with WebSocket tunnels open; closing them"
+                );
+            }
+            cut
+        };
+        let (drained, cut) = tokio::join!(requests, tunnels);
+        let drained = match (drained, cut) {
+            (drained, 0) => drained,
+            (Drained::Clean, cut) => Drained::TimedOut(cut),
+            (Drained::TimedOut(open), cut) => Drained::TimedOut(open + cut),
+        };
         let _ = admin_stop.send(true);
         let _ = admin_task.await;
         drained

@@ -96,7 +96,8 @@ pub enum Drained {
     /// Every connection finished within the grace period.
     Clean,
     /// The grace period ran out with this many connections still open;
-    /// they are dropped.
+    /// they are dropped. `serve` in proxy mode counts the WebSocket
+    /// tunnels it cut here too.
     TimedOut(usize),
 }
 
@@ -113,8 +114,9 @@ pub enum Drained {
 /// a connection waits. Clients kept alive but silent do not keep new ones
 /// waiting.
 ///
-/// Connections already upgraded (WebSocket) are not counted: they are
-/// detached tunnels and end with the process.
+/// Connections already upgraded (WebSocket) are not counted: they have
+/// left hyper for the proxy's tunnels, which `crate::serve` drains beside
+/// this, within the same grace ([`crate::proxy::Tunnels`]).
 pub async fn serve(
     name: &'static str,
     listener: TcpListener,

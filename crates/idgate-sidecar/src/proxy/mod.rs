@@ -8,7 +8,8 @@
 //! - Bodies stream both ways; nothing is buffered.
 //! - Hop-by-hop headers are removed both ways; `X-Forwarded-*` are set.
 //! - `Upgrade` (WebSocket…) is passed through: once the upstream answers
-//!   101, both connections are upgraded and bytes copied between them.
+//!   101, both connections are upgraded and bytes copied between them
+//!   ([`Tunnels`], which a shutdown drains).
 //! - No response headers within the request timeout: 504, or 408 when the
 //!   upstream connection was waiting on the client for more of the
 //!   request's body. Upstream unreachable or broken: 502. gRPC callers get
@@ -19,6 +20,7 @@
 
 mod error;
 mod pool;
+mod tunnel;
 mod yield_write;
 
 use std::convert::Infallible;
@@ -38,11 +40,12 @@ use http_body_util::BodyExt as _;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use tracing::{debug, warn};
+use hyper_util::rt::TokioExecutor;
+use tracing::warn;
 
 pub use error::{ProxyFailure, grpc_error, is_grpc, json_error};
 pub use pool::{PoolLimits, UpstreamError};
+pub use tunnel::Tunnels;
 
 use crate::config::Upstream;
 use crate::headers::{is_upgrade_request, remove_hop_by_hop, set_forwarded};
@@ -100,6 +103,7 @@ struct Inner {
     h2c: Client<HttpConnector, Body>,
     timeout: Duration,
     metrics: Option<Arc<Metrics>>,
+    tunnels: Tunnels,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -149,8 +153,14 @@ impl Proxy {
                 h2c,
                 timeout,
                 metrics,
+                tunnels: Tunnels::default(),
             }),
         }
+    }
+
+    /// Its WebSocket tunnels, for a shutdown to drain.
+    pub fn tunnels(&self) -> Tunnels {
+        self.inner.tunnels.clone()
     }
 }
 
@@ -346,7 +356,7 @@ impl Inner {
             match client_upgrade {
                 Some(client_upgrade) => {
                     let upstream_upgrade = hyper::upgrade::on(&mut res);
-                    tokio::spawn(tunnel(client_upgrade, upstream_upgrade));
+                    self.tunnels.open(client_upgrade, upstream_upgrade);
                 }
                 None => {
                     warn!("upstream switched protocols on a request that did not ask to");
@@ -379,28 +389,6 @@ impl Inner {
         parts.authority = Some(self.upstream.authority.clone());
         parts.path_and_query = Some(pq);
         Ok(Uri::from_parts(parts)?)
-    }
-}
-
-/// Copies bytes both ways between the upgraded client and upstream
-/// connections until either side closes.
-async fn tunnel(client: OnUpgrade, upstream: OnUpgrade) {
-    let (client, upstream) = match tokio::try_join!(client, upstream) {
-        Ok(pair) => pair,
-        Err(e) => {
-            debug!(error = %e, "upgrade did not complete");
-            return;
-        }
-    };
-    let mut client = TokioIo::new(client);
-    let mut upstream = TokioIo::new(upstream);
-    match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-        Ok((up, down)) => debug!(
-            bytes.up = up,
-            bytes.down = down,
-            "upgraded connection closed"
-        ),
-        Err(e) => debug!(error = %e, "upgraded connection ended with an error"),
     }
 }
 
