@@ -23,6 +23,8 @@
 #                     request bodies, `proxy_request_buffering off`, for
 #                     BODY_BYTES; here only) idgate-1token
 #                     idgate-1000tokens idgate-1000tokens-nocache idgate-public
+#                     idgate-notoken (one token, not forwarded: `--forward-token
+#                     none`; here only)
 #                     envoy-1token envoy-1000tokens envoy-1000tokens-nocache,
 #                     and the fixed-rate nginx-rate idgate-rate envoy-rate
 #                     (oha; latency at RATE, for the p99 goal), as in
@@ -200,12 +202,13 @@ for v in $VARIANTS; do
         nginx_hop "$dir" "$port" "      proxy_request_buffering off;"; } >"$dir/nginx.conf"
       add "$v" front "$OUT/one-token.txt" "$dir" "$port"
       n=$((n + 1)) ;;
-    idgate-1token|idgate-1000tokens|idgate-1000tokens-nocache|idgate-public|idgate-rate|idgate-newconn)
+    idgate-1token|idgate-1000tokens|idgate-1000tokens-nocache|idgate-public|idgate-notoken|idgate-rate|idgate-newconn)
       args=() tokens=$OUT/one-token.txt
       case $v in
         idgate-1000tokens) tokens=$OUT/1000-tokens.txt ;;
         idgate-1000tokens-nocache) tokens=$OUT/1000-tokens.txt args=(--token-cache-capacity 0) ;;
         idgate-public) args=(--public-path /) ;;
+        idgate-notoken) args=(--forward-token none) ;;
       esac
       seen=" "
       for bin in $bins; do
