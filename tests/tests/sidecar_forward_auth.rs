@@ -221,6 +221,54 @@ impl Drop for Relay {
     }
 }
 
+/// What the nginx and Traefik tests put behind their front proxy: the
+/// issuer, the upstream, idgate in forward-auth mode (alice allowed,
+/// `/public` open to anyone) and a relay counting connections to it.
+struct Behind {
+    kit: Issuer,
+    up: Upstream,
+    idgate: Sidecar,
+    relay: Relay,
+}
+
+async fn behind() -> Behind {
+    let kit = Issuer::start().await;
+    let up = Upstream::start().await;
+    let idgate = Serve::forward_auth(&kit)
+        .args([
+            "--member",
+            "user:alice@example.com",
+            "--public-path",
+            "/public",
+        ])
+        .start()
+        .await;
+    let relay = Relay::start(idgate.addr()).await;
+    Behind {
+        kit,
+        up,
+        idgate,
+        relay,
+    }
+}
+
+/// `GET url` carrying every [`FORGED`] header, and `token` as a bearer
+/// token.
+fn forged_get(
+    c: &reqwest::Client,
+    url: String,
+    token: Option<&str>,
+) -> impl Future<Output = reqwest::Result<reqwest::Response>> + use<> {
+    let mut req = c.get(url);
+    for (name, value) in FORGED {
+        req = req.header(name, value);
+    }
+    if let Some(t) = token {
+        req = req.header("authorization", bearer(t));
+    }
+    req.send()
+}
+
 /// Runs the front proxy `cmd` and waits until it answers at `base` (idgate
 /// behind it serves `/public/*` to anyone).
 async fn spawn_front(name: &str, cmd: Command, base: &str) -> Process {
@@ -298,6 +346,23 @@ async fn denials_of_app_items(idgate: &Sidecar, n: usize) -> Vec<Value> {
     denials
 }
 
+/// Without a token, with bob's (not allowed) and with a token that is not
+/// one: 401, 403 and 401.
+async fn assert_refusals<F, Fut>(send: F, bob: &str)
+where
+    F: Fn(Option<&str>) -> Fut,
+    Fut: Future<Output = reqwest::Result<reqwest::Response>>,
+{
+    for (token, want, what) in [
+        (None, 401, "no token"),
+        (Some(bob), 403, "bob is not allowed"),
+        (Some("e30.e30.e30"), 401, "a bad token"),
+    ] {
+        let res = send(token).await.expect(what);
+        assert_eq!(res.status(), want, "{what}");
+    }
+}
+
 /// Requests one at a time, answered 200, 401 and 403 in turn (`alice`, no
 /// token, `bob`), go over the connections `front` already holds to idgate
 /// through `relay`: without keep-alive, each would open one of its own.
@@ -342,19 +407,12 @@ async fn nginx_auth_request_in_front_of_an_upstream() {
         return;
     };
 
-    let kit = Issuer::start().await;
-    let up = Upstream::start().await;
-    let idgate = Serve::forward_auth(&kit)
-        .args([
-            "--member",
-            "user:alice@example.com",
-            "--public-path",
-            "/public",
-        ])
-        .start()
-        .await;
-
-    let relay = Relay::start(idgate.addr()).await;
+    let Behind {
+        kit,
+        up,
+        idgate,
+        relay,
+    } = behind().await;
     let dir = tempfile::tempdir().expect("a temporary directory");
     let port = free_port();
     let conf = dir.path().join("nginx.conf");
@@ -381,21 +439,12 @@ async fn nginx_auth_request_in_front_of_an_upstream() {
     let error_log = || std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default();
 
     // Every request carries a client's forged identity headers.
-    let send = |path: &str, token: Option<String>| {
-        let mut req = c.get(format!("{base}{path}"));
-        for (name, value) in FORGED {
-            req = req.header(name, value);
-        }
-        if let Some(t) = token {
-            req = req.header("authorization", bearer(&t));
-        }
-        req.send()
-    };
+    let send = |path: &str, token: Option<&str>| forged_get(&c, format!("{base}{path}"), token);
 
     // Allowed: nginx asks idgate, copies the principal it answered with.
     let alice = google_token(&kit, "alice@example.com");
     let bob = google_token(&kit, "bob@example.com");
-    let res = send("/app/items?page=2", Some(alice.clone()))
+    let res = send("/app/items?page=2", Some(&alice))
         .await
         .expect("alice");
     let echo = alice_echo(res, "nginx", error_log).await;
@@ -417,14 +466,7 @@ async fn nginx_auth_request_in_front_of_an_upstream() {
     }
 
     let hits = up.hits();
-    let res = send("/app/items", None).await.expect("no token");
-    assert_eq!(res.status(), 401, "no token");
-    let res = send("/app/items", Some(bob.clone())).await.expect("bob");
-    assert_eq!(res.status(), 403, "bob is not allowed");
-    let res = send("/app/items", Some("e30.e30.e30".into()))
-        .await
-        .expect("bad token");
-    assert_eq!(res.status(), 401, "a bad token");
+    assert_refusals(|token| send("/app/items", token), &bob).await;
     // nginx passes the client's own headers on to the subrequest: an
     // X-Forwarded-Uri naming a public path must not have that path judged
     // instead. idgate refuses the subrequest (400), which nginx answers
@@ -454,7 +496,7 @@ async fn nginx_auth_request_in_front_of_an_upstream() {
 
     // The recipe keeps nginx's connections to idgate open from one
     // subrequest to the next, denials included.
-    let send_app = |token: Option<&str>| send("/app/items", token.map(str::to_owned));
+    let send_app = |token: Option<&str>| send("/app/items", token);
     assert_connections_kept(&relay, "nginx", (&alice, &bob), send_app, error_log).await;
     drop(nginx_proc);
 }
@@ -775,21 +817,14 @@ async fn traefik_forward_auth_in_front_of_an_upstream() {
         return;
     };
 
-    let kit = Issuer::start().await;
-    let up = Upstream::start().await;
-    let idgate = Serve::forward_auth(&kit)
-        .args([
-            "--member",
-            "user:alice@example.com",
-            "--public-path",
-            "/public",
-        ])
-        .start()
-        .await;
-
+    let Behind {
+        kit,
+        up,
+        idgate,
+        relay,
+    } = behind().await;
     // The README's dynamic configuration, as written there, with idgate
     // (through the relay) and the app at their addresses.
-    let relay = Relay::start(idgate.addr()).await;
     let dir = tempfile::tempdir().expect("a temporary directory");
     let dynamic = dir.path().join("dynamic.yml");
     let recipe = fill_in(
@@ -834,16 +869,7 @@ async fn traefik_forward_auth_in_front_of_an_upstream() {
     .await;
 
     // Every request carries a client's forged identity headers.
-    let send = |path: &str, token: Option<&str>| {
-        let mut req = c.get(format!("{base}{path}"));
-        for (name, value) in FORGED {
-            req = req.header(name, value);
-        }
-        if let Some(t) = token {
-            req = req.header("authorization", bearer(t));
-        }
-        req.send()
-    };
+    let send = |path: &str, token: Option<&str>| forged_get(&c, format!("{base}{path}"), token);
     let alice = google_token(&kit, "alice@example.com");
     let bob = google_token(&kit, "bob@example.com");
     let res = send("/app/items?page=2", Some(&alice))
@@ -861,14 +887,7 @@ async fn traefik_forward_auth_in_front_of_an_upstream() {
     }
 
     let hits = up.hits();
-    let res = send("/app/items", None).await.expect("no token");
-    assert_eq!(res.status(), 401, "no token");
-    let res = send("/app/items", Some(&bob)).await.expect("bob");
-    assert_eq!(res.status(), 403, "bob is not allowed");
-    let res = send("/app/items", Some("e30.e30.e30"))
-        .await
-        .expect("bad token");
-    assert_eq!(res.status(), 401, "a bad token");
+    assert_refusals(|token| send("/app/items", token), &bob).await;
     // Traefik sets X-Forwarded-Uri from the request itself: a client's
     // naming a public path is not what idgate judges.
     let res = c
