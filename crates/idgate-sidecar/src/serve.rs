@@ -5,6 +5,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
@@ -17,6 +18,7 @@ use crate::admin::{Readiness, ReadyCheck};
 use crate::app::{GateLayer, build_app};
 use crate::config::{Mode, Settings};
 use crate::metrics::Metrics;
+use crate::proxy::Tunnels;
 use crate::reload::{self, ReloadFn, ReloadHandle};
 use crate::server::{self, Drained};
 
@@ -113,7 +115,7 @@ pub async fn start(settings: &Settings, wiring: Wiring) -> anyhow::Result<Runnin
             async move {
                 let _ = admin_stopped.wait_for(|s| *s).await;
             },
-            std::time::Duration::from_secs(1),
+            Duration::from_secs(1),
             server::Limits::DEFAULT,
         ));
         let requests = server::serve(
@@ -126,29 +128,17 @@ pub async fn start(settings: &Settings, wiring: Wiring) -> anyhow::Result<Runnin
             grace,
             limits,
         );
-        // WebSocket tunnels have left their connections (the server's drain
-        // does not see them) and get the same grace, from the same moment.
-        let tunnels = async move {
+        // The moment the drain starts, for the tunnels' share of the grace.
+        let since = async move {
             let _ = tunnels_stopped.wait_for(|s| *s).await;
-            if tunnels.is_empty() {
-                return 0;
-            }
-            info!(
-                tunnels = tunnels.len(),
-                "waiting for WebSocket tunnels to close"
-            );
-            let cut = tunnels.drain(grace).await;
-            if cut == 0 {
-                info!("WebSocket tunnels closed");
-            } else {
-                warn!(
-                    tunnels = cut,
-                    "grace period over with WebSocket tunnels open; closing them"
-                );
-            }
-            cut
+            tokio::time::Instant::now()
         };
-        let (drained, cut) = tokio::join!(requests, tunnels);
+        let (drained, since) = tokio::join!(requests, since);
+        // WebSocket tunnels have left their connections, so the server's
+        // drain did not wait for them. Every connection has ended now, so no
+        // handshake in flight can open another: they get what is left of
+        // the same grace.
+        let cut = drain_tunnels(&tunnels, grace.saturating_sub(since.elapsed())).await;
         let drained = match (drained, cut) {
             (drained, 0) => drained,
             (Drained::Clean, cut) => Drained::TimedOut(cut),
@@ -181,6 +171,28 @@ pub async fn start(settings: &Settings, wiring: Wiring) -> anyhow::Result<Runnin
         reloader,
         task,
     })
+}
+
+/// Waits up to `within` for the open WebSocket tunnels to close, cuts the
+/// rest, and says so; returns how many were cut.
+async fn drain_tunnels(tunnels: &Tunnels, within: Duration) -> usize {
+    if tunnels.is_empty() {
+        return 0;
+    }
+    info!(
+        tunnels = tunnels.len(),
+        "waiting for WebSocket tunnels to close"
+    );
+    let cut = tunnels.drain(within).await;
+    if cut == 0 {
+        info!("WebSocket tunnels closed");
+    } else {
+        warn!(
+            tunnels = cut,
+            "grace period over with WebSocket tunnels open; closing them"
+        );
+    }
+    cut
 }
 
 impl Running {

@@ -44,7 +44,9 @@ impl Tunnels {
 
     /// Waits up to `grace` for every open tunnel to close by itself, then
     /// cuts the rest (both of their connections close). Returns how many
-    /// were cut. Tunnels opened after this is called are waited for too.
+    /// were cut. Call it once no tunnel can open any more (every client
+    /// connection has ended): one opened after the wait is over is not
+    /// waited for.
     pub async fn drain(&self, grace: Duration) -> usize {
         self.open.close();
         if tokio::time::timeout(grace, self.open.wait()).await.is_ok() {
