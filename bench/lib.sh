@@ -301,7 +301,6 @@ envoy_config() {
   local cache="" h2=""
   [[ $1 -gt 0 ]] && cache="jwt_cache_config: { jwt_cache_size: $1 }"
   [[ ${2:-} == h2 ]] && h2='typed_extension_protocol_options: { envoy.extensions.upstreams.http.v3.HttpProtocolOptions: { "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions, explicit_http_config: { http2_protocol_options: {} } } }'
-
   cat <<EOF
 # Envoy with jwt_authn: same JWKS (inline file), issuer and audience.
 admin: { address: { socket_address: { address: 127.0.0.1, port_value: $P_ENVOY_ADMIN } } }

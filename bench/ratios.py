@@ -12,7 +12,8 @@ compare requests/s and CPU per request with `nginx` (`nginx-1000conn` for
 the 1,000-connection one), and requests/s with `nginx-stream` if the run
 has it, fixed-rate ones p50 and p99 latency with
 `nginx-rate`, and idgate's throughput variants also with Envoy's of the same
-kind. With several rounds (ROUNDS without BINS), the median of each ratio
+kind; `idgate-notoken` and `idgate-public` also with `idgate-1token` of
+their round (`SAME_ROUND`). With several rounds (ROUNDS without BINS), the median of each ratio
 follows; an A/B's rows (bench/sidecar.sh's BINS) are listed one by one,
 never pooled.
 
@@ -43,6 +44,11 @@ ENVOY = {
     # idgate's forward-auth behind Envoy against Envoy's own jwt_authn
     "extauthz": "envoy-1token",
 }
+
+
+# idgate variants that differ from one token by one flag -> the variant
+# they are compared with in their round (an A/B of the flag).
+SAME_ROUND = {"idgate-notoken": "idgate-1token", "idgate-public": "idgate-1token"}
 
 
 # A variant's nginx row by the end of its name, else `nginx`.
@@ -161,6 +167,10 @@ def main(paths):
             stream = peer(label, "nginx-stream")
             if stream:
                 found.append(("req/s / nginx-stream", against(stream, "rps")))
+        flag_off = SAME_ROUND.get(base)
+        flag_ref = flag_off and peer(label, flag_off)
+        if flag_ref:
+            found.append((f"req/s / {flag_off}", against(flag_ref, "rps")))
         other = ENVOY.get(base)
         envoy = other and peer(label, other)
         if envoy:
@@ -202,7 +212,7 @@ def main(paths):
             goal = GOALS.get((variant, k))
             if goal:
                 meets = f", goal {goal[0]} met in {sum(map(goal[1], v))} of {len(v)}"
-            elif k.split(" / ")[1] in first_bin.values():
+            elif k.split(" / ")[1] in [*first_bin.values(), *SAME_ROUND.values()]:
                 meets = f", above 1 in {sum(x > 1 for x in v)} of {len(v)}"
             else:
                 meets = ""
