@@ -286,26 +286,68 @@ async fn response_bodies_stream() {
     let up = upstream().await;
     let s = settings(Some(&up.url()), |_| {});
     let (sidecar, _) = sidecar(&s, no_gate()).await;
-    let res = within(
-        "response headers",
-        client().request(get_req(
-            &format!("http://{}/stream-down", sidecar.addr()),
-            &[],
-        )),
-    )
-    .await
-    .unwrap();
-    assert_eq!(res.status(), StatusCode::OK);
-    let mut body = res.into_body();
-    // The first chunk arrives while the upstream still holds the second.
-    let first = within("the first chunk", body.frame())
+    // HTTP/1.1, and HTTP/2, whose answers the proxy joins into larger
+    // frames: only chunks already there, so none waits for the next.
+    for (version, client) in [("HTTP/1.1", client()), ("HTTP/2", h2c_client())] {
+        let res = within(
+            "response headers",
+            client.request(get_req(
+                &format!("http://{}/stream-down", sidecar.addr()),
+                &[],
+            )),
+        )
         .await
-        .unwrap()
         .unwrap();
-    assert_eq!(first.into_data().unwrap(), Bytes::from_static(b"first;"));
-    up.state.release_down.notify_one();
-    let rest = within("the rest", body.collect()).await.unwrap().to_bytes();
-    assert_eq!(rest, Bytes::from_static(b"second"));
+        assert_eq!(res.status(), StatusCode::OK, "{version}");
+        let mut body = res.into_body();
+        // The first chunk arrives while the upstream still holds the second.
+        let first = within("the first chunk", body.frame())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            first.into_data().unwrap(),
+            Bytes::from_static(b"first;"),
+            "{version}"
+        );
+        up.state.release_down.notify_one();
+        let rest = within("the rest", body.collect()).await.unwrap().to_bytes();
+        assert_eq!(rest, Bytes::from_static(b"second"), "{version}");
+    }
+    sidecar.shutdown().await;
+}
+
+#[tokio::test]
+async fn h2_answers_in_many_chunks_arrive_whole_in_order_with_their_trailers() {
+    // The upstream sends 1 KiB and 8 KiB chunks as fast as it can: the
+    // proxy reads them ahead and joins those it finds ready.
+    let up = upstream().await;
+    let s = settings(Some(&up.url()), |_| {});
+    let (sidecar, _) = sidecar(&s, no_gate()).await;
+    for (n, size) in [(300, 1024), (128, 8192), (3, 20_000)] {
+        let res = within(
+            "response headers",
+            h2c_client().request(get_req(
+                &format!("http://{}/chunks/{n}/{size}", sidecar.addr()),
+                &[],
+            )),
+        )
+        .await
+        .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        let collected = within("the body", res.into_body().collect()).await.unwrap();
+        let trailers = collected.trailers().cloned();
+        let body = collected.to_bytes();
+        assert_eq!(body.len(), n * size, "{n} chunks of {size}");
+        for (i, chunk) in body.chunks(size).enumerate() {
+            assert!(
+                chunk.iter().all(|&b| b == (i % 251) as u8),
+                "chunk {i} of {n} ({size} bytes) is chunk {i}'s bytes"
+            );
+        }
+        let trailers = trailers.expect("the trailers follow the data");
+        assert_eq!(trailers["x-chunks"], n.to_string().as_str());
+    }
     sidecar.shutdown().await;
 }
 

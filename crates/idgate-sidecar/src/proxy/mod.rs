@@ -5,7 +5,10 @@
 //!   connection driven by the request using it), h2c (prior knowledge,
 //!   hyper-util's client, one multiplexed connection) for callers that came
 //!   in over HTTP/2, such as gRPC.
-//! - Bodies stream both ways; nothing is buffered.
+//! - Bodies stream both ways; nothing waits to be buffered. The h2c
+//!   connection reads up to 64 KiB at a time ([`read_ahead`]), and the
+//!   chunks of an answer to an HTTP/2 caller that are already there go out
+//!   joined, in frames of up to 16 KiB ([`coalesce`]).
 //! - Hop-by-hop headers are removed both ways; `X-Forwarded-*` are set.
 //! - `Upgrade` (WebSocket…) is passed through: once the upstream answers
 //!   101, both connections are upgraded and bytes copied between them
@@ -18,8 +21,10 @@
 //!   the client goes away, hyper drops the future and the upstream request
 //!   with it.
 
+mod coalesce;
 mod error;
 mod pool;
+mod read_ahead;
 mod tunnel;
 mod yield_write;
 
@@ -43,6 +48,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tracing::warn;
 
+use coalesce::Coalesce;
 pub use error::{ProxyFailure, grpc_error, is_grpc, json_error};
 pub use pool::{PoolLimits, UpstreamError};
 pub use tunnel::Tunnels;
@@ -100,7 +106,7 @@ pub struct Proxy {
 struct Inner {
     upstream: Upstream,
     http1: pool::Pool,
-    h2c: Client<HttpConnector, Body>,
+    h2c: Client<read_ahead::Connector, Body>,
     timeout: Duration,
     metrics: Option<Arc<Metrics>>,
     tunnels: Tunnels,
@@ -145,7 +151,7 @@ impl Proxy {
             .http2_only(true)
             .http2_initial_stream_window_size(H2C_STREAM_WINDOW)
             .http2_initial_connection_window_size(H2C_CONNECTION_WINDOW)
-            .build(connector);
+            .build(read_ahead::Connector(connector));
         Proxy {
             inner: Arc::new(Inner {
                 upstream,
@@ -301,8 +307,9 @@ impl Inner {
         };
         let me = self.clone();
         Either::Right(
-            tokio::time::timeout(self.timeout, exchange)
-                .map(move |result| me.answer(result, started, grpc, client_upgrade, body_waits)),
+            tokio::time::timeout(self.timeout, exchange).map(move |result| {
+                me.answer(result, started, grpc, h2, client_upgrade, body_waits)
+            }),
         )
     }
 
@@ -312,6 +319,7 @@ impl Inner {
         result: Result<Result<Response<Body>, UpstreamError>, tokio::time::error::Elapsed>,
         started: Instant,
         grpc: bool,
+        h2: bool,
         client_upgrade: Option<OnUpgrade>,
         body_waits: Option<Arc<AtomicBool>>,
     ) -> Response<Body> {
@@ -365,6 +373,9 @@ impl Inner {
             }
         }
         remove_hop_by_hop(res.headers_mut(), switching);
+        if h2 && more_than_a_frame(res.body()) {
+            res = res.map(|body| Body::new(Coalesce::new(body)));
+        }
         res
     }
 
@@ -431,6 +442,18 @@ impl<B: http_body::Body + Unpin> http_body::Body for Watched<B> {
     fn size_hint(&self) -> http_body::SizeHint {
         self.body.size_hint()
     }
+}
+
+/// An answer's body may come in more than one chunk that [`Coalesce`]
+/// could join: not one known to fit in a frame (most small answers say
+/// their length), which would only pay for the wrapper.
+fn more_than_a_frame(body: &Body) -> bool {
+    use http_body::Body as _;
+    !body.is_end_stream()
+        && body
+            .size_hint()
+            .upper()
+            .is_none_or(|upper| upper > coalesce::FRAME as u64)
 }
 
 /// A request body's frames, its trailers emptied out.

@@ -180,6 +180,22 @@ async fn endless(State(s): State<Arc<UpstreamState>>) -> Body {
     }))
 }
 
+/// `n` chunks of `size` bytes, chunk `i` all of byte `i % 251`, then a
+/// trailer naming `n`: what a streamed answer looks like, frame by frame.
+async fn chunks(Path((n, size)): Path<(usize, usize)>) -> Body {
+    let frames = (0..n)
+        .map(move |i| http_body::Frame::data(Bytes::from(vec![(i % 251) as u8; size])))
+        .chain(std::iter::once_with(move || {
+            let mut trailers = HeaderMap::new();
+            trailers.insert("x-chunks", n.into());
+            http_body::Frame::trailers(trailers)
+        }))
+        .map(Ok::<_, std::convert::Infallible>);
+    Body::new(http_body_util::StreamBody::new(futures_util::stream::iter(
+        frames,
+    )))
+}
+
 /// `n` bytes of `x`, in one chunk.
 async fn bytes(Path(n): Path<usize>) -> Vec<u8> {
     vec![b'x'; n]
@@ -220,6 +236,7 @@ pub async fn upstream() -> Upstream {
         .route("/slow", any(slow))
         .route("/hop", get(hop))
         .route("/bytes/{n}", get(bytes))
+        .route("/chunks/{n}/{size}", get(chunks))
         .route("/endless", get(endless))
         .route("/ws", get(ws))
         .with_state(state.clone());
