@@ -5,7 +5,7 @@
 //! DATA frame, and the h2 crate writes each DATA frame with its own
 //! `writev`: an upstream that sends 8 KiB frames (nginx's) cost 128 writes
 //! a MiB, each one a trip through the kernel's TCP stack and a wake-up of
-//! the reader (BENCHMARKS.md, "HTTP/2 answers"). [`Coalesce`] joins the
+//! the reader (BENCHMARKS.md, "Stop 48"). [`Coalesce`] joins the
 //! chunks that are already there, up to [`FRAME`], into one.
 //!
 //! It never waits for a chunk: what the upstream has not sent yet is not

@@ -3,7 +3,7 @@
 //! The h2 crate reads into a buffer sized for the frame it is decoding: a
 //! large answer from an upstream that sends 8 KiB frames (nginx's) came in
 //! three `recvfrom` calls for every two frames, 190 a MiB, where Envoy
-//! makes 14 (BENCHMARKS.md, "HTTP/2 answers"). [`Connector`] wraps the
+//! makes 14 (BENCHMARKS.md, "Stop 48"). [`Connector`] wraps the
 //! upstream socket in a [`READ_AHEAD`] buffer: one read takes up to that
 //! much, and h2's next reads are served from memory.
 //!
