@@ -67,7 +67,7 @@ impl hyper::service::Service<Request<Incoming>> for PerConnection {
                 Body::new(body)
             } else {
                 Body::new(RequestBody {
-                    body,
+                    body: Some(body),
                     streams: Some(self.streams.clone()),
                 })
             }
@@ -785,10 +785,29 @@ impl Drop for Busy {
 /// next is its next request (`Streams::unread`). A body left unread (the
 /// gate refused the request) leaves the flag set: the connection is not
 /// between requests until its next one, or hyper's header timeout.
+///
+/// Dropped with part of it still to come (the gate refused the request, or
+/// the upstream answered before reading it all), it is read on, and thrown
+/// away, for up to [`LINGER_BYTES`] and [`LINGER_TIME`] ([`linger`]).
+/// Otherwise hyper closes the connection with the client still sending,
+/// and the client's kernel, sent a reset for the bytes that keep coming,
+/// may throw away the answer before the client reads it (RFC 9112, 9.6):
+/// a 401 seen as "connection reset". Read whole, the body also leaves the
+/// connection open for the client's next request.
 struct RequestBody {
-    body: Incoming,
+    /// `None` once handed to [`linger`].
+    body: Option<Incoming>,
     streams: Option<Arc<Streams>>,
 }
+
+/// What of an unread request body is read after its answer (see
+/// [`RequestBody`]): about what a fast client has in flight when the
+/// answer reaches it. A longer body closes the connection once this much
+/// has been read, as before.
+pub const LINGER_BYTES: u64 = 1 << 20;
+
+/// How long an unread request body is read for after its answer, at most.
+pub const LINGER_TIME: Duration = Duration::from_secs(2);
 
 impl http_body::Body for RequestBody {
     type Data = bytes::Bytes;
@@ -798,8 +817,11 @@ impl http_body::Body for RequestBody {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, hyper::Error>>> {
-        let frame = std::pin::Pin::new(&mut self.body).poll_frame(cx);
-        if (matches!(frame, Poll::Ready(None)) || self.body.is_end_stream())
+        let Some(body) = self.body.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let frame = std::pin::Pin::new(&mut *body).poll_frame(cx);
+        if (matches!(frame, Poll::Ready(None)) || body.is_end_stream())
             && let Some(streams) = self.streams.take()
         {
             streams.unread.store(false, Ordering::Relaxed);
@@ -808,11 +830,52 @@ impl http_body::Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        self.body.as_ref().is_none_or(Incoming::is_end_stream)
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        self.body.size_hint()
+        self.body
+            .as_ref()
+            .map_or_else(|| http_body::SizeHint::with_exact(0), Incoming::size_hint)
+    }
+}
+
+impl Drop for RequestBody {
+    fn drop(&mut self) {
+        // Read whole (`streams` is taken at its end), or no runtime to read
+        // the rest on: nothing to do.
+        let Some(streams) = self.streams.take() else {
+            return;
+        };
+        if let (Some(body), Ok(runtime)) = (self.body.take(), tokio::runtime::Handle::try_current())
+        {
+            runtime.spawn(linger(body, streams));
+        }
+    }
+}
+
+/// Reads what is left of a request body that was answered without it, up
+/// to [`LINGER_BYTES`] and for at most [`LINGER_TIME`], and throws it away.
+/// Read to its end, the connection is between requests again. Otherwise
+/// the body is dropped and hyper closes the connection, as it would have.
+async fn linger(mut body: Incoming, streams: Arc<Streams>) {
+    use http_body_util::BodyExt as _;
+    let read_whole = tokio::time::timeout(LINGER_TIME, async {
+        let mut read = 0u64;
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else { return false };
+            read += frame.data_ref().map_or(0, |d| d.len() as u64);
+            if read > LINGER_BYTES {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    if read_whole == Ok(true) {
+        streams.unread.store(false, Ordering::Relaxed);
+    } else {
+        debug!("request body not read to its end after its answer; closing the connection");
     }
 }
 

@@ -15,6 +15,8 @@ use idgate_sidecar::serve::{Running, Wiring, start};
 use idgate_testkit::{
     Issuer, IssuerOptions, TestKey, default_header, google_claims, mint, now_unix,
 };
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 const AUD: &str = "https://svc.example";
 
@@ -558,5 +560,95 @@ async fn forward_auth_judges_the_original_request() {
     let (status, _, body) = send(&c, get_req(&auth, &[("x-forwarded-uri", "private")])).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(echoed(&body)["reason"], "invalid_forwarded_uri");
+    sidecar.shutdown().await;
+}
+
+/// A gated sidecar (the issuer kept alive beside it).
+async fn gated_sidecar() -> (Running, Issuer) {
+    let issuer = Issuer::start().await;
+    let up = upstream().await;
+    let s = settings(Some(&up.url()), |a| {
+        a.member = vec!["user:alice@example.com".into()];
+        a.jwks_url = vec![issuer.jwks_url()];
+    });
+    let (sidecar, _) = start_with_gate(&s).await;
+    (sidecar, issuer)
+}
+
+/// A raw connection to `sidecar` that has sent the head of a POST without
+/// a token, announcing `len` bytes of body.
+async fn post_without_token(sidecar: &Running, len: usize) -> TcpStream {
+    let mut conn = TcpStream::connect(sidecar.addr()).await.unwrap();
+    let head = format!("POST /headers HTTP/1.1\r\nhost: a\r\ncontent-length: {len}\r\n\r\n");
+    conn.write_all(head.as_bytes()).await.unwrap();
+    conn
+}
+
+/// Whether the server closes `conn` (EOF or a reset) within the deadline,
+/// after whatever it still had to say.
+async fn closes(conn: &mut (impl AsyncRead + Unpin)) -> bool {
+    let mut sink = [0u8; 4096];
+    loop {
+        match within("the connection's end", conn.read(&mut sink)).await {
+            Ok(0) | Err(_) => return true,
+            Ok(_) => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_refused_requests_body_is_read_so_the_client_gets_the_refusal_and_keeps_its_connection() {
+    // Without that read, the server closes the connection with the client
+    // still sending: its kernel answers the bytes that keep coming with a
+    // reset, which can destroy the 401 before the client reads it.
+    let (sidecar, _issuer) = gated_sidecar().await;
+    let body = vec![b'x'; 512 << 10];
+    let (mut rd, mut wr) = post_without_token(&sidecar, body.len()).await.into_split();
+    let sending = tokio::spawn(async move { wr.write_all(&body).await.map(|()| wr) });
+    let (head, answer) = read_response(&mut rd).await;
+    assert!(head.starts_with("http/1.1 401"), "{head}");
+    assert_eq!(echoed(&answer)["reason"], "missing_token");
+    let mut wr = within("the client's body sent", sending)
+        .await
+        .unwrap()
+        .expect("the whole body is taken, not reset");
+
+    // The same connection carries the next request.
+    wr.write_all(b"GET /headers HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, _) = read_response(&mut rd).await;
+    assert!(head.starts_with("http/1.1 401"), "the next answer: {head}");
+    sidecar.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_refused_requests_body_is_read_only_so_far_and_so_long() {
+    let (sidecar, _issuer) = gated_sidecar().await;
+
+    // Past LINGER_BYTES the connection closes after the refusal, as it did
+    // before there was any reading on.
+    let len = 3 * idgate_sidecar::server::LINGER_BYTES as usize;
+    let (mut rd, mut wr) = post_without_token(&sidecar, len).await.into_split();
+    let sending = tokio::spawn(async move {
+        let chunk = vec![b'x'; 64 << 10];
+        let mut sent = 0;
+        while sent < len && wr.write_all(&chunk).await.is_ok() {
+            sent += chunk.len();
+        }
+        // Kept open: the server, not the client's end, closes it.
+        wr
+    });
+    let (head, _) = read_response(&mut rd).await;
+    assert!(head.starts_with("http/1.1 401"), "{head}");
+    assert!(closes(&mut rd).await);
+    drop(within("the client's writes end", sending).await.unwrap());
+
+    // And a client that stops sending is not waited for past LINGER_TIME.
+    let mut conn = post_without_token(&sidecar, 1 << 20).await;
+    conn.write_all(&[b'x'; 1000]).await.unwrap();
+    let (head, _) = read_response(&mut conn).await;
+    assert!(head.starts_with("http/1.1 401"), "{head}");
+    assert!(closes(&mut conn).await);
     sidecar.shutdown().await;
 }

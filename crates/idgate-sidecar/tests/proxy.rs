@@ -636,22 +636,6 @@ async fn client_disconnect_cancels_the_upstream_request() {
 }
 
 /// Reads an HTTP/1.1 response head from a raw connection.
-async fn read_head(conn: &mut TcpStream) -> String {
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        let n = within("the response head", conn.read(&mut byte))
-            .await
-            .unwrap();
-        assert!(
-            n > 0,
-            "connection closed after {:?}",
-            String::from_utf8_lossy(&head)
-        );
-        head.push(byte[0]);
-    }
-    String::from_utf8(head).unwrap()
-}
 
 #[tokio::test]
 async fn only_websocket_upgrades_are_passed_on() {
@@ -764,19 +748,7 @@ async fn a_request_head_over_64_kib_is_refused() {
 async fn raw_exchange(addr: std::net::SocketAddr, request: &[u8]) -> (String, Bytes) {
     let mut conn = TcpStream::connect(addr).await.unwrap();
     conn.write_all(request).await.unwrap();
-    let head = read_head(&mut conn).await.to_ascii_lowercase();
-    let len: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .expect("a content-length")
-        .trim()
-        .parse()
-        .unwrap();
-    let mut body = vec![0u8; len];
-    within("the body", conn.read_exact(&mut body))
-        .await
-        .unwrap();
-    (head, Bytes::from(body))
+    read_response(&mut conn).await
 }
 
 #[tokio::test]

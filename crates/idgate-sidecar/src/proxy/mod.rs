@@ -444,9 +444,9 @@ impl<B: http_body::Body + Unpin> http_body::Body for Watched<B> {
     }
 }
 
-/// An answer's body may come in more than one chunk that [`Coalesce`]
-/// could join: not one known to fit in a frame (most small answers say
-/// their length), which would only pay for the wrapper.
+/// Whether an answer's body is worth [`Coalesce`]: one not known to fit
+/// in a single frame. Most small answers give their length, and wrapping
+/// them would only cost an allocation.
 fn more_than_a_frame(body: &Body) -> bool {
     use http_body::Body as _;
     !body.is_end_stream()

@@ -24,6 +24,7 @@ use idgate_sidecar::Body;
 use idgate_sidecar::config::{self, Settings, SettingsArgs};
 use idgate_sidecar::metrics::Metrics;
 use idgate_sidecar::serve::{Running, Wiring, start};
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::{Notify, mpsc};
 
 /// How long any wait in a test may take before it fails.
@@ -351,4 +352,42 @@ pub async fn refused_addr() -> SocketAddr {
     let addr = l.local_addr().unwrap();
     drop(l);
     addr
+}
+
+/// Reads an HTTP/1.1 response head off a raw connection, byte by byte (so
+/// that nothing after it is consumed), failing the test if the connection
+/// closes first or after [`DEADLINE`].
+pub async fn read_head(conn: &mut (impl AsyncRead + Unpin)) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = within("the response head", conn.read(&mut byte))
+            .await
+            .unwrap();
+        assert!(
+            n > 0,
+            "connection closed after {:?}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(byte[0]);
+    }
+    String::from_utf8(head).unwrap()
+}
+
+/// Reads a whole HTTP/1.1 response with a `content-length` off a raw
+/// connection: its head, lowercased, and its body.
+pub async fn read_response(conn: &mut (impl AsyncRead + Unpin)) -> (String, Bytes) {
+    let head = read_head(conn).await.to_ascii_lowercase();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .expect("a content-length")
+        .trim()
+        .parse()
+        .unwrap();
+    let mut body = vec![0u8; len];
+    within("the body", conn.read_exact(&mut body))
+        .await
+        .unwrap();
+    (head, Bytes::from(body))
 }
