@@ -151,7 +151,7 @@ impl Proxy {
             .http2_only(true)
             .http2_initial_stream_window_size(H2C_STREAM_WINDOW)
             .http2_initial_connection_window_size(H2C_CONNECTION_WINDOW)
-            .build(read_ahead::Connector(connector));
+            .build(read_ahead::connector(connector));
         Proxy {
             inner: Arc::new(Inner {
                 upstream,

@@ -3,51 +3,38 @@
 //! The h2 crate reads into a buffer sized for the frame it is decoding: a
 //! large answer from an upstream that sends 8 KiB frames (nginx's) came in
 //! three `recvfrom` calls for every two frames, 190 a MiB, where Envoy
-//! makes 14 (BENCHMARKS.md, "Stop 48"). [`Connector`] wraps the
+//! makes 14 (BENCHMARKS.md, "Stop 48"). [`connector`] wraps the
 //! upstream socket in a [`READ_AHEAD`] buffer: one read takes up to that
 //! much, and h2's next reads are served from memory.
 //!
 //! All HTTP/2 callers share the one h2c connection, so the buffer is one
 //! per upstream, not one per caller.
 
-use std::future::Future;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use http::Uri;
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, BufReader, ReadBuf};
 use tokio::net::TcpStream;
+use tower::ServiceExt as _;
+use tower::util::MapResponse;
 
 /// What one read from the h2c upstream may take.
 const READ_AHEAD: usize = 64 << 10;
 
 /// [`HttpConnector`], its connections wrapped in a [`ReadAhead`].
-#[derive(Clone, Debug)]
-pub struct Connector(pub HttpConnector);
+pub type Connector = MapResponse<HttpConnector, fn(TokioIo<TcpStream>) -> TokioIo<ReadAhead>>;
 
-type Connecting = Pin<Box<dyn Future<Output = io::Result<TokioIo<ReadAhead>>> + Send>>;
-
-impl tower_service::Service<Uri> for Connector {
-    type Response = TokioIo<ReadAhead>;
-    type Error = io::Error;
-    type Future = Connecting;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.0.poll_ready(cx).map_err(io::Error::other)
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let connecting = self.0.call(uri);
-        Box::pin(async move {
-            let stream = connecting.await.map_err(io::Error::other)?.into_inner();
-            Ok(TokioIo::new(ReadAhead(BufReader::with_capacity(
-                READ_AHEAD, stream,
-            ))))
-        })
-    }
+/// A connector for the h2c client: `connector`'s connections, read ahead.
+pub fn connector(connector: HttpConnector) -> Connector {
+    connector.map_response(|io| {
+        TokioIo::new(ReadAhead(BufReader::with_capacity(
+            READ_AHEAD,
+            io.into_inner(),
+        )))
+    })
 }
 
 /// An upstream socket whose reads are buffered ([`READ_AHEAD`]); writes
