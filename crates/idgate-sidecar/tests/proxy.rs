@@ -383,6 +383,78 @@ async fn request_bodies_stream() {
     sidecar.shutdown().await;
 }
 
+/// A POST of `size` bytes, streamed in 16 KiB parts as fast as the proxy
+/// takes them.
+fn streamed_post(url: &str, size: usize) -> http::Request<Body> {
+    let chunk = Bytes::from(vec![b'x'; 16 << 10]);
+    let n = size.div_ceil(chunk.len());
+    let parts =
+        futures_util::stream::iter(std::iter::repeat_n(chunk, n).map(Ok::<_, std::io::Error>));
+    http::Request::post(url)
+        .body(Body::from_stream(parts))
+        .unwrap()
+}
+
+/// Many servers answer before reading a body they do not want (a 413, a
+/// 401) and close with the rest unsent: the proxy's next write fails, and
+/// the answer waits in the socket. The client gets that answer, not a 502.
+#[tokio::test]
+async fn an_upstream_that_answers_before_reading_the_body_is_passed_on() {
+    let up = upstream().await;
+    let s = settings(Some(&up.url()), |_| {});
+    let (sidecar, metrics) = sidecar(&s, no_gate()).await;
+    let url = format!("http://{}/early", sidecar.addr());
+    for size in [1usize << 10, 64 << 10, 512 << 10, 4 << 20] {
+        for (name, c) in [("h1", client()), ("h2c", h2c_client())] {
+            let (status, _, body) = send(&c, streamed_post(&url, size)).await;
+            assert_eq!(
+                (status, &body[..]),
+                (StatusCode::OK, &b"early"[..]),
+                "{name}, {size} bytes: {}",
+                String::from_utf8_lossy(&body)
+            );
+        }
+    }
+    let text = metrics.encode();
+    assert!(!text.contains("upstream_error"), "{text}");
+    sidecar.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_upstream_that_closes_without_answering_is_502_at_once() {
+    // It reads part of the head and closes, the body still coming: the
+    // proxy's write fails and nothing is there to read.
+    let closing = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let closing_addr = closing.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        while let Ok((mut conn, _)) = closing.accept().await {
+            let mut some = [0u8; 16];
+            let _ = conn.read(&mut some).await;
+        }
+    });
+    let s = settings(Some(&format!("http://{closing_addr}")), |a| {
+        // Far past the test's deadline: a held write would show as a hang.
+        a.request_timeout = Some("60s".into());
+    });
+    let (sidecar, metrics) = sidecar(&s, no_gate()).await;
+    let url = format!("http://{}/upload", sidecar.addr());
+    for size in [64 << 10, 4 << 20] {
+        let (status, _, body) = send(&client(), streamed_post(&url, size)).await;
+        assert_eq!(status, StatusCode::BAD_GATEWAY, "{size} bytes");
+        assert_eq!(
+            echoed(&body),
+            serde_json::json!({"error": "bad_gateway", "reason": "upstream_error"})
+        );
+    }
+    assert!(
+        metrics
+            .encode()
+            .contains("idgate_upstream_duration_seconds_count{result=\"upstream_error\"} 2")
+    );
+    sidecar.shutdown().await;
+    server.abort();
+}
+
 #[tokio::test]
 async fn h2c_requests_go_upstream_as_h2c() {
     let up = upstream().await;

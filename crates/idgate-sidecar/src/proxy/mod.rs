@@ -22,6 +22,7 @@
 //!   with it.
 
 mod coalesce;
+mod early_answer;
 mod error;
 mod pool;
 mod read_ahead;

@@ -51,10 +51,11 @@ use hyper_util::rt::TokioIo;
 use idgate::Clock;
 use tokio::net::TcpStream;
 
+use super::early_answer::EarlyAnswer;
 use super::yield_write::YieldBeforeWrite;
 use crate::Body;
 
-type Conn = http1::Connection<TokioIo<YieldBeforeWrite<TcpStream>>, Body>;
+type Conn = http1::Connection<TokioIo<EarlyAnswer<YieldBeforeWrite<TcpStream>>>, Body>;
 
 /// Why a request got no response from the upstream.
 #[derive(Debug, thiserror::Error)]
@@ -278,7 +279,9 @@ impl Pool {
         let (send, conn) = self
             .shared
             .builder
-            .handshake(TokioIo::new(YieldBeforeWrite::for_this_runtime(stream)))
+            .handshake(TokioIo::new(EarlyAnswer::new(
+                YieldBeforeWrite::for_this_runtime(stream),
+            )))
             .await
             .map_err(UpstreamError::Http)?;
         Ok(Lease {

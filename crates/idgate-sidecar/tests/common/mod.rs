@@ -197,6 +197,12 @@ async fn chunks(Path((n, size)): Path<(usize, usize)>) -> Body {
     )))
 }
 
+/// Answers at once without reading the request's body: hyper then closes
+/// the connection with the body unread, as many servers do.
+async fn early() -> &'static str {
+    "early"
+}
+
 /// `n` bytes of `x`, in one chunk.
 async fn bytes(Path(n): Path<usize>) -> Vec<u8> {
     vec![b'x'; n]
@@ -240,6 +246,7 @@ pub async fn upstream() -> Upstream {
         .route("/chunks/{n}/{size}", get(chunks))
         .route("/endless", get(endless))
         .route("/ws", get(ws))
+        .route("/early", any(early))
         .with_state(state.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
