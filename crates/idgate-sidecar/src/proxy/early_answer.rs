@@ -168,25 +168,13 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for EarlyAnswer<T> {
 #[cfg(test)]
 mod tests {
     use std::future::poll_fn;
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::task::Wake;
     use std::time::Duration;
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};
 
+    use super::super::counted_waker::CountedWaker;
     use super::*;
-
-    /// Counts its wakes.
-    #[derive(Default)]
-    struct Wakes(AtomicUsize);
-
-    impl Wake for Wakes {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
 
     /// A connection to a peer that writes `answer`, closes its side if
     /// `shut` (as hyper's server does), and closes the socket with what it
@@ -255,9 +243,8 @@ mod tests {
         assert!(stream.holds());
 
         // The writer is woken when the reads end, not before.
-        let woken = Arc::new(Wakes::default());
-        let waker = Waker::from(woken.clone());
-        let mut cx = Context::from_waker(&waker);
+        let woken = CountedWaker::new();
+        let mut cx = woken.cx();
         assert!(
             Pin::new(&mut stream)
                 .poll_write(&mut cx, b"more")
@@ -267,7 +254,7 @@ mod tests {
 
         let answer = read_to_the_end(&mut stream).await;
         assert_eq!(answer, b"HTTP/1.1 413 \r\n\r\n");
-        assert_eq!(woken.0.load(Ordering::SeqCst), 1);
+        assert_eq!(woken.wakes(), 1);
 
         // Now the write fails as it did at first.
         let Poll::Ready(Err(e)) = Pin::new(&mut stream).poll_write(&mut cx, b"more") else {

@@ -22,6 +22,8 @@
 //!   with it.
 
 mod coalesce;
+#[cfg(test)]
+mod counted_waker;
 mod early_answer;
 mod error;
 mod pool;

@@ -127,26 +127,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for YieldBeforeWrite<T> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::task::{Wake, Waker};
-
     use tokio::io::AsyncReadExt;
 
+    use super::super::counted_waker::CountedWaker;
     use super::*;
-
-    /// Counts its wakes.
-    #[derive(Default)]
-    struct Wakes(AtomicUsize);
-
-    impl Wake for Wakes {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-        fn wake_by_ref(self: &Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
 
     /// A write as hyper makes it (vectored, one slice per buffer) or plain.
     fn write(
@@ -162,34 +146,29 @@ mod tests {
         }
     }
 
-    fn wakes(wakes: &Wakes) -> usize {
-        wakes.0.load(Ordering::SeqCst)
-    }
-
     async fn each_write_waits_one_turn(vectored: bool) {
         let (ours, mut theirs) = tokio::io::duplex(4);
         let mut stream = YieldBeforeWrite::for_this_runtime(ours);
-        let woken = Arc::new(Wakes::default());
-        let waker = Waker::from(woken.clone());
-        let mut cx = Context::from_waker(&waker);
+        let woken = CountedWaker::new();
+        let mut cx = woken.cx();
         let mut write = |bytes: &[u8]| write(&mut stream, &mut cx, bytes, vectored);
 
         // First attempt: nothing written, the task woken to come back.
         assert!(write(b"ab").is_pending());
-        assert_eq!(wakes(&woken), 1);
+        assert_eq!(woken.wakes(), 1);
         // Its turn: the bytes go out.
         assert!(matches!(write(b"ab"), Poll::Ready(Ok(2))));
         // The next write waits a turn of its own.
         assert!(write(b"cd").is_pending());
-        assert_eq!(wakes(&woken), 2);
+        assert_eq!(woken.wakes(), 2);
         assert!(matches!(write(b"cd"), Poll::Ready(Ok(2))));
 
         // The pipe (4 bytes) is full: after its turn the write waits for
         // room, and once there is room it goes out without another turn.
         assert!(write(b"e").is_pending());
-        assert_eq!(wakes(&woken), 3);
+        assert_eq!(woken.wakes(), 3);
         assert!(write(b"e").is_pending());
-        assert_eq!(wakes(&woken), 3, "waits for room, not for a turn");
+        assert_eq!(woken.wakes(), 3, "waits for room, not for a turn");
         let mut buf = [0u8; 4];
         theirs.read_exact(&mut buf).await.unwrap();
         assert_eq!(&buf, b"abcd");
@@ -198,11 +177,11 @@ mod tests {
         // Six bytes into three of room: the first part goes after the turn,
         // the rest waits for room without another turn.
         assert!(write(b"fghijk").is_pending());
-        let turns = wakes(&woken);
+        let turns = woken.wakes();
         assert!(matches!(write(b"fghijk"), Poll::Ready(Ok(3))));
         assert!(write(b"ijk").is_pending());
         assert_eq!(
-            wakes(&woken),
+            woken.wakes(),
             turns,
             "the rest waits for room, not for a turn"
         );
@@ -226,13 +205,12 @@ mod tests {
     async fn on_the_multi_threaded_runtime_writes_do_not_yield() {
         let (ours, _theirs) = tokio::io::duplex(4);
         let mut stream = YieldBeforeWrite::for_this_runtime(ours);
-        let woken = Arc::new(Wakes::default());
-        let waker = Waker::from(woken.clone());
-        let mut cx = Context::from_waker(&waker);
+        let woken = CountedWaker::new();
+        let mut cx = woken.cx();
         assert!(matches!(
             write(&mut stream, &mut cx, b"ab", true),
             Poll::Ready(Ok(2))
         ));
-        assert_eq!(wakes(&woken), 0);
+        assert_eq!(woken.wakes(), 0);
     }
 }
