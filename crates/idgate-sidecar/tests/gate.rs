@@ -650,3 +650,46 @@ async fn a_refused_requests_body_is_read_only_so_far_and_so_long() {
     assert_closes(&mut conn).await;
     sidecar.shutdown().await;
 }
+
+/// curl and most HTTP libraries send `Expect: 100-continue` before a large
+/// body and wait for the 100 to send it. A refused request gets its refusal
+/// instead, so the client never uploads a body only to be refused, and no
+/// 100 follows the refusal (the client would take it for the answer to its
+/// next request). An allowed one gets the 100, then the upstream's answer.
+#[tokio::test]
+async fn expect_100_continue_is_granted_only_to_an_allowed_request() {
+    let (sidecar, issuer) = gated_sidecar().await;
+
+    let mut conn = TcpStream::connect(sidecar.addr()).await.unwrap();
+    conn.write_all(
+        b"POST /stream-up HTTP/1.1\r\nhost: a\r\nexpect: 100-continue\r\ncontent-length: 9\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let (head, answer) = read_response(&mut conn).await;
+    assert!(head.starts_with("http/1.1 401"), "{head}");
+    assert_eq!(echoed(&answer)["reason"], "missing_token");
+    // A client may send the body anyway; the next answer on the connection
+    // is the next request's.
+    conn.write_all(b"123456789GET /headers HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, _) = read_response(&mut conn).await;
+    assert!(head.starts_with("http/1.1 401"), "the next answer: {head}");
+
+    let token = google_token(&issuer, "alice@example.com");
+    let mut conn = TcpStream::connect(sidecar.addr()).await.unwrap();
+    let head = format!(
+        "POST /stream-up HTTP/1.1\r\nhost: a\r\nauthorization: Bearer {token}\r\n\
+         expect: 100-continue\r\ncontent-length: 9\r\n\r\n"
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    // Nothing of the body is sent until the 100 comes.
+    let interim = read_head(&mut conn).await;
+    assert!(interim.starts_with("HTTP/1.1 100"), "{interim}");
+    conn.write_all(b"123456789").await.unwrap();
+    let (head, answer) = read_response(&mut conn).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert_eq!(&answer[..], b"9", "the upstream read the whole body");
+    sidecar.shutdown().await;
+}
