@@ -415,7 +415,7 @@ async fn an_upstream_that_answers_before_reading_the_body_is_passed_on() {
             );
         }
     }
-    let text = metrics.encode();
+    let text = assert_upstream_results(&metrics, "ok", 8);
     assert!(!text.contains("upstream_error"), "{text}");
     sidecar.shutdown().await;
 }
@@ -424,15 +424,12 @@ async fn an_upstream_that_answers_before_reading_the_body_is_passed_on() {
 async fn an_upstream_that_closes_without_answering_is_502_at_once() {
     // It reads part of the head and closes, the body still coming: the
     // proxy's write fails and nothing is there to read.
-    let closing = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let closing_addr = closing.local_addr().unwrap();
-    let server = tokio::spawn(async move {
-        while let Ok((mut conn, _)) = closing.accept().await {
-            let mut some = [0u8; 16];
-            let _ = conn.read(&mut some).await;
-        }
-    });
-    let s = settings(Some(&format!("http://{closing_addr}")), |a| {
+    let (closing, server) = raw_upstream(|mut conn| async move {
+        let mut some = [0u8; 16];
+        let _ = conn.read(&mut some).await;
+    })
+    .await;
+    let s = settings(Some(&format!("http://{closing}")), |a| {
         // Far past the test's deadline: a held write would show as a hang.
         a.request_timeout = Some("60s".into());
     });
@@ -446,11 +443,7 @@ async fn an_upstream_that_closes_without_answering_is_502_at_once() {
             serde_json::json!({"error": "bad_gateway", "reason": "upstream_error"})
         );
     }
-    assert!(
-        metrics
-            .encode()
-            .contains("idgate_upstream_duration_seconds_count{result=\"upstream_error\"} 2")
-    );
+    assert_upstream_results(&metrics, "upstream_error", 2);
     sidecar.shutdown().await;
     server.abort();
 }
@@ -548,11 +541,7 @@ async fn unreachable_upstream_is_502() {
         assert_eq!(headers["grpc-status"], "14", "{content_type}");
     }
 
-    assert!(
-        metrics
-            .encode()
-            .contains("idgate_upstream_duration_seconds_count{result=\"upstream_unreachable\"} 3")
-    );
+    assert_upstream_results(&metrics, "upstream_unreachable", 3);
     sidecar.shutdown().await;
 }
 
@@ -589,6 +578,37 @@ async fn slow_upstream_is_504() {
 
 fn upstream_timeout() -> serde_json::Value {
     serde_json::json!({"error": "gateway_timeout", "reason": "upstream_timeout"})
+}
+
+/// Fails unless the metrics count `n` upstream requests ended with `result`;
+/// returns the metrics' text.
+fn assert_upstream_results(
+    metrics: &idgate_sidecar::metrics::Metrics,
+    result: &str,
+    n: usize,
+) -> String {
+    let text = metrics.encode();
+    let line = format!("idgate_upstream_duration_seconds_count{{result=\"{result}\"}} {n}\n");
+    assert!(text.contains(&line), "no {line:?} in:\n{text}");
+    text
+}
+
+/// An upstream that misbehaves: a listener on loopback that hands each
+/// connection it accepts to `each`, in a task of its own. Abort the
+/// returned task to stop it.
+async fn raw_upstream<F, Fut>(each: F) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>)
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((conn, _)) = listener.accept().await {
+            tokio::spawn(each(conn));
+        }
+    });
+    (addr, task)
 }
 
 /// A request body fed from a channel: the test sends its parts, and the
@@ -638,11 +658,7 @@ async fn a_client_that_stops_sending_its_body_gets_408_not_the_upstreams_504() {
         }
         drop(tx);
     }
-    let text = metrics.encode();
-    assert!(
-        text.contains("idgate_upstream_duration_seconds_count{result=\"request_body_timeout\"} 2"),
-        "{text}"
-    );
+    let text = assert_upstream_results(&metrics, "request_body_timeout", 2);
     assert!(!text.contains("upstream_timeout"), "{text}");
     sidecar.shutdown().await;
 }
@@ -652,15 +668,12 @@ async fn an_upstream_that_stops_reading_the_body_is_504() {
     // It accepts and never reads: the proxy stops taking the client's body
     // once the sockets between them are full, so it is the upstream that
     // holds the request up, though the body is unfinished.
-    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let silent_addr = silent.local_addr().unwrap();
-    let held = tokio::spawn(async move {
-        let mut conns = Vec::new();
-        while let Ok((conn, _)) = silent.accept().await {
-            conns.push(conn);
-        }
-    });
-    let s = settings(Some(&format!("http://{silent_addr}")), |a| {
+    let (silent, held) = raw_upstream(|conn| async move {
+        let _kept = conn;
+        std::future::pending::<()>().await;
+    })
+    .await;
+    let s = settings(Some(&format!("http://{silent}")), |a| {
         // Long enough for the sockets to fill on a busy machine first.
         a.request_timeout = Some("2s".into());
     });
@@ -679,11 +692,7 @@ async fn an_upstream_that_stops_reading_the_body_is_504() {
         .unwrap()
         .to_bytes();
     assert_eq!(echoed(&body), upstream_timeout());
-    assert!(
-        metrics
-            .encode()
-            .contains("idgate_upstream_duration_seconds_count{result=\"upstream_timeout\"} 1")
-    );
+    assert_upstream_results(&metrics, "upstream_timeout", 1);
     sidecar.shutdown().await;
     held.abort();
 }
