@@ -13,6 +13,10 @@
 //! - `Upgrade` (WebSocket…) is passed through: once the upstream answers
 //!   101, both connections are upgraded and bytes copied between them
 //!   ([`Tunnels`], which a shutdown drains).
+//! - An HTTP/1.1 upstream that answers before it has read the request's
+//!   body, and closes, has its answer passed on: a write of the body that
+//!   fails because it closed waits until what it sent is read
+//!   ([`early_answer`]).
 //! - No response headers within the request timeout: 504, or 408 when the
 //!   upstream connection was waiting on the client for more of the
 //!   request's body. Upstream unreachable or broken: 502. gRPC callers get
