@@ -6,6 +6,7 @@
 //! | `/slow`     | answers only when the test releases it                        |
 //! | `/download` | `?bytes=N`: N bytes, streamed in 64 KiB chunks                 |
 //! | `/ws`       | WebSocket: says which principal it saw, then echoes           |
+//! | `/too-large`| 413 at once, the body unread (hyper then closes, as many do)  |
 //! | anything    | echoes method, path, query, headers and the body's length     |
 //!
 //! Request bodies are counted as they stream in, never held whole.
@@ -65,6 +66,7 @@ impl Upstream {
             .route("/slow", get(slow))
             .route("/download", get(download))
             .route("/ws", get(ws))
+            .route("/too-large", axum::routing::any(too_large))
             .fallback(echo)
             .with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -188,6 +190,12 @@ async fn echo(State(s): State<Arc<Shared>>, req: Request<Body>) -> Response {
         "body_bytes": body_bytes,
     }))
     .into_response()
+}
+
+/// A body limit that answers on the head alone: the body is never read, so
+/// hyper closes the connection after the answer with the body still coming.
+async fn too_large() -> (StatusCode, &'static str) {
+    (StatusCode::PAYLOAD_TOO_LARGE, "too large")
 }
 
 fn channel_body(rx: mpsc::Receiver<Bytes>) -> Body {

@@ -318,6 +318,47 @@ async fn large_bodies_stream_without_buffering() {
     );
 }
 
+/// An upstream that refuses a body on its head alone (a body limit) and
+/// closes: the client gets its 413, not a 502, on either runtime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstreams_early_refusal_of_a_body_reaches_the_client() {
+    const SIZE: usize = 8 * MIB as usize;
+    const CHUNK: usize = 64 * 1024;
+    let kit = Issuer::start().await;
+    let up = Upstream::start().await;
+    let alice = google_token(&kit, "alice@example.com");
+    for cpus in [None, Some("0")] {
+        let mut serve = Serve::proxy(&up.url(), &kit).args(["--member", "user:alice@example.com"]);
+        if let Some(cpus) = cpus {
+            serve = serve.cpus(cpus);
+        }
+        let sidecar = serve.start().await;
+        for attempt in 0..3 {
+            let chunk = bytes::Bytes::from(vec![b'u'; CHUNK]);
+            let body = futures_util::stream::iter(
+                (0..SIZE / CHUNK).map(move |_| Ok::<_, std::io::Error>(chunk.clone())),
+            );
+            let res = client()
+                .post(sidecar.url("/too-large"))
+                .header("authorization", bearer(&alice))
+                .body(reqwest::Body::wrap_stream(body))
+                .send()
+                .await
+                .unwrap_or_else(|e| {
+                    panic!("{cpus:?}, attempt {attempt}: {e}\n{}", sidecar.report())
+                });
+            let status = res.status();
+            let text = res.text().await.unwrap_or_default();
+            assert_eq!(
+                (status.as_u16(), text.as_str()),
+                (413, "too large"),
+                "{cpus:?}, attempt {attempt}\n{}",
+                sidecar.report()
+            );
+        }
+    }
+}
+
 /// The first event reaches the client while the upstream is still holding
 /// back the rest: it sends them only when the test, having seen event 1,
 /// tells it to.
