@@ -28,6 +28,14 @@
 //!   when it is next taken (a poll reads the end of stream) and skipped.
 //! - A request that hyper hands back unsent (the reused connection was
 //!   closed under it) is sent again once on a new connection.
+//! - So is a request without a body and of a safe method (GET, HEAD,
+//!   OPTIONS) that went out on a connection idle for [`REPLAY_AFTER_IDLE`]
+//!   or more, when the upstream closes that connection before any answer:
+//!   it closed the idle connection (its keep-alive timeout) as the request
+//!   went out, so the request was most likely never read. nginx retries
+//!   a cached connection's failure the same way. Only for those requests
+//!   is a copy of the head kept, so the busy path, where connections are
+//!   idle for microseconds, copies nothing.
 //! - When a body ends while hyper still needs a poll to finish the
 //!   exchange (the request body still being written), a task drives the
 //!   connection until it is reusable or closes: rare, and never on the
@@ -56,6 +64,13 @@ use super::yield_write::YieldBeforeWrite;
 use crate::Body;
 
 type Conn = http1::Connection<TokioIo<EarlyAnswer<YieldBeforeWrite<TcpStream>>>, Body>;
+
+/// A request that went out on a connection idle this long may be sent
+/// again if the upstream closes it before answering: upstreams close idle
+/// keep-alive connections after a timeout (Node and uvicorn 5 s, gunicorn
+/// 2 s), and a request can cross that close on the way. A connection idle
+/// for less is not at that risk.
+pub const REPLAY_AFTER_IDLE: Duration = Duration::from_secs(1);
 
 /// Why a request got no response from the upstream.
 #[derive(Debug, thiserror::Error)]
@@ -204,23 +219,43 @@ impl Pool {
     ) -> impl Future<Output = Result<Response<Body>, UpstreamError>> + Send + use<> {
         let pool = self.clone();
         match self.checkout() {
-            Some(lease) => Either::Left(exchange(lease, req).then(move |sent| match sent {
-                Ok(sent) => Either::Left(std::future::ready(Ok(pool.respond(sent)))),
-                Err(e) => Either::Right(Box::pin(pool.resend(e))),
-            })),
+            Some((lease, idle)) => {
+                let replay = if idle >= REPLAY_AFTER_IDLE {
+                    replayable(&req)
+                } else {
+                    None
+                };
+                Either::Left(exchange(lease, req).then(move |sent| match sent {
+                    Ok(sent) => Either::Left(std::future::ready(Ok(pool.respond(sent)))),
+                    Err(e) => Either::Right(Box::pin(pool.resend(e, replay))),
+                }))
+            }
             None => Either::Right(Box::pin(pool.connect_and_send(req))),
         }
     }
 
-    /// A request hyper hands back unsent on a reused connection (it had
-    /// closed) goes once more, on a fresh one.
+    /// A request that failed on a reused connection goes once more, on a
+    /// fresh one: one hyper hands back unsent (the connection had closed),
+    /// or the `replay` copy of one the upstream closed its connection on
+    /// before answering.
     async fn resend(
         self,
         mut e: TrySendError<Request<Body>>,
+        replay: Option<Box<Request<()>>>,
     ) -> Result<Response<Body>, UpstreamError> {
-        match e.take_message() {
-            Some(req) => self.connect_and_send(req).await,
-            None => Err(UpstreamError::Http(e.into_error())),
+        if let Some(req) = e.take_message() {
+            return self.connect_and_send(req).await;
+        }
+        let e = e.into_error();
+        match replay {
+            Some(req) if closed_before_answering(&e) => {
+                tracing::debug!(
+                    error = %crate::ErrorChain(&e),
+                    "the upstream closed an idle connection as a request went out: sent again on a new one"
+                );
+                self.connect_and_send((*req).map(|()| Body::empty())).await
+            }
+            _ => Err(UpstreamError::Http(e)),
         }
     }
 
@@ -243,8 +278,9 @@ impl Pool {
         })
     }
 
-    /// The newest idle connection that is still open and young enough.
-    fn checkout(&self) -> Option<Lease> {
+    /// The newest idle connection that is still open and young enough,
+    /// and how long it was idle.
+    fn checkout(&self) -> Option<(Lease, Duration)> {
         let now = self.shared.clock.monotonic();
         let mut cx = Context::from_waker(Waker::noop());
         loop {
@@ -260,7 +296,7 @@ impl Pool {
             // while the connection sat idle. The real waker is registered
             // by the request's own poll.
             if lease.drive(&mut cx) && lease.send.is_ready() {
-                return Some(lease);
+                return Some((lease, now.saturating_sub(since)));
             }
         }
     }
@@ -393,6 +429,46 @@ impl Shared {
     }
 }
 
+/// A copy of `req`'s head, if it may be sent again: a safe method and no
+/// body, so that sending it twice does what sending it once does. Boxed,
+/// so that the request's future grows by a pointer, not by a head.
+fn replayable(req: &Request<Body>) -> Option<Box<Request<()>>> {
+    let safe = matches!(
+        *req.method(),
+        http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
+    );
+    if !safe || !req.body().is_end_stream() {
+        return None;
+    }
+    let mut copy = Request::new(());
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    Some(Box::new(copy))
+}
+
+/// Whether the exchange failed because the upstream closed the connection
+/// before a response head: the end of stream, or a reset.
+fn closed_before_answering(e: &hyper::Error) -> bool {
+    if e.is_incomplete_message() {
+        return true;
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+            );
+        }
+        source = cause.source();
+    }
+    false
+}
+
 /// A response head and the connection it came on.
 type Sent = (Response<Incoming>, Lease);
 
@@ -523,8 +599,11 @@ mod tests {
     /// Answers by path: `/ok` keeps the connection; `/close` says
     /// `Connection: close` and closes; `/then-close` answers keep-alive and
     /// closes anyway; `/empty` is a 204; `/big` sends 1 MiB; `/early`
-    /// answers before reading the request body (then reads it). Other
-    /// paths read the body (`Content-Length` only) before answering.
+    /// answers before reading the request body (then reads it);
+    /// `/vanish-on-reuse` answers as the first request on its connection and
+    /// otherwise closes the connection without answering; `/reset-on-reuse`
+    /// likewise, but resets it. Other paths read
+    /// the body (`Content-Length` only) before answering.
     async fn upstream() -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let target = listener.local_addr().unwrap().to_string();
@@ -538,6 +617,7 @@ mod tests {
                 let closed = closed_counter.clone();
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
+                    let mut answered = 0;
                     // Reads until `buf` holds `n` bytes; false at the end.
                     async fn fill(
                         socket: &mut tokio::net::TcpStream,
@@ -572,6 +652,16 @@ mod tests {
                             .find_map(|l| l.strip_prefix("content-length:"))
                             .and_then(|v| v.trim().parse().ok())
                             .unwrap_or(0);
+                        if path.ends_with("-on-reuse") && answered > 0 {
+                            if path == "/reset-on-reuse" {
+                                // A zero linger resets at once; it does not
+                                // block the drop, which is why it is deprecated.
+                                #[allow(deprecated)]
+                                let _ = socket.set_linger(Some(Duration::ZERO));
+                            }
+                            return;
+                        }
+                        answered += 1;
                         let early = path == "/early";
                         if !early {
                             if !fill(&mut socket, &mut buf, body_len).await {
@@ -702,6 +792,78 @@ mod tests {
             assert_eq!(fetch(&pool, "/ok").await.1, "ok");
         }
         assert_eq!(up.connections.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_safe_request_an_idle_connection_closed_under_is_sent_again() {
+        let up = upstream().await;
+        let clock = clock();
+        let pool = pool(&up, 8, clock.clone());
+        assert_eq!(fetch(&pool, "/ok").await.1, "ok");
+        clock.advance(REPLAY_AFTER_IDLE);
+        // The upstream reads the request, then closes without answering, as
+        // when its keep-alive timeout fires as the request arrives.
+        // Or resets it. (HEAD goes last: the scripted upstream answers it
+        // with a body, which spoils its connection for another request.)
+        let tries = [
+            (http::Method::GET, "/vanish-on-reuse"),
+            (http::Method::OPTIONS, "/reset-on-reuse"),
+            (http::Method::HEAD, "/vanish-on-reuse"),
+        ];
+        for (method, path) in tries {
+            let mut req = get(path);
+            *req.method_mut() = method.clone();
+            let res = pool
+                .send(req)
+                .await
+                .unwrap_or_else(|e| panic!("{method} {path}: {}", crate::ErrorChain(&e)));
+            assert_eq!(res.status(), http::StatusCode::OK, "{method} {path}");
+            res.into_body().collect().await.unwrap();
+            clock.advance(REPLAY_AFTER_IDLE);
+        }
+        assert_eq!(
+            up.connections.load(Ordering::SeqCst),
+            4,
+            "each one's connection closed, each sent again on a new one"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_request_on_a_busy_connection_or_with_effects_is_not_sent_again() {
+        let up = upstream().await;
+        let clock = clock();
+        let pool = pool(&up, 8, clock.clone());
+        // Idle for less than REPLAY_AFTER_IDLE: not at risk, not copied.
+        assert_eq!(fetch(&pool, "/ok").await.1, "ok");
+        let sent = pool.send(get("/vanish-on-reuse")).await;
+        assert!(matches!(sent, Err(UpstreamError::Http(_))), "{sent:?}");
+        // Idle long enough, but a POST (even without a body), or a GET with
+        // a body: sending it twice may not do what sending it once does.
+        let with_body = |method: http::Method| {
+            Request::builder()
+                .method(method)
+                .uri("/vanish-on-reuse")
+                .header("host", "upstream")
+                .header("content-length", "2")
+                .body(Body::from("hi"))
+                .unwrap()
+        };
+        let mut post = get("/vanish-on-reuse");
+        *post.method_mut() = http::Method::POST;
+        for req in [post, with_body(http::Method::GET)] {
+            assert_eq!(fetch(&pool, "/ok").await.1, "ok");
+            clock.advance(REPLAY_AFTER_IDLE);
+            let what = format!("{} with {:?}", req.method(), req.body().size_hint().exact());
+            // Bounded: a copy sent again without its body would wait for it.
+            let sent = tokio::time::timeout(Duration::from_secs(10), pool.send(req))
+                .await
+                .expect("an answer within the deadline");
+            assert!(
+                matches!(sent, Err(UpstreamError::Http(_))),
+                "{what}: {sent:?}"
+            );
+        }
+        assert_eq!(up.connections.load(Ordering::SeqCst), 3, "none sent again");
     }
 
     #[tokio::test]
