@@ -100,6 +100,7 @@ pub struct Metrics {
     /// upstream answer so the series appears only once there is one.
     upstream_ok: OnceLock<Histogram>,
     reloads: Family<ResultLabel, Counter>,
+    resends: Counter,
     verifier: Arc<OnceLock<StatsFn>>,
 }
 
@@ -150,6 +151,13 @@ impl Metrics {
             "Time until the upstream answered with headers, by result",
             upstream.clone(),
         );
+        let resends = Counter::default();
+        registry.register(
+            "upstream_resends",
+            "Requests sent again on a new upstream connection because the upstream closed \
+             the kept-alive one they went out on before answering",
+            resends.clone(),
+        );
         let reloads = Family::<ResultLabel, Counter>::default();
         registry.register(
             "policy_reloads",
@@ -169,8 +177,15 @@ impl Metrics {
             upstream,
             upstream_ok: OnceLock::new(),
             reloads,
+            resends,
             verifier,
         }
+    }
+
+    /// The count of requests the upstream pool sent again on a new
+    /// connection, for the pool to add to.
+    pub fn upstream_resends(&self) -> Counter {
+        self.resends.clone()
     }
 
     /// Counts a gate decision: `None` for allowed, else the refusal's reason,
@@ -328,11 +343,13 @@ mod tests {
         m.record_upstream(Duration::from_millis(3), None);
         m.record_upstream(Duration::from_secs(1), Some(ProxyFailure::Timeout));
         m.record_reload(true);
+        m.upstream_resends().inc();
         let text = m.encode();
         assert!(
             text.contains("idgate_decisions_total{reason=\"allowed\"} 1"),
             "{text}"
         );
+        assert!(text.contains("idgate_upstream_resends_total 1"), "{text}");
         assert!(text.contains("idgate_decisions_total{reason=\"expired\"} 2"));
         assert!(text.contains("idgate_verification_duration_seconds_count 3"));
         assert!(text.contains("idgate_upstream_duration_seconds_count{result=\"ok\"} 1"));

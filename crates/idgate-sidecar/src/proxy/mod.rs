@@ -149,6 +149,10 @@ impl Proxy {
                 connect_timeout: timeout.min(Duration::from_secs(10)),
             },
             Arc::new(idgate::SystemClock::new()),
+            metrics
+                .as_ref()
+                .map(|m| m.upstream_resends())
+                .unwrap_or_default(),
         );
         if tokio::runtime::Handle::try_current().is_ok() {
             http1.sweep_every(SWEEP_EVERY);

@@ -57,6 +57,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::{TrySendError, http1};
 use hyper_util::rt::TokioIo;
 use idgate::Clock;
+use prometheus_client::metrics::counter::Counter;
 use tokio::net::TcpStream;
 
 use super::early_answer::EarlyAnswer;
@@ -127,6 +128,8 @@ struct Shared {
     target: String,
     limits: PoolLimits,
     builder: http1::Builder,
+    /// Requests sent again on a new connection (`resend`).
+    resends: Counter,
     /// Oldest at the front, newest at the back (taken first).
     idle: Mutex<VecDeque<Idle>>,
     clock: Arc<dyn Clock>,
@@ -167,14 +170,20 @@ impl Lease {
 }
 
 impl Pool {
-    /// A pool for `target` (`host:port`), timing idleness on `clock`.
-    /// Does no I/O.
-    pub fn new(target: String, limits: PoolLimits, clock: Arc<dyn Clock>) -> Pool {
+    /// A pool for `target` (`host:port`), timing idleness on `clock`,
+    /// counting in `resends` the requests it sends again. Does no I/O.
+    pub fn new(
+        target: String,
+        limits: PoolLimits,
+        clock: Arc<dyn Clock>,
+        resends: Counter,
+    ) -> Pool {
         Pool {
             shared: Arc::new(Shared {
                 target,
                 limits,
                 builder: http1::Builder::new(),
+                resends,
                 idle: Mutex::new(VecDeque::new()),
                 clock,
             }),
@@ -244,6 +253,7 @@ impl Pool {
         replay: Option<Box<Request<()>>>,
     ) -> Result<Response<Body>, UpstreamError> {
         if let Some(req) = e.take_message() {
+            self.shared.resends.inc();
             return self.connect_and_send(req).await;
         }
         let e = e.into_error();
@@ -253,6 +263,7 @@ impl Pool {
                     error = %crate::ErrorChain(&e),
                     "the upstream closed an idle connection as a request went out: sent again on a new one"
                 );
+                self.shared.resends.inc();
                 self.connect_and_send((*req).map(|()| Body::empty())).await
             }
             _ => Err(UpstreamError::Http(e)),
@@ -726,12 +737,19 @@ mod tests {
     }
 
     fn pool(up: &Upstream, max_idle: usize, clock: Arc<ManualClock>) -> Pool {
+        counted_pool(up, max_idle, clock).0
+    }
+
+    /// [`pool`], and its count of requests sent again.
+    fn counted_pool(up: &Upstream, max_idle: usize, clock: Arc<ManualClock>) -> (Pool, Counter) {
         let limits = PoolLimits {
             max_idle,
             warm: max_idle,
             ..limits()
         };
-        Pool::new(up.target.clone(), limits, clock)
+        let resends = Counter::default();
+        let pool = Pool::new(up.target.clone(), limits, clock, resends.clone());
+        (pool, resends)
     }
 
     fn get(path: &str) -> Request<Body> {
@@ -798,7 +816,7 @@ mod tests {
     async fn a_safe_request_an_idle_connection_closed_under_is_sent_again() {
         let up = upstream().await;
         let clock = clock();
-        let pool = pool(&up, 8, clock.clone());
+        let (pool, resends) = counted_pool(&up, 8, clock.clone());
         assert_eq!(fetch(&pool, "/ok").await.1, "ok");
         clock.advance(REPLAY_AFTER_IDLE);
         // The upstream reads the request, then closes without answering, as
@@ -826,13 +844,14 @@ mod tests {
             4,
             "each one's connection closed, each sent again on a new one"
         );
+        assert_eq!(resends.get(), 3, "each counted");
     }
 
     #[tokio::test]
     async fn a_request_on_a_busy_connection_or_with_effects_is_not_sent_again() {
         let up = upstream().await;
         let clock = clock();
-        let pool = pool(&up, 8, clock.clone());
+        let (pool, resends) = counted_pool(&up, 8, clock.clone());
         // Idle for less than REPLAY_AFTER_IDLE: not at risk, not copied.
         assert_eq!(fetch(&pool, "/ok").await.1, "ok");
         let sent = pool.send(get("/vanish-on-reuse")).await;
@@ -864,6 +883,7 @@ mod tests {
             );
         }
         assert_eq!(up.connections.load(Ordering::SeqCst), 3, "none sent again");
+        assert_eq!(resends.get(), 0);
     }
 
     #[tokio::test]
@@ -972,7 +992,7 @@ mod tests {
             spare_idle_timeout: Duration::from_secs(10),
             ..limits()
         };
-        Pool::new(up.target.clone(), limits, clock)
+        Pool::new(up.target.clone(), limits, clock, Counter::default())
     }
 
     #[tokio::test]
@@ -1017,7 +1037,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let target = listener.local_addr().unwrap().to_string();
         drop(listener);
-        let pool = Pool::new(target, limits(), clock());
+        let pool = Pool::new(target, limits(), clock(), Counter::default());
         let err = pool.send(get("/ok")).await.unwrap_err();
         assert!(err.is_connect(), "{err}");
     }
@@ -1080,7 +1100,7 @@ mod tests {
             spare_idle_timeout: Duration::from_millis(200),
             ..limits()
         };
-        let pool = Pool::new(up.target.clone(), limits, clock());
+        let pool = Pool::new(up.target.clone(), limits, clock(), Counter::default());
         let (tx, body) = fed_body();
         tx.send(Bytes::from_static(b"12345")).await.unwrap();
         let res = pool.send(early_post(body, 10)).await.unwrap();
