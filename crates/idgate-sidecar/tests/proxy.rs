@@ -404,18 +404,28 @@ async fn an_upstream_that_answers_before_reading_the_body_is_passed_on() {
     let s = settings(Some(&up.url()), |_| {});
     let (sidecar, metrics) = sidecar(&s, no_gate()).await;
     let url = format!("http://{}/early", sidecar.addr());
-    for size in [1usize << 10, 64 << 10, 512 << 10, 4 << 20] {
-        for (name, c) in [("h1", client()), ("h2c", h2c_client())] {
-            let (status, _, body) = send(&c, streamed_post(&url, size)).await;
-            assert_eq!(
-                (status, &body[..]),
-                (StatusCode::OK, &b"early"[..]),
-                "{name}, {size} bytes: {}",
-                String::from_utf8_lossy(&body)
-            );
-        }
+    // Over HTTP/1.1, at most what idgate reads on of a body it no longer
+    // wants (LINGER_BYTES): past that it closes the client's connection,
+    // and hyper's client, which stops at its first write error, could miss
+    // the answer. The end-to-end test sends 8 MiB from a raw client.
+    let sizes = |h1: bool| {
+        [1usize << 10, 64 << 10, 512 << 10, 4 << 20]
+            .into_iter()
+            .filter(move |&n| !h1 || n <= idgate_sidecar::server::LINGER_BYTES as usize / 2)
+    };
+    let tries = sizes(true)
+        .map(|n| ("h1", client(), n))
+        .chain(sizes(false).map(|n| ("h2c", h2c_client(), n)));
+    for (name, c, size) in tries {
+        let (status, _, body) = send(&c, streamed_post(&url, size)).await;
+        assert_eq!(
+            (status, &body[..]),
+            (StatusCode::OK, &b"early"[..]),
+            "{name}, {size} bytes: {}",
+            String::from_utf8_lossy(&body)
+        );
     }
-    let text = assert_upstream_results(&metrics, "ok", 8);
+    let text = assert_upstream_results(&metrics, "ok", 7);
     assert!(!text.contains("upstream_error"), "{text}");
     sidecar.shutdown().await;
 }
