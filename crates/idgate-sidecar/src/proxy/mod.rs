@@ -133,6 +133,23 @@ impl Proxy {
     /// headers. Builds its connection pools; does no I/O. Inside a tokio
     /// runtime it also starts the task that closes expired idle connections.
     pub fn new(upstream: Upstream, timeout: Duration, metrics: Option<Arc<Metrics>>) -> Proxy {
+        Self::with_clock(
+            upstream,
+            timeout,
+            metrics,
+            Arc::new(idgate::SystemClock::new()),
+        )
+    }
+
+    /// [`Proxy::new`] with the clock the HTTP/1.1 pool reads connections'
+    /// idle times by (which requests may be sent again, which idle
+    /// connections expire): a manual one in tests.
+    pub(crate) fn with_clock(
+        upstream: Upstream,
+        timeout: Duration,
+        metrics: Option<Arc<Metrics>>,
+        clock: Arc<dyn idgate::Clock>,
+    ) -> Proxy {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         // Connecting counts against the request timeout; a separate, shorter
@@ -148,7 +165,7 @@ impl Proxy {
                 spare_idle_timeout: SPARE_IDLE_TIMEOUT,
                 connect_timeout: timeout.min(Duration::from_secs(10)),
             },
-            Arc::new(idgate::SystemClock::new()),
+            clock,
             metrics
                 .as_ref()
                 .map(|m| m.upstream_resends())
@@ -495,5 +512,80 @@ mod tests {
         let forwarding = proxy.forward(Request::new(Body::empty()));
         let size = std::mem::size_of_val(&forwarding);
         assert!(size <= 1024, "the forwarding future is {size} bytes");
+    }
+
+    /// The proxy hands its pool the metrics' resend counter: a GET that
+    /// crosses the upstream's close of an idle connection is answered on a
+    /// new one, and `idgate_upstream_resends_total` says so. (The pool's
+    /// own tests cover when a request is sent again; this, that an
+    /// operator sees it.)
+    #[tokio::test]
+    async fn a_request_sent_again_shows_in_the_metrics() {
+        use std::sync::atomic::AtomicUsize;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        // Answers the first request on each connection, keeping it open;
+        // closes it on reading the second, unanswered.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let accepted = connections.clone();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                accepted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let (mut seen, mut heads) = (Vec::new(), 0);
+                    let mut chunk = [0u8; 4096];
+                    while let Ok(n @ 1..) = conn.read(&mut chunk).await {
+                        seen.extend_from_slice(&chunk[..n]);
+                        while let Some(i) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                            seen.drain(..i + 4);
+                            heads += 1;
+                            if heads > 1 {
+                                return;
+                            }
+                            let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                            conn.write_all(ok).await.unwrap();
+                        }
+                    }
+                });
+            }
+        });
+        let upstream = crate::config::Upstream {
+            authority: addr.to_string().parse().unwrap(),
+            base_path: String::new(),
+        };
+        let clock = Arc::new(idgate::ManualClock::starting_now());
+        let metrics = Arc::new(Metrics::new());
+        let proxy = Proxy::with_clock(
+            upstream,
+            Duration::from_secs(30),
+            Some(metrics.clone()),
+            clock.clone(),
+        );
+        let get = || {
+            let answer = proxy.forward(Request::get("/").body(Body::empty()).unwrap());
+            async {
+                let answer = tokio::time::timeout(Duration::from_secs(20), answer)
+                    .await
+                    .expect("an answer");
+                let status = answer.status();
+                let body = answer.into_body().collect().await.unwrap().to_bytes();
+                (status, body)
+            }
+        };
+
+        assert_eq!(get().await, (StatusCode::OK, "ok".into()));
+        assert!(!metrics.encode().contains("idgate_upstream_resends_total 1"));
+        // Idle long enough that the upstream may have closed it meanwhile.
+        clock.advance(pool::REPLAY_AFTER_IDLE);
+        assert_eq!(get().await, (StatusCode::OK, "ok".into()));
+        assert_eq!(connections.load(Ordering::SeqCst), 2);
+        let text = metrics.encode();
+        assert!(text.contains("idgate_upstream_resends_total 1\n"), "{text}");
+        assert!(
+            text.contains("idgate_upstream_duration_seconds_count{result=\"ok\"} 2\n"),
+            "{text}"
+        );
     }
 }
