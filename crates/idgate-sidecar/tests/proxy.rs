@@ -1134,3 +1134,153 @@ async fn an_h2_client_that_holds_a_cut_stream_loses_its_connection() {
     assert!(!conn.is_finished(), "the connection was closed at the cut");
     within("the connection to be closed", conn).await.unwrap();
 }
+
+/// A raw client's POST of `size` bytes to `path`, sent as fast as the
+/// connection takes it and followed on the same connection by `then`;
+/// returns the read side, and the task writing, kept open (only the
+/// server closes the connection).
+async fn post_then(
+    addr: std::net::SocketAddr,
+    path: &str,
+    size: usize,
+    then: &'static [u8],
+) -> (tokio::net::tcp::OwnedReadHalf, tokio::task::JoinHandle<()>) {
+    let conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (rd, mut wr) = conn.into_split();
+    let head = format!("POST {path} HTTP/1.1\r\nhost: a\r\ncontent-length: {size}\r\n\r\n");
+    let sending = tokio::spawn(async move {
+        let chunk = vec![b'u'; 64 << 10];
+        let mut sent = wr.write_all(head.as_bytes()).await;
+        let mut left = size;
+        while left > 0 && sent.is_ok() {
+            let n = left.min(chunk.len());
+            sent = wr.write_all(&chunk[..n]).await;
+            left -= n;
+        }
+        if sent.is_ok() {
+            let _ = wr.write_all(then).await;
+        }
+        std::future::pending::<()>().await;
+    });
+    (rd, sending)
+}
+
+/// Reads answers from `rd` until the connection ends; returns each
+/// answer's status line, and whether it ended (within the deadline).
+async fn status_lines_until_closed(mut rd: tokio::net::tcp::OwnedReadHalf) -> Vec<String> {
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 64 << 10];
+    within("the connection to close", async {
+        while let Ok(n @ 1..) = rd.read(&mut buf).await {
+            got.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    String::from_utf8_lossy(&got)
+        .lines()
+        .filter(|l| l.starts_with("HTTP/1.1 "))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test]
+async fn an_upstream_that_answers_early_then_stops_reading_does_not_hold_the_client() {
+    // It answers on the head, keeps the connection, and reads nothing
+    // more: the body stops between them once the sockets are full. The
+    // exchange, with the answer gone out, is given up once it stands
+    // still; the client's connection is not held until the pool's bound
+    // on finishing an exchange (90 s).
+    let (stuck, server) = raw_upstream(|mut conn| async move {
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match conn.read(&mut buf).await {
+                Ok(n @ 1..) => head.extend_from_slice(&buf[..n]),
+                _ => return,
+            }
+        }
+        let answer = b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 3\r\n\r\nbig";
+        conn.write_all(answer).await.unwrap();
+        std::future::pending::<()>().await;
+    })
+    .await;
+    let s = settings(Some(&format!("http://{stuck}")), |a| {
+        // Far past the test's deadline, as is the 90 s bound.
+        a.request_timeout = Some("60s".into());
+    });
+    let (sidecar, _) = sidecar(&s, no_gate()).await;
+    // Far more than the sockets between them hold, then a second request.
+    let (rd, sending) = post_then(
+        sidecar.addr(),
+        "/upload",
+        64 << 20,
+        b"GET /next HTTP/1.1\r\nhost: a\r\n\r\n",
+    )
+    .await;
+    let answers = status_lines_until_closed(rd).await;
+    assert_eq!(answers, ["HTTP/1.1 413 Payload Too Large"]);
+    sending.abort();
+    sidecar.shutdown().await;
+    server.abort();
+}
+
+#[tokio::test]
+async fn an_upstream_that_answers_early_and_reads_on_gets_the_whole_body() {
+    // It answers on the head, then reads the body in bursts of 8 MiB with
+    // pauses between them: the exchange stands still during each pause,
+    // but moves again, and is not given up.
+    let size: usize = 64 << 20;
+    let (counted_tx, mut counted) = mpsc::unbounded_channel();
+    let (reading, server) = raw_upstream(move |mut conn| {
+        let counted = counted_tx.clone();
+        async move {
+            let mut got = Vec::new();
+            let mut buf = vec![0u8; 64 << 10];
+            let head_end = loop {
+                if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break i + 4;
+                }
+                match conn.read(&mut buf).await {
+                    Ok(n @ 1..) => got.extend_from_slice(&buf[..n]),
+                    _ => return,
+                }
+            };
+            conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await
+                .unwrap();
+            let mut read = got.len() - head_end;
+            let mut burst = 0;
+            while read < size {
+                if burst >= 8 << 20 {
+                    // Well under the 2 s an exchange may stand still, and
+                    // 4 s in all, the exchange lasting most of it (the
+                    // sockets between them hold a few MiB): it is standing
+                    // still that counts, not the time since the answer.
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                    burst = 0;
+                }
+                match conn.read(&mut buf).await {
+                    Ok(n @ 1..) => {
+                        read += n;
+                        burst += n;
+                    }
+                    _ => break,
+                }
+            }
+            let _ = counted.send(read);
+        }
+    })
+    .await;
+    let s = settings(Some(&format!("http://{reading}")), |_| {});
+    let (sidecar, _) = sidecar(&s, no_gate()).await;
+    let (rd, sending) = post_then(sidecar.addr(), "/upload", size, b"").await;
+    // Longer than the usual deadline: the pauses alone take 4 s.
+    let read = tokio::time::timeout(std::time::Duration::from_secs(30), counted.recv())
+        .await
+        .expect("the upstream to read the body within 30 s");
+    assert_eq!(read, Some(size));
+    drop(rd);
+    sending.abort();
+    sidecar.shutdown().await;
+    server.abort();
+}

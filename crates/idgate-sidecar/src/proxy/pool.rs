@@ -39,7 +39,9 @@
 //! - When a body ends while hyper still needs a poll to finish the
 //!   exchange (the request body still being written), a task drives the
 //!   connection until it is reusable or closes: rare, and never on the
-//!   request's path.
+//!   request's path. An exchange that stands still for [`FINISH_STALL`]
+//!   (an upstream that answered early, keeps the connection and reads no
+//!   more) is given up, so that the client's connection is not held.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -72,6 +74,14 @@ type Conn = http1::Connection<TokioIo<EarlyAnswer<YieldBeforeWrite<TcpStream>>>,
 /// 2 s), and a request can cross that close on the way. A connection idle
 /// for less is not at that risk.
 pub const REPLAY_AFTER_IDLE: Duration = Duration::from_secs(1);
+
+/// An exchange whose answer is complete but whose request body is still
+/// being written is given up (its connection closed, the rest of the body
+/// left to the client side's lingering read) once it has not moved for
+/// this long: as long as an unread body is read after an answer
+/// ([`crate::server::LINGER_TIME`]), since both are the rest of a body
+/// whose answer has gone out.
+const FINISH_STALL: Duration = crate::server::LINGER_TIME;
 
 /// Why a request got no response from the upstream.
 #[derive(Debug, thiserror::Error)]
@@ -424,16 +434,37 @@ impl Shared {
             return;
         };
         runtime.spawn(async move {
-            let finish = std::future::poll_fn(|cx| {
-                if !lease.drive(cx) {
-                    return Poll::Ready(false);
-                }
-                lease.send.poll_ready(cx).map(|r| r.is_ok())
-            });
             // A request body that never ends (a client that stops sending)
-            // must not hold the connection, or this task, for ever.
-            let ready = tokio::time::timeout(self.limits.idle_timeout, finish).await;
-            if ready == Ok(true) {
+            // must not hold the connection, or this task, for ever; nor
+            // may an exchange that stands still (an upstream that answered
+            // and reads no more) hold it up to that bound: until the lease
+            // goes, the client's connection waits for its body to end,
+            // and its next request waits with it.
+            let ready = {
+                let lease = &mut lease;
+                let bound = tokio::time::sleep(self.limits.idle_timeout);
+                let stall = tokio::time::sleep(FINISH_STALL);
+                tokio::pin!(bound, stall);
+                std::future::poll_fn(|cx| {
+                    if !lease.drive(cx) {
+                        return Poll::Ready(false);
+                    }
+                    if let Poll::Ready(r) = lease.send.poll_ready(cx) {
+                        return Poll::Ready(r.is_ok());
+                    }
+                    if bound.as_mut().poll(cx).is_ready() || stall.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(false);
+                    }
+                    // Woken by the exchange, not by a timer: it moved.
+                    stall
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + FINISH_STALL);
+                    let _ = stall.as_mut().poll(cx);
+                    Poll::Pending
+                })
+                .await
+            };
+            if ready {
                 self.put(lease);
             }
         });
