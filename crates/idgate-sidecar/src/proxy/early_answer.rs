@@ -79,13 +79,7 @@ impl<T> EarlyAnswer<T> {
     /// reads go on.
     fn wrote<R>(&mut self, cx: &mut Context<'_>, poll: Poll<io::Result<R>>) -> Poll<io::Result<R>> {
         match poll {
-            Poll::Ready(Err(e))
-                if !self.read_ended
-                    && matches!(
-                        e.kind(),
-                        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
-                    ) =>
-            {
+            Poll::Ready(Err(e)) if !self.read_ended && peer_closed(e.kind()) => {
                 self.held = Some(Held {
                     kind: e.kind(),
                     error: Some(e),
@@ -98,6 +92,14 @@ impl<T> EarlyAnswer<T> {
             poll => poll,
         }
     }
+}
+
+/// Whether an I/O error says the peer closed or reset the connection.
+pub(super) fn peer_closed(kind: io::ErrorKind) -> bool {
+    matches!(
+        kind,
+        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+    )
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for EarlyAnswer<T> {

@@ -521,38 +521,12 @@ mod tests {
     /// operator sees it.)
     #[tokio::test]
     async fn a_request_sent_again_shows_in_the_metrics() {
-        use std::sync::atomic::AtomicUsize;
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-        // Answers the first request on each connection, keeping it open;
-        // closes it on reading the second, unanswered.
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let connections = Arc::new(AtomicUsize::new(0));
-        let accepted = connections.clone();
-        tokio::spawn(async move {
-            while let Ok((mut conn, _)) = listener.accept().await {
-                accepted.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    let (mut seen, mut heads) = (Vec::new(), 0);
-                    let mut chunk = [0u8; 4096];
-                    while let Ok(n @ 1..) = conn.read(&mut chunk).await {
-                        seen.extend_from_slice(&chunk[..n]);
-                        while let Some(i) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
-                            seen.drain(..i + 4);
-                            heads += 1;
-                            if heads > 1 {
-                                return;
-                            }
-                            let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-                            conn.write_all(ok).await.unwrap();
-                        }
-                    }
-                });
-            }
-        });
+        // The pool's scripted upstream: `/vanish-on-reuse` is answered as
+        // the first request on its connection, and otherwise the
+        // connection is closed unanswered.
+        let up = pool::tests::upstream().await;
         let upstream = crate::config::Upstream {
-            authority: addr.to_string().parse().unwrap(),
+            authority: up.target.parse().unwrap(),
             base_path: String::new(),
         };
         let clock = Arc::new(idgate::ManualClock::starting_now());
@@ -564,7 +538,8 @@ mod tests {
             clock.clone(),
         );
         let get = || {
-            let answer = proxy.forward(Request::get("/").body(Body::empty()).unwrap());
+            let req = Request::get("/vanish-on-reuse").header("host", "upstream");
+            let answer = proxy.forward(req.body(Body::empty()).unwrap());
             async {
                 let answer = tokio::time::timeout(Duration::from_secs(20), answer)
                     .await
@@ -580,7 +555,7 @@ mod tests {
         // Idle long enough that the upstream may have closed it meanwhile.
         clock.advance(pool::REPLAY_AFTER_IDLE);
         assert_eq!(get().await, (StatusCode::OK, "ok".into()));
-        assert_eq!(connections.load(Ordering::SeqCst), 2);
+        assert_eq!(up.connections.load(Ordering::SeqCst), 2);
         let text = metrics.encode();
         assert!(text.contains("idgate_upstream_resends_total 1\n"), "{text}");
         assert!(

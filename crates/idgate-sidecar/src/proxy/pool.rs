@@ -62,7 +62,7 @@ use idgate::Clock;
 use prometheus_client::metrics::counter::Counter;
 use tokio::net::TcpStream;
 
-use super::early_answer::EarlyAnswer;
+use super::early_answer::{EarlyAnswer, peer_closed};
 use super::yield_write::YieldBeforeWrite;
 use crate::Body;
 
@@ -493,22 +493,12 @@ fn replayable(req: &Request<Body>) -> Option<Box<Request<()>>> {
 /// Whether the exchange failed because the upstream closed the connection
 /// before a response head: the end of stream, or a reset.
 fn closed_before_answering(e: &hyper::Error) -> bool {
-    if e.is_incomplete_message() {
-        return true;
-    }
-    let mut source = std::error::Error::source(e);
-    while let Some(cause) = source {
-        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
-            return matches!(
-                io.kind(),
-                std::io::ErrorKind::ConnectionReset
-                    | std::io::ErrorKind::ConnectionAborted
-                    | std::io::ErrorKind::BrokenPipe
-            );
-        }
-        source = cause.source();
-    }
-    false
+    e.is_incomplete_message()
+        || std::iter::successors(std::error::Error::source(e), |c| c.source())
+            .find_map(|c| c.downcast_ref::<std::io::Error>())
+            .is_some_and(|io| {
+                peer_closed(io.kind()) || io.kind() == std::io::ErrorKind::ConnectionAborted
+            })
 }
 
 /// A response head and the connection it came on.
@@ -618,9 +608,10 @@ impl Drop for PooledBody {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     //! The pool against a scripted HTTP/1.1 upstream on loopback that
     //! counts its connections: each test says how many it should have seen.
+    //! The proxy's tests use the same upstream ([`upstream`]).
 
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -631,9 +622,9 @@ mod tests {
 
     use super::*;
 
-    struct Upstream {
-        target: String,
-        connections: Arc<AtomicUsize>,
+    pub(in crate::proxy) struct Upstream {
+        pub(in crate::proxy) target: String,
+        pub(in crate::proxy) connections: Arc<AtomicUsize>,
         /// Connections the pool closed (the upstream read their end).
         closed: Arc<AtomicUsize>,
     }
@@ -646,7 +637,7 @@ mod tests {
     /// otherwise closes the connection without answering; `/reset-on-reuse`
     /// likewise, but resets it. Other paths read
     /// the body (`Content-Length` only) before answering.
-    async fn upstream() -> Upstream {
+    pub(in crate::proxy) async fn upstream() -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let target = listener.local_addr().unwrap().to_string();
         let connections = Arc::new(AtomicUsize::new(0));
