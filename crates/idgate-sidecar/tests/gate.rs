@@ -15,7 +15,7 @@ use idgate_sidecar::serve::{Running, Wiring, start};
 use idgate_testkit::{
     Issuer, IssuerOptions, TestKey, default_header, google_claims, mint, now_unix,
 };
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 const AUD: &str = "https://svc.example";
@@ -582,16 +582,6 @@ async fn post_without_token(sidecar: &Running, len: usize) -> TcpStream {
     let head = format!("POST /headers HTTP/1.1\r\nhost: a\r\ncontent-length: {len}\r\n\r\n");
     conn.write_all(head.as_bytes()).await.unwrap();
     conn
-}
-
-/// Fails the test unless the server closes `conn` (EOF or a reset) within
-/// the deadline, after whatever it still had to say.
-async fn assert_closes(conn: &mut (impl AsyncRead + Unpin)) {
-    let mut sink = [0u8; 4096];
-    while matches!(
-        within("the connection's end", conn.read(&mut sink)).await,
-        Ok(1..)
-    ) {}
 }
 
 #[tokio::test]

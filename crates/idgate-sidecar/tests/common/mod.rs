@@ -361,16 +361,15 @@ pub async fn refused_addr() -> SocketAddr {
     addr
 }
 
-/// Reads an HTTP/1.1 response head off a raw connection, byte by byte (so
-/// that nothing after it is consumed), failing the test if the connection
-/// closes first or after [`DEADLINE`].
+/// Reads an HTTP/1.1 head off a raw connection (a response's, or a
+/// request's for a raw upstream), byte by byte (so that nothing after it
+/// is consumed), failing the test if the connection closes first or after
+/// [`DEADLINE`].
 pub async fn read_head(conn: &mut (impl AsyncRead + Unpin)) -> String {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
-        let n = within("the response head", conn.read(&mut byte))
-            .await
-            .unwrap();
+        let n = within("the head", conn.read(&mut byte)).await.unwrap();
         assert!(
             n > 0,
             "connection closed after {:?}",
@@ -379,6 +378,20 @@ pub async fn read_head(conn: &mut (impl AsyncRead + Unpin)) -> String {
         head.push(byte[0]);
     }
     String::from_utf8(head).unwrap()
+}
+
+/// Fails the test unless the server closes `conn` (EOF or a reset) within
+/// [`DEADLINE`]; returns whatever it still had to say before.
+pub async fn assert_closes(conn: &mut (impl AsyncRead + Unpin)) -> Vec<u8> {
+    let mut said = Vec::new();
+    let mut buf = [0u8; 4096];
+    within("the connection's end", async {
+        while let Ok(n @ 1..) = conn.read(&mut buf).await {
+            said.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    said
 }
 
 /// Reads a whole HTTP/1.1 response with a `content-length` off a raw
